@@ -1,0 +1,166 @@
+//! [`EventPoller`]: a consumer that runs on the caller's own thread, for those who must
+//! interleave consuming with other work (the engine's compact topology journals a whole batch,
+//! makes it durable and only then applies it, two passes over the same slots).
+
+use crate::sequence::Sequence;
+use crate::sequencer::Sequencer;
+use crate::shared::{RingControl, SequenceBarrier};
+use crate::sync::Arc;
+use crate::wait::{Interrupt, WaitStrategy};
+
+/// A consumer polled by its owner. Its sequence gates producers like any processor's; a
+/// [`Batch`] holds slots until it is dropped, and dropping it advances the sequence.
+///
+/// Dropping a poller that has not drained a closed ring halts the ring: its slots would
+/// otherwise never be released, and every producer would wait for ever.
+pub struct EventPoller<E, S: Sequencer, W: WaitStrategy> {
+    barrier: SequenceBarrier<E, S, W>,
+    sequence: Arc<Sequence>,
+    /// The next sequence to hand out; always `sequence.get() + 1` between batches.
+    next: u64,
+}
+
+impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, W> {
+    pub(crate) fn new(barrier: SequenceBarrier<E, S, W>, sequence: Arc<Sequence>) -> Self {
+        let next = sequence.get() + 1;
+        Self { barrier, sequence, next }
+    }
+
+    /// The events available now, at most `limit` of them, without waiting. `Ok(None)` when
+    /// there are none; `Err(Closed)` once the ring is closed and drained, `Err(Halted)` once it
+    /// is halted.
+    pub fn poll(&mut self, limit: usize) -> Result<Option<Batch<'_, E, S, W>>, Interrupt> {
+        assert!(limit > 0, "a poll limit of zero would never make progress");
+        if self.barrier.shared.is_halted() {
+            return Err(Interrupt::Halted);
+        }
+        let available = self.barrier.available(self.next);
+        if available < self.next {
+            if let Some(interrupt) = self.barrier.shared.consumer_interrupt(self.next) {
+                return Err(interrupt);
+            }
+            return Ok(None);
+        }
+        Ok(Some(self.batch(available, limit)))
+    }
+
+    /// Waits, per the ring's wait strategy, for at least one event; returns at most `limit`.
+    pub fn wait(&mut self, limit: usize) -> Result<Batch<'_, E, S, W>, Interrupt> {
+        assert!(limit > 0, "a poll limit of zero would never make progress");
+        let available = self.barrier.wait_for(self.next)?;
+        Ok(self.batch(available, limit))
+    }
+
+    fn batch(&mut self, available: u64, limit: usize) -> Batch<'_, E, S, W> {
+        let first = self.next;
+        let last = available.min(first + limit as u64 - 1);
+        Batch { poller: self, first, last }
+    }
+
+    /// Calls `handler(event, sequence, end_of_batch)` for each event available now (at most
+    /// `limit`), then releases them. Returns how many it handled.
+    pub fn poll_each(
+        &mut self,
+        limit: usize,
+        mut handler: impl FnMut(&E, u64, bool),
+    ) -> Result<usize, Interrupt> {
+        let Some(batch) = self.poll(limit)? else {
+            return Ok(0);
+        };
+        let (first, last) = (batch.first, batch.last);
+        let shared = &batch.poller.barrier.shared;
+        for current in first..=last {
+            // SAFETY: the batch covers published sequences this poller has not released, so
+            // no producer writes them (see `Batch`).
+            unsafe {
+                shared.buffer.read(current, |event| handler(event, current, current == last))
+            };
+        }
+        Ok(batch.len())
+    }
+
+    /// The last sequence this poller released.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.get()
+    }
+
+    /// A handle to halt the ring or read its progress.
+    pub fn control(&self) -> RingControl {
+        RingControl::new(&self.barrier.shared)
+    }
+}
+
+impl<E, S: Sequencer, W: WaitStrategy> Drop for EventPoller<E, S, W> {
+    fn drop(&mut self) {
+        let shared = &self.barrier.shared;
+        let drained = shared.is_closed() && self.sequence.get() >= shared.sequencer.cursor();
+        if !drained {
+            shared.halt();
+        }
+    }
+}
+
+impl<E, S: Sequencer, W: WaitStrategy> std::fmt::Debug for EventPoller<E, S, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventPoller").field("sequence", &self.sequence.get()).finish()
+    }
+}
+
+/// Published events `first..=last` held by a poller. They can be read any number of times;
+/// dropping the batch releases them to the producers.
+pub struct Batch<'a, E, S: Sequencer, W: WaitStrategy> {
+    poller: &'a mut EventPoller<E, S, W>,
+    first: u64,
+    last: u64,
+}
+
+impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
+    /// The first sequence of the batch.
+    pub fn first_sequence(&self) -> u64 {
+        self.first
+    }
+
+    /// The last sequence of the batch.
+    pub fn last_sequence(&self) -> u64 {
+        self.last
+    }
+
+    /// The number of events (at least one).
+    #[allow(clippy::len_without_is_empty)] // A batch is never empty.
+    pub fn len(&self) -> usize {
+        (self.last - self.first + 1) as usize
+    }
+
+    /// The event at `sequence`, which must lie in the batch.
+    pub fn get(&self, sequence: u64) -> &E {
+        assert!(
+            (self.first..=self.last).contains(&sequence),
+            "sequence {sequence} is outside the batch {}..={}",
+            self.first,
+            self.last
+        );
+        // SAFETY: `sequence` is published (the barrier returned at least `last`) and this
+        // poller's sequence is below `first` until the batch is dropped, which the borrow of
+        // `self` outlives; so the producer cannot claim the slot again meanwhile.
+        unsafe { self.poller.barrier.shared.buffer.get(sequence) }
+    }
+
+    /// The events with their sequences, in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &E)> + '_ {
+        (self.first..=self.last).map(move |sequence| (sequence, self.get(sequence)))
+    }
+}
+
+impl<E, S: Sequencer, W: WaitStrategy> Drop for Batch<'_, E, S, W> {
+    fn drop(&mut self) {
+        self.poller.sequence.set(self.last);
+        self.poller.next = self.last + 1;
+        self.poller.barrier.shared.wait.signal();
+    }
+}
+
+impl<E, S: Sequencer, W: WaitStrategy> std::fmt::Debug for Batch<'_, E, S, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("first", &self.first).field("last", &self.last).finish()
+    }
+}

@@ -1,0 +1,360 @@
+//! Producers: [`SingleProducer`] (one thread, no atomic read-modify-write) and
+//! [`MultiProducer`] (`Clone`, claims by atomic add).
+//!
+//! Both offer `publish` (waits while the ring is full, per the wait strategy), `try_publish`
+//! ([`RingError::Full`] instead of waiting), and the same two for batches, whose slots are
+//! written one by one and made visible together. Dropping the last producer *closes* the ring:
+//! consumers process everything published and then stop.
+
+use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+
+use crate::error::RingError;
+use crate::sequence::{minimum_sequence, Sequence};
+use crate::sequencer::{MultiProducerSequencer, SingleProducerSequencer};
+use crate::shared::{RingControl, Shared};
+use crate::sync::{Arc, Ordering};
+use crate::wait::{Interrupt, WaitStrategy};
+
+/// Whether a claim may wait for free slots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Wait,
+    Try,
+}
+
+fn validate_batch(size: usize, capacity: u64) -> Result<u64, RingError> {
+    if size == 0 || size as u64 > capacity {
+        return Err(RingError::InvalidBatch { size, capacity: capacity as usize });
+    }
+    Ok(size as u64)
+}
+
+/// Waits until every gating sequence reaches `needed`; returns their minimum.
+fn wait_for_gating<E, S, W: WaitStrategy>(
+    shared: &Shared<E, S, W>,
+    gating: &[Arc<Sequence>],
+    needed: u64,
+) -> Result<u64, RingError>
+where
+    S: crate::sequencer::Sequencer,
+{
+    shared
+        .wait
+        .wait_for(needed, || minimum_sequence(gating, u64::MAX), || shared.producer_interrupt())
+        .map_err(|interrupt| match interrupt {
+            Interrupt::Halted | Interrupt::Closed => RingError::Halted,
+        })
+}
+
+/// The producer of a single-producer ring. Not `Clone`: a second producer would break the
+/// sequencer's one assumption. Move it to the publishing thread.
+pub struct SingleProducer<E, W: WaitStrategy> {
+    shared: Arc<Shared<E, SingleProducerSequencer, W>>,
+    /// The consumers whose progress frees slots: the stages nothing else runs after.
+    gating: Box<[Arc<Sequence>]>,
+    /// The last sequence published (this producer is the only writer of the cursor).
+    published: u64,
+    /// The gating minimum last read. Stale is fine (it only ever grows), so the gating
+    /// sequences are read only when this copy says the ring is full.
+    gating_cache: u64,
+}
+
+impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
+    pub(crate) fn new(
+        shared: Arc<Shared<E, SingleProducerSequencer, W>>,
+        gating: Box<[Arc<Sequence>]>,
+    ) -> Self {
+        Self { shared, gating, published: 0, gating_cache: 0 }
+    }
+
+    /// Claims `size` sequences after the last published one; returns the last of them.
+    #[inline(always)]
+    fn claim(&mut self, size: u64, mode: Claim) -> Result<u64, RingError> {
+        if self.shared.is_halted() {
+            return Err(RingError::Halted);
+        }
+        let last = self.published + size;
+        // Slot `last` last held `last - capacity`: every gating consumer must be past it.
+        let needed = last.saturating_sub(self.shared.capacity());
+        if needed > self.gating_cache {
+            let mut minimum = minimum_sequence(&self.gating, u64::MAX);
+            if minimum < needed {
+                if mode == Claim::Try {
+                    return Err(RingError::Full);
+                }
+                minimum = wait_for_gating(&self.shared, &self.gating, needed)?;
+            }
+            self.gating_cache = minimum;
+        }
+        Ok(last)
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, last: u64) {
+        self.shared.sequencer.cursor.set(last);
+        self.shared.wait.signal();
+        self.published = last;
+    }
+
+    /// Publishes one event, waiting while the ring is full. `update` fills the pre-allocated
+    /// event in place and is told its sequence. Returns the sequence.
+    #[inline]
+    pub fn publish(&mut self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        let sequence = self.claim(1, Claim::Wait)?;
+        // SAFETY: `claim` returned `sequence` to this, the only producer, and established that
+        // every gating consumer passed `sequence - capacity`; it is not published yet.
+        unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
+        self.commit(sequence);
+        Ok(sequence)
+    }
+
+    /// Publishes one event, or fails with [`RingError::Full`] at once if there is no free slot.
+    #[inline]
+    pub fn try_publish(&mut self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        let sequence = self.claim(1, Claim::Try)?;
+        // SAFETY: as in `publish`.
+        unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
+        self.commit(sequence);
+        Ok(sequence)
+    }
+
+    /// Publishes `size` events, calling `update` for each in sequence order, and makes them
+    /// visible together. Waits while the ring is full. Returns the last sequence.
+    #[inline]
+    pub fn publish_batch(
+        &mut self,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let size = validate_batch(size, self.shared.capacity())?;
+        let last = self.claim(size, Claim::Wait)?;
+        self.write_batch(last - size + 1, last, update);
+        self.commit(last);
+        Ok(last)
+    }
+
+    /// Like [`publish_batch`](Self::publish_batch), but fails with [`RingError::Full`] at once
+    /// unless the whole batch fits now.
+    #[inline]
+    pub fn try_publish_batch(
+        &mut self,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let size = validate_batch(size, self.shared.capacity())?;
+        let last = self.claim(size, Claim::Try)?;
+        self.write_batch(last - size + 1, last, update);
+        self.commit(last);
+        Ok(last)
+    }
+
+    #[inline(always)]
+    fn write_batch(&mut self, first: u64, last: u64, mut update: impl FnMut(&mut E, u64)) {
+        for sequence in first..=last {
+            // SAFETY: `claim` returned `first..=last` to this, the only producer, with every
+            // gating consumer past `last - capacity`; none of them is published yet.
+            unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
+        }
+    }
+
+    /// The last sequence this producer published.
+    pub fn last_published(&self) -> u64 {
+        self.published
+    }
+
+    /// A handle to halt the ring or read its progress.
+    pub fn control(&self) -> RingControl {
+        RingControl::new(&self.shared)
+    }
+}
+
+impl<E, W: WaitStrategy> Drop for SingleProducer<E, W> {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl<E, W: WaitStrategy> std::fmt::Debug for SingleProducer<E, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleProducer")
+            .field("published", &self.published)
+            .field("capacity", &self.shared.capacity())
+            .finish()
+    }
+}
+
+/// What the clones of one [`MultiProducer`] share.
+struct MultiProducerShared {
+    gating: Box<[Arc<Sequence>]>,
+    /// Live producer handles; the ring closes when it drops to zero.
+    producers: AtomicUsize,
+}
+
+/// A producer of a multi-producer ring. Clone it for each publishing thread. Each claim is one
+/// atomic add on the cursor; events of one producer keep their order, and the ring's order
+/// among producers is the order of their claims.
+pub struct MultiProducer<E, W: WaitStrategy> {
+    shared: Arc<Shared<E, MultiProducerSequencer, W>>,
+    producers: Arc<MultiProducerShared>,
+}
+
+/// Halts the ring if a producer's `update` panics between claim and publish: the claimed
+/// sequences would otherwise stay unpublished for ever and every consumer would stall at them.
+struct HaltUnlessPublished<'a, E, W: WaitStrategy> {
+    shared: &'a Shared<E, MultiProducerSequencer, W>,
+}
+
+impl<E, W: WaitStrategy> Drop for HaltUnlessPublished<'_, E, W> {
+    fn drop(&mut self) {
+        self.shared.halt();
+    }
+}
+
+impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
+    pub(crate) fn new(
+        shared: Arc<Shared<E, MultiProducerSequencer, W>>,
+        gating: Box<[Arc<Sequence>]>,
+    ) -> Self {
+        let producers = Arc::new(MultiProducerShared { gating, producers: AtomicUsize::new(1) });
+        Self { shared, producers }
+    }
+
+    /// Claims `size` sequences; returns the last of them.
+    #[inline(always)]
+    fn claim(&self, size: u64, mode: Claim) -> Result<u64, RingError> {
+        let shared = &*self.shared;
+        if shared.is_halted() {
+            return Err(RingError::Halted);
+        }
+        let sequencer = &shared.sequencer;
+        let capacity = shared.capacity();
+        match mode {
+            Claim::Wait => {
+                // Claim first, then wait for room: the add never fails, and claims are ordered.
+                let last = sequencer.cursor.fetch_add(size) + size;
+                let needed = last.saturating_sub(capacity);
+                if needed > sequencer.gating_cache.load(Ordering::Acquire) {
+                    let minimum = wait_for_gating(shared, &self.producers.gating, needed)?;
+                    sequencer.gating_cache.fetch_max(minimum, Ordering::AcqRel);
+                }
+                Ok(last)
+            }
+            Claim::Try => loop {
+                // A claim that may fail must not take sequences it cannot fill: compare-and-swap.
+                let current = sequencer.cursor.get();
+                let last = current + size;
+                let needed = last.saturating_sub(capacity);
+                if needed > sequencer.gating_cache.load(Ordering::Acquire) {
+                    let minimum = minimum_sequence(&self.producers.gating, u64::MAX);
+                    if minimum < needed {
+                        return Err(RingError::Full);
+                    }
+                    sequencer.gating_cache.fetch_max(minimum, Ordering::AcqRel);
+                }
+                if sequencer.cursor.compare_exchange(current, last).is_ok() {
+                    return Ok(last);
+                }
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn fill(&self, first: u64, last: u64, mut update: impl FnMut(&mut E, u64)) {
+        let guard = HaltUnlessPublished { shared: &self.shared };
+        for sequence in first..=last {
+            // SAFETY: the claim gave `first..=last` to this producer alone (the atomic add or
+            // compare-and-swap on the cursor), and every gating consumer is past
+            // `last - capacity`; no sequence of the range is marked published yet.
+            unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
+        }
+        std::mem::forget(guard);
+        for sequence in first..=last {
+            self.shared.sequencer.mark_published(sequence);
+        }
+        self.shared.wait.signal();
+    }
+
+    /// Publishes one event, waiting while the ring is full. Returns its sequence.
+    #[inline]
+    pub fn publish(&self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        let sequence = self.claim(1, Claim::Wait)?;
+        let mut update = Some(update);
+        self.fill(sequence, sequence, |event, sequence| {
+            if let Some(update) = update.take() {
+                update(event, sequence);
+            }
+        });
+        Ok(sequence)
+    }
+
+    /// Publishes one event, or fails with [`RingError::Full`] at once if there is no free slot.
+    #[inline]
+    pub fn try_publish(&self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        let sequence = self.claim(1, Claim::Try)?;
+        let mut update = Some(update);
+        self.fill(sequence, sequence, |event, sequence| {
+            if let Some(update) = update.take() {
+                update(event, sequence);
+            }
+        });
+        Ok(sequence)
+    }
+
+    /// Publishes `size` consecutive events, waiting while the ring is full. Returns the last
+    /// sequence.
+    #[inline]
+    pub fn publish_batch(
+        &self,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let size = validate_batch(size, self.shared.capacity())?;
+        let last = self.claim(size, Claim::Wait)?;
+        self.fill(last - size + 1, last, update);
+        Ok(last)
+    }
+
+    /// Like [`publish_batch`](Self::publish_batch), but fails with [`RingError::Full`] at once
+    /// unless the whole batch fits now.
+    #[inline]
+    pub fn try_publish_batch(
+        &self,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let size = validate_batch(size, self.shared.capacity())?;
+        let last = self.claim(size, Claim::Try)?;
+        self.fill(last - size + 1, last, update);
+        Ok(last)
+    }
+
+    /// A handle to halt the ring or read its progress.
+    pub fn control(&self) -> RingControl {
+        RingControl::new(&self.shared)
+    }
+}
+
+impl<E, W: WaitStrategy> Clone for MultiProducer<E, W> {
+    fn clone(&self) -> Self {
+        self.producers.producers.fetch_add(1, StdOrdering::Relaxed);
+        Self { shared: self.shared.clone(), producers: self.producers.clone() }
+    }
+}
+
+impl<E, W: WaitStrategy> Drop for MultiProducer<E, W> {
+    fn drop(&mut self) {
+        // AcqRel: the last one out must see every other producer's publishes before closing.
+        if self.producers.producers.fetch_sub(1, StdOrdering::AcqRel) == 1 {
+            self.shared.close();
+        }
+    }
+}
+
+impl<E, W: WaitStrategy> std::fmt::Debug for MultiProducer<E, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiProducer")
+            .field("cursor", &self.shared.sequencer.cursor.get())
+            .field("producers", &self.producers.producers.load(StdOrdering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,129 @@
+//! Sequencers: how producers claim sequences and how consumers learn which are published.
+//!
+//! Both keep a *cursor*, the highest sequence claimed. With one producer, claimed and
+//! published are the same moment, so the cursor is all a consumer needs. With several, a
+//! sequence can be claimed long before it is published, so each slot also carries the sequence
+//! last published into it, and consumers scan those marks.
+
+use crossbeam_utils::CachePadded;
+
+use crate::sequence::Sequence;
+use crate::sync::{AtomicU64, Ordering};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The consumer-facing side of a sequencer. Sealed: the ring's safety rests on its contract.
+pub trait Sequencer: sealed::Sealed + Send + Sync + 'static {
+    #[doc(hidden)]
+    fn with_capacity(capacity: usize) -> Self;
+
+    /// The highest sequence claimed by any producer (0 before the first).
+    fn cursor(&self) -> u64;
+
+    /// The highest `s` in `next - 1 ..= upper` such that every sequence in `next ..= s` is
+    /// published. `upper` is a cursor value the caller read with acquire ordering.
+    fn highest_published(&self, next: u64, upper: u64) -> u64;
+}
+
+/// The sequencer of a ring with exactly one producer: no atomic read-modify-write anywhere on
+/// the publishing path, just a release store of the cursor per publish or batch.
+pub struct SingleProducerSequencer {
+    /// Invariant: every sequence at or below the cursor is published.
+    pub(crate) cursor: Sequence,
+}
+
+impl sealed::Sealed for SingleProducerSequencer {}
+
+impl Sequencer for SingleProducerSequencer {
+    fn with_capacity(_capacity: usize) -> Self {
+        Self { cursor: Sequence::default() }
+    }
+
+    #[inline(always)]
+    fn cursor(&self) -> u64 {
+        self.cursor.get()
+    }
+
+    #[inline(always)]
+    fn highest_published(&self, _next: u64, upper: u64) -> u64 {
+        upper
+    }
+}
+
+impl std::fmt::Debug for SingleProducerSequencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleProducerSequencer").field("cursor", &self.cursor.get()).finish()
+    }
+}
+
+/// The sequencer of a ring with any number of producers: a claim is one atomic add on the
+/// cursor, and publishing marks each slot with its sequence.
+pub struct MultiProducerSequencer {
+    /// The highest sequence claimed. Claimed is not published: see `published`.
+    pub(crate) cursor: Sequence,
+    /// For each slot, the sequence last published into it (0 before the first). A full 64-bit
+    /// sequence rather than LMAX's 32-bit lap counter, so a mark can never be mistaken for one
+    /// from another lap however long the ring runs.
+    published: Box<[AtomicU64]>,
+    mask: u64,
+    /// A cached copy of the minimum gating sequence, shared by all producers. It may be stale
+    /// (lower than the truth), never higher: producers reload it only when it says "full".
+    /// Updated with release and read with acquire, so a producer that trusts another's copy
+    /// also inherits its happens-before edge with the consumers' reads of the slots.
+    pub(crate) gating_cache: CachePadded<AtomicU64>,
+}
+
+impl sealed::Sealed for MultiProducerSequencer {}
+
+impl MultiProducerSequencer {
+    /// Marks `sequence` published (release: the slot's contents are visible with the mark).
+    #[inline(always)]
+    pub(crate) fn mark_published(&self, sequence: u64) {
+        self.published[(sequence & self.mask) as usize].store(sequence, Ordering::Release);
+    }
+
+    #[inline(always)]
+    fn is_published(&self, sequence: u64) -> bool {
+        self.published[(sequence & self.mask) as usize].load(Ordering::Acquire) == sequence
+    }
+}
+
+impl Sequencer for MultiProducerSequencer {
+    fn with_capacity(capacity: usize) -> Self {
+        let published: Box<[AtomicU64]> = (0..capacity).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            cursor: Sequence::default(),
+            published,
+            mask: capacity as u64 - 1,
+            gating_cache: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    #[inline(always)]
+    fn cursor(&self) -> u64 {
+        self.cursor.get()
+    }
+
+    #[inline]
+    fn highest_published(&self, next: u64, upper: u64) -> u64 {
+        let mut sequence = next;
+        while sequence <= upper {
+            if !self.is_published(sequence) {
+                return sequence - 1;
+            }
+            sequence += 1;
+        }
+        upper
+    }
+}
+
+impl std::fmt::Debug for MultiProducerSequencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiProducerSequencer")
+            .field("cursor", &self.cursor.get())
+            .field("capacity", &self.published.len())
+            .finish()
+    }
+}

@@ -1,0 +1,288 @@
+//! Wait strategies: what a consumer does while the sequence it needs is not yet available, and
+//! what a producer does while the ring is full. One type per behaviour, as in the LMAX
+//! Disruptor.
+//!
+//! | strategy | waits by | latency | CPU while idle | use when |
+//! |---|---|---|---|---|
+//! | [`BusySpin`] | spinning on the sequence | lowest | one core, always | a core per busy thread |
+//! | [`Yielding`] | spinning a bounded number of times, then `yield_now` | low | one core, but yields | threads ≥ cores, latency matters |
+//! | [`Sleeping`] | spin, then yield, then park with a timeout | timeout-bound | near zero | background consumers |
+//! | [`Blocking`] | a condition variable | wake-up cost | zero | idle most of the time |
+//!
+//! On a 2-core machine, more busy-spinning threads than cores starve the very thread being
+//! waited for; choose [`Yielding`] or [`Blocking`] there.
+
+use std::time::Duration;
+
+use crate::sync::{fence, spin_loop, yield_now, AtomicUsize, Condvar, Mutex, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// Why a wait ended without the sequence becoming available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The ring was halted: every waiter returns, nothing more will be processed.
+    Halted,
+    /// Every producer is gone and the waiter has processed everything they published.
+    Closed,
+}
+
+/// How a thread waits for a sequence.
+///
+/// `wait_for` returns as soon as `available()` is at least `sequence`, giving back the value it
+/// read (which may be higher: that is a batch), or as soon as `interrupt()` returns a reason.
+/// `signal` is called by whoever advances a sequence others may wait for; strategies that never
+/// sleep make it a no-op, so the hot path pays nothing.
+pub trait WaitStrategy: Send + Sync + 'static {
+    /// Waits until `available() >= sequence` or `interrupt()` says to stop.
+    fn wait_for(
+        &self,
+        sequence: u64,
+        available: impl FnMut() -> u64,
+        interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt>;
+
+    /// Wakes waiters after a sequence advanced, if this strategy puts them to sleep.
+    fn signal(&self);
+
+    /// Wakes every waiter unconditionally (halt, close).
+    fn signal_all(&self);
+}
+
+/// Spins on the sequence without ever giving up the core: the lowest latency, and a whole core
+/// burnt per waiting thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BusySpin;
+
+impl WaitStrategy for BusySpin {
+    #[inline(always)]
+    fn wait_for(
+        &self,
+        sequence: u64,
+        mut available: impl FnMut() -> u64,
+        mut interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        loop {
+            let value = available();
+            if value >= sequence {
+                return Ok(value);
+            }
+            if let Some(reason) = interrupt() {
+                return Err(reason);
+            }
+            spin_loop();
+        }
+    }
+
+    #[inline(always)]
+    fn signal(&self) {}
+
+    fn signal_all(&self) {}
+}
+
+/// Spins `spin_tries` times, then calls `yield_now` between checks: nearly busy-spin latency
+/// when the other side is running, and it lets the other side run when both share a core.
+#[derive(Clone, Copy, Debug)]
+pub struct Yielding {
+    spin_tries: u32,
+}
+
+impl Yielding {
+    /// Spins this many times before the first yield.
+    pub const SPIN_TRIES_DEFAULT: u32 = 100;
+
+    /// A yielding strategy that spins `spin_tries` times first.
+    pub fn new(spin_tries: u32) -> Self {
+        Self { spin_tries }
+    }
+}
+
+impl Default for Yielding {
+    fn default() -> Self {
+        Self::new(Self::SPIN_TRIES_DEFAULT)
+    }
+}
+
+impl WaitStrategy for Yielding {
+    #[inline]
+    fn wait_for(
+        &self,
+        sequence: u64,
+        mut available: impl FnMut() -> u64,
+        mut interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        let mut spins = 0u32;
+        loop {
+            let value = available();
+            if value >= sequence {
+                return Ok(value);
+            }
+            if let Some(reason) = interrupt() {
+                return Err(reason);
+            }
+            if spins < self.spin_tries {
+                spins += 1;
+                spin_loop();
+            } else {
+                yield_now();
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn signal(&self) {}
+
+    fn signal_all(&self) {}
+}
+
+/// Spins, then yields, then parks for `park` at a time: near-zero CPU when idle, at the price
+/// of up to `park` (plus the scheduler's slack) of added latency. Nobody needs to wake it.
+#[derive(Clone, Copy, Debug)]
+pub struct Sleeping {
+    spin_tries: u32,
+    yield_tries: u32,
+    park: Duration,
+}
+
+impl Sleeping {
+    /// The default spins before yielding.
+    pub const SPIN_TRIES_DEFAULT: u32 = 100;
+    /// The default yields before parking.
+    pub const YIELD_TRIES_DEFAULT: u32 = 100;
+    /// The default park timeout.
+    pub const PARK_DEFAULT: Duration = Duration::from_micros(100);
+
+    /// A sleeping strategy with the given phases.
+    pub fn new(spin_tries: u32, yield_tries: u32, park: Duration) -> Self {
+        Self { spin_tries, yield_tries, park }
+    }
+}
+
+impl Default for Sleeping {
+    fn default() -> Self {
+        Self::new(Self::SPIN_TRIES_DEFAULT, Self::YIELD_TRIES_DEFAULT, Self::PARK_DEFAULT)
+    }
+}
+
+impl WaitStrategy for Sleeping {
+    #[inline]
+    fn wait_for(
+        &self,
+        sequence: u64,
+        mut available: impl FnMut() -> u64,
+        mut interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        let mut tries = 0u32;
+        loop {
+            let value = available();
+            if value >= sequence {
+                return Ok(value);
+            }
+            if let Some(reason) = interrupt() {
+                return Err(reason);
+            }
+            if tries < self.spin_tries {
+                tries += 1;
+                spin_loop();
+            } else if tries < self.spin_tries.saturating_add(self.yield_tries) {
+                tries += 1;
+                yield_now();
+            } else {
+                crate::sync::park_timeout(self.park);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn signal(&self) {}
+
+    fn signal_all(&self) {}
+}
+
+/// Sleeps on a condition variable until signalled. Those who advance a sequence pay for a
+/// lock and a notify only when somebody is actually waiting: otherwise `signal` is one fence
+/// and one load of a counter.
+pub struct Blocking {
+    /// How many threads are between announcing themselves and leaving the wait. A signaller
+    /// that reads 0 here (after its fence) knows every waiter will see its new sequence.
+    waiters: CachePadded<AtomicUsize>,
+    mutex: Mutex<()>,
+    condvar: Condvar,
+}
+
+impl Blocking {
+    /// A blocking strategy with nobody waiting.
+    pub fn new() -> Self {
+        Self {
+            waiters: CachePadded::new(AtomicUsize::new(0)),
+            mutex: Mutex::new(()),
+            condvar: Condvar::new(),
+        }
+    }
+}
+
+impl Default for Blocking {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Blocking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocking").field("waiters", &self.waiters.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl WaitStrategy for Blocking {
+    fn wait_for(
+        &self,
+        sequence: u64,
+        mut available: impl FnMut() -> u64,
+        mut interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        // The fast path: no lock when the sequence is already there.
+        let value = available();
+        if value >= sequence {
+            return Ok(value);
+        }
+        if let Some(reason) = interrupt() {
+            return Err(reason);
+        }
+        // Announce ourselves before the re-check. This pairs with the fence in `signal`: either
+        // the signaller sees `waiters > 0` and notifies under the lock, or our re-check below
+        // sees its new sequence. (Store-load ordering on both sides needs SeqCst.)
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let result = {
+            let mut guard = self.mutex.lock();
+            loop {
+                let value = available();
+                if value >= sequence {
+                    break Ok(value);
+                }
+                if let Some(reason) = interrupt() {
+                    break Err(reason);
+                }
+                self.condvar.wait(&mut guard);
+            }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    #[inline]
+    fn signal(&self) {
+        // See `wait_for`: the fence orders our sequence store before the load of `waiters`.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            // Taking the lock means a waiter is either before its locked re-check (and will see
+            // the new sequence) or inside `wait` (and gets this notification).
+            let _guard = self.mutex.lock();
+            self.condvar.notify_all();
+        }
+    }
+
+    fn signal_all(&self) {
+        let _guard = self.mutex.lock();
+        self.condvar.notify_all();
+    }
+}
