@@ -79,6 +79,26 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
         Ok(batch.len())
     }
 
+    /// Waits, per the ring's wait strategy, for at least one event; then calls
+    /// `handler(event, sequence, end_of_batch)` for each available one (at most `limit`) and
+    /// releases them. Returns how many it handled.
+    pub fn wait_each(
+        &mut self,
+        limit: usize,
+        mut handler: impl FnMut(&E, u64, bool),
+    ) -> Result<usize, Interrupt> {
+        let batch = self.wait(limit)?;
+        let (first, last) = (batch.first, batch.last);
+        let shared = &batch.poller.barrier.shared;
+        for current in first..=last {
+            // SAFETY: as in `poll_each`.
+            unsafe {
+                shared.buffer.read(current, |event| handler(event, current, current == last))
+            };
+        }
+        Ok(batch.len())
+    }
+
     /// The last sequence this poller released.
     pub fn sequence(&self) -> u64 {
         self.sequence.get()

@@ -6,13 +6,11 @@
 //! written one by one and made visible together. Dropping the last producer *closes* the ring:
 //! consumers process everything published and then stop.
 
-use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
-
 use crate::error::RingError;
 use crate::sequence::{minimum_sequence, Sequence};
 use crate::sequencer::{MultiProducerSequencer, SingleProducerSequencer};
 use crate::shared::{RingControl, Shared};
-use crate::sync::{Arc, Ordering};
+use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::wait::{Interrupt, WaitStrategy};
 
 /// Whether a claim may wait for free slots.
@@ -336,7 +334,7 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
 
 impl<E, W: WaitStrategy> Clone for MultiProducer<E, W> {
     fn clone(&self) -> Self {
-        self.producers.producers.fetch_add(1, StdOrdering::Relaxed);
+        self.producers.producers.fetch_add(1, Ordering::Relaxed);
         Self { shared: self.shared.clone(), producers: self.producers.clone() }
     }
 }
@@ -344,7 +342,7 @@ impl<E, W: WaitStrategy> Clone for MultiProducer<E, W> {
 impl<E, W: WaitStrategy> Drop for MultiProducer<E, W> {
     fn drop(&mut self) {
         // AcqRel: the last one out must see every other producer's publishes before closing.
-        if self.producers.producers.fetch_sub(1, StdOrdering::AcqRel) == 1 {
+        if self.producers.producers.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.close();
         }
     }
@@ -354,7 +352,7 @@ impl<E, W: WaitStrategy> std::fmt::Debug for MultiProducer<E, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MultiProducer")
             .field("cursor", &self.shared.sequencer.cursor.get())
-            .field("producers", &self.producers.producers.load(StdOrdering::Relaxed))
+            .field("producers", &self.producers.producers.load(Ordering::Relaxed))
             .finish()
     }
 }
