@@ -43,6 +43,9 @@ struct Arguments {
     /// Print one JSON object per line (each run, then each summary) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Only these systems (comma-separated: keel, disruptor, rtrb, crossbeam); all by default.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
     /// Leave the two-thread scenarios (one-to-one, ping-pong) unpinned. By default their
     /// producer runs on CPU 0 and their consumer on CPU 1, for every system alike.
     #[arg(long)]
@@ -166,7 +169,10 @@ fn main() -> Result<()> {
     let pinning = if arguments.no_pin { Pinning::NONE } else { Pinning::CROSS_CORE };
     let mut measurements = Vec::new();
     for scenario in expand(&arguments.scenarios) {
-        let cases = cases(&scenario, scale, pinning)?;
+        let mut cases = cases(&scenario, scale, pinning)?;
+        if !arguments.systems.is_empty() {
+            cases.retain(|case| arguments.systems.iter().any(|system| system == case.system));
+        }
         let name = scenario_name(&scenario);
         for run in 0..runs {
             let probe_ns = inter_core_round_trip_ns(pinning);
@@ -215,46 +221,114 @@ fn main() -> Result<()> {
         }
     }
     let summaries = summarize(&measurements);
+    let ratios = ratios(&summaries, &measurements);
     if arguments.json {
         for summary in &summaries {
             println!("{}", serde_json::to_string(summary)?);
         }
+        for ratio in &ratios {
+            println!("{}", serde_json::to_string(ratio)?);
+        }
     } else {
         print_table(&summaries);
-        print_ratios(&summaries);
+        print_ratios(&ratios);
     }
     Ok(())
 }
 
-/// keel's median against each peer's median in the same scenario and publish mode.
-fn print_ratios(summaries: &[Summary]) {
-    println!();
-    println!("keel / peer, medians of the same run:");
+/// keel against one peer in one scenario: the median, minimum and maximum of the per-run
+/// ratios. Both systems of a run share its CPU placement (the probe), so a run-by-run ratio
+/// survives the placement changing between runs, which a ratio of medians does not.
+#[derive(Debug, serde::Serialize)]
+struct Ratio {
+    kind: &'static str,
+    scenario: &'static str,
+    keel_variant: String,
+    peer: &'static str,
+    peer_variant: String,
+    runs: usize,
+    /// keel's ops/s over the peer's; above 1 is keel faster.
+    throughput: report::Spread,
+    /// keel's p50 over the peer's; below 1 is keel faster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50: Option<report::Spread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99: Option<report::Spread>,
+}
+
+/// The publish mode of a variant ("single", "batch-64"), which keel and a peer must share to
+/// be compared.
+fn mode(variant: &str) -> &str {
+    variant.split(' ').nth(1).unwrap_or("")
+}
+
+fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {
+    let runs_of = |system: &str, scenario: &str, variant: &str| -> Vec<&Measurement> {
+        measurements
+            .iter()
+            .filter(|m| m.system == system && m.scenario == scenario && m.variant == variant)
+            .collect()
+    };
+    let mut ratios = Vec::new();
     for keel in summaries.iter().filter(|summary| summary.system == "keel") {
-        let mode = keel.variant.split(' ').nth(1).unwrap_or("");
         for peer in summaries.iter().filter(|summary| {
             summary.system != "keel"
                 && summary.scenario == keel.scenario
-                && summary.variant.split(' ').nth(1).unwrap_or("") == mode
+                && mode(&summary.variant) == mode(&keel.variant)
         }) {
-            let mut line = format!(
-                "  {:<15} keel {:<20} vs {:<10} {:<20} throughput {:.2}x",
-                keel.scenario,
-                keel.variant,
-                peer.system,
-                peer.variant,
-                keel.ops_per_sec / peer.ops_per_sec
-            );
-            if let (Some(keel_p50), Some(peer_p50), Some(keel_p99), Some(peer_p99)) =
-                (keel.p50_ns, peer.p50_ns, keel.p99_ns, peer.p99_ns)
-            {
-                line += &format!(
-                    "  p50 {:.2}x  p99 {:.2}x (lower is better)",
-                    keel_p50 / peer_p50,
-                    keel_p99 / peer_p99
-                );
+            let keel_runs = runs_of("keel", keel.scenario, &keel.variant);
+            let peer_runs = runs_of(peer.system, peer.scenario, &peer.variant);
+            let pairs: Vec<(&Measurement, &Measurement)> = keel_runs
+                .iter()
+                .filter_map(|k| peer_runs.iter().find(|p| p.run == k.run).map(|p| (*k, *p)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
             }
-            println!("{line}");
+            let spread = |ratio: &dyn Fn(&Measurement, &Measurement) -> Option<f64>| {
+                let values: Option<Vec<f64>> = pairs.iter().map(|(k, p)| ratio(k, p)).collect();
+                values.map(|values| report::Spread::of(&values))
+            };
+            let latency_ratio = |field: fn(&Latency) -> u64| {
+                move |k: &Measurement, p: &Measurement| {
+                    Some(field(k.latency.as_ref()?) as f64 / field(p.latency.as_ref()?) as f64)
+                }
+            };
+            ratios.push(Ratio {
+                kind: "ratio",
+                scenario: keel.scenario,
+                keel_variant: keel.variant.clone(),
+                peer: peer.system,
+                peer_variant: peer.variant.clone(),
+                runs: pairs.len(),
+                throughput: spread(&|k, p| Some(k.ops_per_sec / p.ops_per_sec))
+                    .expect("every run has a throughput"),
+                p50: spread(&latency_ratio(|latency| latency.p50_ns)),
+                p99: spread(&latency_ratio(|latency| latency.p99_ns)),
+            });
         }
+    }
+    ratios
+}
+
+fn print_ratios(ratios: &[Ratio]) {
+    println!();
+    println!("keel / peer, median [min..max] of the per-run ratios (same run, same placement):");
+    for ratio in ratios {
+        let mut line = format!(
+            "  {:<15} keel {:<20} vs {:<10} {:<20} throughput {:.2}x [{:.2}..{:.2}]",
+            ratio.scenario,
+            ratio.keel_variant,
+            ratio.peer,
+            ratio.peer_variant,
+            ratio.throughput.median,
+            ratio.throughput.min,
+            ratio.throughput.max
+        );
+        if let (Some(p50), Some(p99)) = (ratio.p50, ratio.p99) {
+            line +=
+                &format!("  p50 {:.2}x  p99 {:.2}x (below 1: keel faster)", p50.median, p99.median);
+        }
+        println!("{line}");
     }
 }

@@ -496,7 +496,9 @@ pub fn diamond_disruptor(events: u64) -> Result<Outcome> {
 ///   +--------+  pong ring  +--------+
 /// ```
 /// Each round trip is timed with `Instant` on the pinger and recorded into an HdrHistogram;
-/// the first `warmup` are discarded.
+/// the first `warmup` are discarded. Every pinger polls its pong ring in a bare loop (no
+/// spin hint), and every ponger waits with its system's busy-spin, so the systems differ only
+/// in their own code.
 pub struct PingPong {
     pub warmup: u64,
     pub samples: u64,
@@ -539,7 +541,7 @@ fn ping_pong_keel_pinned(settings: &PingPong, pinning: Pinning) -> Result<(Outco
         ping.publish(|slot, _| *slot = event(value, 0))?;
         loop {
             match pong_poller.poll_each(1, |echo, _, _| sum = sum.wrapping_add(echo.value)) {
-                Ok(0) => spin_loop(),
+                Ok(0) => {}
                 Ok(_) => break,
                 Err(Interrupt::Closed | Interrupt::Halted) => {
                     anyhow::bail!("the pong ring stopped")
@@ -593,7 +595,7 @@ fn ping_pong_disruptor_pinned(settings: &PingPong, pinning: Pinning) -> Result<(
                     }
                     break;
                 }
-                Err(disruptor::Polling::NoEvents) => spin_loop(),
+                Err(disruptor::Polling::NoEvents) => {}
                 Err(disruptor::Polling::Shutdown) => anyhow::bail!("the pong ring stopped"),
             }
         }
@@ -644,9 +646,8 @@ fn ping_pong_rtrb_pinned(settings: &PingPong, pinning: Pinning) -> Result<(Outco
         ping.push(event(value, 0))
             .map_err(|_| anyhow::anyhow!("ping ring full with one in flight"))?;
         let echo = loop {
-            match pong.pop() {
-                Ok(echo) => break echo,
-                Err(_) => spin_loop(),
+            if let Ok(echo) = pong.pop() {
+                break echo;
             }
         };
         sum = sum.wrapping_add(echo.value);

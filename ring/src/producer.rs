@@ -52,9 +52,10 @@ pub struct SingleProducer<E, W: WaitStrategy> {
     gating: Box<[Arc<Sequence>]>,
     /// The last sequence published (this producer is the only writer of the cursor).
     published: u64,
-    /// The gating minimum last read. Stale is fine (it only ever grows), so the gating
-    /// sequences are read only when this copy says the ring is full.
-    gating_cache: u64,
+    /// The highest sequence that may be claimed without looking at the consumers again: the
+    /// gating minimum last read plus the capacity. Stale is fine (the consumers only move
+    /// forward), so the gating sequences are read only when a claim would pass this.
+    claim_limit: u64,
 }
 
 impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
@@ -62,29 +63,40 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
         shared: Arc<Shared<E, SingleProducerSequencer, W>>,
         gating: Box<[Arc<Sequence>]>,
     ) -> Self {
-        Self { shared, gating, published: 0, gating_cache: 0 }
+        let claim_limit = shared.capacity();
+        Self { shared, gating, published: 0, claim_limit }
     }
 
     /// Claims `size` sequences after the last published one; returns the last of them.
     #[inline(always)]
     fn claim(&mut self, size: u64, mode: Claim) -> Result<u64, RingError> {
+        // One load of the cursor's own line, which this producer writes anyway.
         if self.shared.is_halted() {
             return Err(RingError::Halted);
         }
         let last = self.published + size;
-        // Slot `last` last held `last - capacity`: every gating consumer must be past it.
-        let needed = last.saturating_sub(self.shared.capacity());
-        if needed > self.gating_cache {
-            let mut minimum = minimum_sequence(&self.gating, u64::MAX);
-            if minimum < needed {
-                if mode == Claim::Try {
-                    return Err(RingError::Full);
-                }
-                minimum = wait_for_gating(&self.shared, &self.gating, needed)?;
-            }
-            self.gating_cache = minimum;
+        if last > self.claim_limit {
+            self.claim_slow(last, mode)?;
         }
         Ok(last)
+    }
+
+    /// The claim would pass the limit: read the consumers, and wait for them if allowed.
+    #[cold]
+    #[inline(never)]
+    fn claim_slow(&mut self, last: u64, mode: Claim) -> Result<(), RingError> {
+        let capacity = self.shared.capacity();
+        // Slot `last` last held `last - capacity`: every gating consumer must be past it.
+        let needed = last - capacity;
+        let mut minimum = minimum_sequence(&self.gating, u64::MAX);
+        if minimum < needed {
+            if mode == Claim::Try {
+                return Err(RingError::Full);
+            }
+            minimum = wait_for_gating(&self.shared, &self.gating, needed)?;
+        }
+        self.claim_limit = minimum + capacity;
+        Ok(())
     }
 
     #[inline(always)]

