@@ -17,7 +17,7 @@ mod ring;
 
 use anyhow::{bail, ensure, Result};
 use clap::Parser;
-use keel_ring::{Blocking, BusySpin};
+use keel_ring::{Blocking, BusySpin, Sleeping};
 
 use crate::machine::{inter_core_round_trip_ns, Machine};
 use crate::report::{print_table, summarize, Latency, Measurement, Summary};
@@ -110,6 +110,7 @@ fn cases(scenario: &str, scale: u64, pin: Pinning) -> Result<Vec<Case>> {
         "two-to-one" => vec![
             throughput("keel", "yielding", two_expected, move || ring::two_to_one_keel(ring::yielding(), two)),
             throughput("keel", "blocking", two_expected, move || ring::two_to_one_keel(Blocking::new(), two)),
+            throughput("keel", "sleeping", two_expected, move || ring::two_to_one_keel(Sleeping::default(), two)),
             throughput("crossbeam", "bounded", two_expected, move || ring::two_to_one_crossbeam(two)),
             throughput("disruptor", "busy-spin", two_expected, move || ring::two_to_one_disruptor(two)),
         ],

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use crate::sync::{fence, spin_loop, yield_now, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, spin_loop, yield_now, AtomicU64, Condvar, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Why a wait ended without the sequence becoming available.
@@ -203,24 +203,45 @@ impl WaitStrategy for Sleeping {
 }
 
 /// Sleeps on a condition variable until signalled. Those who advance a sequence pay for a
-/// lock and a notify only when somebody is actually waiting: otherwise `signal` is one fence
-/// and one load of a counter.
+/// lock and a notify only when somebody is actually going to sleep: otherwise `signal` is one
+/// fence and one load.
 pub struct Blocking {
-    /// How many threads are between announcing themselves and leaving the wait. A signaller
-    /// that reads 0 here (after its fence) knows every waiter will see its new sequence.
-    waiters: CachePadded<AtomicUsize>,
+    /// An epoch (high bits) and a count of sleep announcements made in that epoch (low
+    /// [`SLEEPERS_BITS`] bits). A sleeper announces itself by adding 1 and remembers the epoch.
+    /// The signaller that finds a non-zero count starts a new epoch with a count of zero and
+    /// wakes everyone, so the publishes that follow (while the woken threads get back on a CPU)
+    /// see zero and pay nothing. A sleeper whose announcement was taken by such a signaller
+    /// before it fell asleep sees the epoch change under the lock and announces itself again
+    /// instead of sleeping: otherwise a later signaller, for the sequence it really waits on,
+    /// would find no announcement and never wake it (loom found exactly that lost wake-up).
+    state: CachePadded<AtomicU64>,
     mutex: Mutex<()>,
     condvar: Condvar,
 }
+
+/// Bits of [`Blocking`]'s state that count announcements: up to 65 535 threads asleep at
+/// once; the 48-bit epoch above them does not wrap in the life of a process.
+const SLEEPERS_BITS: u32 = 16;
+const SLEEPERS_MASK: u64 = (1 << SLEEPERS_BITS) - 1;
 
 impl Blocking {
     /// A blocking strategy with nobody waiting.
     pub fn new() -> Self {
         Self {
-            waiters: CachePadded::new(AtomicUsize::new(0)),
+            state: CachePadded::new(AtomicU64::new(0)),
             mutex: Mutex::new(()),
             condvar: Condvar::new(),
         }
+    }
+
+    /// Starts a new epoch if anybody announced sleep in this one; returns whether it did.
+    fn claim_sleepers(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
+                (state & SLEEPERS_MASK != 0)
+                    .then_some(((state >> SLEEPERS_BITS) + 1) << SLEEPERS_BITS)
+            })
+            .is_ok()
     }
 }
 
@@ -232,7 +253,11 @@ impl Default for Blocking {
 
 impl std::fmt::Debug for Blocking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Blocking").field("waiters", &self.waiters.load(Ordering::Relaxed)).finish()
+        let state = self.state.load(Ordering::Relaxed);
+        f.debug_struct("Blocking")
+            .field("epoch", &(state >> SLEEPERS_BITS))
+            .field("sleepers", &(state & SLEEPERS_MASK))
+            .finish()
     }
 }
 
@@ -243,49 +268,54 @@ impl WaitStrategy for Blocking {
         mut available: impl FnMut() -> u64,
         mut interrupt: impl FnMut() -> Option<Interrupt>,
     ) -> Result<u64, Interrupt> {
-        // The fast path: no lock when the sequence is already there.
-        let value = available();
-        if value >= sequence {
-            return Ok(value);
-        }
-        if let Some(reason) = interrupt() {
-            return Err(reason);
-        }
-        // Announce ourselves before the re-check. This pairs with the fence in `signal`: either
-        // the signaller sees `waiters > 0` and notifies under the lock, or our re-check below
-        // sees its new sequence. (Store-load ordering on both sides needs SeqCst.)
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let result = {
-            let mut guard = self.mutex.lock();
-            loop {
-                let value = available();
-                if value >= sequence {
-                    break Ok(value);
-                }
-                if let Some(reason) = interrupt() {
-                    break Err(reason);
-                }
-                self.condvar.wait(&mut guard);
+        loop {
+            let value = available();
+            if value >= sequence {
+                return Ok(value);
             }
-        };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        result
+            if let Some(reason) = interrupt() {
+                return Err(reason);
+            }
+            // Announce before the re-check. This pairs with the fence in `signal`: either the
+            // signaller sees the announcement and notifies under the lock, or the re-check
+            // below sees its new sequence. (Store-load ordering on both sides needs SeqCst.)
+            let before = self.state.fetch_add(1, Ordering::SeqCst);
+            debug_assert!(before & SLEEPERS_MASK < SLEEPERS_MASK, "too many sleepers");
+            let epoch = before >> SLEEPERS_BITS;
+            fence(Ordering::SeqCst);
+            let mut guard = self.mutex.lock();
+            let value = available();
+            if value >= sequence {
+                // The announcement is left standing (a signaller may have taken it already,
+                // so it cannot be withdrawn safely); the next signaller pays one spare notify.
+                return Ok(value);
+            }
+            if let Some(reason) = interrupt() {
+                return Err(reason);
+            }
+            if self.state.load(Ordering::SeqCst) >> SLEEPERS_BITS != epoch {
+                // A signaller took our announcement and notified before we slept: announce
+                // again rather than sleep unannounced.
+                continue;
+            }
+            // Any signaller that takes our announcement from here on must then take the lock
+            // we hold to notify, so it cannot notify before we are waiting.
+            self.condvar.wait(&mut guard);
+        }
     }
 
     #[inline]
     fn signal(&self) {
-        // See `wait_for`: the fence orders our sequence store before the load of `waiters`.
+        // See `wait_for`: the fence orders our sequence store before the load of the state.
         fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            // Taking the lock means a waiter is either before its locked re-check (and will see
-            // the new sequence) or inside `wait` (and gets this notification).
+        if self.state.load(Ordering::SeqCst) & SLEEPERS_MASK != 0 && self.claim_sleepers() {
             let _guard = self.mutex.lock();
             self.condvar.notify_all();
         }
     }
 
     fn signal_all(&self) {
+        self.claim_sleepers();
         let _guard = self.mutex.lock();
         self.condvar.notify_all();
     }

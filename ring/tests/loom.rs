@@ -82,6 +82,8 @@ fn multi_producer_consumer_sees_only_published_slots() {
 /// Multi-producer wrap: a claim beyond the ring waits for the consumer, through the shared
 /// gating cache that another producer may have filled. (Threads sleep in the blocking strategy
 /// rather than spin, which keeps the model finite; the fast paths still run on atomics alone.)
+/// With two signallers and sleepers on both sides, this model also found a lost wake-up in an
+/// earlier `Blocking` that let a signaller take a sleeper's announcement before it slept.
 #[test]
 fn multi_producer_wraps_through_the_shared_gating_cache() {
     loom::model(|| {
