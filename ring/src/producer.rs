@@ -159,12 +159,11 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
     }
 
     #[inline(always)]
-    fn write_batch(&mut self, first: u64, last: u64, mut update: impl FnMut(&mut E, u64)) {
-        for sequence in first..=last {
-            // SAFETY: `claim` returned `first..=last` to this, the only producer, with every
-            // gating consumer past `last - capacity`; none of them is published yet.
-            unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
-        }
+    fn write_batch(&mut self, first: u64, last: u64, update: impl FnMut(&mut E, u64)) {
+        // SAFETY: `claim` returned `first..=last` (at most `capacity` sequences, checked by
+        // `validate_batch`) to this, the only producer, with every gating consumer past
+        // `last - capacity`; none of them is published yet.
+        unsafe { self.shared.buffer.write_range(first, last, update) };
     }
 
     /// The last sequence this producer published.

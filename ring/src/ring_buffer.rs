@@ -137,6 +137,38 @@ impl<E> RingBuffer<E> {
         })
     }
 
+    /// Calls `f` with an exclusive reference to each event of `first..=last`, in order: at most
+    /// two contiguous runs of slots (the batch may wrap), walked by pointer.
+    ///
+    /// # Safety
+    /// As for [`write`](Self::write), for every sequence of the range; and the range holds at
+    /// most `capacity` sequences.
+    #[inline(always)]
+    pub(crate) unsafe fn write_range(&self, first: u64, last: u64, mut f: impl FnMut(&mut E, u64)) {
+        debug_assert!(first <= last && last - first < self.capacity as u64);
+        let mut sequence = first;
+        while sequence <= last {
+            let index = (sequence & self.mask) as usize;
+            // The run ends at the batch's end or the array's, whichever comes first.
+            let run = ((last - sequence + 1) as usize).min(self.capacity - index);
+            // SAFETY: `index + run <= capacity`, so every offset below stays in the allocation.
+            let start = unsafe { self.slots.as_ptr().add(index) };
+            for offset in 0..run {
+                // SAFETY: `offset < run`, inside the allocation (see above).
+                let slot = unsafe { start.add(offset) };
+                // SAFETY: an initialized slot that lives as long as `self`; mutation goes
+                // through the cell.
+                let slot = unsafe { &*slot };
+                slot.with_mut(|pointer| {
+                    // SAFETY: per this function's contract the claiming producer is the only
+                    // thread touching these slots until it publishes them.
+                    f(unsafe { &mut *pointer }, sequence + offset as u64)
+                });
+            }
+            sequence += run as u64;
+        }
+    }
+
     /// The address of the first slot, for the alignment test.
     #[cfg(all(test, not(loom)))]
     fn base_address(&self) -> usize {
@@ -189,6 +221,26 @@ mod tests {
         }));
         assert!(result.is_err());
         assert_eq!(Rc::strong_count(&token), 1, "the five events made were dropped");
+    }
+
+    #[test]
+    fn write_range_visits_each_sequence_once_in_order_across_the_wrap() {
+        let buffer = RingBuffer::new(8, || 0u64);
+        for (first, last) in [(1u64, 8u64), (6, 11), (8, 8), (13, 20)] {
+            let mut visited = Vec::new();
+            // SAFETY: single-threaded test; nothing else touches the slots.
+            unsafe {
+                buffer.write_range(first, last, |slot, sequence| {
+                    *slot = sequence;
+                    visited.push(sequence);
+                })
+            };
+            assert!(visited.iter().copied().eq(first..=last));
+            for sequence in first..=last {
+                // SAFETY: as above.
+                assert_eq!(unsafe { buffer.read(sequence, |value| *value) }, sequence);
+            }
+        }
     }
 
     #[test]
