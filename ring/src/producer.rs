@@ -268,14 +268,12 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
     }
 
     #[inline(always)]
-    fn fill(&self, first: u64, last: u64, mut update: impl FnMut(&mut E, u64)) {
+    fn fill(&self, first: u64, last: u64, update: impl FnMut(&mut E, u64)) {
         let guard = HaltUnlessPublished { shared: &self.shared };
-        for sequence in first..=last {
-            // SAFETY: the claim gave `first..=last` to this producer alone (the atomic add or
-            // compare-and-swap on the cursor), and every gating consumer is past
-            // `last - capacity`; no sequence of the range is marked published yet.
-            unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
-        }
+        // SAFETY: the claim gave `first..=last` (at most `capacity` sequences) to this producer
+        // alone (the atomic add or compare-and-swap on the cursor), and every gating consumer
+        // is past `last - capacity`; no sequence of the range is marked published yet.
+        unsafe { self.shared.buffer.write_range(first, last, update) };
         std::mem::forget(guard);
         for sequence in first..=last {
             self.shared.sequencer.mark_published(sequence);
