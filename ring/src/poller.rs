@@ -64,19 +64,10 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
         limit: usize,
         mut handler: impl FnMut(&E, u64, bool),
     ) -> Result<usize, Interrupt> {
-        let Some(batch) = self.poll(limit)? else {
-            return Ok(0);
-        };
-        let (first, last) = (batch.first, batch.last);
-        let shared = &batch.poller.barrier.shared;
-        for current in first..=last {
-            // SAFETY: the batch covers published sequences this poller has not released, so
-            // no producer writes them (see `Batch`).
-            unsafe {
-                shared.buffer.read(current, |event| handler(event, current, current == last))
-            };
+        match self.poll(limit)? {
+            Some(batch) => Ok(batch.handle_each(&mut handler)),
+            None => Ok(0),
         }
-        Ok(batch.len())
     }
 
     /// Waits, per the ring's wait strategy, for at least one event; then calls
@@ -87,16 +78,7 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
         limit: usize,
         mut handler: impl FnMut(&E, u64, bool),
     ) -> Result<usize, Interrupt> {
-        let batch = self.wait(limit)?;
-        let (first, last) = (batch.first, batch.last);
-        let shared = &batch.poller.barrier.shared;
-        for current in first..=last {
-            // SAFETY: as in `poll_each`.
-            unsafe {
-                shared.buffer.read(current, |event| handler(event, current, current == last))
-            };
-        }
-        Ok(batch.len())
+        Ok(self.wait(limit)?.handle_each(&mut handler))
     }
 
     /// The last sequence this poller released.
@@ -163,6 +145,20 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
         // poller's sequence is below `first` until the batch is dropped, which the borrow of
         // `self` outlives; so the producer cannot claim the slot again meanwhile.
         unsafe { self.poller.barrier.shared.buffer.get(sequence) }
+    }
+
+    /// Calls `handler(event, sequence, end_of_batch)` for each event through the slots' cells
+    /// (which loom tracks, unlike the references `get` hands out), then releases the batch.
+    /// Returns how many events it handled.
+    fn handle_each(self, handler: &mut impl FnMut(&E, u64, bool)) -> usize {
+        let (first, last) = (self.first, self.last);
+        let buffer = &self.poller.barrier.shared.buffer;
+        for current in first..=last {
+            // SAFETY: the batch covers published sequences this poller has not released, so
+            // no producer writes them until `self` is dropped below.
+            unsafe { buffer.read(current, |event| handler(event, current, current == last)) };
+        }
+        self.len()
     }
 
     /// The events with their sequences, in order.

@@ -110,22 +110,13 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
     /// event in place and is told its sequence. Returns the sequence.
     #[inline]
     pub fn publish(&mut self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
-        let sequence = self.claim(1, Claim::Wait)?;
-        // SAFETY: `claim` returned `sequence` to this, the only producer, and established that
-        // every gating consumer passed `sequence - capacity`; it is not published yet.
-        unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
-        self.commit(sequence);
-        Ok(sequence)
+        self.publish_one(Claim::Wait, update)
     }
 
     /// Publishes one event, or fails with [`RingError::Full`] at once if there is no free slot.
     #[inline]
     pub fn try_publish(&mut self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
-        let sequence = self.claim(1, Claim::Try)?;
-        // SAFETY: as in `publish`.
-        unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
-        self.commit(sequence);
-        Ok(sequence)
+        self.publish_one(Claim::Try, update)
     }
 
     /// Publishes `size` events, calling `update` for each in sequence order, and makes them
@@ -136,11 +127,7 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
         size: usize,
         update: impl FnMut(&mut E, u64),
     ) -> Result<u64, RingError> {
-        let size = validate_batch(size, self.shared.capacity())?;
-        let last = self.claim(size, Claim::Wait)?;
-        self.write_batch(last - size + 1, last, update);
-        self.commit(last);
-        Ok(last)
+        self.publish_many(Claim::Wait, size, update)
     }
 
     /// Like [`publish_batch`](Self::publish_batch), but fails with [`RingError::Full`] at once
@@ -151,19 +138,38 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
         size: usize,
         update: impl FnMut(&mut E, u64),
     ) -> Result<u64, RingError> {
-        let size = validate_batch(size, self.shared.capacity())?;
-        let last = self.claim(size, Claim::Try)?;
-        self.write_batch(last - size + 1, last, update);
-        self.commit(last);
-        Ok(last)
+        self.publish_many(Claim::Try, size, update)
     }
 
     #[inline(always)]
-    fn write_batch(&mut self, first: u64, last: u64, update: impl FnMut(&mut E, u64)) {
-        // SAFETY: `claim` returned `first..=last` (at most `capacity` sequences, checked by
-        // `validate_batch`) to this, the only producer, with every gating consumer past
-        // `last - capacity`; none of them is published yet.
-        unsafe { self.shared.buffer.write_range(first, last, update) };
+    fn publish_one(
+        &mut self,
+        mode: Claim,
+        update: impl FnOnce(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let sequence = self.claim(1, mode)?;
+        // SAFETY: `claim` returned `sequence` to this, the only producer, and established that
+        // every gating consumer passed `sequence - capacity`; it is not published yet.
+        unsafe { self.shared.buffer.write(sequence, |event| update(event, sequence)) };
+        self.commit(sequence);
+        Ok(sequence)
+    }
+
+    #[inline(always)]
+    fn publish_many(
+        &mut self,
+        mode: Claim,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let size = validate_batch(size, self.shared.capacity())?;
+        let last = self.claim(size, mode)?;
+        // SAFETY: `claim` returned `last - size + 1 ..= last` (at most `capacity` sequences,
+        // checked by `validate_batch`) to this, the only producer, with every gating consumer
+        // past `last - capacity`; none of them is published yet.
+        unsafe { self.shared.buffer.write_range(last - size + 1, last, update) };
+        self.commit(last);
+        Ok(last)
     }
 
     /// The last sequence this producer published.
@@ -284,27 +290,13 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
     /// Publishes one event, waiting while the ring is full. Returns its sequence.
     #[inline]
     pub fn publish(&self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
-        let sequence = self.claim(1, Claim::Wait)?;
-        let mut update = Some(update);
-        self.fill(sequence, sequence, |event, sequence| {
-            if let Some(update) = update.take() {
-                update(event, sequence);
-            }
-        });
-        Ok(sequence)
+        self.publish_one(Claim::Wait, update)
     }
 
     /// Publishes one event, or fails with [`RingError::Full`] at once if there is no free slot.
     #[inline]
     pub fn try_publish(&self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
-        let sequence = self.claim(1, Claim::Try)?;
-        let mut update = Some(update);
-        self.fill(sequence, sequence, |event, sequence| {
-            if let Some(update) = update.take() {
-                update(event, sequence);
-            }
-        });
-        Ok(sequence)
+        self.publish_one(Claim::Try, update)
     }
 
     /// Publishes `size` consecutive events, waiting while the ring is full. Returns the last
@@ -315,10 +307,7 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
         size: usize,
         update: impl FnMut(&mut E, u64),
     ) -> Result<u64, RingError> {
-        let size = validate_batch(size, self.shared.capacity())?;
-        let last = self.claim(size, Claim::Wait)?;
-        self.fill(last - size + 1, last, update);
-        Ok(last)
+        self.publish_many(Claim::Wait, size, update)
     }
 
     /// Like [`publish_batch`](Self::publish_batch), but fails with [`RingError::Full`] at once
@@ -329,8 +318,30 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
         size: usize,
         update: impl FnMut(&mut E, u64),
     ) -> Result<u64, RingError> {
+        self.publish_many(Claim::Try, size, update)
+    }
+
+    #[inline(always)]
+    fn publish_one(&self, mode: Claim, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        let sequence = self.claim(1, mode)?;
+        let mut update = Some(update);
+        self.fill(sequence, sequence, |event, sequence| {
+            if let Some(update) = update.take() {
+                update(event, sequence);
+            }
+        });
+        Ok(sequence)
+    }
+
+    #[inline(always)]
+    fn publish_many(
+        &self,
+        mode: Claim,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
         let size = validate_batch(size, self.shared.capacity())?;
-        let last = self.claim(size, Claim::Try)?;
+        let last = self.claim(size, mode)?;
         self.fill(last - size + 1, last, update);
         Ok(last)
     }
