@@ -1,0 +1,31 @@
+//! `keel-journal`: the only durable artefacts of keel, a segmented append-only journal of the
+//! input and snapshot files.
+//!
+//! The byte layout and the recovery rules are specified in `docs/journal-format.md`; this
+//! crate implements exactly that. So far it holds the format itself ([`format`]): encoding and
+//! checksum-first decoding of segment headers, records and snapshot headers. The segment
+//! writer, readers, the tailer, recovery, snapshots on disk and the `keel` CLI build on it.
+//!
+//! ```
+//! use keel_journal::format::{encode_record, check_record, RecordCheck, RecordFields};
+//!
+//! let mut segment = vec![0u8; 4096];
+//! let fields = RecordFields { sequence: 1, timestamp_ns: 1_700_000_000_000_000_000, kind: 7, version: 1, flags: 0 };
+//! let written = encode_record(&mut segment, &fields, b"transfer 42")?;
+//! match check_record(&segment) {
+//!     RecordCheck::Record(record) => {
+//!         assert_eq!((record.sequence, record.payload), (1, &b"transfer 42"[..]));
+//!         assert_eq!(record.size_padded, written);
+//!     }
+//!     other => panic!("expected a record, got {other:?}"),
+//! }
+//! // One flipped bit anywhere and the record is refused, before any field is trusted.
+//! segment[20] ^= 0x10;
+//! assert!(matches!(check_record(&segment), RecordCheck::Invalid(_)));
+//! # Ok::<(), keel_journal::format::FormatError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod format;
