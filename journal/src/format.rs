@@ -62,12 +62,12 @@ pub const CODEC_BINCODE2_SERDE: u32 = 1;
 
 // The relations the layout depends on, checked when the crate compiles.
 const _: () = assert!(SEGMENT_HEADER_USED <= SEGMENT_HEADER_SIZE);
-const _: () = assert!(SEGMENT_HEADER_SIZE % RECORD_ALIGNMENT == 0);
-const _: () = assert!(RECORD_HEADER_SIZE % RECORD_ALIGNMENT == 0);
+const _: () = assert!(SEGMENT_HEADER_SIZE.is_multiple_of(RECORD_ALIGNMENT));
+const _: () = assert!(RECORD_HEADER_SIZE.is_multiple_of(RECORD_ALIGNMENT));
 const _: () = assert!(RECORD_SIZE_MAX <= u32::MAX as usize, "length is a u32");
 const _: () = assert!((RECORD_SIZE_MAX as u64) < SEGMENT_SIZE_MIN - SEGMENT_HEADER_SIZE as u64);
 const _: () = assert!(RECORD_SIZE_MAX <= GROUP_COMMIT_BYTES_MAX, "a record fits a group commit");
-const _: () = assert!(SEGMENT_SIZE_MIN % SEGMENT_SIZE_GRANULARITY == 0);
+const _: () = assert!(SEGMENT_SIZE_MIN.is_multiple_of(SEGMENT_SIZE_GRANULARITY));
 
 /// Why bytes are not a valid header or record, or why a record cannot be encoded.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -263,7 +263,7 @@ impl SegmentHeader {
 /// Checks a segment size against the format's bounds and granularity.
 pub fn validate_segment_size(segment_size: u64) -> Result<(), FormatError> {
     if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size)
-        || segment_size % SEGMENT_SIZE_GRANULARITY != 0
+        || !segment_size.is_multiple_of(SEGMENT_SIZE_GRANULARITY)
     {
         return Err(FormatError::InvalidField {
             structure: SegmentHeader::STRUCTURE,

@@ -2,9 +2,10 @@
 //! input and snapshot files.
 //!
 //! The byte layout and the recovery rules are specified in `docs/journal-format.md`; this
-//! crate implements exactly that. So far it holds the format itself ([`format`]): encoding and
-//! checksum-first decoding of segment headers, records and snapshot headers. The segment
-//! writer, readers, the tailer, recovery, snapshots on disk and the `keel` CLI build on it.
+//! crate implements exactly that. So far it holds the format itself ([`format`]: encoding and
+//! checksum-first decoding of segment headers, records and snapshot headers) and the
+//! single-writer lock ([`WriterLock`]). The segment writer, readers, the tailer, recovery,
+//! snapshots on disk and the `keel` CLI build on them.
 //!
 //! ```
 //! use keel_journal::format::{encode_record, check_record, RecordCheck, RecordFields};
@@ -28,4 +29,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod error;
 pub mod format;
+pub mod lock;
+
+pub use error::JournalError;
+pub use lock::WriterLock;

@@ -1,0 +1,124 @@
+//! The single-writer lock: `DIR/LOCK`, held with `flock` (through `File::try_lock`) for as long
+//! as a writer is open, and holding the text `pid=… host=… since=…` so that a refused second
+//! writer is told who holds it. The kernel releases the lock when the holder's process dies,
+//! so a crash never leaves a stale lock behind.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::JournalError;
+
+/// The lock file's name inside a journal directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// The longest holder text read back for an error message; a larger file is cut, so a damaged
+/// lock file cannot make an error message unbounded.
+const HOLDER_TEXT_MAX: u64 = 512;
+
+/// Proof that this process is the directory's only writer. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct WriterLock {
+    /// Kept open: closing the file releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+impl WriterLock {
+    /// Takes the writer lock of `directory` (created if missing), or fails with
+    /// [`JournalError::Locked`] naming the holder.
+    pub fn acquire(directory: &Path) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(directory).map_err(JournalError::io(directory))?;
+        let path = directory.join(LOCK_FILE_NAME);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(JournalError::io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked { holder: read_holder(&mut file), path });
+            }
+            Err(TryLockError::Error(error)) => return Err(JournalError::io(&path)(error)),
+        }
+        let holder = format!(
+            "pid={} host={} since={}\n",
+            std::process::id(),
+            host_name(),
+            rfc3339_utc(SystemTime::now())
+        );
+        file.set_len(0).map_err(JournalError::io(&path))?;
+        file.seek(SeekFrom::Start(0)).map_err(JournalError::io(&path))?;
+        file.write_all(holder.as_bytes()).map_err(JournalError::io(&path))?;
+        file.sync_data().map_err(JournalError::io(&path))?;
+        Ok(Self { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The holder's text, for the error message; best effort, as the holder may be rewriting it.
+fn read_holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let read = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.take(HOLDER_TEXT_MAX).read_to_string(&mut text));
+    match read {
+        Ok(_) if !text.trim().is_empty() => text.trim().to_owned(),
+        _ => "an unknown process (the lock file names no holder)".to_owned(),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `time` as `YYYY-MM-DDThh:mm:ssZ`, in UTC (the civil-from-days algorithm of H. Hinnant, so
+/// no calendar crate is needed for one timestamp in a lock file).
+pub(crate) fn rfc3339_utc(time: SystemTime) -> String {
+    let seconds = time.duration_since(UNIX_EPOCH).map(|since| since.as_secs()).unwrap_or(0);
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    let shifted = days as i64 + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_shifted = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_shifted + 2) / 5 + 1;
+    let month = if month_shifted < 10 { month_shifted + 3 } else { month_shifted - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_format_as_rfc3339_utc() {
+        let at = |seconds: u64| rfc3339_utc(UNIX_EPOCH + Duration::from_secs(seconds));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z", "a leap day in a century leap year");
+        assert_eq!(at(1_795_435_199), "2026-11-23T11:59:59Z");
+        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z", "2100 is not a leap year");
+    }
+}
