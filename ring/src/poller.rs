@@ -141,6 +141,12 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
             self.first,
             self.last
         );
+        self.get_in_batch(sequence)
+    }
+
+    /// The event at `sequence`, known by the caller to lie in `first..=last`.
+    fn get_in_batch(&self, sequence: u64) -> &E {
+        debug_assert!((self.first..=self.last).contains(&sequence));
         // SAFETY: `sequence` is published (the barrier returned at least `last`) and this
         // poller's sequence is below `first` until the batch is dropped, which the borrow of
         // `self` outlives; so the producer cannot claim the slot again meanwhile.
@@ -163,7 +169,7 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
 
     /// The events with their sequences, in order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &E)> + '_ {
-        (self.first..=self.last).map(move |sequence| (sequence, self.get(sequence)))
+        (self.first..=self.last).map(move |sequence| (sequence, self.get_in_batch(sequence)))
     }
 }
 
