@@ -17,7 +17,7 @@ mod ring;
 
 use anyhow::{bail, ensure, Result};
 use clap::Parser;
-use keel_ring::{Blocking, BusySpin, Sleeping};
+use keel_ring::{Blocking, BusySpin, Sleeping, Yielding};
 
 use crate::machine::{inter_core_round_trip_ns, Machine};
 use crate::report::{print_table, summarize, Latency, Measurement, Summary};
@@ -98,59 +98,88 @@ fn cases(scenario: &str, scale: u64, pin: Pinning) -> Result<Vec<Case>> {
     let ping = std::rc::Rc::new(ping);
     Ok(match scenario {
         "one-to-one" => vec![
-            throughput("keel", "busy-spin single", single, move || ring::one_to_one_keel(BusySpin, one, false, pin)),
-            throughput("disruptor", "busy-spin single", single, move || ring::one_to_one_disruptor(one, false, pin)),
-            throughput("rtrb", "spin single", single, move || ring::one_to_one_rtrb(one, false, pin)),
-            throughput("crossbeam", "bounded single", single, move || ring::one_to_one_crossbeam(one, pin)),
-            throughput("keel", "busy-spin batch-64", batch, move || ring::one_to_one_keel(BusySpin, one_batch, true, pin)),
-            throughput("disruptor", "busy-spin batch-64", batch, move || ring::one_to_one_disruptor(one_batch, true, pin)),
-            throughput("rtrb", "spin batch-64", batch, move || ring::one_to_one_rtrb(one_batch, true, pin)),
-            throughput("keel", "yielding single", single, move || ring::one_to_one_keel(ring::yielding(), one, false, pin)),
+            throughput("keel", "busy-spin single", single, move || {
+                ring::one_to_one_keel(BusySpin, one, false, pin)
+            }),
+            throughput("disruptor", "busy-spin single", single, move || {
+                ring::one_to_one_disruptor(one, false, pin)
+            }),
+            throughput("rtrb", "spin single", single, move || {
+                ring::one_to_one_rtrb(one, false, pin)
+            }),
+            throughput("crossbeam", "bounded single", single, move || {
+                ring::one_to_one_crossbeam(one, pin)
+            }),
+            throughput("keel", "busy-spin batch-64", batch, move || {
+                ring::one_to_one_keel(BusySpin, one_batch, true, pin)
+            }),
+            throughput("disruptor", "busy-spin batch-64", batch, move || {
+                ring::one_to_one_disruptor(one_batch, true, pin)
+            }),
+            throughput("rtrb", "spin batch-64", batch, move || {
+                ring::one_to_one_rtrb(one_batch, true, pin)
+            }),
+            throughput("keel", "yielding single", single, move || {
+                ring::one_to_one_keel(Yielding::default(), one, false, pin)
+            }),
         ],
         "two-to-one" => vec![
-            throughput("keel", "yielding", two_expected, move || ring::two_to_one_keel(ring::yielding(), two)),
-            throughput("keel", "blocking", two_expected, move || ring::two_to_one_keel(Blocking::new(), two)),
-            throughput("keel", "sleeping", two_expected, move || ring::two_to_one_keel(Sleeping::default(), two)),
-            throughput("crossbeam", "bounded", two_expected, move || ring::two_to_one_crossbeam(two)),
-            throughput("disruptor", "busy-spin", two_expected, move || ring::two_to_one_disruptor(two)),
+            throughput("keel", "yielding", two_expected, move || {
+                ring::two_to_one_keel(Yielding::default(), two)
+            }),
+            throughput("keel", "blocking", two_expected, move || {
+                ring::two_to_one_keel(Blocking::new(), two)
+            }),
+            throughput("keel", "sleeping", two_expected, move || {
+                ring::two_to_one_keel(Sleeping::default(), two)
+            }),
+            throughput("crossbeam", "bounded", two_expected, move || {
+                ring::two_to_one_crossbeam(two)
+            }),
+            throughput("disruptor", "busy-spin", two_expected, move || {
+                ring::two_to_one_disruptor(two)
+            }),
         ],
         "one-to-diamond" => vec![
-            throughput("keel", "yielding", (diamond, sum_to(diamond)), move || ring::diamond_keel(ring::yielding(), diamond)),
-            throughput("disruptor", "busy-spin+hint", (diamond, sum_to(diamond)), move || ring::diamond_disruptor(diamond)),
+            throughput("keel", "yielding", (diamond, sum_to(diamond)), move || {
+                ring::diamond_keel(Yielding::default(), diamond)
+            }),
+            throughput("disruptor", "busy-spin+hint", (diamond, sum_to(diamond)), move || {
+                ring::diamond_disruptor(diamond)
+            }),
         ],
         "ping-pong" => {
             let (first, second, third) = (ping.clone(), ping.clone(), ping);
             vec![
-                latency("keel", "busy-spin", ping_expected, move || ring::ping_pong_keel(&first, pin)),
-                latency("disruptor", "busy-spin", ping_expected, move || ring::ping_pong_disruptor(&second, pin)),
+                latency("keel", "busy-spin", ping_expected, move || {
+                    ring::ping_pong_keel(&first, pin)
+                }),
+                latency("disruptor", "busy-spin", ping_expected, move || {
+                    ring::ping_pong_disruptor(&second, pin)
+                }),
                 latency("rtrb", "spin", ping_expected, move || ring::ping_pong_rtrb(&third, pin)),
             ]
         }
-        other => bail!("unknown scenario '{other}': try ring, one-to-one, two-to-one, one-to-diamond, ping-pong"),
+        other => unreachable!("`expand` admits only the ring scenarios, not '{other}'"),
     })
 }
 
-fn expand(scenarios: &[String]) -> Vec<String> {
+/// The ring scenarios, in the order `ring` runs them.
+const RING_SCENARIOS: [&str; 4] = ["one-to-one", "two-to-one", "one-to-diamond", "ping-pong"];
+
+/// The scenarios named on the command line, with `ring` expanded; an unknown name is an error.
+fn expand(scenarios: &[String]) -> Result<Vec<&'static str>> {
     let mut expanded = Vec::new();
     for scenario in scenarios {
         if scenario == "ring" {
-            expanded.extend(
-                ["one-to-one", "two-to-one", "one-to-diamond", "ping-pong"].map(str::to_owned),
-            );
+            expanded.extend(RING_SCENARIOS);
+        } else if let Some(known) = RING_SCENARIOS.iter().find(|known| **known == scenario) {
+            expanded.push(*known);
         } else {
-            expanded.push(scenario.clone());
+            bail!("unknown scenario '{scenario}': try ring, {}", RING_SCENARIOS.join(", "));
         }
     }
-    expanded
-}
-
-fn scenario_name(scenario: &str) -> &'static str {
-    match scenario {
-        "one-to-one" => "one-to-one",
-        "two-to-one" => "two-to-one",
-        "one-to-diamond" => "one-to-diamond",
-        _ => "ping-pong",
-    }
+    Ok(expanded)
 }
 
 fn main() -> Result<()> {
@@ -169,12 +198,11 @@ fn main() -> Result<()> {
     }
     let pinning = if arguments.no_pin { Pinning::NONE } else { Pinning::CROSS_CORE };
     let mut measurements = Vec::new();
-    for scenario in expand(&arguments.scenarios) {
-        let mut cases = cases(&scenario, scale, pinning)?;
+    for name in expand(&arguments.scenarios)? {
+        let mut cases = cases(name, scale, pinning)?;
         if !arguments.systems.is_empty() {
             cases.retain(|case| arguments.systems.iter().any(|system| system == case.system));
         }
-        let name = scenario_name(&scenario);
         for run in 0..runs {
             let probe_ns = inter_core_round_trip_ns(pinning);
             if !arguments.json {

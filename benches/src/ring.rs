@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use hdrhistogram::Histogram;
-use keel_ring::{BusySpin, Interrupt, RingBuilder, WaitStrategy, Yielding};
+use keel_ring::{BusySpin, Interrupt, RingBuilder, WaitStrategy};
 
 use crate::report::Latency;
 
@@ -58,6 +58,18 @@ fn event(value: u64, producer: u64) -> Event {
 struct Totals {
     count: AtomicU64,
     sum: AtomicU64,
+}
+
+impl Totals {
+    /// The run's outcome, once the consumer has stopped (its last stores are visible through
+    /// the join or the drop that stopped it).
+    fn outcome(&self, elapsed: Duration) -> Outcome {
+        Outcome {
+            elapsed,
+            events: self.count.load(Ordering::Relaxed),
+            sum: self.sum.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The handler every system's consumer runs: add, and export the totals at the end of a batch.
@@ -185,11 +197,7 @@ fn one_to_one_keel_pinned<W: WaitStrategy>(
     drop(producer);
     consumer.join().map(drop)?;
     let elapsed = started.elapsed();
-    Ok(Outcome {
-        elapsed,
-        events: totals.count.load(Ordering::Relaxed),
-        sum: totals.sum.load(Ordering::Relaxed),
-    })
+    Ok(totals.outcome(elapsed))
 }
 
 pub fn one_to_one_disruptor(events: u64, batch: bool, pinning: Pinning) -> Result<Outcome> {
@@ -224,11 +232,7 @@ fn one_to_one_disruptor_pinned(events: u64, batch: bool, pinning: Pinning) -> Re
     // Dropping the producer drains and joins the consumer.
     drop(producer);
     let elapsed = started.elapsed();
-    Ok(Outcome {
-        elapsed,
-        events: totals.count.load(Ordering::Relaxed),
-        sum: totals.sum.load(Ordering::Relaxed),
-    })
+    Ok(totals.outcome(elapsed))
 }
 
 pub fn one_to_one_rtrb(events: u64, batch: bool, pinning: Pinning) -> Result<Outcome> {
@@ -353,11 +357,7 @@ pub fn two_to_one_keel<W: WaitStrategy>(wait: W, events: u64) -> Result<Outcome>
         thread.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
     }
     consumer.join().map(drop)?;
-    Ok(Outcome {
-        elapsed: started.elapsed(),
-        events: totals.count.load(Ordering::Relaxed),
-        sum: totals.sum.load(Ordering::Relaxed),
-    })
+    Ok(totals.outcome(started.elapsed()))
 }
 
 pub fn two_to_one_disruptor(events: u64) -> Result<Outcome> {
@@ -382,11 +382,7 @@ pub fn two_to_one_disruptor(events: u64) -> Result<Outcome> {
         thread.join().map_err(|_| anyhow::anyhow!("producer panicked"))?;
     }
     drop(producer);
-    Ok(Outcome {
-        elapsed: started.elapsed(),
-        events: totals.count.load(Ordering::Relaxed),
-        sum: totals.sum.load(Ordering::Relaxed),
-    })
+    Ok(totals.outcome(started.elapsed()))
 }
 
 pub fn two_to_one_crossbeam(events: u64) -> Result<Outcome> {
@@ -450,11 +446,7 @@ pub fn diamond_keel<W: WaitStrategy>(wait: W, events: u64) -> Result<Outcome> {
     handle_a.join().map(drop)?;
     handle_b.join().map(drop)?;
     handle_c.join().map(drop)?;
-    Ok(Outcome {
-        elapsed: started.elapsed(),
-        events: totals.count.load(Ordering::Relaxed),
-        sum: totals.sum.load(Ordering::Relaxed),
-    })
+    Ok(totals.outcome(started.elapsed()))
 }
 
 pub fn diamond_disruptor(events: u64) -> Result<Outcome> {
@@ -475,11 +467,7 @@ pub fn diamond_disruptor(events: u64) -> Result<Outcome> {
         producer.publish(|slot| *slot = event(value, 0));
     }
     drop(producer);
-    Ok(Outcome {
-        elapsed: started.elapsed(),
-        events: totals.count.load(Ordering::Relaxed),
-        sum: totals.sum.load(Ordering::Relaxed),
-    })
+    Ok(totals.outcome(started.elapsed()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,9 +649,4 @@ fn ping_pong_rtrb_pinned(settings: &PingPong, pinning: Pinning) -> Result<(Outco
     ponger.join().map_err(|_| anyhow::anyhow!("rtrb ponger panicked"))?;
     ensure!(sum == sum_to(total), "rtrb ping-pong echoed a wrong value");
     Ok((Outcome { elapsed, events: count, sum }, Latency::from_histogram(&histogram)))
-}
-
-/// The default yielding strategy, named for the variant column.
-pub fn yielding() -> Yielding {
-    Yielding::default()
 }
