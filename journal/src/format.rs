@@ -303,9 +303,30 @@ pub fn encode_record(
     fields: &RecordFields,
     payload: &[u8],
 ) -> Result<usize, FormatError> {
+    validate_record(fields, payload.len())?;
+    let length = RECORD_HEADER_SIZE + payload.len();
+    let padded = record_size_padded(payload.len());
+    if buffer.len() < padded {
+        return Err(FormatError::BufferTooSmall { needed: padded, available: buffer.len() });
+    }
+    let record = &mut buffer[..padded];
+    write_record_fields(record, fields);
+    record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
+    record[length..padded].fill(0);
+    let checksum = record_checksum_for_length(record, length as u32);
+    record[4..8].copy_from_slice(&checksum.to_le_bytes());
+    record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
+    Ok(padded)
+}
+
+/// Checks the fields and the payload size of a record about to be written.
+pub(crate) fn validate_record(
+    fields: &RecordFields,
+    payload_len: usize,
+) -> Result<(), FormatError> {
     let structure = "record";
-    if RECORD_HEADER_SIZE + payload.len() > RECORD_SIZE_MAX {
-        return Err(FormatError::PayloadTooLarge { payload: payload.len() });
+    if RECORD_HEADER_SIZE + payload_len > RECORD_SIZE_MAX {
+        return Err(FormatError::PayloadTooLarge { payload: payload_len });
     }
     if fields.kind == 0 {
         return Err(FormatError::InvalidField {
@@ -331,23 +352,26 @@ pub fn encode_record(
             rule: "sequences start at 1",
         });
     }
-    let length = RECORD_HEADER_SIZE + payload.len();
-    let padded = record_size_padded(payload.len());
-    if buffer.len() < padded {
-        return Err(FormatError::BufferTooSmall { needed: padded, available: buffer.len() });
-    }
-    let record = &mut buffer[..padded];
-    record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Writes bytes `8..32` of a record header (sequence, timestamp, kind, version, flags) and
+/// zeroes `length` and `checksum`, which are written last: a record is sealed by its checksum
+/// and published by its length.
+pub(crate) fn write_record_fields(record: &mut [u8], fields: &RecordFields) {
+    record[0..8].fill(0);
     record[8..16].copy_from_slice(&fields.sequence.to_le_bytes());
     record[16..24].copy_from_slice(&fields.timestamp_ns.to_le_bytes());
     record[24..26].copy_from_slice(&fields.kind.to_le_bytes());
     record[26..28].copy_from_slice(&fields.version.to_le_bytes());
     record[28..32].copy_from_slice(&fields.flags.to_le_bytes());
-    record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
-    record[length..padded].fill(0);
-    let checksum = record_checksum(record, length);
-    record[4..8].copy_from_slice(&checksum.to_le_bytes());
-    Ok(padded)
+}
+
+/// The checksum of a record of `length` bytes: CRC32C of `length` (as it will be stored)
+/// followed by bytes `8..length`. It does not read bytes `0..8`, so a writer can compute it
+/// before it publishes the length.
+pub(crate) fn record_checksum_for_length(record: &[u8], length: u32) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&length.to_le_bytes()), &record[8..length as usize])
 }
 
 /// CRC32C of bytes `0..4` followed by bytes `8..length` of a record.
@@ -378,6 +402,21 @@ impl RecordView<'_> {
     /// Whether this record ends a group commit.
     pub fn is_end_of_batch(&self) -> bool {
         self.flags & FLAG_END_OF_BATCH != 0
+    }
+}
+
+/// The fields of the record at the start of `bytes`, read without any check: only for a
+/// record that [`check_record`] accepted before (a reader that validated a whole batch ahead).
+pub(crate) fn record_view_unchecked(bytes: &[u8]) -> RecordView<'_> {
+    let length = read_u32(bytes, 0) as usize;
+    RecordView {
+        sequence: read_u64(bytes, 8),
+        timestamp_ns: read_u64(bytes, 16),
+        kind: read_u16(bytes, 24),
+        version: read_u16(bytes, 26),
+        flags: read_u32(bytes, 28),
+        payload: &bytes[RECORD_HEADER_SIZE..length],
+        size_padded: length.div_ceil(RECORD_ALIGNMENT) * RECORD_ALIGNMENT,
     }
 }
 
@@ -456,15 +495,7 @@ pub fn check_record(bytes: &[u8]) -> RecordCheck<'_> {
     if padding.iter().any(|&byte| byte != 0) {
         return malformed("padding must be zero");
     }
-    let view = RecordView {
-        sequence: read_u64(bytes, 8),
-        timestamp_ns: read_u64(bytes, 16),
-        kind: read_u16(bytes, 24),
-        version: read_u16(bytes, 26),
-        flags: read_u32(bytes, 28),
-        payload: &bytes[RECORD_HEADER_SIZE..length_usize],
-        size_padded,
-    };
+    let view = record_view_unchecked(bytes);
     if view.sequence == 0 {
         return malformed("sequences start at 1");
     }

@@ -26,12 +26,27 @@
 //! # Ok::<(), keel_journal::format::FormatError>(())
 //! ```
 
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but the `mmap` module, which maps segment files.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;
 pub mod format;
 pub mod lock;
+mod mmap;
+mod reader;
+mod retention;
+pub mod scan;
+pub mod segment;
+pub mod snapshot;
+pub mod storage;
+mod writer;
 
 pub use error::JournalError;
 pub use lock::WriterLock;
+pub use reader::{JournalReader, Tailer};
+pub use snapshot::{LoadedSnapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
+pub use writer::{
+    Durability, JournalOptions, JournalWriter, OpenReport, Retention, Truncation,
+    DEFAULT_SEGMENT_SIZE,
+};

@@ -1,0 +1,112 @@
+//! The memory mappings of segment files: the only `unsafe` code of the journal.
+//!
+//! Two facts make the mappings sound to use as keel uses them, and every `unsafe` block below
+//! relies on one of them:
+//!
+//! 1. **Segment files never change size while mapped.** They are pre-allocated to their full
+//!    size before anyone maps them, and nothing in keel truncates or extends a segment file
+//!    afterwards (recovery zeroes bytes, it never shortens a file). So no access within the
+//!    mapping's length can fault with `SIGBUS` for lack of a page.
+//! 2. **Bytes that a reader hands out are never written again.** A writer publishes a record by
+//!    storing its `length` last, with release ordering, after every other byte of it; readers
+//!    load the length with acquire ordering and read a record only when it is non-zero, and
+//!    then only the record's own bytes. The bytes past the published end may be changing under
+//!    a reader's mapping (the writer's mapping or `pwrite` in another thread or process), and
+//!    readers never form a reference to them that outlives the check of one record.
+//!
+//! An operator's `repair`, which zeroes valid records, takes the writer lock but cannot stop
+//! readers in other processes; it is documented as an offline operation.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+/// A page, for pre-faulting by touch when `MADV_POPULATE_WRITE` is not available.
+const PAGE_SIZE: usize = 4096;
+
+/// A writable shared mapping of a whole segment file: the `PageCache` tier writes records
+/// into it.
+#[derive(Debug)]
+pub(crate) struct WritableMap {
+    map: MmapMut,
+}
+
+impl WritableMap {
+    /// Maps all of `file` (which must be pre-allocated to its final size) for writing.
+    pub(crate) fn new(file: &File) -> io::Result<Self> {
+        // SAFETY: fact 1 of the module comment: the file is pre-allocated and is never
+        // truncated while mapped, so the mapping stays backed by the file's pages. The only
+        // writer of a segment is the journal writer that holds the directory's lock.
+        let map = unsafe { MmapOptions::new().map_mut(file)? };
+        Ok(Self { map })
+    }
+
+    /// Faults every page of the mapping in, writable, so that appends never take a page fault:
+    /// `MADV_POPULATE_WRITE` where the kernel has it (Linux 5.14), else a store to each page.
+    /// The file is zero-filled, so storing a zero changes no byte.
+    pub(crate) fn prefault(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.map.advise(memmap2::Advice::PopulateWrite).is_ok() {
+            return;
+        }
+        for page in self.map.chunks_mut(PAGE_SIZE) {
+            page[0] = 0;
+        }
+    }
+
+    /// The mapped bytes, to write unpublished records into.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Publishes the record at `offset` by storing its `length` with release ordering: every
+    /// byte written before (the record's header fields, checksum and payload) is visible to a
+    /// reader that loads this length with acquire ordering and sees it non-zero.
+    pub(crate) fn publish_length(&mut self, offset: usize, length: u32) {
+        assert!(offset.is_multiple_of(8) && offset + 4 <= self.map.len(), "record offset");
+        let pointer = self.map.as_mut_ptr().wrapping_add(offset).cast::<u32>();
+        // SAFETY: `pointer` is in bounds (asserted) and 4-byte aligned: the mapping is
+        // page-aligned and `offset` a multiple of 8. `&mut self` guarantees no Rust reference
+        // into the mapping is alive in this process while the atomic exists; readers in other
+        // mappings only access these bytes atomically (fact 2).
+        let length_field = unsafe { AtomicU32::from_ptr(pointer) };
+        length_field.store(length, Ordering::Release);
+    }
+}
+
+/// A read-only shared mapping of a whole segment file, for readers, tailers and recovery.
+#[derive(Debug)]
+pub(crate) struct ReadableMap {
+    map: Mmap,
+}
+
+impl ReadableMap {
+    /// Maps all of `file` for reading.
+    pub(crate) fn new(file: &File) -> io::Result<Self> {
+        // SAFETY: fact 1: the file keeps its size while mapped. Bytes past the published end
+        // may change under the mapping; readers only look at them through `load_length` and
+        // the checksum of one record at a time (fact 2).
+        let map = unsafe { Mmap::map(file)? };
+        Ok(Self { map })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The length field of the record at `offset`, loaded with acquire ordering (the pair of
+    /// [`WritableMap::publish_length`]).
+    pub(crate) fn load_length(&self, offset: usize) -> u32 {
+        assert!(offset.is_multiple_of(8) && offset + 4 <= self.map.len(), "record offset");
+        let pointer = self.map.as_ptr().wrapping_add(offset).cast::<u32>().cast_mut();
+        // SAFETY: in bounds and 4-byte aligned (asserted; the mapping is page-aligned). The
+        // atomic is only loaded from, and the writer only stores to these bytes atomically.
+        let length_field = unsafe { AtomicU32::from_ptr(pointer) };
+        length_field.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,317 @@
+//! Segment files: names, listing, header validation, and the spare segment that a background
+//! thread allocates and pre-faults so that a roll costs the writer no page fault, no file
+//! growth and no `fsync`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::error::JournalError;
+use crate::format::{SegmentHeader, SEGMENT_HEADER_USED};
+use crate::mmap::WritableMap;
+use crate::storage::Storage;
+
+/// The journal's subdirectory of segment files.
+pub const JOURNAL_DIRECTORY: &str = "journal";
+/// The subdirectory of snapshot files.
+pub const SNAPSHOT_DIRECTORY: &str = "snapshots";
+/// The subdirectory that retention moves segments to, when asked to archive.
+pub const ARCHIVE_DIRECTORY: &str = "archive";
+/// A segment file's extension.
+pub const SEGMENT_EXTENSION: &str = "segment";
+/// The pre-allocated next segment, zero-filled, waiting for a roll.
+pub(crate) const SPARE_NAME: &str = "spare";
+/// The spare while it is being allocated; never read, removed on open.
+pub(crate) const SPARE_TEMPORARY_NAME: &str = "spare.tmp";
+
+/// The file name of the segment whose first record is `first_sequence`: 20 digits, so that
+/// lexical order is numeric order.
+pub fn segment_file_name(first_sequence: u64) -> String {
+    format!("{first_sequence:020}.{SEGMENT_EXTENSION}")
+}
+
+/// The first sequence named by a segment file name, or `None` if the name is not exactly 20
+/// digits and `.segment`.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".segment")?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A segment file of a journal, as its name describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    /// The sequence of its first record, from its name.
+    pub first_sequence: u64,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// The segment files of `journal_directory` (the `journal/` subdirectory), in sequence order.
+/// A file whose name ends in `.segment` but is not a segment name is an error: it is either
+/// damage or someone else's file, and either way the journal cannot be trusted to be whole.
+pub fn list_segments(journal_directory: &Path) -> Result<Vec<SegmentFile>, JournalError> {
+    let entries = match std::fs::read_dir(journal_directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(JournalError::io(journal_directory)(error)),
+    };
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(JournalError::io(journal_directory))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.ends_with(".segment") {
+            continue;
+        }
+        let path = entry.path();
+        match parse_segment_file_name(name) {
+            Some(first_sequence) => segments.push(SegmentFile { first_sequence, path }),
+            None => {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: 0,
+                    expected: 0,
+                    found: None,
+                    detail: "a file named like a segment whose name is not 20 digits".into(),
+                })
+            }
+        }
+    }
+    segments.sort_by_key(|segment| segment.first_sequence);
+    Ok(segments)
+}
+
+/// The index in `segments` of the segment that holds `sequence`: the last one whose first
+/// sequence is at most `sequence` (a binary search over the names).
+pub(crate) fn segment_index_for(segments: &[SegmentFile], sequence: u64) -> Option<usize> {
+    segments.partition_point(|segment| segment.first_sequence <= sequence).checked_sub(1)
+}
+
+/// Reads and validates the header of the segment `file` at `path`: checksum, magic, version,
+/// header size, then that its size is the file's, that its first sequence is the one its name
+/// gives, and (when given) that it belongs to the journal `journal_id`. Row 9 of the recovery
+/// table.
+pub(crate) fn read_header(
+    file: &File,
+    segment: &SegmentFile,
+    journal_id: Option<[u8; 16]>,
+) -> Result<SegmentHeader, JournalError> {
+    let path = &segment.path;
+    let length = file.metadata().map_err(JournalError::io(path))?.len();
+    let mut bytes = [0u8; SEGMENT_HEADER_USED];
+    read_exact_at(file, &mut bytes, 0).map_err(JournalError::io(path))?;
+    let header = SegmentHeader::decode(&bytes).map_err(JournalError::format(path, 0))?;
+    let mismatch = |field: &str, value: String, wanted: String| JournalError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        expected: segment.first_sequence,
+        found: None,
+        detail: format!("segment header field {field} is {value}, but {wanted}"),
+    };
+    if header.segment_size != length {
+        return Err(mismatch(
+            "segment_size",
+            header.segment_size.to_string(),
+            format!("the file holds {length} bytes"),
+        ));
+    }
+    if header.first_sequence != segment.first_sequence {
+        return Err(mismatch(
+            "first_sequence",
+            header.first_sequence.to_string(),
+            "the file name says otherwise".into(),
+        ));
+    }
+    if let Some(journal_id) = journal_id {
+        if header.journal_id != journal_id {
+            return Err(mismatch(
+                "journal_id",
+                hex(&header.journal_id),
+                format!("the journal's first segment has {}", hex(&journal_id)),
+            ));
+        }
+    }
+    Ok(header)
+}
+
+/// `bytes` as lowercase hexadecimal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Reads exactly `buffer.len()` bytes at `offset`, or fails (a file shorter than a header).
+pub(crate) fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buffer, offset)
+}
+
+/// Creates `directory` if needed and makes its entry durable in its parent.
+pub(crate) fn create_directory(
+    storage: &dyn Storage,
+    directory: &Path,
+) -> Result<(), JournalError> {
+    if directory.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(directory).map_err(JournalError::io(directory))?;
+    if let Some(parent) = directory.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        storage.sync_directory(parent).map_err(JournalError::io(parent))?;
+    }
+    Ok(())
+}
+
+/// A pre-allocated, zero-filled segment file under the name `spare`, durable (file and
+/// directory synced), and, for the `PageCache` tier, mapped and pre-faulted.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    pub(crate) map: Option<WritableMap>,
+}
+
+/// Allocates a spare segment of `size` bytes in `journal_directory`: written as zeros under a
+/// temporary name, synced, renamed to `spare`, the directory synced; then mapped and
+/// pre-faulted when `map` is set.
+pub(crate) fn prepare_spare(
+    storage: &dyn Storage,
+    journal_directory: &Path,
+    size: u64,
+    map: bool,
+) -> Result<Spare, JournalError> {
+    let temporary = journal_directory.join(SPARE_TEMPORARY_NAME);
+    let path = journal_directory.join(SPARE_NAME);
+    remove_if_present(&temporary)?;
+    let file = match storage.create_allocated(&temporary, size) {
+        Ok(file) => file,
+        Err(error) => {
+            // Leave no half-allocated file behind to hold the space the disk lacks.
+            let _ = std::fs::remove_file(&temporary);
+            return Err(JournalError::io(&temporary)(error));
+        }
+    };
+    storage.sync_data(&file, &temporary).map_err(JournalError::io(&temporary))?;
+    storage.rename(&temporary, &path).map_err(JournalError::io(&temporary))?;
+    storage.sync_directory(journal_directory).map_err(JournalError::io(journal_directory))?;
+    let map = if map {
+        let mut map = WritableMap::new(&file).map_err(JournalError::io(&path))?;
+        map.prefault();
+        Some(map)
+    } else {
+        None
+    };
+    Ok(Spare { file, path, map })
+}
+
+/// Removes `path` if it exists.
+pub(crate) fn remove_if_present(path: &Path) -> Result<(), JournalError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(JournalError::io(path)(error)),
+    }
+}
+
+/// Opens a segment file for reading and writing.
+pub(crate) fn open_read_write(path: &Path) -> Result<File, JournalError> {
+    OpenOptions::new().read(true).write(true).open(path).map_err(JournalError::io(path))
+}
+
+/// What the writer asks of the preparer thread.
+enum Request {
+    /// The writer just renamed the spare into a segment: make the rename durable, unmap the
+    /// previous segment (a large `munmap` can take milliseconds) and allocate the next spare.
+    Rolled { retired: Option<WritableMap> },
+}
+
+/// The background thread that keeps one spare segment ready for the writer.
+#[derive(Debug)]
+pub(crate) struct Preparer {
+    requests: Option<Sender<Request>>,
+    spares: Receiver<Result<Spare, JournalError>>,
+    thread: Option<JoinHandle<()>>,
+    storage: Arc<dyn Storage>,
+    journal_directory: PathBuf,
+    size: u64,
+    map: bool,
+}
+
+impl Preparer {
+    /// Starts the thread, which prepares the first spare at once.
+    pub(crate) fn start(
+        storage: Arc<dyn Storage>,
+        journal_directory: PathBuf,
+        size: u64,
+        map: bool,
+    ) -> Result<Self, JournalError> {
+        let (request_sender, request_receiver) = mpsc::channel::<Request>();
+        let (spare_sender, spare_receiver) = mpsc::channel();
+        let thread_storage = Arc::clone(&storage);
+        let thread_directory = journal_directory.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-journal-spare".into())
+            .spawn(move || {
+                let prepare = || prepare_spare(&*thread_storage, &thread_directory, size, map);
+                if spare_sender.send(prepare()).is_err() {
+                    return;
+                }
+                while let Ok(Request::Rolled { retired }) = request_receiver.recv() {
+                    drop(retired);
+                    let spare = thread_storage
+                        .sync_directory(&thread_directory)
+                        .map_err(JournalError::io(&thread_directory))
+                        .and_then(|()| prepare());
+                    if spare_sender.send(spare).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(JournalError::io(&journal_directory))?;
+        Ok(Self {
+            requests: Some(request_sender),
+            spares: spare_receiver,
+            thread: Some(thread),
+            storage,
+            journal_directory,
+            size,
+            map,
+        })
+    }
+
+    /// The next spare, waiting for it if the thread is still preparing it. If the thread
+    /// failed (a full disk, say), one more attempt is made here, in case space was freed since;
+    /// its error is the writer's.
+    pub(crate) fn take(&mut self) -> Result<Spare, JournalError> {
+        match self.spares.recv() {
+            Ok(Ok(spare)) => Ok(spare),
+            Ok(Err(_)) | Err(_) => {
+                prepare_spare(&*self.storage, &self.journal_directory, self.size, self.map)
+            }
+        }
+    }
+
+    /// Tells the thread a roll happened, handing it the previous segment's mapping to unmap.
+    pub(crate) fn rolled(&mut self, retired: Option<WritableMap>) {
+        if let Some(requests) = &self.requests {
+            // A send fails only if the thread has exited, and then `take` prepares the next
+            // spare itself.
+            let _ = requests.send(Request::Rolled { retired });
+        }
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            // The thread finishes the spare it is allocating, if any, and exits; a panic in it
+            // has already been reported on stderr and leaves nothing to clean up.
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Snapshot files (`docs/journal-format.md`, section 4): written whole under a temporary name,
+//! synced, renamed, the directory synced; loaded newest first, falling back past any file that
+//! fails a check, with the reason reported.
+
+use std::fs::File;
+use std::io::{self, BufWriter, ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::JournalError;
+use crate::format::{FormatError, SnapshotHeader, SNAPSHOT_HEADER_SIZE};
+use crate::segment::{create_directory, remove_if_present, SNAPSHOT_DIRECTORY};
+use crate::storage::{FileStorage, Storage};
+
+/// What a snapshot is of: everything in its header but the payload's length and checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// The state machine's own schema version.
+    pub schema_version: u32,
+    /// How the payload is encoded.
+    pub codec: u32,
+    /// The last sequence applied to the state.
+    pub sequence: u64,
+    /// That record's timestamp.
+    pub timestamp_ns: u64,
+    /// The state's digest.
+    pub state_hash: u64,
+}
+
+/// A snapshot file, as its name describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// The sequence it covers, from its name.
+    pub sequence: u64,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// The newest snapshot that passed every check, and the ones skipped on the way.
+#[derive(Debug)]
+pub struct LoadedSnapshot<T> {
+    /// The file, its header and the caller's decoded state; `None` if no snapshot passed.
+    pub loaded: Option<(SnapshotFile, SnapshotHeader, T)>,
+    /// Newer snapshots that failed a check, newest first, each with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The file name of the snapshot covering `sequence`.
+pub fn snapshot_file_name(sequence: u64) -> String {
+    format!("{sequence:020}.snapshot")
+}
+
+/// The snapshots of a journal directory (its `snapshots/` subdirectory).
+#[derive(Clone, Debug)]
+pub struct SnapshotStore {
+    directory: PathBuf,
+    storage: Arc<dyn Storage>,
+}
+
+impl SnapshotStore {
+    /// The snapshot store of the journal in `directory`, created if missing.
+    pub fn open(directory: impl AsRef<Path>) -> Result<Self, JournalError> {
+        Self::with_storage(directory, Arc::new(FileStorage))
+    }
+
+    /// As [`open`](Self::open), with the given file operations (a test's fault injection).
+    pub fn with_storage(
+        directory: impl AsRef<Path>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Self, JournalError> {
+        let directory = directory.as_ref().join(SNAPSHOT_DIRECTORY);
+        create_directory(&*storage, &directory)?;
+        Ok(Self { directory, storage })
+    }
+
+    /// The `snapshots/` directory.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// Writes a snapshot of `payload`, durably, and returns its file.
+    pub fn write(&self, meta: &SnapshotMeta, payload: &[u8]) -> Result<SnapshotFile, JournalError> {
+        self.write_streaming(meta, |writer| writer.write_all(payload))
+    }
+
+    /// Writes a snapshot whose payload `write` streams (so a large state need not be encoded
+    /// into memory first): the payload after a placeholder header, then the header with the
+    /// payload's length and checksum, then `fdatasync`, rename and directory `fsync`. On any
+    /// error the temporary file is removed and no snapshot exists under the final name.
+    pub fn write_streaming(
+        &self,
+        meta: &SnapshotMeta,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<SnapshotFile, JournalError> {
+        let name = snapshot_file_name(meta.sequence);
+        let path = self.directory.join(&name);
+        let temporary = self.directory.join(format!("{name}.tmp"));
+        let result = self.write_temporary(meta, &temporary, write).and_then(|()| {
+            self.storage.rename(&temporary, &path).map_err(JournalError::io(&temporary))?;
+            self.storage.sync_directory(&self.directory).map_err(JournalError::io(&self.directory))
+        });
+        if let Err(error) = result {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+        Ok(SnapshotFile { sequence: meta.sequence, path })
+    }
+
+    fn write_temporary(
+        &self,
+        meta: &SnapshotMeta,
+        temporary: &Path,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), JournalError> {
+        remove_if_present(temporary)?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(temporary)
+            .map_err(JournalError::io(temporary))?;
+        let mut payload = BufWriter::with_capacity(
+            1 << 20,
+            PayloadWriter {
+                storage: &*self.storage,
+                file: &file,
+                path: temporary,
+                offset: SNAPSHOT_HEADER_SIZE as u64,
+                checksum: 0,
+            },
+        );
+        write(&mut payload).map_err(JournalError::io(temporary))?;
+        let payload = payload
+            .into_inner()
+            .map_err(|error| JournalError::io(temporary)(error.into_error()))?;
+        let header = SnapshotHeader {
+            schema_version: meta.schema_version,
+            codec: meta.codec,
+            sequence: meta.sequence,
+            timestamp_ns: meta.timestamp_ns,
+            state_hash: meta.state_hash,
+            payload_length: payload.offset - SNAPSHOT_HEADER_SIZE as u64,
+            payload_checksum: payload.checksum,
+        };
+        self.storage
+            .write_at(&file, temporary, 0, &header.encode())
+            .map_err(JournalError::io(temporary))?;
+        self.storage.sync_data(&file, temporary).map_err(JournalError::io(temporary))
+    }
+
+    /// The snapshots, newest (highest sequence) first. Temporary files are not listed.
+    pub fn list(&self) -> Result<Vec<SnapshotFile>, JournalError> {
+        let entries = match std::fs::read_dir(&self.directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(JournalError::io(&self.directory)(error)),
+        };
+        let mut snapshots = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(JournalError::io(&self.directory))?;
+            let name = entry.file_name();
+            let Some(digits) = name.to_str().and_then(|name| name.strip_suffix(".snapshot")) else {
+                continue;
+            };
+            if digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit()) {
+                if let Ok(sequence) = digits.parse() {
+                    snapshots.push(SnapshotFile { sequence, path: entry.path() });
+                }
+            }
+        }
+        snapshots.sort_by_key(|snapshot| std::cmp::Reverse(snapshot.sequence));
+        Ok(snapshots)
+    }
+
+    /// Loads the newest snapshot that passes every check: the file's header checksum, magic,
+    /// version, length and payload checksum, then `decode` (the caller's: schema version,
+    /// decoding, state hash), which returns the state or why it refuses it. Each refused file
+    /// is skipped, with the reason, for the next older one. An I/O error listing the directory
+    /// is an error; an unreadable file is skipped like a damaged one.
+    pub fn load_newest<T>(
+        &self,
+        mut decode: impl FnMut(&SnapshotHeader, &[u8]) -> Result<T, String>,
+    ) -> Result<LoadedSnapshot<T>, JournalError> {
+        let mut skipped = Vec::new();
+        for snapshot in self.list()? {
+            let outcome = read_snapshot(&snapshot.path)
+                .map_err(|error| error.to_string())
+                .and_then(|(header, payload)| {
+                    if header.sequence != snapshot.sequence {
+                        return Err(format!(
+                            "its header covers sequence {}, its name says {}",
+                            header.sequence, snapshot.sequence
+                        ));
+                    }
+                    decode(&header, &payload).map(|state| (header, state))
+                });
+            match outcome {
+                Ok((header, state)) => {
+                    return Ok(LoadedSnapshot { loaded: Some((snapshot, header, state)), skipped });
+                }
+                Err(reason) => skipped.push((snapshot.path, reason)),
+            }
+        }
+        Ok(LoadedSnapshot { loaded: None, skipped })
+    }
+
+    /// Removes every snapshot but the newest `keep`; returns the files removed.
+    pub fn remove_all_but_newest(&self, keep: usize) -> Result<Vec<PathBuf>, JournalError> {
+        let mut removed = Vec::new();
+        for snapshot in self.list()?.into_iter().skip(keep) {
+            remove_if_present(&snapshot.path)?;
+            removed.push(snapshot.path);
+        }
+        if !removed.is_empty() {
+            self.storage
+                .sync_directory(&self.directory)
+                .map_err(JournalError::io(&self.directory))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Reads and checks a whole snapshot file: header checksum, magic, version, the file's length,
+/// payload checksum. Returns the header and the payload.
+pub fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), JournalError> {
+    let mut bytes = std::fs::read(path).map_err(JournalError::io(path))?;
+    let header = SnapshotHeader::decode(&bytes).map_err(JournalError::format(path, 0))?;
+    let expected = SNAPSHOT_HEADER_SIZE as u64 + header.payload_length;
+    if bytes.len() as u64 != expected {
+        return Err(JournalError::Format {
+            path: path.to_owned(),
+            offset: 0,
+            source: FormatError::InvalidField {
+                structure: "snapshot header",
+                field: "payload_length",
+                value: header.payload_length,
+                rule: "64 + payload_length must be the file's length",
+            },
+        });
+    }
+    header
+        .verify_payload(&bytes[SNAPSHOT_HEADER_SIZE..])
+        .map_err(JournalError::format(path, SNAPSHOT_HEADER_SIZE as u64))?;
+    bytes.drain(..SNAPSHOT_HEADER_SIZE);
+    Ok((header, bytes))
+}
+
+/// Reads and checks only a snapshot's header (for `keel snapshot inspect` on a large file).
+pub fn read_snapshot_header(path: &Path) -> Result<SnapshotHeader, JournalError> {
+    let file = File::open(path).map_err(JournalError::io(path))?;
+    let mut bytes = [0u8; SNAPSHOT_HEADER_SIZE];
+    crate::segment::read_exact_at(&file, &mut bytes, 0).map_err(JournalError::io(path))?;
+    SnapshotHeader::decode(&bytes).map_err(JournalError::format(path, 0))
+}
+
+/// Writes the payload through the storage layer at increasing offsets, computing its CRC32C.
+struct PayloadWriter<'a> {
+    storage: &'a dyn Storage,
+    file: &'a File,
+    path: &'a Path,
+    offset: u64,
+    checksum: u32,
+}
+
+impl Write for PayloadWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.storage.write_at(self.file, self.path, self.offset, bytes)?;
+        self.checksum = crc32c::crc32c_append(self.checksum, bytes);
+        self.offset += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,825 @@
+//! The journal writer: one per directory (a lock), appending records in batches and making
+//! each batch durable in one call (group commit), per its durability tier.
+
+use std::fmt;
+use std::fs::File;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::JournalError;
+use crate::format::{
+    check_record, encode_record, record_checksum_for_length, record_size_padded, validate_record,
+    validate_segment_size, write_record_fields, RecordCheck, RecordFields, SegmentHeader,
+    FLAG_END_OF_BATCH, GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+    SEGMENT_HEADER_USED,
+};
+use crate::lock::WriterLock;
+use crate::mmap::{ReadableMap, WritableMap};
+use crate::scan::{scan_segment, SegmentEnd, SegmentScan};
+use crate::segment::{
+    create_directory, list_segments, open_read_write, prepare_spare, read_header,
+    remove_if_present, segment_file_name, Preparer, SegmentFile, Spare, JOURNAL_DIRECTORY,
+    SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME,
+};
+use crate::storage::{FileStorage, Storage};
+
+/// What an acknowledged append survives (`docs/journal-format.md`, section 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Records are written into the mapped segment; `commit` makes no system call. Survives a
+    /// process crash, not a power loss or a kernel crash.
+    #[default]
+    PageCache,
+    /// Each commit writes the batch with `pwrite` and waits for `fdatasync`. Survives a power
+    /// loss once `commit` returned.
+    Fsync,
+}
+
+/// The default segment size: 256 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+
+/// How to open a journal for writing.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    segment_size: u64,
+    durability: Durability,
+    first_sequence: u64,
+    epoch: u64,
+    storage: Arc<dyn Storage>,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            durability: Durability::default(),
+            first_sequence: 1,
+            epoch: 0,
+            storage: Arc::new(FileStorage),
+        }
+    }
+}
+
+impl JournalOptions {
+    /// The defaults: 256 MiB segments, `PageCache`, a new journal starting at sequence 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The size of new segment files: a multiple of 4 096 bytes from 1 MiB to 4 GiB. Existing
+    /// segments keep the size they were created with.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// The durability tier.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The sequence of the first record of a journal created by this open (a replica that
+    /// starts from a snapshot starts its journal after it). Ignored when the journal exists.
+    pub fn first_sequence(mut self, sequence: u64) -> Self {
+        self.first_sequence = sequence;
+        self
+    }
+
+    /// The writer's epoch, stored in the header of each segment it creates.
+    pub fn epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The file operations to use: the real file system unless a test injects faults.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
+    }
+}
+
+/// What `JournalWriter::open` found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The journal directory.
+    pub directory: PathBuf,
+    /// Whether the journal was created by this open.
+    pub created: bool,
+    /// The first sequence the journal holds (the first segment's first sequence).
+    pub first_sequence: u64,
+    /// The last record's sequence (`first_sequence - 1` when there is none).
+    pub last_sequence: u64,
+    /// The last record's timestamp (0 when there is none).
+    pub last_timestamp_ns: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// A torn tail that was truncated (rows 3 to 5 of the recovery table).
+    pub truncated: Option<Truncation>,
+    /// A rolled segment whose new name had not reached the disk before a crash, renamed now:
+    /// `(from, to)`.
+    pub renamed: Option<(PathBuf, PathBuf)>,
+    /// Files removed, each with the reason: a stale spare, or a segment whose header a crash
+    /// tore during a roll before any record in it was synced.
+    pub removed: Vec<(PathBuf, String)>,
+}
+
+/// A torn tail truncated by `open`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Where the valid data ends.
+    pub offset: u64,
+    /// Bytes zeroed.
+    pub bytes: u64,
+    /// What was there.
+    pub damage: String,
+    /// Sequences of checksum-valid records dropped with it (never acknowledged).
+    pub dropped: Option<RangeInclusive<u64>>,
+}
+
+impl fmt::Display for OpenReport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.created { "created" } else { "opened" };
+        write!(formatter, "{verb} journal {}: ", self.directory.display())?;
+        if self.last_sequence >= self.first_sequence {
+            write!(formatter, "sequences {}..={}", self.first_sequence, self.last_sequence)?;
+        } else {
+            write!(formatter, "empty, next sequence {}", self.first_sequence)?;
+        }
+        write!(formatter, " in {} segment(s)", self.segments)?;
+        if let Some(truncation) = &self.truncated {
+            write!(
+                formatter,
+                "; torn tail truncated in {} at offset {} ({} bytes: {})",
+                truncation.segment.display(),
+                truncation.offset,
+                truncation.bytes,
+                truncation.damage
+            )?;
+            if let Some(dropped) = &truncation.dropped {
+                write!(
+                    formatter,
+                    ", dropping unacknowledged sequences {}..={}",
+                    dropped.start(),
+                    dropped.end()
+                )?;
+            }
+        }
+        if let Some((from, to)) = &self.renamed {
+            write!(formatter, "; renamed {} to {}", from.display(), to.display())?;
+        }
+        for (path, reason) in &self.removed {
+            write!(formatter, "; removed {} ({reason})", path.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct ActiveSegment {
+    path: PathBuf,
+    file: File,
+    size: usize,
+    /// The `PageCache` tier's mapping.
+    map: Option<WritableMap>,
+}
+
+/// A record written into the mapping whose length is not yet stored: it is published (sealed
+/// with its checksum, then its length) by the next append or by `commit`, which flags it
+/// END_OF_BATCH. So a published record is never written again, and readers never see a
+/// record change.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    offset: usize,
+    length: u32,
+}
+
+/// The single writer of a journal directory.
+///
+/// ```
+/// use keel_journal::{Durability, JournalOptions, JournalReader, JournalWriter};
+///
+/// let directory = tempfile::tempdir()?;
+/// let options = JournalOptions::new().segment_size(1 << 20).durability(Durability::Fsync);
+/// let mut writer = JournalWriter::open(directory.path(), options)?;
+/// let first = writer.append(1_700_000_000_000_000_000, 1, 1, b"deposit 100")?;
+/// writer.append(1_700_000_000_000_000_001, 1, 1, b"withdraw 30")?;
+/// assert_eq!(writer.commit()?, first + 1, "both are durable: one pwrite, one fdatasync");
+/// drop(writer);
+///
+/// let mut reader = JournalReader::open(directory.path())?;
+/// let record = reader.next()?.expect("a record");
+/// assert_eq!((record.sequence, record.payload), (1, &b"deposit 100"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct JournalWriter {
+    directory: PathBuf,
+    journal_directory: PathBuf,
+    storage: Arc<dyn Storage>,
+    durability: Durability,
+    segment_size: u64,
+    epoch: u64,
+    journal_id: [u8; 16],
+    segment: ActiveSegment,
+    /// Where the next record starts in the segment.
+    position: usize,
+    next_sequence: u64,
+    last_timestamp_ns: u64,
+    durable_sequence: u64,
+    /// Bytes appended since the last commit (bounded by `GROUP_COMMIT_BYTES_MAX`).
+    pending_bytes: usize,
+    /// `PageCache`: the last record, not yet published.
+    held: Option<Held>,
+    /// `Fsync`: the records of the current batch, written with one `pwrite` at `staged_offset`.
+    staging: Vec<u8>,
+    staged_offset: u64,
+    /// `Fsync`: the offset in `staging` of the last record.
+    last_staged: Option<usize>,
+    preparer: Preparer,
+    /// Set by the first I/O error: the writer refuses everything after it.
+    failure: Option<String>,
+    report: OpenReport,
+    _lock: WriterLock,
+}
+
+impl JournalWriter {
+    /// Opens the journal in `directory` for writing, creating it if it holds none, and
+    /// recovers its tail per the decision table of `docs/journal-format.md` (section 6): a torn
+    /// tail is truncated and reported ([`open_report`](Self::open_report)); corruption is an
+    /// error naming the file, the offset and the sequence. A second writer is refused.
+    pub fn open(
+        directory: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<Self, JournalError> {
+        let directory = directory.as_ref().to_owned();
+        validate_segment_size(options.segment_size).map_err(|source| JournalError::Format {
+            path: directory.clone(),
+            offset: 0,
+            source,
+        })?;
+        if options.first_sequence == 0 {
+            return Err(JournalError::SequenceNotFound {
+                path: directory,
+                sequence: 0,
+                first: 1,
+                last: 0,
+            });
+        }
+        let storage = Arc::clone(&options.storage);
+        create_directory(&*storage, &directory)?;
+        let lock = WriterLock::acquire(&directory)?;
+        let journal_directory = directory.join(JOURNAL_DIRECTORY);
+        create_directory(&*storage, &journal_directory)?;
+        create_directory(&*storage, &directory.join(SNAPSHOT_DIRECTORY))?;
+
+        let mut report = OpenReport { directory: directory.clone(), ..OpenReport::default() };
+        recover_spare(&*storage, &journal_directory, &mut report)?;
+        let mut segments = list_segments(&journal_directory)?;
+        remove_torn_last_segment(&mut segments, &mut report)?;
+        let map = options.durability == Durability::PageCache;
+
+        let recovered = if segments.is_empty() {
+            report.created = true;
+            create_first_segment(&*storage, &journal_directory, &options)?
+        } else {
+            recover_tail(&*storage, &segments, &mut report)?
+        };
+        let Recovered {
+            segment,
+            journal_id,
+            first_sequence,
+            position,
+            last_sequence,
+            last_timestamp_ns,
+        } = recovered;
+        let file = open_read_write(&segment.path)?;
+        let size = file.metadata().map_err(JournalError::io(&segment.path))?.len() as usize;
+        let map = if map {
+            let mut map = WritableMap::new(&file).map_err(JournalError::io(&segment.path))?;
+            map.prefault();
+            Some(map)
+        } else {
+            None
+        };
+        report.first_sequence = first_sequence;
+        report.last_sequence = last_sequence;
+        report.last_timestamp_ns = last_timestamp_ns;
+        report.segments = segments.len().max(1);
+        let preparer = Preparer::start(
+            Arc::clone(&storage),
+            journal_directory.clone(),
+            options.segment_size,
+            options.durability == Durability::PageCache,
+        )?;
+        Ok(Self {
+            directory,
+            journal_directory,
+            storage,
+            durability: options.durability,
+            segment_size: options.segment_size,
+            epoch: options.epoch,
+            journal_id,
+            segment: ActiveSegment { path: segment.path, file, size, map },
+            position,
+            next_sequence: last_sequence + 1,
+            last_timestamp_ns,
+            durable_sequence: last_sequence,
+            pending_bytes: 0,
+            held: None,
+            staging: Vec::new(),
+            staged_offset: position as u64,
+            last_staged: None,
+            preparer,
+            failure: None,
+            report,
+            _lock: lock,
+        })
+    }
+
+    /// What opening found and did.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The journal directory.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// The durability tier.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The sequence the next append gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The last sequence made durable by a commit (or found at open).
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable_sequence
+    }
+
+    /// The last record's timestamp.
+    pub fn last_timestamp_ns(&self) -> u64 {
+        self.last_timestamp_ns
+    }
+
+    /// Appends a record and returns its sequence. It is durable once a later
+    /// [`commit`](Self::commit) returns. `timestamp_ns` must not be below the previous
+    /// record's; `kind` is the application's (`1..=0x7FFF`) or keel's; the payload must fit a
+    /// record (`RECORD_SIZE_MAX`). Those refusals leave the writer usable; an I/O error stops
+    /// it (see [`JournalError::Failed`]).
+    pub fn append(
+        &mut self,
+        timestamp_ns: u64,
+        kind: u16,
+        version: u16,
+        payload: &[u8],
+    ) -> Result<u64, JournalError> {
+        self.check_usable()?;
+        let sequence = self.next_sequence;
+        let fields = RecordFields { sequence, timestamp_ns, kind, version, flags: 0 };
+        validate_record(&fields, payload.len())
+            .map_err(JournalError::format(&self.segment.path, self.position as u64))?;
+        if timestamp_ns < self.last_timestamp_ns {
+            return Err(JournalError::TimestampRegression {
+                sequence,
+                timestamp_ns,
+                previous_ns: self.last_timestamp_ns,
+            });
+        }
+        let padded = record_size_padded(payload.len());
+        if self.pending_bytes + padded > GROUP_COMMIT_BYTES_MAX {
+            // A group commit is bounded, so that recovery can tell the last batch's torn
+            // pages from damage to synced data (format document, section 5).
+            self.commit()?;
+        }
+        if self.position + padded > self.segment.size {
+            self.roll()?;
+        }
+        match self.durability {
+            Durability::PageCache => self.append_mapped(&fields, payload, padded),
+            Durability::Fsync => self.append_staged(&fields, payload, padded),
+        }
+        self.position += padded;
+        self.pending_bytes += padded;
+        self.next_sequence += 1;
+        self.last_timestamp_ns = timestamp_ns;
+        Ok(sequence)
+    }
+
+    fn append_mapped(&mut self, fields: &RecordFields, payload: &[u8], padded: usize) {
+        let offset = self.position;
+        let length = RECORD_HEADER_SIZE + payload.len();
+        let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
+        let record = &mut map.bytes_mut()[offset..offset + padded];
+        write_record_fields(record, fields);
+        record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
+        record[length..].fill(0);
+        self.publish_held(0);
+        self.held = Some(Held { offset, length: length as u32 });
+    }
+
+    /// Seals the held record with `flags` and publishes it.
+    fn publish_held(&mut self, flags: u32) {
+        let Some(held) = self.held.take() else { return };
+        let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
+        let record = &mut map.bytes_mut()[held.offset..held.offset + held.length as usize];
+        record[28..32].copy_from_slice(&flags.to_le_bytes());
+        let checksum = record_checksum_for_length(record, held.length);
+        record[4..8].copy_from_slice(&checksum.to_le_bytes());
+        map.publish_length(held.offset, held.length);
+    }
+
+    fn append_staged(&mut self, fields: &RecordFields, payload: &[u8], padded: usize) {
+        let start = self.staging.len();
+        self.staging.resize(start + padded, 0);
+        let written = encode_record(&mut self.staging[start..], fields, payload)
+            .expect("the record was validated and the buffer sized for it");
+        debug_assert_eq!(written, padded);
+        self.last_staged = Some(start);
+    }
+
+    /// Makes every appended record durable per the tier, flagging the batch's last record
+    /// END_OF_BATCH, and returns the last durable sequence. `PageCache`: publishes the last
+    /// record (no system call). `Fsync`: one `pwrite` of the batch and one `fdatasync`.
+    pub fn commit(&mut self) -> Result<u64, JournalError> {
+        self.check_usable()?;
+        if self.next_sequence - 1 == self.durable_sequence {
+            return Ok(self.durable_sequence);
+        }
+        match self.durability {
+            Durability::PageCache => self.publish_held(FLAG_END_OF_BATCH),
+            Durability::Fsync => {
+                if let Err(error) = self.write_staged() {
+                    return Err(self.fail(error));
+                }
+            }
+        }
+        self.durable_sequence = self.next_sequence - 1;
+        self.pending_bytes = 0;
+        Ok(self.durable_sequence)
+    }
+
+    fn write_staged(&mut self) -> Result<(), JournalError> {
+        if let Some(last) = self.last_staged.take() {
+            let record = &mut self.staging[last..];
+            let mut length = [0u8; 4];
+            length.copy_from_slice(&record[0..4]);
+            let length = u32::from_le_bytes(length);
+            record[28..32].copy_from_slice(&FLAG_END_OF_BATCH.to_le_bytes());
+            let checksum = record_checksum_for_length(record, length);
+            record[4..8].copy_from_slice(&checksum.to_le_bytes());
+        }
+        let path = &self.segment.path;
+        self.storage
+            .write_at(&self.segment.file, path, self.staged_offset, &self.staging)
+            .map_err(JournalError::io(path))?;
+        self.storage.sync_data(&self.segment.file, path).map_err(JournalError::io(path))?;
+        self.staged_offset += self.staging.len() as u64;
+        self.staging.clear();
+        Ok(())
+    }
+
+    /// Continues in the spare segment: the records appended to the current segment are
+    /// committed first, so that a segment that is not the last always ends durably with an
+    /// END_OF_BATCH record (recovery treats damage in it as corruption, row 8). Then the spare
+    /// gets its header and its name; the background thread makes the rename durable and
+    /// prepares the next spare.
+    fn roll(&mut self) -> Result<(), JournalError> {
+        self.commit()?;
+        let spare = match self.preparer.take() {
+            Ok(spare) => spare,
+            Err(error) => return Err(self.fail(error)),
+        };
+        let header = SegmentHeader {
+            first_sequence: self.next_sequence,
+            segment_size: self.segment_size,
+            journal_id: self.journal_id,
+            epoch: self.epoch,
+        }
+        .encode();
+        let path = self.journal_directory.join(segment_file_name(self.next_sequence));
+        if let Err(error) = self.install(spare, &header, &path) {
+            return Err(self.fail(error));
+        }
+        self.position = SEGMENT_HEADER_SIZE;
+        self.staged_offset = SEGMENT_HEADER_SIZE as u64;
+        Ok(())
+    }
+
+    fn install(
+        &mut self,
+        mut spare: Spare,
+        header: &[u8; SEGMENT_HEADER_USED],
+        path: &Path,
+    ) -> Result<(), JournalError> {
+        match &mut spare.map {
+            Some(map) => map.bytes_mut()[..SEGMENT_HEADER_USED].copy_from_slice(header),
+            // Written before the rename (not synced: the next commit's `fdatasync` covers it),
+            // so that a tailer never finds the segment under its name without a header.
+            None => self
+                .storage
+                .write_at(&spare.file, &spare.path, 0, header)
+                .map_err(JournalError::io(&spare.path))?,
+        }
+        self.storage.rename(&spare.path, path).map_err(JournalError::io(&spare.path))?;
+        let size = self.segment_size as usize;
+        let retired = std::mem::replace(
+            &mut self.segment,
+            ActiveSegment { path: path.to_owned(), file: spare.file, size, map: spare.map },
+        );
+        self.preparer.rolled(retired.map);
+        Ok(())
+    }
+
+    /// Deletes, or moves to `archive/`, every segment whose records all lie below `sequence`
+    /// (the next segment starts at or below it). The segment being written is never touched.
+    /// Returns the files removed. Keeping a snapshot and every record after it is the
+    /// caller's rule: pass the oldest kept snapshot's sequence + 1 at most.
+    pub fn retain_from(
+        &mut self,
+        sequence: u64,
+        retention: Retention,
+    ) -> Result<Vec<PathBuf>, JournalError> {
+        self.check_usable()?;
+        crate::retention::retain_from(
+            &*self.storage,
+            &self.directory,
+            &self.journal_directory,
+            sequence,
+            retention,
+        )
+    }
+
+    fn check_usable(&self) -> Result<(), JournalError> {
+        match &self.failure {
+            None => Ok(()),
+            Some(cause) => {
+                Err(JournalError::Failed { path: self.directory.clone(), cause: cause.clone() })
+            }
+        }
+    }
+
+    /// Records the first I/O error: the writer stops.
+    fn fail(&mut self, error: JournalError) -> JournalError {
+        self.failure = Some(error.to_string());
+        error
+    }
+}
+
+/// What retention does with segments it no longer needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Retention {
+    /// Delete them.
+    Delete,
+    /// Move them to `archive/` in the journal directory.
+    Archive,
+}
+
+/// The state of the journal's end, found by `open`.
+struct Recovered {
+    segment: SegmentFile,
+    journal_id: [u8; 16],
+    first_sequence: u64,
+    position: usize,
+    last_sequence: u64,
+    last_timestamp_ns: u64,
+}
+
+/// Deals with the spare files a crash can leave behind (format document, section 1): the
+/// temporary one is removed; a `spare` with a zero header is a spare never used, removed (a
+/// new one is prepared); a `spare` with a valid header is a rolled segment whose rename had
+/// not reached the disk, renamed now; a `spare` whose header is damaged and that holds no
+/// record is a roll torn before anything in it was synced, removed. A damaged header in front
+/// of a valid record is corruption.
+fn recover_spare(
+    storage: &dyn Storage,
+    journal_directory: &Path,
+    report: &mut OpenReport,
+) -> Result<(), JournalError> {
+    remove_if_present(&journal_directory.join(SPARE_TEMPORARY_NAME))?;
+    let path = journal_directory.join(SPARE_NAME);
+    if !path.exists() {
+        return Ok(());
+    }
+    let file = File::open(&path).map_err(JournalError::io(&path))?;
+    let map = ReadableMap::new(&file).map_err(JournalError::io(&path))?;
+    let bytes = map.bytes();
+    let header_bytes = &bytes[..SEGMENT_HEADER_USED.min(bytes.len())];
+    if header_bytes.iter().all(|&byte| byte == 0) {
+        remove_if_present(&path)?;
+        report.removed.push((path, "a spare segment never used".into()));
+        return Ok(());
+    }
+    match SegmentHeader::decode(header_bytes) {
+        Ok(header) if header.segment_size == bytes.len() as u64 => {
+            let target = journal_directory.join(segment_file_name(header.first_sequence));
+            if target.exists() {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: 0,
+                    expected: header.first_sequence,
+                    found: None,
+                    detail: format!(
+                        "the spare holds the header of a segment that exists as {}",
+                        target.display()
+                    ),
+                });
+            }
+            storage.rename(&path, &target).map_err(JournalError::io(&path))?;
+            storage
+                .sync_directory(journal_directory)
+                .map_err(JournalError::io(journal_directory))?;
+            report.renamed = Some((path, target));
+            Ok(())
+        }
+        _ => remove_torn_roll(&path, bytes, report),
+    }
+}
+
+/// Removes a segment file whose header is damaged, provided no record follows it: a roll
+/// that a crash cut before the first commit into the segment returned. Otherwise the damaged
+/// header is corruption (row 9).
+fn remove_torn_roll(
+    path: &Path,
+    bytes: &[u8],
+    report: &mut OpenReport,
+) -> Result<(), JournalError> {
+    let first_record = bytes.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
+    if let RecordCheck::Record(record) = check_record(first_record) {
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            expected: record.sequence,
+            found: None,
+            detail: "the segment header is damaged but a valid record follows it".into(),
+        });
+    }
+    remove_if_present(path)?;
+    // The removal need not be durable: were it lost, the next open would remove it again.
+    report.removed.push((
+        path.to_owned(),
+        "a segment header torn by a crash during a roll, with no record after it".into(),
+    ));
+    Ok(())
+}
+
+/// Applies [`remove_torn_roll`] to the last segment when its header does not validate.
+fn remove_torn_last_segment(
+    segments: &mut Vec<SegmentFile>,
+    report: &mut OpenReport,
+) -> Result<(), JournalError> {
+    let Some(last) = segments.last() else { return Ok(()) };
+    let file = File::open(&last.path).map_err(JournalError::io(&last.path))?;
+    if read_header(&file, last, None).is_ok() {
+        return Ok(());
+    }
+    let map = ReadableMap::new(&file).map_err(JournalError::io(&last.path))?;
+    let path = last.path.clone();
+    remove_torn_roll(&path, map.bytes(), report)?;
+    segments.pop();
+    Ok(())
+}
+
+/// Creates the first segment of a new journal, synchronously and durably.
+fn create_first_segment(
+    storage: &dyn Storage,
+    journal_directory: &Path,
+    options: &JournalOptions,
+) -> Result<Recovered, JournalError> {
+    let spare = prepare_spare(storage, journal_directory, options.segment_size, false)?;
+    let journal_id = new_journal_id();
+    let header = SegmentHeader {
+        first_sequence: options.first_sequence,
+        segment_size: options.segment_size,
+        journal_id,
+        epoch: options.epoch,
+    }
+    .encode();
+    storage
+        .write_at(&spare.file, &spare.path, 0, &header)
+        .map_err(JournalError::io(&spare.path))?;
+    storage.sync_data(&spare.file, &spare.path).map_err(JournalError::io(&spare.path))?;
+    let path = journal_directory.join(segment_file_name(options.first_sequence));
+    storage.rename(&spare.path, &path).map_err(JournalError::io(&spare.path))?;
+    storage.sync_directory(journal_directory).map_err(JournalError::io(journal_directory))?;
+    Ok(Recovered {
+        segment: SegmentFile { first_sequence: options.first_sequence, path },
+        journal_id,
+        first_sequence: options.first_sequence,
+        position: SEGMENT_HEADER_SIZE,
+        last_sequence: options.first_sequence - 1,
+        last_timestamp_ns: 0,
+    })
+}
+
+/// Validates every segment header (rows 9 and 10 as far as names tell), scans the last
+/// segment (and the one before when the last is empty, row 11), and truncates a torn tail.
+fn recover_tail(
+    storage: &dyn Storage,
+    segments: &[SegmentFile],
+    report: &mut OpenReport,
+) -> Result<Recovered, JournalError> {
+    let first_file = File::open(&segments[0].path).map_err(JournalError::io(&segments[0].path))?;
+    let journal_id = read_header(&first_file, &segments[0], None)?.journal_id;
+    for segment in &segments[1..] {
+        let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;
+        read_header(&file, segment, Some(journal_id))?;
+    }
+    let last = segments.last().expect("segments is not empty");
+    let scan = scan_file(last, true)?;
+    let (last_sequence, last_timestamp_ns) = if scan.records == 0 && segments.len() > 1 {
+        let previous = &segments[segments.len() - 2];
+        let previous_scan = scan_file(previous, false)?;
+        if previous_scan.last_sequence + 1 != last.first_sequence {
+            return Err(JournalError::Corrupt {
+                path: last.path.clone(),
+                offset: 0,
+                expected: previous_scan.last_sequence + 1,
+                found: Some(last.first_sequence),
+                detail: format!(
+                    "{} ends at sequence {}, but the next segment starts at {}: a segment is \
+                     missing or extra",
+                    previous.path.display(),
+                    previous_scan.last_sequence,
+                    last.first_sequence
+                ),
+            });
+        }
+        (previous_scan.last_sequence, previous_scan.last_timestamp_ns)
+    } else {
+        (scan.last_sequence, scan.last_timestamp_ns)
+    };
+    if let SegmentEnd::Torn(torn) = &scan.end {
+        let file = open_read_write(&last.path)?;
+        zero_range(storage, &file, &last.path, torn.offset, torn.dirty_end)?;
+        report.truncated = Some(Truncation {
+            segment: last.path.clone(),
+            offset: torn.offset,
+            bytes: torn.dirty_end - torn.offset,
+            damage: torn.damage.clone(),
+            dropped: torn.dropped.clone(),
+        });
+    }
+    Ok(Recovered {
+        segment: last.clone(),
+        journal_id,
+        first_sequence: segments[0].first_sequence,
+        position: scan.end_offset as usize,
+        last_sequence,
+        last_timestamp_ns,
+    })
+}
+
+/// Maps a segment and scans its records.
+fn scan_file(segment: &SegmentFile, is_last: bool) -> Result<SegmentScan, JournalError> {
+    let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;
+    let map = ReadableMap::new(&file).map_err(JournalError::io(&segment.path))?;
+    scan_segment(&segment.path, map.bytes(), segment.first_sequence, is_last, &mut |_| {})
+}
+
+/// Writes zeros over `from..to` of `file` and syncs it: the truncation of a torn tail.
+pub(crate) fn zero_range(
+    storage: &dyn Storage,
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<(), JournalError> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+    let mut offset = from;
+    while offset < to {
+        let length = (to - offset).min(CHUNK) as usize;
+        storage.write_at(file, path, offset, &zeros[..length]).map_err(JournalError::io(path))?;
+        offset += length as u64;
+    }
+    storage.sync_data(file, path).map_err(JournalError::io(path))
+}
+
+/// A journal id: 16 bytes from the standard library's randomly keyed hasher, over the time and
+/// the process id. It tells journals apart; it is not a secret.
+fn new_journal_id() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos())
+        .unwrap_or(0);
+    let mut id = [0u8; 16];
+    for (index, half) in id.chunks_mut(8).enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_u32(std::process::id());
+        hasher.write_usize(index);
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    id
+}

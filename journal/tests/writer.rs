@@ -1,0 +1,227 @@
+//! The writer and the readers on healthy journals: round trips in both tiers, segment rolls,
+//! reading from every sequence, reopening, retention, the writer's refusals, and a tailer
+//! following a live writer across rolls.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use keel_journal::format::{check_record, RecordCheck, FLAG_END_OF_BATCH, SEGMENT_HEADER_SIZE};
+use keel_journal::{Durability, JournalError, JournalReader, JournalWriter, Retention, Tailer};
+
+const TIERS: [Durability; 2] = [Durability::PageCache, Durability::Fsync];
+
+#[test]
+fn records_round_trip_across_segment_rolls_in_both_tiers() {
+    for durability in TIERS {
+        let directory = tempfile::tempdir().unwrap();
+        let mut writer = JournalWriter::open(directory.path(), options(durability)).unwrap();
+        assert!(writer.open_report().created);
+        // About 5 MiB of records: five segments of 1 MiB.
+        let last = append_batches(&mut writer, 200, 157);
+        assert_eq!(last, 200 * 157);
+        drop(writer);
+        let segments = segment_paths(directory.path());
+        assert!(segments.len() >= 5, "{durability:?}: {} segments", segments.len());
+        assert_eq!(check_journal(directory.path(), 1), last, "{durability:?}");
+
+        // Every segment but the last ends with a record flagged END_OF_BATCH, and its name is
+        // its first record's sequence.
+        for (index, path) in segments.iter().enumerate() {
+            let bytes = std::fs::read(path).unwrap();
+            let mut position = SEGMENT_HEADER_SIZE;
+            let mut last_flags = 0;
+            let mut first = None;
+            while let RecordCheck::Record(record) = check_record(&bytes[position..]) {
+                first.get_or_insert(record.sequence);
+                last_flags = record.flags;
+                position += record.size_padded;
+            }
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(name, format!("{:020}.segment", first.unwrap()));
+            if index + 1 < segments.len() {
+                assert_eq!(last_flags & FLAG_END_OF_BATCH, FLAG_END_OF_BATCH, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reader_starts_at_every_sequence() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    let last = append_batches(&mut writer, 60, 131);
+    drop(writer);
+    for start in 1..=last + 1 {
+        let mut reader = JournalReader::open_at(directory.path(), start).unwrap();
+        assert_eq!(reader.next_sequence(), start);
+        // Read a few records from there, across a roll when there is one.
+        for expected in start..(start + 3).min(last + 1) {
+            let record = reader.next().unwrap().expect("a record");
+            assert_eq!((record.sequence, record.payload), (expected, &payload(expected)[..]));
+        }
+        if start == last + 1 {
+            assert!(reader.next().unwrap().is_none());
+        }
+    }
+    let beyond = JournalReader::open_at(directory.path(), last + 2).unwrap_err();
+    assert!(
+        matches!(beyond, JournalError::SequenceNotFound { sequence, last: found, .. } if sequence == last + 2 && found == last),
+        "{beyond}"
+    );
+}
+
+#[test]
+fn reopening_continues_the_sequence_and_the_timestamps() {
+    for durability in TIERS {
+        let directory = tempfile::tempdir().unwrap();
+        let mut writer = JournalWriter::open(directory.path(), options(durability)).unwrap();
+        append_batches(&mut writer, 10, 100);
+        drop(writer);
+        let mut writer = JournalWriter::open(directory.path(), options(durability)).unwrap();
+        let report = writer.open_report().clone();
+        assert!(!report.created);
+        assert_eq!((report.first_sequence, report.last_sequence), (1, 1000));
+        assert_eq!(report.last_timestamp_ns, timestamp(1000));
+        assert_eq!(report.truncated, None, "{report}");
+        assert_eq!(writer.next_sequence(), 1001);
+        append_batches(&mut writer, 10, 100);
+        drop(writer);
+        assert_eq!(check_journal(directory.path(), 1), 2000);
+    }
+}
+
+#[test]
+fn uncommitted_records_in_the_page_cache_tier_stay_invisible_to_a_tailer() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    writer.append(timestamp(1), 1, 1, &payload(1)).unwrap();
+    writer.append(timestamp(2), 1, 1, &payload(2)).unwrap();
+    let mut tailer = Tailer::open(directory.path(), 1).unwrap();
+    assert!(tailer.poll().unwrap().is_none(), "no batch is complete yet");
+    writer.commit().unwrap();
+    for expected in 1..=2 {
+        let record = tailer.poll().unwrap().expect("the committed batch");
+        assert_eq!(record.sequence, expected);
+    }
+    assert!(tailer.poll().unwrap().is_none());
+}
+
+#[test]
+fn the_writer_refuses_bad_appends_and_stays_usable() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::Fsync)).unwrap();
+    writer.append(100, 1, 1, b"first").unwrap();
+    let regression = writer.append(99, 1, 1, b"earlier").unwrap_err();
+    assert!(matches!(regression, JournalError::TimestampRegression { sequence: 2, .. }));
+    let too_large = writer.append(100, 1, 1, &vec![0u8; 512 << 10]).unwrap_err();
+    assert!(matches!(too_large, JournalError::Format { .. }), "{too_large}");
+    let kind_zero = writer.append(100, 0, 1, b"x").unwrap_err();
+    assert!(matches!(kind_zero, JournalError::Format { .. }), "{kind_zero}");
+    assert_eq!(writer.append(100, 1, 1, b"second").unwrap(), 2);
+    assert_eq!(writer.commit().unwrap(), 2);
+}
+
+#[test]
+fn a_second_writer_is_refused_with_the_holder_named() {
+    let directory = tempfile::tempdir().unwrap();
+    let _writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    let refused =
+        JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap_err();
+    match refused {
+        JournalError::Locked { holder, .. } => {
+            assert!(holder.contains(&format!("pid={}", std::process::id())), "{holder}")
+        }
+        other => panic!("expected Locked, got {other}"),
+    }
+}
+
+#[test]
+fn retention_deletes_or_archives_whole_segments_below_a_sequence() {
+    for retention in [Retention::Delete, Retention::Archive] {
+        let directory = tempfile::tempdir().unwrap();
+        let mut writer =
+            JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+        append_batches(&mut writer, 100, 157);
+        let segments = segment_paths(directory.path());
+        assert!(segments.len() >= 3);
+        let third_first: u64 = segments[2]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(".segment")
+            .parse()
+            .unwrap();
+        // One below the third segment's first sequence: only the first segment is wholly
+        // below it.
+        let removed = writer.retain_from(third_first - 1, retention).unwrap();
+        assert_eq!(removed, vec![segments[0].clone()]);
+        let removed = writer.retain_from(third_first, retention).unwrap();
+        assert_eq!(removed, vec![segments[1].clone()]);
+        // The last segment is never removed.
+        let removed = writer.retain_from(u64::MAX, retention).unwrap();
+        assert_eq!(removed.len(), segments.len() - 3);
+        assert_eq!(segment_paths(directory.path()).len(), 1);
+        if retention == Retention::Archive {
+            let archived = std::fs::read_dir(directory.path().join("archive")).unwrap().count();
+            assert_eq!(archived, segments.len() - 1);
+        }
+        drop(writer);
+        // The journal reopens and reads from its new first sequence.
+        let writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+        let first = writer.open_report().first_sequence;
+        assert!(first > 1);
+        let mut reader = JournalReader::open(directory.path()).unwrap();
+        assert_eq!(reader.next().unwrap().unwrap().sequence, first);
+        let before = JournalReader::open_at(directory.path(), first - 1).unwrap_err();
+        assert!(matches!(before, JournalError::SequenceNotFound { .. }), "{before}");
+    }
+}
+
+#[test]
+fn a_tailer_sees_every_record_exactly_once_while_the_writer_rolls() {
+    for durability in TIERS {
+        let directory = tempfile::tempdir().unwrap();
+        // The tailer starts before the journal exists.
+        let mut tailer = Tailer::open(directory.path(), 1).unwrap();
+        assert!(tailer.poll().unwrap().is_none());
+        let done = Arc::new(AtomicBool::new(false));
+        let path = directory.path().to_owned();
+        let writer_done = Arc::clone(&done);
+        let total: u64 = 40_000;
+        let writer = std::thread::spawn(move || {
+            let mut writer = JournalWriter::open(&path, options(durability)).unwrap();
+            let mut sequence = 1;
+            while sequence <= total {
+                let batch = (sequence % 97 + 1).min(total - sequence + 1);
+                for _ in 0..batch {
+                    writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
+                    sequence += 1;
+                }
+                writer.commit().unwrap();
+            }
+            writer_done.store(true, Ordering::Release);
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut expected = 1;
+        while expected <= total {
+            assert!(Instant::now() < deadline, "{durability:?}: stuck at {expected}");
+            match tailer.poll().unwrap() {
+                Some(record) => {
+                    assert_eq!(record.sequence, expected, "{durability:?}");
+                    assert_eq!(record.payload, &payload(expected)[..]);
+                    expected += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        writer.join().unwrap();
+        assert!(done.load(Ordering::Acquire));
+        assert!(tailer.poll().unwrap().is_none(), "nothing after the last record");
+        assert!(segment_paths(directory.path()).len() >= 5, "the writer rolled");
+    }
+}
