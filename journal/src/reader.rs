@@ -135,6 +135,19 @@ impl Cursor {
         Ok(true)
     }
 
+    /// Whether a segment after the mapped one exists (listing the directory again if none is
+    /// known).
+    fn later_segment_exists(&mut self) -> Result<bool, JournalError> {
+        let Some(current) = self.current_first_sequence() else { return Ok(false) };
+        let later = |segments: &[SegmentFile]| {
+            segments.iter().any(|segment| segment.first_sequence > current)
+        };
+        if !later(&self.segments) {
+            self.segments = list_segments(&self.journal_directory)?;
+        }
+        Ok(later(&self.segments))
+    }
+
     fn current_path(&self) -> &Path {
         &self.current.as_ref().expect("a segment is mapped").0.path
     }
@@ -185,7 +198,7 @@ impl Cursor {
                 }
                 RecordCheck::Invalid(invalid) => {
                     let path = self.current_path().to_owned();
-                    if self.advance_segment()? {
+                    if self.later_segment_exists()? {
                         // Bad data with a later segment after it: row 8.
                         return Err(JournalError::Corrupt {
                             path,

@@ -1,0 +1,483 @@
+//! Opening damaged journals: the recovery decision table of `docs/journal-format.md`
+//! (section 6), row by row; the last write torn at every byte offset; simulated power losses;
+//! a full disk and failing syncs through the storage fault layer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::*;
+use keel_journal::format::{
+    check_record, encode_record, RecordCheck, RecordFields, SegmentHeader, FLAG_END_OF_BATCH,
+    GROUP_COMMIT_BYTES_MAX, SEGMENT_HEADER_SIZE,
+};
+use keel_journal::scan::{scan_segment, SegmentEnd};
+use keel_journal::storage::{Fault, FaultyStorage, Operation, PageFate};
+use keel_journal::{Durability, JournalError, JournalReader, JournalWriter};
+
+const ENOSPC: i32 = 28;
+const EIO: i32 = 5;
+
+/// A record found in a segment file.
+#[derive(Clone, Copy, Debug)]
+struct Located {
+    offset: u64,
+    length: u64,
+    sequence: u64,
+    end_of_batch: bool,
+}
+
+/// The records of a segment file, in order.
+fn records_of(path: &Path) -> Vec<Located> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut position = SEGMENT_HEADER_SIZE;
+    let mut records = Vec::new();
+    while let RecordCheck::Record(record) = check_record(&bytes[position..]) {
+        records.push(Located {
+            offset: position as u64,
+            length: 32 + record.payload.len() as u64,
+            sequence: record.sequence,
+            end_of_batch: record.flags & FLAG_END_OF_BATCH != 0,
+        });
+        position += record.size_padded;
+    }
+    records
+}
+
+/// A journal of `batches` committed batches of `batch` records in `PageCache` tier.
+fn journal(batches: usize, batch: usize) -> (tempfile::TempDir, u64) {
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    let last = append_batches(&mut writer, batches, batch);
+    drop(writer);
+    (directory, last)
+}
+
+fn open(directory: &Path) -> Result<JournalWriter, JournalError> {
+    JournalWriter::open(directory, options(Durability::PageCache))
+}
+
+fn last_segment(directory: &Path) -> PathBuf {
+    segment_paths(directory).pop().unwrap()
+}
+
+#[test]
+fn row_2_a_clean_end_opens_without_a_report() {
+    let (directory, last) = journal(5, 10);
+    let writer = open(directory.path()).unwrap();
+    let report = writer.open_report();
+    assert_eq!((report.last_sequence, report.truncated.clone()), (last, None));
+    assert!(report.removed.iter().all(|(path, _)| path.ends_with("spare")), "{report}");
+}
+
+#[test]
+fn row_3_zeros_then_garbage_is_a_torn_tail_truncated() {
+    let (directory, last) = journal(5, 10);
+    let segment = last_segment(directory.path());
+    let end = records_of(&segment).last().map(|record| record.offset + record.length).unwrap();
+    let end = end.next_multiple_of(8);
+    write_at(&segment, end + 100, b"torn bytes of a write cut short");
+    let writer = open(directory.path()).unwrap();
+    let truncation = writer.open_report().truncated.clone().expect("a truncation");
+    assert_eq!(truncation.segment, segment);
+    assert_eq!(truncation.offset, end);
+    assert_eq!(truncation.bytes, 100 + 31);
+    assert_eq!(truncation.dropped, None);
+    assert_eq!(writer.open_report().last_sequence, last);
+    drop(writer);
+    // The truncation is durable: the next open finds a clean end.
+    let writer = open(directory.path()).unwrap();
+    assert_eq!(writer.open_report().truncated, None);
+}
+
+#[test]
+fn row_4_a_damaged_last_record_is_a_torn_tail_truncated() {
+    let (directory, last) = journal(5, 10);
+    let segment = last_segment(directory.path());
+    let victim = *records_of(&segment).last().unwrap();
+    flip_bit(&segment, victim.offset + 40, 3);
+    let writer = open(directory.path()).unwrap();
+    let truncation = writer.open_report().truncated.clone().expect("a truncation");
+    assert_eq!(truncation.offset, victim.offset);
+    assert!(truncation.damage.contains("checksum"), "{}", truncation.damage);
+    assert_eq!(writer.open_report().last_sequence, last - 1);
+    assert_eq!(writer.next_sequence(), last);
+}
+
+#[test]
+fn row_5_damage_inside_the_last_batch_drops_its_valid_records_and_says_so() {
+    let (directory, last) = journal(5, 10);
+    let segment = last_segment(directory.path());
+    let records = records_of(&segment);
+    // The fourth record of the last batch is damaged; the six after it (the last flagged
+    // END_OF_BATCH) are valid: pages of the batch that reached the disk out of order.
+    let victim = records[records.len() - 7];
+    assert!(records.last().unwrap().end_of_batch && !records[records.len() - 2].end_of_batch);
+    flip_bit(&segment, victim.offset + 12, 0);
+    let writer = open(directory.path()).unwrap();
+    let truncation = writer.open_report().truncated.clone().expect("a truncation");
+    assert_eq!(truncation.offset, victim.offset);
+    assert_eq!(truncation.dropped, Some(last - 5..=last));
+    assert_eq!(writer.open_report().last_sequence, last - 7);
+}
+
+#[test]
+fn row_6_damage_followed_by_a_later_batch_is_corruption() {
+    let (directory, _) = journal(5, 10);
+    let segment = last_segment(directory.path());
+    let records = records_of(&segment);
+    // A record of the third batch; the fourth and fifth batches follow it.
+    let victim = records[24];
+    flip_bit(&segment, victim.offset + 33, 7);
+    let error = open(directory.path()).unwrap_err();
+    match &error {
+        JournalError::Corrupt { path, offset, expected, found: None, .. } => {
+            assert_eq!((path, *offset, *expected), (&segment, victim.offset, victim.sequence));
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains(&segment.display().to_string()), "{message}");
+    // Nothing was truncated: the damage is still there for an operator to look at.
+    assert_eq!(records_of(&segment).len(), 24);
+    assert!(error.is_damage());
+}
+
+#[test]
+fn row_6_a_valid_record_beyond_one_group_commit_is_corruption() {
+    // In memory: a segment with a damaged first record and a valid one 65 MiB later.
+    let size = SEGMENT_HEADER_SIZE + GROUP_COMMIT_BYTES_MAX + (2 << 20);
+    let mut bytes = vec![0u8; size];
+    let fields = RecordFields { sequence: 1, timestamp_ns: 1, kind: 1, version: 1, flags: 0 };
+    encode_record(&mut bytes[SEGMENT_HEADER_SIZE..], &fields, b"first").unwrap();
+    bytes[SEGMENT_HEADER_SIZE + 8] ^= 1;
+    let far = SEGMENT_HEADER_SIZE + GROUP_COMMIT_BYTES_MAX + (1 << 20);
+    let fields = RecordFields { sequence: 9_000, ..fields };
+    encode_record(&mut bytes[far..], &fields, b"far").unwrap();
+    let error = scan_segment(Path::new("test.segment"), &bytes, 1, true, &mut |_| {}).unwrap_err();
+    assert!(error.to_string().contains("more than one group commit"), "{error}");
+    // Within one group commit, the same damage is a torn tail that drops the survivor.
+    let near = SEGMENT_HEADER_SIZE + 4096;
+    bytes[far..far + 64].fill(0);
+    encode_record(&mut bytes[near..], &fields, b"near").unwrap();
+    let scan = scan_segment(Path::new("test.segment"), &bytes, 1, true, &mut |_| {}).unwrap();
+    match scan.end {
+        SegmentEnd::Torn(torn) => assert_eq!(torn.dropped, Some(9_000..=9_000)),
+        other => panic!("expected a torn tail, got {other:?}"),
+    }
+}
+
+#[test]
+fn row_7_a_valid_record_out_of_sequence_is_corruption() {
+    let (directory, last) = journal(5, 10);
+    let segment = last_segment(directory.path());
+    let end = records_of(&segment).last().map(|record| record.offset + record.length).unwrap();
+    let end = end.next_multiple_of(8);
+    let mut record = vec![0u8; 64];
+    let fields = RecordFields {
+        sequence: last + 2,
+        timestamp_ns: timestamp(last + 2),
+        kind: 1,
+        version: 1,
+        flags: FLAG_END_OF_BATCH,
+    };
+    let size = encode_record(&mut record, &fields, b"skips one").unwrap();
+    write_at(&segment, end, &record[..size]);
+    match open(directory.path()).unwrap_err() {
+        JournalError::Corrupt { offset, expected, found, .. } => {
+            assert_eq!((offset, expected, found), (end, last + 1, Some(last + 2)));
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+/// A journal of several segments (1 MiB each).
+fn multi_segment_journal() -> (tempfile::TempDir, u64, Vec<PathBuf>) {
+    let (directory, last) = journal(160, 157);
+    let segments = segment_paths(directory.path());
+    assert!(segments.len() >= 4);
+    (directory, last, segments)
+}
+
+#[test]
+fn row_8_damage_in_a_segment_that_is_not_the_last_is_corruption_to_a_reader() {
+    let (directory, _, segments) = multi_segment_journal();
+    let victim = records_of(&segments[1])[100];
+    flip_bit(&segments[1], victim.offset + 50, 1);
+    let mut reader = JournalReader::open(directory.path()).unwrap();
+    let error = loop {
+        match reader.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the damage was not found"),
+            Err(error) => break error,
+        }
+    };
+    match error {
+        JournalError::Corrupt { path, offset, expected, .. } => {
+            assert_eq!(
+                (path, offset, expected),
+                (segments[1].clone(), victim.offset, victim.sequence)
+            );
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn row_8_the_segment_before_an_empty_last_one_is_checked_by_open() {
+    let (directory, last, segments) = multi_segment_journal();
+    let last_path = segments.last().unwrap();
+    // A crash right after a roll: the last segment holds a header and no record (row 11).
+    let mut header = [0u8; 64];
+    std::fs::File::open(last_path)
+        .map(|file| {
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut header, 0).unwrap()
+        })
+        .unwrap();
+    let header = SegmentHeader::decode(&header).unwrap();
+    let empty = directory.path().join("journal").join(format!("{:020}.segment", last + 1));
+    let mut bytes = vec![0u8; header.segment_size as usize];
+    bytes[..64].copy_from_slice(&SegmentHeader { first_sequence: last + 1, ..header }.encode());
+    std::fs::write(&empty, &bytes).unwrap();
+    let writer = open(directory.path()).unwrap();
+    assert_eq!(writer.open_report().last_sequence, last, "row 11: a clean end");
+    assert_eq!(writer.next_sequence(), last + 1);
+    drop(writer);
+    // Damage at the end of the segment before it is corruption: a later segment exists.
+    let victim = *records_of(last_path).last().unwrap();
+    flip_bit(last_path, victim.offset + 40, 2);
+    match open(directory.path()).unwrap_err() {
+        JournalError::Corrupt { path, offset, .. } => {
+            assert_eq!((&path, offset), (last_path, victim.offset));
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn row_9_a_damaged_segment_header_is_named() {
+    let (directory, _, segments) = multi_segment_journal();
+    flip_bit(&segments[1], 20, 4);
+    match open(directory.path()).unwrap_err() {
+        JournalError::Format { path, offset: 0, source } => {
+            assert_eq!(path, segments[1]);
+            assert!(source.to_string().contains("checksum"), "{source}");
+        }
+        other => panic!("expected Format, got {other}"),
+    }
+    // The last segment's header damaged while records follow it: corruption, not a torn roll.
+    let (directory, _, segments) = multi_segment_journal();
+    flip_bit(segments.last().unwrap(), 20, 4);
+    assert!(matches!(open(directory.path()).unwrap_err(), JournalError::Corrupt { .. }));
+}
+
+#[test]
+fn row_10_a_missing_segment_is_corruption_to_a_reader() {
+    let (directory, _, segments) = multi_segment_journal();
+    std::fs::remove_file(&segments[2]).unwrap();
+    let mut reader = JournalReader::open(directory.path()).unwrap();
+    let error = loop {
+        match reader.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the gap was not found"),
+            Err(error) => break error,
+        }
+    };
+    match error {
+        JournalError::Corrupt { path, found, .. } => {
+            assert_eq!(path, segments[3]);
+            assert!(found.is_some());
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn a_torn_roll_and_an_unrenamed_segment_are_recovered() {
+    let (directory, last, segments) = multi_segment_journal();
+    let journal_directory = directory.path().join("journal");
+    let last_path = segments.last().unwrap().clone();
+    // The last segment's rename had not reached the disk: it is still called `spare`.
+    std::fs::rename(&last_path, journal_directory.join("spare")).unwrap();
+    let writer = open(directory.path()).unwrap();
+    let report = writer.open_report().clone();
+    assert_eq!(report.renamed, Some((journal_directory.join("spare"), last_path.clone())));
+    assert_eq!(report.last_sequence, last);
+    drop(writer);
+
+    // A roll torn before its first commit: a segment whose header is garbage, no record.
+    let torn = journal_directory.join(format!("{:020}.segment", last + 1));
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..40].copy_from_slice(&[0xA5; 40]);
+    std::fs::write(&torn, &bytes).unwrap();
+    let writer = open(directory.path()).unwrap();
+    let report = writer.open_report().clone();
+    assert!(report.removed.iter().any(|(path, _)| path == &torn), "{report}");
+    assert_eq!(report.last_sequence, last);
+    assert!(!torn.exists());
+}
+
+/// Writes `acked` committed batches through a fault-injecting storage in the `Fsync` tier and
+/// returns the writer, the storage and the last acknowledged sequence.
+fn faulty_writer(directory: &Path) -> (JournalWriter, FaultyStorage, u64) {
+    let storage = FaultyStorage::new();
+    let mut writer =
+        JournalWriter::open(directory, options_with(Durability::Fsync, Arc::new(storage.clone())))
+            .unwrap();
+    let acked = append_batches(&mut writer, 5, 3);
+    (writer, storage, acked)
+}
+
+#[test]
+fn the_last_write_torn_at_every_byte_offset_loses_no_acknowledged_record() {
+    // The batch that will be torn: four records.
+    let batch: Vec<u64> = (16..=19).collect();
+    let sizes: Vec<u64> =
+        batch.iter().map(|&sequence| 32 + payload(sequence).len() as u64).collect();
+    let total: u64 = sizes.iter().map(|size| size.next_multiple_of(8)).sum();
+    for kept in 0..=total as usize {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut writer, storage, acked) = faulty_writer(directory.path());
+        assert_eq!(acked, 15);
+        for &sequence in &batch {
+            writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
+        }
+        storage.inject_on(Operation::Write, ".segment", 0, Fault::Tear { bytes: kept });
+        let error = writer.commit().unwrap_err();
+        assert!(matches!(error, JournalError::Io { .. }), "{error}");
+        // Fail-stop: nothing more is accepted.
+        let refused = writer.append(timestamp(20), 1, 1, b"after").unwrap_err();
+        assert!(matches!(refused, JournalError::Failed { .. }), "{refused}");
+        drop(writer);
+
+        let writer = open(directory.path()).unwrap();
+        // The records wholly written before the tear are valid and kept; the rest is gone.
+        let mut whole = 0;
+        let mut offset = 0;
+        for size in &sizes {
+            if offset + size > kept as u64 {
+                break;
+            }
+            whole += 1;
+            offset += size.next_multiple_of(8);
+        }
+        let report = writer.open_report().clone();
+        assert_eq!(report.last_sequence, acked + whole, "kept {kept}: {report}");
+        let torn_bytes = kept as u64 > offset;
+        assert_eq!(report.truncated.is_some(), torn_bytes, "kept {kept}: {report}");
+        drop(writer);
+        assert_eq!(check_journal(directory.path(), 1), acked + whole);
+    }
+}
+
+#[test]
+fn a_power_loss_during_a_batch_loses_no_acknowledged_record() {
+    let mut survivors_dropped = 0;
+    for seed in 0..60 {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut writer, storage, acked) = faulty_writer(directory.path());
+        // A batch of about 15 pages whose sync fails: the power went out during it.
+        let first = writer.next_sequence();
+        for sequence in first..first + 400 {
+            writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
+        }
+        storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
+        assert!(writer.commit().is_err());
+        drop(writer);
+        let mut random = Random::new(seed);
+        let loss = storage
+            .power_loss(|_, _| match random.below(3) {
+                0 => PageFate::Keep,
+                1 => PageFate::Revert,
+                _ => PageFate::Cut { keep: random.below(4096) as usize },
+            })
+            .unwrap();
+        assert!(loss.pages_kept + loss.pages_reverted + loss.pages_cut > 0);
+        let writer = open(directory.path()).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
+        let last = writer.open_report().last_sequence;
+        assert!(last >= acked, "seed {seed}: {}", writer.open_report());
+        let truncated = writer.open_report().truncated.as_ref();
+        survivors_dropped += usize::from(truncated.is_some_and(|torn| torn.dropped.is_some()));
+        drop(writer);
+        assert_eq!(check_journal(directory.path(), 1), last, "seed {seed}");
+    }
+    // Row 5 was exercised: pages after a lost one survived and were dropped as unacknowledged.
+    assert!(survivors_dropped > 10, "{survivors_dropped} of 60");
+}
+
+#[test]
+fn a_full_disk_on_append_stops_the_writer_and_keeps_every_acknowledged_record() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut writer, storage, acked) = faulty_writer(directory.path());
+    writer.append(timestamp(16), 1, 1, &payload(16)).unwrap();
+    storage.inject_on(Operation::Write, ".segment", 0, Fault::Fail { errno: ENOSPC });
+    let error = writer.commit().unwrap_err();
+    match &error {
+        JournalError::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(ENOSPC)),
+        other => panic!("expected Io, got {other}"),
+    }
+    assert!(error.to_string().contains(".segment"), "the error names the file: {error}");
+    let refused = writer.commit().unwrap_err();
+    assert!(refused.to_string().contains("must be reopened"), "{refused}");
+    drop(writer);
+    let writer = open(directory.path()).unwrap();
+    assert_eq!(writer.open_report().last_sequence, acked);
+    assert_eq!(writer.open_report().truncated, None);
+}
+
+#[test]
+fn a_failed_sync_stops_the_writer() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut writer, storage, acked) = faulty_writer(directory.path());
+    writer.append(timestamp(16), 1, 1, &payload(16)).unwrap();
+    storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
+    assert!(writer.commit().is_err());
+    assert!(matches!(writer.append(timestamp(17), 1, 1, b"x"), Err(JournalError::Failed { .. })));
+    drop(writer);
+    // The record was written, not synced: after a process crash it is there; it was never
+    // acknowledged, so either way is correct.
+    assert!(check_journal(directory.path(), 1) >= acked);
+}
+
+#[test]
+fn a_full_disk_when_allocating_the_next_segment_fails_the_roll_cleanly() {
+    let directory = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new();
+    // The first segment is allocated by `open` (one write of 1 MiB of zeros); the next
+    // allocation, the background thread's, fails for space, and so does the writer's retry at
+    // the roll.
+    storage.inject_on(Operation::Write, "spare.tmp", 1, Fault::Fail { errno: ENOSPC });
+    storage.inject_on(Operation::Write, "spare.tmp", 0, Fault::Fail { errno: ENOSPC });
+    let mut writer = JournalWriter::open(
+        directory.path(),
+        options_with(Durability::Fsync, Arc::new(storage.clone())),
+    )
+    .unwrap();
+    let mut acknowledged = 0;
+    let error = loop {
+        let sequence = writer.next_sequence();
+        match writer.append(timestamp(sequence), 1, 1, &payload(sequence)) {
+            Ok(_) => match writer.commit() {
+                Ok(durable) => acknowledged = durable,
+                Err(error) => break error,
+            },
+            Err(error) => break error,
+        }
+    };
+    assert!(acknowledged > 1000, "the first segment filled up first");
+    match &error {
+        JournalError::Io { path, source } => {
+            assert_eq!(source.raw_os_error(), Some(ENOSPC));
+            assert!(path.ends_with("spare.tmp"), "{}", path.display());
+        }
+        other => panic!("expected Io, got {other}"),
+    }
+    drop(writer);
+    assert!(!directory.path().join("journal/spare.tmp").exists(), "no half-allocated file");
+    let writer = open(directory.path()).unwrap();
+    assert!(writer.open_report().last_sequence >= acknowledged);
+    drop(writer);
+    assert!(check_journal(directory.path(), 1) >= acknowledged);
+}

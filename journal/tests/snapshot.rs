@@ -1,0 +1,129 @@
+//! Snapshot files: durable writes, loading the newest valid one, falling back past damaged or
+//! refused ones with the reasons reported, and failed writes that leave nothing behind.
+
+mod common;
+
+use std::sync::Arc;
+
+use keel_journal::format::CODEC_BINCODE2_SERDE;
+use keel_journal::snapshot::{read_snapshot, read_snapshot_header};
+use keel_journal::storage::{Fault, FaultyStorage, Operation};
+use keel_journal::{JournalError, SnapshotMeta, SnapshotStore};
+
+fn meta(sequence: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        schema_version: 3,
+        codec: CODEC_BINCODE2_SERDE,
+        sequence,
+        timestamp_ns: 1_700_000_000_000_000_000 + sequence,
+        state_hash: sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    }
+}
+
+fn state(sequence: u64) -> Vec<u8> {
+    (0..10_000 + sequence as usize).map(|index| (index ^ sequence as usize) as u8).collect()
+}
+
+/// The caller's decode: schema 3 only, and the "state" must hash as the header says.
+fn decode(
+    header: &keel_journal::format::SnapshotHeader,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
+    if header.schema_version != 3 {
+        return Err(format!("unknown schema version {}", header.schema_version));
+    }
+    if payload != state(header.sequence).as_slice() {
+        return Err("state hash mismatch".into());
+    }
+    Ok(payload.to_vec())
+}
+
+#[test]
+fn the_newest_valid_snapshot_loads_and_damaged_ones_are_skipped_with_reasons() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    let mut files = Vec::new();
+    for sequence in [100, 200, 300, 400] {
+        files.push(store.write(&meta(sequence), &state(sequence)).unwrap());
+    }
+    let listed: Vec<u64> = store.list().unwrap().iter().map(|file| file.sequence).collect();
+    assert_eq!(listed, vec![400, 300, 200, 100]);
+    let loaded = store.load_newest(decode).unwrap();
+    let (file, header, payload) = loaded.loaded.unwrap();
+    assert_eq!(
+        (file.sequence, header.state_hash, payload),
+        (400, meta(400).state_hash, state(400))
+    );
+    assert!(loaded.skipped.is_empty());
+
+    // 400: a flipped payload bit. 300: cut short. 200: a schema the application refuses.
+    common::flip_bit(&files[3].path, 5_000, 2);
+    let length = std::fs::metadata(&files[2].path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[2].path)
+        .unwrap()
+        .set_len(length - 10)
+        .unwrap();
+    store.write(&SnapshotMeta { schema_version: 4, ..meta(200) }, &state(200)).unwrap();
+    let loaded = store.load_newest(decode).unwrap();
+    assert_eq!(loaded.loaded.as_ref().map(|(file, _, _)| file.sequence), Some(100));
+    let reasons: Vec<&str> = loaded.skipped.iter().map(|(_, reason)| reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("checksum"), "{}", reasons[0]);
+    assert!(reasons[1].contains("payload_length"), "{}", reasons[1]);
+    assert!(reasons[2].contains("unknown schema version 4"), "{}", reasons[2]);
+    assert_eq!(loaded.skipped[0].0, files[3].path);
+
+    // A damaged header is named as such; with every snapshot bad, nothing loads.
+    common::flip_bit(&files[0].path, 30, 0);
+    let error = read_snapshot_header(&files[0].path).unwrap_err();
+    assert!(error.to_string().contains("checksum"), "{error}");
+    let loaded = store.load_newest(decode).unwrap();
+    assert!(loaded.loaded.is_none());
+    assert_eq!(loaded.skipped.len(), 4);
+}
+
+#[test]
+fn a_failed_snapshot_write_leaves_no_file_under_either_name() {
+    let directory = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new();
+    let store = SnapshotStore::with_storage(directory.path(), Arc::new(storage.clone())).unwrap();
+    store.write(&meta(1), &state(1)).unwrap();
+    for operation in [Operation::Write, Operation::SyncData, Operation::Rename] {
+        storage.inject(operation, 0, Fault::Fail { errno: 28 });
+        let error = store.write(&meta(2), &state(2)).unwrap_err();
+        assert!(matches!(error, JournalError::Io { .. }), "{operation:?}: {error}");
+        let names: Vec<String> = std::fs::read_dir(store.directory())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![format!("{:020}.snapshot", 1)], "{operation:?}");
+    }
+    let (header, payload) = read_snapshot(&store.list().unwrap()[0].path).unwrap();
+    assert_eq!((header.sequence, payload), (1, state(1)));
+}
+
+#[test]
+fn a_streamed_snapshot_equals_one_written_whole_and_old_ones_can_be_pruned() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    let whole = store.write(&meta(10), &state(10)).unwrap();
+    let whole_bytes = std::fs::read(&whole.path).unwrap();
+    let streamed = store
+        .write_streaming(&meta(10), |writer| {
+            for chunk in state(10).chunks(777) {
+                writer.write_all(chunk)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(std::fs::read(&streamed.path).unwrap(), whole_bytes);
+    for sequence in [20, 30, 40] {
+        store.write(&meta(sequence), &state(sequence)).unwrap();
+    }
+    let removed = store.remove_all_but_newest(2).unwrap();
+    assert_eq!(removed.len(), 2);
+    let left: Vec<u64> = store.list().unwrap().iter().map(|file| file.sequence).collect();
+    assert_eq!(left, vec![40, 30]);
+}
