@@ -5,12 +5,14 @@
 //! cargo run --release --bin keel-bench -- ping-pong --runs 9
 //! cargo run --release --bin keel-bench -- ring --json     # one JSON object per line
 //! cargo run --release --bin keel-bench -- ring --quick    # a short smoke run
+//! cargo run --release --bin keel-bench -- journal          # the journal: tiers, ceilings, rolls
 //! ```
 //!
 //! Every scenario runs keel and its peers interleaved, run by run (the order rotates each run),
 //! with the machine's bare inter-core round trip measured before each run; the summary gives
 //! the median, minimum and maximum across runs, and keel's ratio to each peer's median.
 
+mod journal;
 mod machine;
 mod report;
 mod ring;
@@ -31,7 +33,8 @@ use crate::ring::{sum_to, Outcome, PingPong, Pinning};
 )]
 struct Arguments {
     /// Scenarios to run: `ring` (all of the below), `one-to-one`, `two-to-one`,
-    /// `one-to-diamond`, `ping-pong`.
+    /// `one-to-diamond`, `ping-pong`; and `journal` (append per tier, ceilings, verified read,
+    /// rolls).
     #[arg(default_values_t = vec!["ring".to_owned()])]
     scenarios: Vec<String>,
     /// Runs per system and scenario (at least 1; 5 or more for a figure worth quoting).
@@ -50,6 +53,10 @@ struct Arguments {
     /// producer runs on CPU 0 and their consumer on CPU 1, for every system alike.
     #[arg(long)]
     no_pin: bool,
+    /// Where the `journal` scenario writes its journals (default: the system's temporary
+    /// directory). The figures are the file system's and the disk's under it.
+    #[arg(long)]
+    journal_dir: Option<std::path::PathBuf>,
 }
 
 /// One system's variant of one scenario.
@@ -164,6 +171,153 @@ fn cases(scenario: &str, scale: u64, pin: Pinning) -> Result<Vec<Case>> {
     })
 }
 
+/// One journal case: its scenario, system ("keel" or "ceiling"), variant and how to run it.
+type JournalCase =
+    (&'static str, &'static str, String, Box<dyn Fn() -> Result<journal::JournalOutcome>>);
+
+/// The journal cases, sized by `scale` (1 for the full run, 10 for `--quick`), writing under
+/// `root`.
+fn journal_cases(root: &std::path::Path, scale: u64) -> Vec<JournalCase> {
+    let mut cases: Vec<JournalCase> = Vec::new();
+    let root = root.to_owned();
+    for (durability, tier) in [
+        (keel_journal::Durability::PageCache, "page-cache"),
+        (keel_journal::Durability::Fsync, "fsync"),
+    ] {
+        for payload in [32usize, 64, 256] {
+            for batch in [1u64, 64, 4096] {
+                let records = match (durability, batch) {
+                    (keel_journal::Durability::PageCache, _) => 2_000_000 / scale,
+                    (_, 1) => 2_000 / scale,
+                    (_, 64) => 64 * 400 / scale,
+                    _ => 4096 * 150 / scale,
+                };
+                let root = root.clone();
+                cases.push((
+                    "journal-append",
+                    "keel",
+                    format!("{tier} {payload}B batch-{batch}"),
+                    Box::new(move || journal::append(&root, durability, payload, batch, records)),
+                ));
+            }
+        }
+    }
+    cases.push((
+        "journal-append",
+        "ceiling",
+        "memcpy 96B".into(),
+        Box::new(|| Ok(journal::memcpy_ceiling())),
+    ));
+    for batch in [1u64, 64, 4096] {
+        let records = match batch {
+            1 => 2_000 / scale,
+            64 => 64 * 400 / scale,
+            _ => 4096 * 150 / scale,
+        };
+        let root = root.clone();
+        cases.push((
+            "journal-append",
+            "ceiling",
+            format!("pwrite+fdatasync 96B batch-{batch}"),
+            Box::new(move || journal::pwrite_fdatasync_ceiling(&root, batch, records)),
+        ));
+    }
+    let read_root = root.clone();
+    cases.push((
+        "journal-read",
+        "keel",
+        "verified 64B".into(),
+        Box::new(move || journal::verified_read(&read_root, 4_000_000 / scale)),
+    ));
+    cases.push((
+        "journal-roll",
+        "keel",
+        "page-cache 64B batch-64 1MiB segments".into(),
+        Box::new(move || journal::roll(&root, 200 / scale)),
+    ));
+    cases
+}
+
+/// Runs the journal benchmark and prints its table (or JSON lines).
+fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
+    let root = arguments.journal_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let cases = journal_cases(&root, scale);
+    let mut measurements = Vec::new();
+    let mut gigabytes: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut roll_worst: Vec<f64> = Vec::new();
+    for run in 0..runs {
+        if !arguments.json {
+            println!("journal run {}/{runs} (under {})", run + 1, root.display());
+        }
+        for (scenario, system, variant, case) in &cases {
+            let outcome = case()?;
+            let measurement = Measurement {
+                scenario,
+                system,
+                variant: variant.clone(),
+                run: run + 1,
+                events: outcome.records,
+                ops_per_sec: outcome.records_per_sec(),
+                latency: outcome.latency,
+                probe_ns: 0.0,
+            };
+            gigabytes
+                .entry(format!("{scenario} {system} {variant}"))
+                .or_default()
+                .push(outcome.gigabytes_per_sec());
+            if let Some(worst) = outcome.roll_worst_ns {
+                roll_worst.push(worst as f64);
+            }
+            if arguments.json {
+                let mut line = serde_json::to_value(&measurement)?;
+                line["gb_per_sec"] = serde_json::json!(outcome.gigabytes_per_sec());
+                if let Some(worst) = outcome.roll_worst_ns {
+                    line["roll_worst_ns"] = serde_json::json!(worst);
+                }
+                println!("{line}");
+            } else {
+                let roll = outcome
+                    .roll_worst_ns
+                    .map(|worst| format!("  worst roll append {worst} ns"))
+                    .unwrap_or_default();
+                println!(
+                    "  {:<15} {:<8} {:<40} {:>8.2} M/s {:>6.2} GB/s{roll}",
+                    scenario,
+                    system,
+                    variant,
+                    outcome.records_per_sec() / 1e6,
+                    outcome.gigabytes_per_sec()
+                );
+            }
+            measurements.push(measurement);
+        }
+    }
+    let summaries = summarize(&measurements);
+    if arguments.json {
+        for summary in &summaries {
+            println!("{}", serde_json::to_string(summary)?);
+        }
+    } else {
+        print_table(&summaries);
+        println!();
+        for (name, values) in &gigabytes {
+            let spread = report::Spread::of(values);
+            println!(
+                "{name:<70} GB/s median {:.2} (min {:.2}, max {:.2})",
+                spread.median, spread.min, spread.max
+            );
+        }
+        if !roll_worst.is_empty() {
+            let spread = report::Spread::of(&roll_worst);
+            println!(
+                "worst append across a roll: median {:.0} ns (min {:.0}, max {:.0})",
+                spread.median, spread.min, spread.max
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The ring scenarios, in the order `ring` runs them.
 const RING_SCENARIOS: [&str; 4] = ["one-to-one", "two-to-one", "one-to-diamond", "ping-pong"];
 
@@ -196,9 +350,17 @@ fn main() -> Result<()> {
             machine.cpu_model, machine.cores, machine.kernel, machine.commit
         );
     }
+    if arguments.scenarios.iter().any(|scenario| scenario == "journal") {
+        run_journal(&arguments, runs, scale)?;
+        if arguments.scenarios.len() == 1 {
+            return Ok(());
+        }
+    }
     let pinning = if arguments.no_pin { Pinning::NONE } else { Pinning::CROSS_CORE };
     let mut measurements = Vec::new();
-    for name in expand(&arguments.scenarios)? {
+    let ring_scenarios: Vec<String> =
+        arguments.scenarios.iter().filter(|scenario| *scenario != "journal").cloned().collect();
+    for name in expand(&ring_scenarios)? {
         let mut cases = cases(name, scale, pinning)?;
         if !arguments.systems.is_empty() {
             cases.retain(|case| arguments.systems.iter().any(|system| system == case.system));
