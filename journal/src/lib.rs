@@ -2,10 +2,19 @@
 //! input and snapshot files.
 //!
 //! The byte layout and the recovery rules are specified in `docs/journal-format.md`; this
-//! crate implements exactly that. So far it holds the format itself ([`format`]: encoding and
-//! checksum-first decoding of segment headers, records and snapshot headers) and the
-//! single-writer lock ([`WriterLock`]). The segment writer, readers, the tailer, recovery,
-//! snapshots on disk and the `keel` CLI build on them.
+//! crate implements exactly that:
+//!
+//! - [`format`]: encoding and checksum-first decoding of segment headers, records and snapshot
+//!   headers;
+//! - [`JournalWriter`]: the single writer (a [`WriterLock`]), appending batches and making each
+//!   durable in one call per its [`Durability`] tier, rolling to segments a background thread
+//!   allocates; opening it recovers the tail per the decision table ([`scan`]) and reports
+//!   what it truncated ([`OpenReport`]);
+//! - [`JournalReader`] (from any sequence) and [`Tailer`] (following a live journal), handing
+//!   out payloads as slices of the mapping;
+//! - [`SnapshotStore`]: snapshot files written atomically, loaded newest valid first;
+//! - [`storage`]: the file operations under the writer, and [`storage::FaultyStorage`], which
+//!   injects faults for tests.
 //!
 //! ```
 //! use keel_journal::format::{encode_record, check_record, RecordCheck, RecordFields};
