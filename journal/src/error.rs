@@ -117,6 +117,20 @@ impl JournalError {
         move |source| Self::Format { path: path.to_owned(), offset, source }
     }
 
+    /// Row 7 of the recovery table: a record whose checksum holds but whose sequence is not
+    /// the next one.
+    pub(crate) fn out_of_sequence(path: &Path, offset: u64, expected: u64, found: u64) -> Self {
+        Self::Corrupt {
+            path: path.to_owned(),
+            offset,
+            expected,
+            found: Some(found),
+            detail: "a record with a valid checksum holds another sequence (a gap, a repeat, \
+                     or a record of another journal)"
+                .into(),
+        }
+    }
+
     /// Whether the error is about damaged data (as opposed to the environment: I/O, locks,
     /// arguments). `keel journal verify` exits with a distinct code for these.
     pub fn is_damage(&self) -> bool {

@@ -182,13 +182,12 @@ impl Cursor {
                     return Ok(Step::Record(position));
                 }
                 RecordCheck::Record(record) => {
-                    return Err(JournalError::Corrupt {
-                        path: self.current_path().to_owned(),
-                        offset: position as u64,
-                        expected: self.next_sequence,
-                        found: Some(record.sequence),
-                        detail: "a record with a valid checksum holds another sequence".into(),
-                    });
+                    return Err(JournalError::out_of_sequence(
+                        self.current_path(),
+                        position as u64,
+                        self.next_sequence,
+                        record.sequence,
+                    ));
                 }
                 RecordCheck::End => {
                     if self.advance_segment()? {
@@ -378,13 +377,12 @@ impl Tailer {
                     }
                 }
                 RecordCheck::Record(record) => {
-                    return Err(JournalError::Corrupt {
-                        path: self.cursor.current_path().to_owned(),
-                        offset: self.scan_position as u64,
-                        expected: self.scan_sequence,
-                        found: Some(record.sequence),
-                        detail: "a record with a valid checksum holds another sequence".into(),
-                    });
+                    return Err(JournalError::out_of_sequence(
+                        self.cursor.current_path(),
+                        self.scan_position as u64,
+                        self.scan_sequence,
+                        record.sequence,
+                    ));
                 }
                 RecordCheck::End | RecordCheck::Invalid(_) => return Ok(()),
             }

@@ -83,36 +83,35 @@ pub fn scan_segment(
             }
             RecordCheck::Record(record) => {
                 // Row 7.
-                return Err(JournalError::Corrupt {
-                    path: path.to_owned(),
-                    offset: position as u64,
+                return Err(JournalError::out_of_sequence(
+                    path,
+                    position as u64,
                     expected,
-                    found: Some(record.sequence),
-                    detail: "a record with a valid checksum holds another sequence (a gap, a \
-                             repeat, or a record of another journal)"
-                        .into(),
-                });
+                    record.sequence,
+                ));
             }
-            RecordCheck::End => {
-                let dirty_end = last_non_zero(bytes, position).map_or(position, |last| last + 1);
-                if dirty_end == position {
-                    // Rows 2 and 11.
-                    progress(bytes.len() as u64);
-                    return Ok(SegmentScan {
-                        records: expected - first_sequence,
-                        last_sequence: expected - 1,
-                        last_timestamp_ns,
-                        end_offset: position as u64,
-                        ends_batch,
-                        end: SegmentEnd::Clean,
-                    });
-                }
-                break format!("a zero length followed by non-zero bytes up to offset {dirty_end}");
-            }
-            RecordCheck::Invalid(invalid) => break describe(&invalid),
+            // The rest is decided by what follows `position`, found once below.
+            RecordCheck::End => break None,
+            RecordCheck::Invalid(invalid) => break Some(describe(&invalid)),
         }
     };
     progress(bytes.len() as u64);
+    let dirty_end = last_non_zero(bytes, position).map_or(position, |last| last + 1);
+    let damage = match damage {
+        Some(damage) => damage,
+        None if dirty_end == position => {
+            // Rows 2 and 11.
+            return Ok(SegmentScan {
+                records: expected - first_sequence,
+                last_sequence: expected - 1,
+                last_timestamp_ns,
+                end_offset: position as u64,
+                ends_batch,
+                end: SegmentEnd::Clean,
+            });
+        }
+        None => format!("a zero length followed by non-zero bytes up to offset {dirty_end}"),
+    };
     let corrupt = |detail: String| JournalError::Corrupt {
         path: path.to_owned(),
         offset: position as u64,
@@ -124,7 +123,6 @@ pub fn scan_segment(
         // Row 8.
         return Err(corrupt(format!("{damage}, in a segment that a later segment follows")));
     }
-    let dirty_end = last_non_zero(bytes, position).map_or(position, |last| last + 1);
     let survivors = valid_records_after(bytes, position, dirty_end);
     let beyond_group_commit =
         survivors.iter().find(|survivor| survivor.offset - position > GROUP_COMMIT_BYTES_MAX);

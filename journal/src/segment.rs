@@ -3,7 +3,8 @@
 //! growth and no `fsync`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -36,7 +37,13 @@ pub fn segment_file_name(first_sequence: u64) -> String {
 /// The first sequence named by a segment file name, or `None` if the name is not exactly 20
 /// digits and `.segment`.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".segment")?;
+    parse_sequence_name(name, ".segment")
+}
+
+/// The sequence named by `name` if it is exactly 20 digits followed by `suffix`: the naming
+/// of segment and snapshot files alike.
+pub(crate) fn parse_sequence_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
@@ -105,7 +112,7 @@ pub(crate) fn read_header(
     let path = &segment.path;
     let length = file.metadata().map_err(JournalError::io(path))?.len();
     let mut bytes = [0u8; SEGMENT_HEADER_USED];
-    read_exact_at(file, &mut bytes, 0).map_err(JournalError::io(path))?;
+    file.read_exact_at(&mut bytes, 0).map_err(JournalError::io(path))?;
     let header = SegmentHeader::decode(&bytes).map_err(JournalError::format(path, 0))?;
     let mismatch = |field: &str, value: String, wanted: String| JournalError::Corrupt {
         path: path.clone(),
@@ -143,12 +150,6 @@ pub(crate) fn read_header(
 /// `bytes` as lowercase hexadecimal.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Reads exactly `buffer.len()` bytes at `offset`, or fails (a file shorter than a header).
-pub(crate) fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buffer, offset)
 }
 
 /// Creates `directory` if needed and makes its entry durable in its parent.

@@ -4,12 +4,15 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, ErrorKind, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{FormatError, SnapshotHeader, SNAPSHOT_HEADER_SIZE};
-use crate::segment::{create_directory, remove_if_present, SNAPSHOT_DIRECTORY};
+use crate::segment::{
+    create_directory, parse_sequence_name, remove_if_present, SNAPSHOT_DIRECTORY,
+};
 use crate::storage::{FileStorage, Storage};
 
 /// What a snapshot is of: everything in its header but the payload's length and checksum.
@@ -159,13 +162,10 @@ impl SnapshotStore {
         for entry in entries {
             let entry = entry.map_err(JournalError::io(&self.directory))?;
             let name = entry.file_name();
-            let Some(digits) = name.to_str().and_then(|name| name.strip_suffix(".snapshot")) else {
-                continue;
-            };
-            if digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit()) {
-                if let Ok(sequence) = digits.parse() {
-                    snapshots.push(SnapshotFile { sequence, path: entry.path() });
-                }
+            if let Some(sequence) =
+                name.to_str().and_then(|name| parse_sequence_name(name, ".snapshot"))
+            {
+                snapshots.push(SnapshotFile { sequence, path: entry.path() });
             }
         }
         snapshots.sort_by_key(|snapshot| std::cmp::Reverse(snapshot.sequence));
@@ -249,7 +249,7 @@ pub fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), JournalEr
 pub fn read_snapshot_header(path: &Path) -> Result<SnapshotHeader, JournalError> {
     let file = File::open(path).map_err(JournalError::io(path))?;
     let mut bytes = [0u8; SNAPSHOT_HEADER_SIZE];
-    crate::segment::read_exact_at(&file, &mut bytes, 0).map_err(JournalError::io(path))?;
+    file.read_exact_at(&mut bytes, 0).map_err(JournalError::io(path))?;
     SnapshotHeader::decode(&bytes).map_err(JournalError::format(path, 0))
 }
 

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Zeros written per call when allocating a file.
-const ALLOCATION_CHUNK: usize = 1 << 20;
+/// Zeros written per call when allocating a file or zeroing a range.
+const ZEROS_CHUNK: usize = 1 << 20;
 
 /// The file-system operations of the journal writer.
 pub trait Storage: Send + Sync + fmt::Debug + 'static {
@@ -41,15 +41,28 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// The file is not yet synced.
     fn create_allocated(&self, path: &Path, size: u64) -> io::Result<File> {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-        let zeros = vec![0u8; ALLOCATION_CHUNK];
-        let mut offset = 0u64;
-        while offset < size {
-            let chunk = (size - offset).min(ALLOCATION_CHUNK as u64) as usize;
-            self.write_at(&file, path, offset, &zeros[..chunk])?;
-            offset += chunk as u64;
-        }
+        write_zeros(self, &file, path, 0, size)?;
         Ok(file)
     }
+}
+
+/// Writes zeros over `from..to` of `file` through `storage`, a chunk at a time: allocating a
+/// file, and zeroing a torn tail.
+pub(crate) fn write_zeros<S: Storage + ?Sized>(
+    storage: &S,
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> io::Result<()> {
+    let zeros = vec![0u8; (ZEROS_CHUNK as u64).min(to.saturating_sub(from)) as usize];
+    let mut offset = from;
+    while offset < to {
+        let length = (to - offset).min(ZEROS_CHUNK as u64) as usize;
+        storage.write_at(file, path, offset, &zeros[..length])?;
+        offset += length as u64;
+    }
+    Ok(())
 }
 
 /// The real file system.

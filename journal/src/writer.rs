@@ -22,7 +22,7 @@ use crate::segment::{
     remove_if_present, segment_file_name, Preparer, SegmentFile, Spare, JOURNAL_DIRECTORY,
     SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME,
 };
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{write_zeros, FileStorage, Storage};
 
 /// What an acknowledged append survives (`docs/journal-format.md`, section 5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -281,7 +281,7 @@ impl JournalWriter {
         recover_spare(&*storage, &journal_directory, &mut report)?;
         let mut segments = list_segments(&journal_directory)?;
         remove_torn_last_segment(&mut segments, &mut report)?;
-        let map = options.durability == Durability::PageCache;
+        let mapped = options.durability == Durability::PageCache;
 
         let recovered = if segments.is_empty() {
             report.created = true;
@@ -299,7 +299,7 @@ impl JournalWriter {
         } = recovered;
         let file = open_read_write(&segment.path)?;
         let size = file.metadata().map_err(JournalError::io(&segment.path))?.len() as usize;
-        let map = if map {
+        let map = if mapped {
             let mut map = WritableMap::new(&file).map_err(JournalError::io(&segment.path))?;
             map.prefault();
             Some(map)
@@ -314,7 +314,7 @@ impl JournalWriter {
             Arc::clone(&storage),
             journal_directory.clone(),
             options.segment_size,
-            options.durability == Durability::PageCache,
+            mapped,
         )?;
         Ok(Self {
             directory,
@@ -787,21 +787,14 @@ fn scan_file(segment: &SegmentFile, is_last: bool) -> Result<SegmentScan, Journa
 }
 
 /// Writes zeros over `from..to` of `file` and syncs it: the truncation of a torn tail.
-pub(crate) fn zero_range(
+fn zero_range(
     storage: &dyn Storage,
     file: &File,
     path: &Path,
     from: u64,
     to: u64,
 ) -> Result<(), JournalError> {
-    const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
-    let mut offset = from;
-    while offset < to {
-        let length = (to - offset).min(CHUNK) as usize;
-        storage.write_at(file, path, offset, &zeros[..length]).map_err(JournalError::io(path))?;
-        offset += length as u64;
-    }
+    write_zeros(storage, file, path, from, to).map_err(JournalError::io(path))?;
     storage.sync_data(file, path).map_err(JournalError::io(path))
 }
 

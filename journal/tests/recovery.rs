@@ -58,6 +58,19 @@ fn open(directory: &Path) -> Result<JournalWriter, JournalError> {
     JournalWriter::open(directory, options(Durability::PageCache))
 }
 
+/// Reads the whole journal and returns the error that stops the reader; fails the test if
+/// the reader reaches the end without one.
+fn first_read_error(directory: &Path) -> JournalError {
+    let mut reader = JournalReader::open(directory).unwrap();
+    loop {
+        match reader.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the reader reached the end without finding the damage"),
+            Err(error) => return error,
+        }
+    }
+}
+
 fn last_segment(directory: &Path) -> PathBuf {
     segment_paths(directory).pop().unwrap()
 }
@@ -205,14 +218,7 @@ fn row_8_damage_in_a_segment_that_is_not_the_last_is_corruption_to_a_reader() {
     let (directory, _, segments) = multi_segment_journal();
     let victim = records_of(&segments[1])[100];
     flip_bit(&segments[1], victim.offset + 50, 1);
-    let mut reader = JournalReader::open(directory.path()).unwrap();
-    let error = loop {
-        match reader.next() {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the damage was not found"),
-            Err(error) => break error,
-        }
-    };
+    let error = first_read_error(directory.path());
     match error {
         JournalError::Corrupt { path, offset, expected, .. } => {
             assert_eq!(
@@ -277,14 +283,7 @@ fn row_9_a_damaged_segment_header_is_named() {
 fn row_10_a_missing_segment_is_corruption_to_a_reader() {
     let (directory, _, segments) = multi_segment_journal();
     std::fs::remove_file(&segments[2]).unwrap();
-    let mut reader = JournalReader::open(directory.path()).unwrap();
-    let error = loop {
-        match reader.next() {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the gap was not found"),
-            Err(error) => break error,
-        }
-    };
+    let error = first_read_error(directory.path());
     match error {
         JournalError::Corrupt { path, found, .. } => {
             assert_eq!(path, segments[3]);
