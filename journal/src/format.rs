@@ -9,8 +9,13 @@
 //!  +--------+--------+----------------+----------------+------+-------+--------+---------+-----+
 //!  | length |checksum|    sequence    |   timestamp    | kind |version| flags  | payload | pad |
 //!  +--------+--------+----------------+----------------+------+-------+--------+---------+-----+
-//!  checksum = CRC32C(bytes 0..4 ++ bytes 8..length); the record is padded with zeros to 8 bytes
+//!  records are padded with zeros to 8 bytes; a batch (one group commit) is a run of records
+//!  from one flagged START_OF_BATCH to one flagged END_OF_BATCH, whose checksum field holds
+//!  CRC32C(the batch's bytes before it ++ its bytes 0..4 ++ its bytes 8..length); every other
+//!  record's checksum field is zero
 //! ```
+
+use std::fmt;
 
 use thiserror::Error;
 
@@ -43,10 +48,12 @@ pub const RECORD_SIZE_MAX: usize = 512 << 10;
 /// tell a torn tail from corruption (format document, section 6, rows 5 and 6).
 pub const GROUP_COMMIT_BYTES_MAX: usize = 64 << 20;
 
-/// Record flag: the last record of a group commit.
+/// Record flag: the last record of a group commit, which carries the batch's checksum.
 pub const FLAG_END_OF_BATCH: u32 = 1;
+/// Record flag: the first record of a group commit.
+pub const FLAG_START_OF_BATCH: u32 = 2;
 /// The flags this version defines; a record with any other bit set is invalid.
-pub const FLAGS_KNOWN: u32 = FLAG_END_OF_BATCH;
+pub const FLAGS_KNOWN: u32 = FLAG_END_OF_BATCH | FLAG_START_OF_BATCH;
 
 /// The largest record kind that belongs to the application.
 pub const KIND_APPLICATION_MAX: u16 = 0x7FFF;
@@ -139,17 +146,23 @@ pub enum FormatError {
     },
 }
 
+#[inline]
+#[allow(dead_code)]
 fn read_u16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
 }
 
-fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+/// The little-endian `u32` at `offset`.
+#[inline]
+pub(crate) fn read_u32(bytes: &[u8], offset: usize) -> u32 {
     let mut field = [0u8; 4];
     field.copy_from_slice(&bytes[offset..offset + 4]);
     u32::from_le_bytes(field)
 }
 
-fn read_u64(bytes: &[u8], offset: usize) -> u64 {
+/// The little-endian `u64` at `offset`.
+#[inline]
+pub(crate) fn read_u64(bytes: &[u8], offset: usize) -> u64 {
     let mut field = [0u8; 8];
     field.copy_from_slice(&bytes[offset..offset + 8]);
     u64::from_le_bytes(field)
@@ -275,7 +288,8 @@ pub fn validate_segment_size(segment_size: u64) -> Result<(), FormatError> {
     Ok(())
 }
 
-/// The header fields of a record to encode.
+/// The header fields of a record to encode. The flags are the batch's to decide: the encoder
+/// sets START_OF_BATCH on a batch's first record and END_OF_BATCH on its last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordFields {
     /// The record's sequence.
@@ -286,37 +300,78 @@ pub struct RecordFields {
     pub kind: u16,
     /// The version of that kind's encoding.
     pub version: u16,
-    /// `FLAG_END_OF_BATCH` or 0.
-    pub flags: u32,
 }
 
 /// The bytes a record with `payload_len` bytes of payload occupies, padding included.
 pub const fn record_size_padded(payload_len: usize) -> usize {
-    let unpadded = RECORD_HEADER_SIZE + payload_len;
-    unpadded.div_ceil(RECORD_ALIGNMENT) * RECORD_ALIGNMENT
+    padded(RECORD_HEADER_SIZE + payload_len)
 }
 
-/// Writes a record (header, payload, zero padding) at the start of `buffer`; returns the bytes
-/// it occupies. Refuses kind 0, unknown flags, oversized payloads and short buffers.
+/// Writes a batch (one group commit) of records at the start of `buffer`, flagged and sealed
+/// with its checksum; returns the bytes it occupies. The sequences must be consecutive.
+/// Refuses an empty batch, kind 0, sequence 0, oversized payloads or batches, and short
+/// buffers.
+pub fn encode_batch(
+    buffer: &mut [u8],
+    records: &[(RecordFields, &[u8])],
+) -> Result<usize, FormatError> {
+    let structure = "batch";
+    let Some(((first, _), (last, _))) = records.first().zip(records.last()) else {
+        return Err(FormatError::InvalidField {
+            structure,
+            field: "records",
+            value: 0,
+            rule: "a batch holds at least one record",
+        });
+    };
+    let mut size = 0usize;
+    for (index, (fields, payload)) in records.iter().enumerate() {
+        validate_record(fields, payload.len())?;
+        if fields.sequence != first.sequence + index as u64 {
+            return Err(FormatError::InvalidField {
+                structure,
+                field: "sequence",
+                value: fields.sequence,
+                rule: "the sequences of a batch are consecutive",
+            });
+        }
+        size += record_size_padded(payload.len());
+    }
+    if size > GROUP_COMMIT_BYTES_MAX {
+        return Err(FormatError::InvalidField {
+            structure,
+            field: "size",
+            value: size as u64,
+            rule: "a batch holds at most GROUP_COMMIT_BYTES_MAX bytes",
+        });
+    }
+    if buffer.len() < size {
+        return Err(FormatError::BufferTooSmall { needed: size, available: buffer.len() });
+    }
+    let mut offset = 0;
+    let mut last_offset = 0;
+    for (index, (fields, payload)) in records.iter().enumerate() {
+        let flags = if index == 0 { FLAG_START_OF_BATCH } else { 0 };
+        let padded = write_record(&mut buffer[offset..], fields, flags, payload);
+        let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
+        buffer[offset..offset + 4].copy_from_slice(&length.to_le_bytes());
+        last_offset = offset;
+        offset += padded;
+    }
+    debug_assert_eq!(last.sequence, first.sequence + records.len() as u64 - 1);
+    let batch = &mut buffer[..size];
+    let length = read_u32(batch, last_offset);
+    seal_batch(batch, last_offset, length);
+    Ok(size)
+}
+
+/// Writes one record as a batch of its own (START_OF_BATCH and END_OF_BATCH).
 pub fn encode_record(
     buffer: &mut [u8],
     fields: &RecordFields,
     payload: &[u8],
 ) -> Result<usize, FormatError> {
-    validate_record(fields, payload.len())?;
-    let length = RECORD_HEADER_SIZE + payload.len();
-    let padded = record_size_padded(payload.len());
-    if buffer.len() < padded {
-        return Err(FormatError::BufferTooSmall { needed: padded, available: buffer.len() });
-    }
-    let record = &mut buffer[..padded];
-    write_record_fields(record, fields);
-    record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
-    record[length..padded].fill(0);
-    let checksum = record_checksum_for_length(record, length as u32);
-    record[4..8].copy_from_slice(&checksum.to_le_bytes());
-    record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
-    Ok(padded)
+    encode_batch(buffer, &[(*fields, payload)])
 }
 
 /// Checks the fields and the payload size of a record about to be written.
@@ -336,14 +391,6 @@ pub(crate) fn validate_record(
             rule: "kind 0 is never written",
         });
     }
-    if fields.flags & !FLAGS_KNOWN != 0 {
-        return Err(FormatError::InvalidField {
-            structure,
-            field: "flags",
-            value: fields.flags.into(),
-            rule: "only END_OF_BATCH is defined",
-        });
-    }
     if fields.sequence == 0 {
         return Err(FormatError::InvalidField {
             structure,
@@ -355,28 +402,47 @@ pub(crate) fn validate_record(
     Ok(())
 }
 
-/// Writes bytes `8..32` of a record header (sequence, timestamp, kind, version, flags) and
-/// zeroes `length` and `checksum`, which are written last: a record is sealed by its checksum
-/// and published by its length.
-pub(crate) fn write_record_fields(record: &mut [u8], fields: &RecordFields) {
+/// Writes a record at the start of `record` (header fields, payload, zero padding) with
+/// `length` and `checksum` zero, and returns the bytes it occupies. The length is stored last,
+/// by whoever publishes the record; the checksum only by [`seal_batch`], in a batch's last
+/// record.
+pub(crate) fn write_record(
+    record: &mut [u8],
+    fields: &RecordFields,
+    flags: u32,
+    payload: &[u8],
+) -> usize {
+    let length = RECORD_HEADER_SIZE + payload.len();
+    let padded = record_size_padded(payload.len());
+    let record = &mut record[..padded];
     record[0..8].fill(0);
     record[8..16].copy_from_slice(&fields.sequence.to_le_bytes());
     record[16..24].copy_from_slice(&fields.timestamp_ns.to_le_bytes());
     record[24..26].copy_from_slice(&fields.kind.to_le_bytes());
     record[26..28].copy_from_slice(&fields.version.to_le_bytes());
-    record[28..32].copy_from_slice(&fields.flags.to_le_bytes());
+    record[28..32].copy_from_slice(&flags.to_le_bytes());
+    record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
+    record[length..].fill(0);
+    padded
 }
 
-/// The checksum of a record of `length` bytes: CRC32C of `length` (as it will be stored)
-/// followed by bytes `8..length`. It does not read bytes `0..8`, so a writer can compute it
-/// before it publishes the length.
-pub(crate) fn record_checksum_for_length(record: &[u8], length: u32) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&length.to_le_bytes()), &record[8..length as usize])
+/// Seals the batch in `batch` whose last record starts at `last` and is `length` bytes long:
+/// sets END_OF_BATCH in its flags and stores the batch's checksum in it. The last record's
+/// length field is not read (a writer publishing through a mapping stores it afterwards).
+pub(crate) fn seal_batch(batch: &mut [u8], last: usize, length: u32) {
+    let flags = read_u32(batch, last + 28) | FLAG_END_OF_BATCH;
+    batch[last + 28..last + 32].copy_from_slice(&flags.to_le_bytes());
+    let checksum = batch_checksum(batch, last, length);
+    batch[last + 4..last + 8].copy_from_slice(&checksum.to_le_bytes());
 }
 
-/// CRC32C of bytes `0..4` followed by bytes `8..length` of a record.
-fn record_checksum(record: &[u8], length: usize) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&record[0..4]), &record[8..length])
+/// The checksum of a batch whose last record starts at `last` and is `length` bytes long:
+/// CRC32C of every byte before that record, then of `length`, then of the record's bytes
+/// `8..length`. For a batch of one record it is CRC32C of bytes `0..4` and `8..length`.
+fn batch_checksum(batch: &[u8], last: usize, length: u32) -> u32 {
+    let before = crc32c::crc32c(&batch[..last]);
+    let with_length = crc32c::crc32c_append(before, &length.to_le_bytes());
+    crc32c::crc32c_append(with_length, &batch[last + 8..last + length as usize])
 }
 
 /// A checked record, borrowing its payload from the bytes it was read from.
@@ -403,35 +469,127 @@ impl RecordView<'_> {
     pub fn is_end_of_batch(&self) -> bool {
         self.flags & FLAG_END_OF_BATCH != 0
     }
-}
 
-/// The fields of the record at the start of `bytes`, read without any check: only for a
-/// record that [`check_record`] accepted before (a reader that validated a whole batch ahead).
-pub(crate) fn record_view_unchecked(bytes: &[u8]) -> RecordView<'_> {
-    let length = read_u32(bytes, 0) as usize;
-    RecordView {
-        sequence: read_u64(bytes, 8),
-        timestamp_ns: read_u64(bytes, 16),
-        kind: read_u16(bytes, 24),
-        version: read_u16(bytes, 26),
-        flags: read_u32(bytes, 28),
-        payload: &bytes[RECORD_HEADER_SIZE..length],
-        size_padded: length.div_ceil(RECORD_ALIGNMENT) * RECORD_ALIGNMENT,
+    /// Whether this record starts a group commit.
+    pub fn is_start_of_batch(&self) -> bool {
+        self.flags & FLAG_START_OF_BATCH != 0
     }
 }
 
-/// What a reader finds where a record should start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordCheck<'a> {
-    /// A record whose checksum matches. (Its sequence is the caller's to check.)
-    Record(RecordView<'a>),
-    /// A length of zero: no record was written here.
-    End,
-    /// Bytes that are not a record.
-    Invalid(InvalidRecord),
+/// The fields of the record at the start of `bytes`, read without any check: only for a
+/// record inside a batch that [`check_batch`] accepted.
+#[inline]
+pub(crate) fn record_view_unchecked(bytes: &[u8]) -> RecordView<'_> {
+    let (header, rest) =
+        bytes.split_first_chunk::<RECORD_HEADER_SIZE>().expect("a checked record has a header");
+    let length = header_u32(header, 0) as usize;
+    RecordView {
+        sequence: header_u64(header, 8),
+        timestamp_ns: header_u64(header, 16),
+        kind: u16::from_le_bytes([header[24], header[25]]),
+        version: u16::from_le_bytes([header[26], header[27]]),
+        flags: header_u32(header, 28),
+        payload: &rest[..length - RECORD_HEADER_SIZE],
+        size_padded: padded(length),
+    }
 }
 
-/// Why bytes at a record position are not a record.
+/// The little-endian `u32` at `offset` of a record header (no bounds check at run time).
+#[inline]
+fn header_u32(header: &[u8; RECORD_HEADER_SIZE], offset: usize) -> u32 {
+    let field: [u8; 4] = std::array::from_fn(|index| header[offset + index]);
+    u32::from_le_bytes(field)
+}
+
+/// The little-endian `u64` at `offset` of a record header (no bounds check at run time).
+#[inline]
+fn header_u64(header: &[u8; RECORD_HEADER_SIZE], offset: usize) -> u64 {
+    let field: [u8; 8] = std::array::from_fn(|index| header[offset + index]);
+    u64::from_le_bytes(field)
+}
+
+/// A batch whose checksum matched and whose records follow the format's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchView<'a> {
+    bytes: &'a [u8],
+    /// The sequence of its first record.
+    pub first_sequence: u64,
+    /// The sequence of its last record.
+    pub last_sequence: u64,
+    /// The timestamp of its last record.
+    pub last_timestamp_ns: u64,
+}
+
+impl<'a> BatchView<'a> {
+    /// A view of records that a check of their batch accepted: `bytes` runs from one of its
+    /// records to the batch's end.
+    pub(crate) fn checked(
+        bytes: &'a [u8],
+        first_sequence: u64,
+        last_sequence: u64,
+        last_timestamp_ns: u64,
+    ) -> Self {
+        Self { bytes, first_sequence, last_sequence, last_timestamp_ns }
+    }
+
+    /// The bytes the batch occupies, padding included: the offset of the next batch.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// How many records it holds.
+    pub fn records(&self) -> u64 {
+        self.last_sequence - self.first_sequence + 1
+    }
+
+    /// Its records, in order.
+    pub fn iter(&self) -> BatchRecords<'a> {
+        BatchRecords { bytes: self.bytes }
+    }
+}
+
+/// The records of a checked batch.
+#[derive(Clone, Debug)]
+pub struct BatchRecords<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Iterator for BatchRecords<'a> {
+    type Item = RecordView<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let record = record_view_unchecked(self.bytes);
+        self.bytes = &self.bytes[record.size_padded..];
+        Some(record)
+    }
+}
+
+/// What a reader finds where a batch should start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchCheck<'a> {
+    /// A complete batch whose checksum matches and whose records keep the format's rules.
+    /// (That its first sequence is the one expected is the caller's to check.)
+    Batch(BatchView<'a>),
+    /// A length of zero: nothing was written here.
+    End,
+    /// Bytes that are not a complete, valid batch.
+    Invalid(InvalidBatch),
+}
+
+/// Why bytes at a batch position are not a batch: what was found, and at which offset from
+/// the batch's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidBatch {
+    /// The offset of the record where the check stopped, from the batch's start.
+    pub offset: usize,
+    /// What is wrong there.
+    pub reason: InvalidRecord,
+}
+
+/// Why bytes at a record position are not a record of a valid batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidRecord {
     /// Fewer bytes than a record header remain (and they are not all zero).
@@ -446,66 +604,184 @@ pub enum InvalidRecord {
         /// Bytes remaining.
         remaining: usize,
     },
-    /// The checksum does not match.
+    /// Records without an END_OF_BATCH record, then a zero length: a batch still being written,
+    /// or one whose end never reached the disk.
+    Unfinished {
+        /// The records found before the zero length.
+        records: u64,
+    },
+    /// Records without an END_OF_BATCH record for more than `GROUP_COMMIT_BYTES_MAX` bytes.
+    TooLong,
+    /// The batch's checksum (in its END_OF_BATCH record) does not match.
     ChecksumMismatch {
         /// The checksum in the record.
         stored: u32,
         /// The checksum of the bytes as they are.
         computed: u32,
     },
-    /// The checksum matches but the record breaks a rule of the format (kind 0, unknown
-    /// flags, sequence 0, non-zero padding): not something this writer produced.
+    /// The checksum matches but a record breaks a rule of the format (kind 0, unknown flags,
+    /// sequence 0, non-consecutive sequences, non-zero padding): not something a writer of this
+    /// format produced.
     Malformed {
         /// The rule broken.
         rule: &'static str,
     },
 }
 
-/// Checks the record at the start of `bytes` (which run to the end of the segment): the
-/// length's bounds first, then the checksum over everything else, and only then the fields.
-pub fn check_record(bytes: &[u8]) -> RecordCheck<'_> {
-    if bytes.len() < RECORD_HEADER_SIZE {
-        if bytes.iter().all(|&byte| byte == 0) {
-            return RecordCheck::End;
+impl fmt::Display for InvalidBatch {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            InvalidRecord::Truncated { remaining } => {
+                write!(formatter, "{remaining} non-zero bytes, too few for a record header")?
+            }
+            InvalidRecord::LengthOutOfBounds { length, remaining } => write!(
+                formatter,
+                "a length of {length} bytes, out of bounds ({remaining} bytes remain)"
+            )?,
+            InvalidRecord::Unfinished { records } => write!(
+                formatter,
+                "an unfinished batch ({records} records, then a zero length before any \
+                 END_OF_BATCH record)"
+            )?,
+            InvalidRecord::TooLong => {
+                write!(formatter, "no END_OF_BATCH record within {GROUP_COMMIT_BYTES_MAX} bytes")?
+            }
+            InvalidRecord::ChecksumMismatch { stored, computed } => write!(
+                formatter,
+                "a batch checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            )?,
+            InvalidRecord::Malformed { rule } => {
+                write!(formatter, "a batch with a valid checksum that breaks the format ({rule})")?
+            }
         }
-        return RecordCheck::Invalid(InvalidRecord::Truncated { remaining: bytes.len() });
+        if self.offset != 0 {
+            write!(formatter, ", at the record {} bytes into the batch", self.offset)?;
+        }
+        Ok(())
     }
-    let length = read_u32(bytes, 0);
-    if length == 0 {
-        return RecordCheck::End;
-    }
-    let length_usize = length as usize;
-    if !(RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length_usize) || length_usize > bytes.len()
-    {
-        return RecordCheck::Invalid(InvalidRecord::LengthOutOfBounds {
-            length,
-            remaining: bytes.len(),
-        });
-    }
-    let stored = read_u32(bytes, 4);
-    let computed = record_checksum(bytes, length_usize);
+}
+
+/// Checks the batch at the start of `bytes` (which run to the end of the segment), reading
+/// every length field directly. See [`check_batch_with`].
+pub fn check_batch(bytes: &[u8]) -> BatchCheck<'_> {
+    check_batch_with(bytes, |offset| read_u32(bytes, offset))
+}
+
+/// Checks the batch at the start of `bytes`: it follows the length fields (each only bounds
+/// checked) to the first END_OF_BATCH record and verifies the batch's checksum over everything
+/// it passed; only when that matches are the records' other fields trusted and their rules
+/// enforced. (The walk notes the first broken rule as it goes, to make one pass over the
+/// bytes, but reports it only under a matching checksum: damage is reported as damage.)
+/// `length_at` loads the length field at an offset: a reader of a live journal loads it with
+/// acquire ordering, and looks at no byte of a record before its length is non-zero.
+pub fn check_batch_with(bytes: &[u8], length_at: impl Fn(usize) -> u32) -> BatchCheck<'_> {
+    let invalid = |offset, reason| BatchCheck::Invalid(InvalidBatch { offset, reason });
+    let first_sequence = match bytes.get(8..16) {
+        Some(_) => read_u64(bytes, 8),
+        None => 0,
+    };
+    let mut offset = 0;
+    let mut expected = first_sequence;
+    let mut broken: Option<(usize, &'static str)> = None;
+    let (last, length) = loop {
+        let remaining = bytes.len() - offset;
+        if remaining < RECORD_HEADER_SIZE {
+            if bytes[offset..].iter().any(|&byte| byte != 0) {
+                return invalid(offset, InvalidRecord::Truncated { remaining });
+            }
+            if offset == 0 {
+                return BatchCheck::End;
+            }
+            let records = expected - first_sequence;
+            return invalid(offset, InvalidRecord::Unfinished { records });
+        }
+        let length = length_at(offset);
+        if length == 0 {
+            if offset == 0 {
+                return BatchCheck::End;
+            }
+            let records = expected - first_sequence;
+            return invalid(offset, InvalidRecord::Unfinished { records });
+        }
+        let length_usize = length as usize;
+        if !(RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length_usize)
+            || length_usize > remaining
+        {
+            return invalid(offset, InvalidRecord::LengthOutOfBounds { length, remaining });
+        }
+        let next = offset + padded(length_usize);
+        if next > GROUP_COMMIT_BYTES_MAX {
+            return invalid(0, InvalidRecord::TooLong);
+        }
+        let record = &bytes[offset..offset + length_usize];
+        let (header, _) = record.split_first_chunk::<RECORD_HEADER_SIZE>().expect("in bounds");
+        let is_last = header_u32(header, 28) & FLAG_END_OF_BATCH != 0;
+        if broken.is_none() {
+            let padding = bytes.get(offset + length_usize..next).unwrap_or(&[1]);
+            broken = record_rule_broken(header, padding, offset == 0, is_last, expected)
+                .map(|rule| (offset, rule));
+        }
+        expected = expected.wrapping_add(1);
+        if is_last {
+            break (offset, length);
+        }
+        offset = next;
+    };
+    let stored = read_u32(bytes, last + 4);
+    let computed = batch_checksum(bytes, last, length);
     if stored != computed {
-        return RecordCheck::Invalid(InvalidRecord::ChecksumMismatch { stored, computed });
+        return invalid(last, InvalidRecord::ChecksumMismatch { stored, computed });
     }
-    // The checksum holds: the fields can be read. The padding is outside the checksum, so it
-    // is checked to be zero here (a writer always zeroes it).
-    let size_padded = length_usize.div_ceil(RECORD_ALIGNMENT) * RECORD_ALIGNMENT;
-    let padding = &bytes[length_usize..size_padded.min(bytes.len())];
-    let malformed = |rule| RecordCheck::Invalid(InvalidRecord::Malformed { rule });
-    if padding.iter().any(|&byte| byte != 0) {
-        return malformed("padding must be zero");
+    if let Some((offset, rule)) = broken {
+        return invalid(offset, InvalidRecord::Malformed { rule });
     }
-    let view = record_view_unchecked(bytes);
-    if view.sequence == 0 {
-        return malformed("sequences start at 1");
-    }
-    if view.kind == 0 {
-        return malformed("kind 0 is never written");
-    }
-    if view.flags & !FLAGS_KNOWN != 0 {
-        return malformed("only END_OF_BATCH is defined");
-    }
-    RecordCheck::Record(view)
+    let end = last + padded(length as usize);
+    BatchCheck::Batch(BatchView {
+        bytes: &bytes[..end],
+        first_sequence,
+        last_sequence: expected - 1,
+        last_timestamp_ns: read_u64(bytes, last + 16),
+    })
+}
+
+/// A record's size with its padding.
+#[inline]
+pub(crate) const fn padded(length: usize) -> usize {
+    (length + RECORD_ALIGNMENT - 1) & !(RECORD_ALIGNMENT - 1)
+}
+
+/// The rule of the format that the record with `header` (and `padding` after it) breaks, if
+/// any, as the first record of a batch or not, as its last or not, when its sequence should
+/// be `expected`.
+#[inline]
+fn record_rule_broken(
+    header: &[u8; RECORD_HEADER_SIZE],
+    padding: &[u8],
+    is_first: bool,
+    is_last: bool,
+    expected: u64,
+) -> Option<&'static str> {
+    let flags = header_u32(header, 28);
+    let rule = if header_u64(header, 8) != expected || expected == 0 {
+        if expected == 0 {
+            "sequences start at 1"
+        } else {
+            "the sequences of a batch are consecutive"
+        }
+    } else if header[24] == 0 && header[25] == 0 {
+        "kind 0 is never written"
+    } else if flags & !FLAGS_KNOWN != 0 {
+        "only START_OF_BATCH and END_OF_BATCH are defined"
+    } else if (flags & FLAG_START_OF_BATCH != 0) != is_first {
+        "START_OF_BATCH flags the first record of a batch, and only it"
+    } else if !is_last && header_u32(header, 4) != 0 {
+        "only a batch's last record carries a checksum"
+    } else if padding.iter().any(|&byte| byte != 0) {
+        "padding must be zero"
+    } else {
+        return None;
+    };
+    Some(rule)
 }
 
 /// The header of a snapshot file (format document, section 4).

@@ -17,21 +17,22 @@
 //!   injects faults for tests.
 //!
 //! ```
-//! use keel_journal::format::{encode_record, check_record, RecordCheck, RecordFields};
+//! use keel_journal::format::{check_batch, encode_batch, BatchCheck, RecordFields};
 //!
 //! let mut segment = vec![0u8; 4096];
-//! let fields = RecordFields { sequence: 1, timestamp_ns: 1_700_000_000_000_000_000, kind: 7, version: 1, flags: 0 };
-//! let written = encode_record(&mut segment, &fields, b"transfer 42")?;
-//! match check_record(&segment) {
-//!     RecordCheck::Record(record) => {
-//!         assert_eq!((record.sequence, record.payload), (1, &b"transfer 42"[..]));
-//!         assert_eq!(record.size_padded, written);
+//! let fields = |sequence| RecordFields { sequence, timestamp_ns: 1_700_000_000_000_000_000, kind: 7, version: 1 };
+//! let written = encode_batch(&mut segment, &[(fields(1), b"open 42"), (fields(2), b"deposit 100")])?;
+//! match check_batch(&segment) {
+//!     BatchCheck::Batch(batch) => {
+//!         let payloads: Vec<&[u8]> = batch.iter().map(|record| record.payload).collect();
+//!         assert_eq!(payloads, [&b"open 42"[..], &b"deposit 100"[..]]);
+//!         assert_eq!((batch.first_sequence, batch.last_sequence, batch.size()), (1, 2, written));
 //!     }
-//!     other => panic!("expected a record, got {other:?}"),
+//!     other => panic!("expected a batch, got {other:?}"),
 //! }
-//! // One flipped bit anywhere and the record is refused, before any field is trusted.
+//! // One flipped bit anywhere and the whole batch is refused, before any field is trusted.
 //! segment[20] ^= 0x10;
-//! assert!(matches!(check_record(&segment), RecordCheck::Invalid(_)));
+//! assert!(matches!(check_batch(&segment), BatchCheck::Invalid(_)));
 //! # Ok::<(), keel_journal::format::FormatError>(())
 //! ```
 

@@ -2,21 +2,21 @@
 //! [`Tailer`] follows a journal that a writer (in this process or another) is appending to,
 //! yielding each record once its group commit is complete.
 //!
-//! Both hand out payloads as slices of the segment's mapping: nothing is copied. Every record
-//! is checked (length bounds, then checksum, then sequence) before any of its fields is used.
+//! Both hand out payloads as slices of the segment's mapping: nothing is copied. Every batch
+//! is checked (length bounds, then its checksum, then its records' fields and sequences) before
+//! any of its records is handed out.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
 use crate::format::{
-    check_record, record_view_unchecked, RecordCheck, RecordView, RECORD_SIZE_MAX,
-    SEGMENT_HEADER_SIZE,
+    check_batch_with, padded, read_u32, record_view_unchecked, BatchCheck, BatchView, InvalidBatch,
+    RecordView, RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
 };
 use crate::mmap::ReadableMap;
 use crate::segment::{
-    list_segments, read_header, segment_file_name, segment_index_for, SegmentFile,
-    JOURNAL_DIRECTORY,
+    list_segments, read_header, segment_index_for, SegmentFile, JOURNAL_DIRECTORY,
 };
 
 /// A position in a journal: the segment list, the mapped segment, the offset of the next
@@ -30,14 +30,21 @@ struct Cursor {
     /// The mapped segment.
     current: Option<(SegmentFile, ReadableMap)>,
     journal_id: Option<[u8; 16]>,
+    /// The offset of the next record in the mapped segment.
     position: usize,
+    /// The end of the checked batch that `position` is in (`position` itself between batches).
+    batch_end: usize,
+    /// The sequence and timestamp of that batch's last record.
+    batch_last: (u64, u64),
     next_sequence: u64,
+    /// Following a live journal: an unfinished batch at the end is waited for, not an error.
+    tailing: bool,
 }
 
 impl Cursor {
     /// A cursor before the first record of `directory`'s journal, or before `sequence` if
     /// given. A sequence one past the last is allowed (a tailer waiting for the next record).
-    fn open(directory: &Path, sequence: Option<u64>) -> Result<Self, JournalError> {
+    fn open(directory: &Path, sequence: Option<u64>, tailing: bool) -> Result<Self, JournalError> {
         let journal_directory = directory.join(JOURNAL_DIRECTORY);
         let segments = list_segments(&journal_directory)?;
         let first = segments.first().map(|first| first.first_sequence);
@@ -49,7 +56,10 @@ impl Cursor {
             current: None,
             journal_id: None,
             position: SEGMENT_HEADER_SIZE,
+            batch_end: SEGMENT_HEADER_SIZE,
+            batch_last: (0, 0),
             next_sequence: target,
+            tailing,
         };
         if cursor.segments.is_empty() {
             return Ok(cursor);
@@ -63,7 +73,7 @@ impl Cursor {
         cursor.map_segment(cursor.segments[index].clone())?;
         cursor.next_sequence = cursor.segments[index].first_sequence;
         while cursor.next_sequence < target {
-            match cursor.step(false)? {
+            match cursor.step()? {
                 Step::Record(_) => {}
                 Step::Idle => return Err(cursor.not_found(target, cursor.next_sequence - 1)),
             }
@@ -89,6 +99,7 @@ impl Cursor {
         let map = ReadableMap::new(&file).map_err(JournalError::io(&segment.path))?;
         self.current = Some((segment, map));
         self.position = SEGMENT_HEADER_SIZE;
+        self.batch_end = SEGMENT_HEADER_SIZE;
         Ok(())
     }
 
@@ -137,7 +148,7 @@ impl Cursor {
 
     /// Whether a segment after the mapped one exists (listing the directory again if none is
     /// known).
-    fn later_segment_exists(&mut self) -> Result<bool, JournalError> {
+    fn later_segment_listed(&mut self) -> Result<bool, JournalError> {
         let Some(current) = self.current_first_sequence() else { return Ok(false) };
         let later = |segments: &[SegmentFile]| {
             segments.iter().any(|segment| segment.first_sequence > current)
@@ -161,72 +172,134 @@ impl Cursor {
     }
 
     /// Finds the next record, moving across segments, and advances past it; returns its
-    /// offset in the mapped segment. `Idle` at the end of the data. An incomplete record at the
-    /// end of the last segment is `TornTail` (`tolerate_torn`: `Idle` instead, for a tailer).
-    fn step(&mut self, tolerate_torn: bool) -> Result<Step, JournalError> {
+    /// offset in the mapped segment. `Idle` at the end of the data. An unfinished or damaged
+    /// batch at the end of the last segment is `TornTail` (while tailing: `Idle`, to look again).
+    fn step(&mut self) -> Result<Step, JournalError> {
+        if self.position == self.batch_end && !self.next_batch()? {
+            return Ok(Step::Idle);
+        }
+        let offset = self.position;
+        self.position += padded(read_u32(self.map().bytes(), offset) as usize);
+        self.next_sequence += 1;
+        Ok(Step::Record(offset))
+    }
+
+    /// The checked records from `position` to the end of their batch (moving to the next batch
+    /// first if `position` is at the end of one), and advances past them: the offsets of the
+    /// first record and of the end, and the last record's sequence and timestamp.
+    fn step_batch(&mut self) -> Result<Option<(usize, usize, u64, u64)>, JournalError> {
+        if self.position == self.batch_end && !self.next_batch()? {
+            return Ok(None);
+        }
+        let (start, end) = (self.position, self.batch_end);
+        self.position = end;
+        self.next_sequence = self.batch_last.0 + 1;
+        Ok(Some((start, end, self.batch_last.0, self.batch_last.1)))
+    }
+
+    /// Checks the next batch, moving across segments, and makes it the current one; `false`
+    /// at the end of the data.
+    fn next_batch(&mut self) -> Result<bool, JournalError> {
         loop {
-            let Some((_, map)) = &self.current else {
+            if self.current.is_none() {
                 if self.advance_segment()? {
                     continue;
                 }
-                return Ok(Step::Idle);
+                return Ok(false);
+            }
+            let found = match self.check_here() {
+                // A writer rolls only after publishing everything in this segment, so once a
+                // later segment exists, one more look here decides what the segment holds.
+                Found::End | Found::Invalid(_) if self.later_segment_exists()? => self.check_here(),
+                found => found,
             };
-            let bytes = map.bytes();
-            let position = self.position;
-            let published = position + 4 <= bytes.len() && map.load_length(position) != 0;
-            let check = if published { check_record(&bytes[position..]) } else { RecordCheck::End };
-            match check {
-                RecordCheck::Record(record) if record.sequence == self.next_sequence => {
-                    self.position += record.size_padded;
-                    self.next_sequence += 1;
-                    return Ok(Step::Record(position));
+            match found {
+                Found::Batch { first_sequence, size, last }
+                    if first_sequence == self.next_sequence =>
+                {
+                    self.batch_end = self.position + size;
+                    self.batch_last = last;
+                    return Ok(true);
                 }
-                RecordCheck::Record(record) => {
+                Found::Batch { first_sequence, .. } => {
                     return Err(JournalError::out_of_sequence(
                         self.current_path(),
-                        position as u64,
+                        self.position as u64,
                         self.next_sequence,
-                        record.sequence,
+                        first_sequence,
                     ));
                 }
-                RecordCheck::End => {
+                Found::End => {
                     if self.advance_segment()? {
                         continue;
                     }
-                    return Ok(Step::Idle);
+                    return Ok(false);
                 }
-                RecordCheck::Invalid(invalid) => {
+                Found::Invalid(invalid) => {
                     let path = self.current_path().to_owned();
                     if self.later_segment_exists()? {
                         // Bad data with a later segment after it: row 8.
                         return Err(JournalError::Corrupt {
                             path,
-                            offset: position as u64,
+                            offset: self.position as u64,
                             expected: self.next_sequence,
                             found: None,
-                            detail: format!(
-                                "{invalid:?}, in a segment that a later segment follows"
-                            ),
+                            detail: format!("{invalid}, in a segment that a later segment follows"),
                         });
                     }
-                    if tolerate_torn {
-                        return Ok(Step::Idle);
+                    if self.tailing {
+                        return Ok(false);
                     }
                     return Err(JournalError::TornTail {
                         path,
-                        offset: position as u64,
+                        offset: self.position as u64,
                         expected: self.next_sequence,
-                        detail: format!("{invalid:?}"),
+                        detail: invalid.to_string(),
                     });
                 }
             }
         }
     }
 
+    /// Checks the batch at `position`, loading every length with acquire ordering: a writer
+    /// may be appending to this segment.
+    fn check_here(&self) -> Found {
+        let map = self.map();
+        let base = self.position;
+        match check_batch_with(&map.bytes()[base..], |offset| map.load_length(base + offset)) {
+            BatchCheck::Batch(batch) => Found::Batch {
+                first_sequence: batch.first_sequence,
+                size: batch.size(),
+                last: (batch.last_sequence, batch.last_timestamp_ns),
+            },
+            BatchCheck::End => Found::End,
+            BatchCheck::Invalid(invalid) => Found::Invalid(invalid),
+        }
+    }
+
+    /// Whether a segment after the mapped one can exist: listing the directory costs a system
+    /// call, so a tailer only looks when the writer could have rolled, that is when less room
+    /// than the largest record is left (a tailer does not diagnose damage in the middle of a
+    /// segment; a reader does).
+    fn later_segment_exists(&mut self) -> Result<bool, JournalError> {
+        let room = self.map().bytes().len() - self.position;
+        if self.tailing && room >= RECORD_SIZE_MAX {
+            return Ok(false);
+        }
+        self.later_segment_listed()
+    }
+
     /// The record at `offset` of the mapped segment, which `step` checked.
     fn record_at(&self, offset: usize) -> RecordView<'_> {
         record_view_unchecked(&self.map().bytes()[offset..])
     }
+}
+
+/// What `Cursor::check_here` found.
+enum Found {
+    Batch { first_sequence: u64, size: usize, last: (u64, u64) },
+    End,
+    Invalid(InvalidBatch),
 }
 
 /// What `Cursor::step` found.
@@ -251,22 +324,35 @@ pub struct JournalReader {
 impl JournalReader {
     /// A reader from the journal's first record.
     pub fn open(directory: impl AsRef<Path>) -> Result<Self, JournalError> {
-        Ok(Self { cursor: Cursor::open(directory.as_ref(), None)? })
+        Ok(Self { cursor: Cursor::open(directory.as_ref(), None, false)? })
     }
 
     /// A reader whose first record is `sequence` (which may be one past the last record).
     /// Finds the segment by a binary search over the file names, then scans it.
     pub fn open_at(directory: impl AsRef<Path>, sequence: u64) -> Result<Self, JournalError> {
-        Ok(Self { cursor: Cursor::open(directory.as_ref(), Some(sequence))? })
+        Ok(Self { cursor: Cursor::open(directory.as_ref(), Some(sequence), false)? })
     }
 
     /// The next record, its payload borrowed from the mapping, or `None` at the end.
     #[allow(clippy::should_implement_trait)] // A lending iterator: `Iterator` cannot lend.
     pub fn next(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
-        match self.cursor.step(false)? {
+        match self.cursor.step()? {
             Step::Record(offset) => Ok(Some(self.cursor.record_at(offset))),
             Step::Idle => Ok(None),
         }
+    }
+
+    /// The records from the next one to the end of its batch (a whole group commit, unless
+    /// the reader started or stopped inside one), or `None` at the end. The fastest way to
+    /// replay: each batch's checksum is verified once, and its records are iterated without
+    /// further checks.
+    pub fn next_batch(&mut self) -> Result<Option<BatchView<'_>>, JournalError> {
+        let first_sequence = self.cursor.next_sequence;
+        let Some((start, end, last_sequence, last_timestamp_ns)) = self.cursor.step_batch()? else {
+            return Ok(None);
+        };
+        let bytes = &self.cursor.map().bytes()[start..end];
+        Ok(Some(BatchView::checked(bytes, first_sequence, last_sequence, last_timestamp_ns)))
     }
 
     /// The sequence the next record will have.
@@ -276,35 +362,21 @@ impl JournalReader {
 }
 
 /// Follows a live journal: yields each record exactly once, in order, once the group commit it
-/// belongs to is complete (its END_OF_BATCH record is written and valid), and `None` while
-/// there is nothing new. Follows the writer across segment rolls.
+/// belongs to is complete (its END_OF_BATCH record is published and the batch's checksum
+/// matches), and `None` while there is nothing new. Follows the writer across segment rolls.
 ///
 /// In the `Fsync` tier a tailer can see a batch after its `pwrite` and before its
 /// `fdatasync` returned: it reads what the writer wrote, not what the disk holds.
 #[derive(Debug)]
 pub struct Tailer {
     cursor: Cursor,
-    /// Records before this offset are checked and their batch complete.
-    committed_end: usize,
-    /// How far records are checked, and the sequence there.
-    scan_position: usize,
-    scan_sequence: u64,
-    /// The segment `scan_position` is in.
-    scan_segment: Option<u64>,
 }
 
 impl Tailer {
     /// A tailer from `sequence`, which may be one past the last record (wait for the next).
     /// The journal may not exist yet: the tailer then waits for its first segment.
     pub fn open(directory: impl AsRef<Path>, sequence: u64) -> Result<Self, JournalError> {
-        let cursor = Cursor::open(directory.as_ref(), Some(sequence))?;
-        Ok(Self {
-            committed_end: cursor.position,
-            scan_position: cursor.position,
-            scan_sequence: cursor.next_sequence,
-            scan_segment: cursor.current_first_sequence(),
-            cursor,
-        })
+        Ok(Self { cursor: Cursor::open(directory.as_ref(), Some(sequence), true)? })
     }
 
     /// The sequence of the next record to be yielded.
@@ -314,87 +386,9 @@ impl Tailer {
 
     /// The next complete record, or `None` if there is none yet.
     pub fn poll(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
-        loop {
-            if self.cursor.current.is_none() && !self.cursor.advance_segment()? {
-                return Ok(None);
-            }
-            if self.scan_segment != self.cursor.current_first_sequence() {
-                self.reset_scan();
-            }
-            if self.cursor.position < self.committed_end {
-                let offset = self.cursor.position;
-                let record = self.cursor.record_at(offset);
-                self.cursor.position += record.size_padded;
-                self.cursor.next_sequence += 1;
-                return Ok(Some(self.cursor.record_at(offset)));
-            }
-            self.scan_ahead()?;
-            if self.cursor.position < self.committed_end {
-                continue;
-            }
-            if !self.segment_finished() {
-                return Ok(None);
-            }
-            // The writer may have rolled: it only does so with no room left for the largest
-            // record, and only after publishing everything in this segment, so once the next
-            // segment exists, a last look here decides.
-            let next =
-                self.cursor.journal_directory.join(segment_file_name(self.cursor.next_sequence));
-            if !next.exists() {
-                return Ok(None);
-            }
-            self.scan_ahead()?;
-            if self.cursor.position < self.committed_end {
-                continue;
-            }
-            if !self.cursor.advance_segment()? {
-                return Ok(None);
-            }
+        match self.cursor.step()? {
+            Step::Record(offset) => Ok(Some(self.cursor.record_at(offset))),
+            Step::Idle => Ok(None),
         }
-    }
-
-    fn reset_scan(&mut self) {
-        self.scan_segment = self.cursor.current_first_sequence();
-        self.scan_position = self.cursor.position;
-        self.scan_sequence = self.cursor.next_sequence;
-        self.committed_end = self.cursor.position;
-    }
-
-    /// Checks records after `scan_position` up to the next END_OF_BATCH record, which makes
-    /// them yieldable. Stops at the end of what is written, or at an incomplete record (a
-    /// write in flight), to look again at the next poll.
-    fn scan_ahead(&mut self) -> Result<(), JournalError> {
-        let map = self.cursor.map();
-        let bytes = map.bytes();
-        while self.scan_position + 4 <= bytes.len() && map.load_length(self.scan_position) != 0 {
-            match check_record(&bytes[self.scan_position..]) {
-                RecordCheck::Record(record) if record.sequence == self.scan_sequence => {
-                    self.scan_position += record.size_padded;
-                    self.scan_sequence += 1;
-                    if record.is_end_of_batch() {
-                        self.committed_end = self.scan_position;
-                        return Ok(());
-                    }
-                }
-                RecordCheck::Record(record) => {
-                    return Err(JournalError::out_of_sequence(
-                        self.cursor.current_path(),
-                        self.scan_position as u64,
-                        self.scan_sequence,
-                        record.sequence,
-                    ));
-                }
-                RecordCheck::End | RecordCheck::Invalid(_) => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether everything yielded so far ends this segment's data and the writer could have
-    /// rolled: no checked record is pending and the room left is less than the largest record.
-    fn segment_finished(&self) -> bool {
-        let map = self.cursor.map();
-        self.scan_position == self.cursor.position
-            && map.bytes().len() - self.cursor.position < RECORD_SIZE_MAX
     }
 }

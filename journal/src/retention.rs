@@ -4,20 +4,26 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
-use crate::segment::{create_directory, list_segments, ARCHIVE_DIRECTORY};
+use crate::segment::{create_directory, list_segments, SegmentFile, ARCHIVE_DIRECTORY};
 use crate::storage::Storage;
 use crate::writer::Retention;
 
 /// Deletes or archives every segment but the last whose successor starts at or below
-/// `sequence` (so all its records are below it). Returns the files removed, oldest first.
+/// `sequence` (so all its records are below it). `current` is the segment being written, which
+/// may not have its name on disk yet (the background thread renames it after a roll). Returns
+/// the files removed, oldest first.
 pub(crate) fn retain_from(
     storage: &dyn Storage,
     directory: &Path,
     journal_directory: &Path,
+    current: &SegmentFile,
     sequence: u64,
     retention: Retention,
 ) -> Result<Vec<PathBuf>, JournalError> {
-    let segments = list_segments(journal_directory)?;
+    let mut segments = list_segments(journal_directory)?;
+    if segments.last().is_none_or(|last| last.first_sequence < current.first_sequence) {
+        segments.push(current.clone());
+    }
     let archive = directory.join(ARCHIVE_DIRECTORY);
     let mut removed = Vec::new();
     for pair in segments.windows(2) {

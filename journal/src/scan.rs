@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::error::JournalError;
 use crate::format::{
-    check_record, InvalidRecord, RecordCheck, GROUP_COMMIT_BYTES_MAX, RECORD_ALIGNMENT,
+    check_batch, padded, read_u32, read_u64, BatchCheck, BatchView, FLAG_START_OF_BATCH,
+    GROUP_COMMIT_BYTES_MAX, RECORD_ALIGNMENT, RECORD_HEADER_SIZE, RECORD_SIZE_MAX,
     SEGMENT_HEADER_SIZE,
 };
 
@@ -24,14 +25,15 @@ pub enum SegmentEnd {
 /// A torn tail: what is there, and what truncating it drops.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
-    /// The offset where the next record should start: the truncation point.
+    /// The offset where the next batch should start: the truncation point.
     pub offset: u64,
     /// One past the last non-zero byte: `offset..dirty_end` is what truncation zeroes.
     pub dirty_end: u64,
     /// What is at `offset`, in words.
     pub damage: String,
-    /// The sequences of records with valid checksums after `offset` that truncation drops
-    /// (row 5: pages of the last group commit that reached the disk out of order).
+    /// The sequences that the record headers in the dropped bytes name, consecutively from the
+    /// expected one (row 5: the records of the unfinished batch). Read without a checksum: the
+    /// batch's never arrived or does not match.
     pub dropped: Option<RangeInclusive<u64>>,
 }
 
@@ -44,15 +46,13 @@ pub struct SegmentScan {
     pub last_sequence: u64,
     /// The timestamp of the last valid record (0 if none).
     pub last_timestamp_ns: u64,
-    /// Where the next record would start.
+    /// Where the next batch would start.
     pub end_offset: u64,
-    /// Whether the last valid record is flagged END_OF_BATCH.
-    pub ends_batch: bool,
     /// How the data ends.
     pub end: SegmentEnd,
 }
 
-/// Scans the records of the segment `bytes` (the whole file, header included), whose first
+/// Scans the batches of the segment `bytes` (the whole file, header included), whose first
 /// record must be `first_sequence`. `is_last` says whether a later segment exists: damage in a
 /// segment that is not the last is corruption (row 8), whatever it looks like. `progress` is
 /// called with the offset scanned so far, now and then.
@@ -66,50 +66,46 @@ pub fn scan_segment(
     let mut position = SEGMENT_HEADER_SIZE;
     let mut expected = first_sequence;
     let mut last_timestamp_ns = 0;
-    let mut ends_batch = false;
     let mut next_progress = PROGRESS_STEP;
     let damage = loop {
         if position >= next_progress {
             progress(position as u64);
             next_progress = position + PROGRESS_STEP;
         }
-        match check_record(&bytes[position..]) {
-            RecordCheck::Record(record) if record.sequence == expected => {
+        match check_batch(&bytes[position..]) {
+            BatchCheck::Batch(batch) if batch.first_sequence == expected => {
                 // Row 1.
-                expected += 1;
-                last_timestamp_ns = record.timestamp_ns;
-                ends_batch = record.is_end_of_batch();
-                position += record.size_padded;
+                expected = batch.last_sequence + 1;
+                last_timestamp_ns = batch.last_timestamp_ns;
+                position += batch.size();
             }
-            RecordCheck::Record(record) => {
+            BatchCheck::Batch(batch) => {
                 // Row 7.
                 return Err(JournalError::out_of_sequence(
                     path,
                     position as u64,
                     expected,
-                    record.sequence,
+                    batch.first_sequence,
                 ));
             }
             // The rest is decided by what follows `position`, found once below.
-            RecordCheck::End => break None,
-            RecordCheck::Invalid(invalid) => break Some(describe(&invalid)),
+            BatchCheck::End => break None,
+            BatchCheck::Invalid(invalid) => break Some(invalid.to_string()),
         }
     };
     progress(bytes.len() as u64);
     let dirty_end = last_non_zero(bytes, position).map_or(position, |last| last + 1);
+    let scan = |end| SegmentScan {
+        records: expected - first_sequence,
+        last_sequence: expected - 1,
+        last_timestamp_ns,
+        end_offset: position as u64,
+        end,
+    };
     let damage = match damage {
         Some(damage) => damage,
-        None if dirty_end == position => {
-            // Rows 2 and 11.
-            return Ok(SegmentScan {
-                records: expected - first_sequence,
-                last_sequence: expected - 1,
-                last_timestamp_ns,
-                end_offset: position as u64,
-                ends_batch,
-                end: SegmentEnd::Clean,
-            });
-        }
+        // Rows 2 and 11.
+        None if dirty_end == position => return Ok(scan(SegmentEnd::Clean)),
         None => format!("a zero length followed by non-zero bytes up to offset {dirty_end}"),
     };
     let corrupt = |detail: String| JournalError::Corrupt {
@@ -123,79 +119,73 @@ pub fn scan_segment(
         // Row 8.
         return Err(corrupt(format!("{damage}, in a segment that a later segment follows")));
     }
-    let survivors = valid_records_after(bytes, position, dirty_end);
-    let beyond_group_commit =
-        survivors.iter().find(|survivor| survivor.offset - position > GROUP_COMMIT_BYTES_MAX);
-    if let Some(survivor) = beyond_group_commit {
+    if dirty_end - position > GROUP_COMMIT_BYTES_MAX {
         // Row 6, by distance.
         return Err(corrupt(format!(
-            "{damage}; a record with a valid checksum (sequence {}) lies at offset {}, more than \
-             one group commit ({GROUP_COMMIT_BYTES_MAX} bytes) later, so the damaged data had \
-             been synced",
-            survivor.sequence, survivor.offset
+            "{damage}; non-zero bytes run to offset {dirty_end}, more than one group commit \
+             ({GROUP_COMMIT_BYTES_MAX} bytes) later, so the damaged data had been synced"
         )));
     }
-    let first_end_of_batch = survivors.iter().find(|survivor| survivor.end_of_batch);
-    if let Some(end_of_batch) = first_end_of_batch {
-        if let Some(after) = survivors.iter().find(|survivor| survivor.offset > end_of_batch.offset)
-        {
-            // Row 6, by a later batch.
-            return Err(corrupt(format!(
-                "{damage}; the batch ending with sequence {} (offset {}) and a later record \
-                 (sequence {}, offset {}) have valid checksums, so the damaged data had been \
-                 synced",
-                end_of_batch.sequence, end_of_batch.offset, after.sequence, after.offset
-            )));
-        }
+    if let Some((offset, batch)) = valid_batch_after(bytes, position, dirty_end) {
+        // Row 6, by a later batch.
+        return Err(corrupt(format!(
+            "{damage}; a valid batch (sequences {} to {}) follows at offset {offset}, so the \
+             damaged data had been synced",
+            batch.first_sequence, batch.last_sequence
+        )));
     }
     // Rows 3, 4 and 5.
-    let sequences = || survivors.iter().map(|survivor| survivor.sequence);
-    let dropped = sequences().min().zip(sequences().max()).map(|(low, high)| low..=high);
-    Ok(SegmentScan {
-        records: expected - first_sequence,
-        last_sequence: expected - 1,
-        last_timestamp_ns,
-        end_offset: position as u64,
-        ends_batch,
-        end: SegmentEnd::Torn(TornTail {
-            offset: position as u64,
-            dirty_end: dirty_end as u64,
-            damage,
-            dropped,
-        }),
-    })
+    Ok(scan(SegmentEnd::Torn(TornTail {
+        offset: position as u64,
+        dirty_end: dirty_end as u64,
+        damage,
+        dropped: sequences_named(&bytes[position..dirty_end], expected),
+    })))
 }
 
 /// How often a scan reports progress, in bytes.
 const PROGRESS_STEP: usize = 16 << 20;
 
-/// A record with a valid checksum found after the point of damage.
-#[derive(Clone, Copy, Debug)]
-struct Survivor {
-    offset: usize,
-    sequence: u64,
-    end_of_batch: bool,
+/// The first valid batch that starts on an 8-byte boundary in `from + 8 .. dirty_end`. Only
+/// positions holding a plausible first record (a length in bounds, START_OF_BATCH) are
+/// checked in full.
+fn valid_batch_after(
+    bytes: &[u8],
+    from: usize,
+    dirty_end: usize,
+) -> Option<(usize, BatchView<'_>)> {
+    let mut offset = from + RECORD_ALIGNMENT;
+    while offset + RECORD_HEADER_SIZE <= dirty_end {
+        let length = read_u32(bytes, offset) as usize;
+        let flags = read_u32(bytes, offset + 28);
+        let plausible = (RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length)
+            && flags & FLAG_START_OF_BATCH != 0;
+        if plausible {
+            if let BatchCheck::Batch(batch) = check_batch(&bytes[offset..]) {
+                return Some((offset, batch));
+            }
+        }
+        offset += RECORD_ALIGNMENT;
+    }
+    None
 }
 
-/// Every record with a valid checksum that starts on an 8-byte boundary in
-/// `from + 8 .. dirty_end`.
-fn valid_records_after(bytes: &[u8], from: usize, dirty_end: usize) -> Vec<Survivor> {
-    let mut survivors = Vec::new();
-    let mut offset = from + RECORD_ALIGNMENT;
-    while offset < dirty_end {
-        match check_record(&bytes[offset..]) {
-            RecordCheck::Record(record) => {
-                survivors.push(Survivor {
-                    offset,
-                    sequence: record.sequence,
-                    end_of_batch: record.is_end_of_batch(),
-                });
-                offset += record.size_padded;
-            }
-            RecordCheck::End | RecordCheck::Invalid(_) => offset += RECORD_ALIGNMENT,
+/// The consecutive sequences from `expected` that the record headers at the start of `bytes`
+/// name, following their lengths; none if the first does not name `expected`.
+fn sequences_named(bytes: &[u8], expected: u64) -> Option<RangeInclusive<u64>> {
+    let mut offset = 0;
+    let mut next = expected;
+    while offset + RECORD_HEADER_SIZE <= bytes.len() {
+        let length = read_u32(bytes, offset) as usize;
+        let in_bounds = (RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length)
+            && offset + length <= bytes.len();
+        if !in_bounds || read_u64(bytes, offset + 8) != next {
+            break;
         }
+        next += 1;
+        offset += padded(length);
     }
-    survivors
+    (next > expected).then(|| expected..=next - 1)
 }
 
 /// The offset of the last non-zero byte at or after `from`, if any.
@@ -209,22 +199,4 @@ fn last_non_zero(bytes: &[u8], from: usize) -> Option<usize> {
     let chunk = chunks.iter().rposition(|chunk| u64::from_le_bytes(*chunk) != 0)?;
     let index = chunks[chunk].iter().rposition(|&byte| byte != 0)?;
     Some(from + chunk * 8 + index)
-}
-
-/// A record's damage, in words.
-fn describe(invalid: &InvalidRecord) -> String {
-    match invalid {
-        InvalidRecord::Truncated { remaining } => {
-            format!("{remaining} non-zero bytes, too few for a record header")
-        }
-        InvalidRecord::LengthOutOfBounds { length, remaining } => {
-            format!("a length of {length} bytes, out of bounds ({remaining} bytes remain)")
-        }
-        InvalidRecord::ChecksumMismatch { stored, computed } => {
-            format!("a checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
-        }
-        InvalidRecord::Malformed { rule } => {
-            format!("a record with a valid checksum that breaks the format ({rule})")
-        }
-    }
 }

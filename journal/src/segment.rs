@@ -223,11 +223,30 @@ pub(crate) fn open_read_write(path: &Path) -> Result<File, JournalError> {
     OpenOptions::new().read(true).write(true).open(path).map_err(JournalError::io(path))
 }
 
+/// The writer's next request, looked for every millisecond rather than waited for: a send
+/// that wakes a sleeping thread costs the writer a system call, and on a machine with two
+/// cores the woken thread can preempt the writer, at the roll, where latency is measured.
+/// `None` once the writer is gone.
+fn next_request(requests: &Receiver<Request>) -> Option<Request> {
+    loop {
+        match requests.try_recv() {
+            Ok(request) => return Some(request),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => std::thread::sleep(REQUEST_POLL_INTERVAL),
+        }
+    }
+}
+
+/// How often the preparer thread looks for a request.
+const REQUEST_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// What the writer asks of the preparer thread.
 enum Request {
-    /// The writer just renamed the spare into a segment: make the rename durable, unmap the
-    /// previous segment (a large `munmap` can take milliseconds) and allocate the next spare.
-    Rolled { retired: Option<WritableMap> },
+    /// The writer just continued in the spare, whose header it wrote: rename the spare to
+    /// `segment` and make the rename durable (together some tens of microseconds, which the
+    /// writer does not wait for), unmap the previous segment (a large `munmap` can take
+    /// milliseconds) and allocate the next spare.
+    Rolled { retired: Option<WritableMap>, spare: PathBuf, segment: PathBuf },
 }
 
 /// The background thread that keeps one spare segment ready for the writer.
@@ -235,6 +254,11 @@ enum Request {
 pub(crate) struct Preparer {
     requests: Option<Sender<Request>>,
     spares: Receiver<Result<Spare, JournalError>>,
+    /// A spare received by [`is_ready`](Self::is_ready) before the writer needed it.
+    received: Option<Result<Spare, JournalError>>,
+    /// A failed rename: the writer must stop, and no spare may be created while a segment in
+    /// use still has the spare's name.
+    failures: Receiver<JournalError>,
     thread: Option<JoinHandle<()>>,
     storage: Arc<dyn Storage>,
     journal_directory: PathBuf,
@@ -252,6 +276,7 @@ impl Preparer {
     ) -> Result<Self, JournalError> {
         let (request_sender, request_receiver) = mpsc::channel::<Request>();
         let (spare_sender, spare_receiver) = mpsc::channel();
+        let (failure_sender, failure_receiver) = mpsc::channel();
         let thread_storage = Arc::clone(&storage);
         let thread_directory = journal_directory.clone();
         let thread = std::thread::Builder::new()
@@ -261,7 +286,13 @@ impl Preparer {
                 if spare_sender.send(prepare()).is_err() {
                     return;
                 }
-                while let Ok(Request::Rolled { retired }) = request_receiver.recv() {
+                while let Some(Request::Rolled { retired, spare, segment }) =
+                    next_request(&request_receiver)
+                {
+                    if let Err(error) = thread_storage.rename(&spare, &segment) {
+                        let _ = failure_sender.send(JournalError::io(&spare)(error));
+                        return;
+                    }
                     drop(retired);
                     let spare = thread_storage
                         .sync_directory(&thread_directory)
@@ -276,6 +307,8 @@ impl Preparer {
         Ok(Self {
             requests: Some(request_sender),
             spares: spare_receiver,
+            received: None,
+            failures: failure_receiver,
             thread: Some(thread),
             storage,
             journal_directory,
@@ -288,20 +321,58 @@ impl Preparer {
     /// failed (a full disk, say), one more attempt is made here, in case space was freed since;
     /// its error is the writer's.
     pub(crate) fn take(&mut self) -> Result<Spare, JournalError> {
-        match self.spares.recv() {
+        self.check()?;
+        let received = match self.received.take() {
+            Some(received) => Ok(received),
+            None => self.spares.recv(),
+        };
+        match received {
             Ok(Ok(spare)) => Ok(spare),
-            Ok(Err(_)) | Err(_) => {
+            Ok(Err(_)) => {
+                prepare_spare(&*self.storage, &self.journal_directory, self.size, self.map)
+            }
+            Err(_) => {
+                // The thread has exited. If a rename failed, the segment in use may still be
+                // called `spare`, and preparing a new spare would take its name: report the
+                // failure (sent before the thread exited) instead.
+                self.check()?;
                 prepare_spare(&*self.storage, &self.journal_directory, self.size, self.map)
             }
         }
     }
 
-    /// Tells the thread a roll happened, handing it the previous segment's mapping to unmap.
-    pub(crate) fn rolled(&mut self, retired: Option<WritableMap>) {
-        if let Some(requests) = &self.requests {
-            // A send fails only if the thread has exited, and then `take` prepares the next
-            // spare itself.
-            let _ = requests.send(Request::Rolled { retired });
+    /// Whether the next spare is prepared (or its preparation failed), without waiting.
+    pub(crate) fn is_ready(&mut self) -> bool {
+        if self.received.is_none() {
+            self.received = self.spares.try_recv().ok();
+        }
+        self.received.is_some()
+    }
+
+    /// The error of the thread's last rename, if it failed (the spare then keeps its name,
+    /// which `open` recovers from).
+    pub(crate) fn check(&mut self) -> Result<(), JournalError> {
+        match self.failures.try_recv() {
+            Ok(error) => Err(error),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Tells the thread a roll happened: it renames the spare, now in use, to `segment`, and
+    /// unmaps the previous segment's mapping. If the thread has exited, renames here.
+    pub(crate) fn rolled(
+        &mut self,
+        retired: Option<WritableMap>,
+        spare: PathBuf,
+        segment: PathBuf,
+    ) -> Result<(), JournalError> {
+        let request = Request::Rolled { retired, spare, segment };
+        let Some(requests) = &self.requests else { return Ok(()) };
+        match requests.send(request) {
+            Ok(()) => Ok(()),
+            Err(mpsc::SendError(Request::Rolled { spare, segment, .. })) => {
+                self.storage.rename(&spare, &segment).map_err(JournalError::io(&spare))
+            }
         }
     }
 }

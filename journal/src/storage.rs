@@ -332,7 +332,9 @@ impl Storage for FaultyStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        if let Some(fault) = self.take_fault(Operation::Rename, from) {
+        // A rename is matched against "FROM -> TO", so a rule can pick renames by either name.
+        let names = format!("{} -> {}", from.display(), to.display());
+        if let Some(fault) = self.take_fault(Operation::Rename, Path::new(&names)) {
             return Err(fault.into_error());
         }
         std::fs::rename(from, to)?;

@@ -9,18 +9,17 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{
-    check_record, encode_record, record_checksum_for_length, record_size_padded, validate_record,
-    validate_segment_size, write_record_fields, RecordCheck, RecordFields, SegmentHeader,
-    FLAG_END_OF_BATCH, GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
-    SEGMENT_HEADER_USED,
+    check_batch, record_size_padded, seal_batch, validate_record, validate_segment_size,
+    write_record, BatchCheck, RecordFields, SegmentHeader, FLAG_START_OF_BATCH,
+    GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
 };
 use crate::lock::WriterLock;
 use crate::mmap::{ReadableMap, WritableMap};
 use crate::scan::{scan_segment, SegmentEnd, SegmentScan};
 use crate::segment::{
-    create_directory, list_segments, open_read_write, prepare_spare, read_header,
-    remove_if_present, segment_file_name, Preparer, SegmentFile, Spare, JOURNAL_DIRECTORY,
-    SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME,
+    create_directory, list_segments, open_read_write, parse_segment_file_name, prepare_spare,
+    read_header, remove_if_present, segment_file_name, Preparer, SegmentFile, Spare,
+    JOURNAL_DIRECTORY, SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME,
 };
 use crate::storage::{write_zeros, FileStorage, Storage};
 
@@ -188,10 +187,10 @@ struct ActiveSegment {
     map: Option<WritableMap>,
 }
 
-/// A record written into the mapping whose length is not yet stored: it is published (sealed
-/// with its checksum, then its length) by the next append or by `commit`, which flags it
-/// END_OF_BATCH. So a published record is never written again, and readers never see a
-/// record change.
+/// A record written into the mapping whose length is not yet stored: it is published by the
+/// next append (its length stored), or by `commit`, which first seals the batch in it
+/// (END_OF_BATCH and the batch's checksum). So a published record is never written again, and
+/// readers never see a record change.
 #[derive(Clone, Copy, Debug)]
 struct Held {
     offset: usize,
@@ -385,7 +384,7 @@ impl JournalWriter {
     ) -> Result<u64, JournalError> {
         self.check_usable()?;
         let sequence = self.next_sequence;
-        let fields = RecordFields { sequence, timestamp_ns, kind, version, flags: 0 };
+        let fields = RecordFields { sequence, timestamp_ns, kind, version };
         validate_record(&fields, payload.len())
             .map_err(JournalError::format(&self.segment.path, self.position as u64))?;
         if timestamp_ns < self.last_timestamp_ns {
@@ -417,46 +416,61 @@ impl JournalWriter {
 
     fn append_mapped(&mut self, fields: &RecordFields, payload: &[u8], padded: usize) {
         let offset = self.position;
-        let length = RECORD_HEADER_SIZE + payload.len();
+        let flags = self.first_in_batch_flags();
         let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
-        let record = &mut map.bytes_mut()[offset..offset + padded];
-        write_record_fields(record, fields);
-        record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
-        record[length..].fill(0);
-        self.publish_held(0);
-        self.held = Some(Held { offset, length: length as u32 });
+        write_record(&mut map.bytes_mut()[offset..offset + padded], fields, flags, payload);
+        self.publish_held();
+        let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
+        self.held = Some(Held { offset, length });
     }
 
-    /// Seals the held record with `flags` and publishes it.
-    fn publish_held(&mut self, flags: u32) {
+    /// START_OF_BATCH for the first record of a batch, else no flag.
+    fn first_in_batch_flags(&self) -> u32 {
+        if self.pending_bytes == 0 {
+            FLAG_START_OF_BATCH
+        } else {
+            0
+        }
+    }
+
+    /// Publishes the held record, which is not its batch's last: stores its length.
+    fn publish_held(&mut self) {
         let Some(held) = self.held.take() else { return };
         let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
-        let record = &mut map.bytes_mut()[held.offset..held.offset + held.length as usize];
-        record[28..32].copy_from_slice(&flags.to_le_bytes());
-        let checksum = record_checksum_for_length(record, held.length);
-        record[4..8].copy_from_slice(&checksum.to_le_bytes());
         map.publish_length(held.offset, held.length);
     }
 
     fn append_staged(&mut self, fields: &RecordFields, payload: &[u8], padded: usize) {
         let start = self.staging.len();
+        let flags = self.first_in_batch_flags();
         self.staging.resize(start + padded, 0);
-        let written = encode_record(&mut self.staging[start..], fields, payload)
-            .expect("the record was validated and the buffer sized for it");
-        debug_assert_eq!(written, padded);
+        write_record(&mut self.staging[start..], fields, flags, payload);
+        let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
+        self.staging[start..start + 4].copy_from_slice(&length.to_le_bytes());
         self.last_staged = Some(start);
     }
 
-    /// Makes every appended record durable per the tier, flagging the batch's last record
-    /// END_OF_BATCH, and returns the last durable sequence. `PageCache`: publishes the last
-    /// record (no system call). `Fsync`: one `pwrite` of the batch and one `fdatasync`.
+    /// Whether the next segment is allocated and pre-faulted, so that a roll now would not
+    /// wait for it. The background thread prepares it after every roll; a writer appending
+    /// faster than the disk can allocate segments waits at the roll.
+    pub fn next_segment_ready(&mut self) -> bool {
+        self.preparer.is_ready()
+    }
+
+    /// Makes every appended record durable per the tier, sealing the batch (END_OF_BATCH and
+    /// the batch's checksum in its last record), and returns the last durable sequence.
+    /// `PageCache`: seals and publishes the last record (no system call). `Fsync`: one `pwrite`
+    /// of the batch and one `fdatasync`.
     pub fn commit(&mut self) -> Result<u64, JournalError> {
         self.check_usable()?;
+        if let Err(error) = self.preparer.check() {
+            return Err(self.fail(error));
+        }
         if self.next_sequence - 1 == self.durable_sequence {
             return Ok(self.durable_sequence);
         }
         match self.durability {
-            Durability::PageCache => self.publish_held(FLAG_END_OF_BATCH),
+            Durability::PageCache => self.seal_held(),
             Durability::Fsync => {
                 if let Err(error) = self.write_staged() {
                     return Err(self.fail(error));
@@ -468,15 +482,21 @@ impl JournalWriter {
         Ok(self.durable_sequence)
     }
 
+    /// Seals the batch whose last record is the held one, then publishes that record.
+    fn seal_held(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        let batch_start = self.position - self.pending_bytes;
+        let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
+        let batch = &mut map.bytes_mut()[batch_start..self.position];
+        seal_batch(batch, held.offset - batch_start, held.length);
+        map.publish_length(held.offset, held.length);
+    }
+
     fn write_staged(&mut self) -> Result<(), JournalError> {
         if let Some(last) = self.last_staged.take() {
-            let record = &mut self.staging[last..];
             let mut length = [0u8; 4];
-            length.copy_from_slice(&record[0..4]);
-            let length = u32::from_le_bytes(length);
-            record[28..32].copy_from_slice(&FLAG_END_OF_BATCH.to_le_bytes());
-            let checksum = record_checksum_for_length(record, length);
-            record[4..8].copy_from_slice(&checksum.to_le_bytes());
+            length.copy_from_slice(&self.staging[last..last + 4]);
+            seal_batch(&mut self.staging, last, u32::from_le_bytes(length));
         }
         let path = &self.segment.path;
         self.storage
@@ -530,14 +550,15 @@ impl JournalWriter {
                 .write_at(&spare.file, &spare.path, 0, header)
                 .map_err(JournalError::io(&spare.path))?,
         }
-        self.storage.rename(&spare.path, path).map_err(JournalError::io(&spare.path))?;
         let size = self.segment_size as usize;
         let retired = std::mem::replace(
             &mut self.segment,
             ActiveSegment { path: path.to_owned(), file: spare.file, size, map: spare.map },
         );
-        self.preparer.rolled(retired.map);
-        Ok(())
+        // The rename runs on the preparer's thread: the writer goes on appending to the file
+        // while it is still called `spare` (format document, section 1: `open` finishes such a
+        // rename), and a reader finds the segment once it has its name.
+        self.preparer.rolled(retired.map, spare.path, path.to_owned())
     }
 
     /// Deletes, or moves to `archive/`, every segment whose records all lie below `sequence`
@@ -550,10 +571,16 @@ impl JournalWriter {
         retention: Retention,
     ) -> Result<Vec<PathBuf>, JournalError> {
         self.check_usable()?;
+        let name = self.segment.path.file_name().and_then(|name| name.to_str());
+        let current = SegmentFile {
+            first_sequence: name.and_then(parse_segment_file_name).expect("a segment's name"),
+            path: self.segment.path.clone(),
+        };
         crate::retention::retain_from(
             &*self.storage,
             &self.directory,
             &self.journal_directory,
+            &current,
             sequence,
             retention,
         )
@@ -653,14 +680,14 @@ fn remove_torn_roll(
     bytes: &[u8],
     report: &mut OpenReport,
 ) -> Result<(), JournalError> {
-    let first_record = bytes.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
-    if let RecordCheck::Record(record) = check_record(first_record) {
+    let first_batch = bytes.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
+    if let BatchCheck::Batch(batch) = check_batch(first_batch) {
         return Err(JournalError::Corrupt {
             path: path.to_owned(),
             offset: 0,
-            expected: record.sequence,
+            expected: batch.first_sequence,
             found: None,
-            detail: "the segment header is damaged but a valid record follows it".into(),
+            detail: "the segment header is damaged but a valid batch follows it".into(),
         });
     }
     remove_if_present(path)?;

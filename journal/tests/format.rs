@@ -1,17 +1,11 @@
 //! The on-disk format against `docs/journal-format.md`: the documented offsets, round trips,
-//! every single-bit flip detected, and random bytes never mistaken for a record.
+//! every single-bit flip detected, and random bytes never mistaken for a batch.
 
 use keel_journal::format::*;
 use proptest::prelude::*;
 
 fn fields(sequence: u64) -> RecordFields {
-    RecordFields {
-        sequence,
-        timestamp_ns: 1_763_000_000_123_456_789,
-        kind: 0x0102,
-        version: 3,
-        flags: FLAG_END_OF_BATCH,
-    }
+    RecordFields { sequence, timestamp_ns: 1_763_000_000_123_456_789, kind: 0x0102, version: 3 }
 }
 
 fn encoded(sequence: u64, payload: &[u8]) -> Vec<u8> {
@@ -19,6 +13,25 @@ fn encoded(sequence: u64, payload: &[u8]) -> Vec<u8> {
     let written = encode_record(&mut buffer, &fields(sequence), payload).unwrap();
     assert_eq!(written, buffer.len());
     buffer
+}
+
+/// A batch of `count` records with payloads of assorted lengths, from sequence `first`.
+fn encoded_batch(first: u64, count: u64) -> Vec<u8> {
+    let payloads: Vec<Vec<u8>> =
+        (0..count).map(|index| vec![index as u8 ^ 0x5A; (index as usize * 7) % 45]).collect();
+    let records: Vec<(RecordFields, &[u8])> = payloads
+        .iter()
+        .enumerate()
+        .map(|(index, payload)| (fields(first + index as u64), &payload[..]))
+        .collect();
+    let mut buffer = vec![0u8; payloads.iter().map(|p| record_size_padded(p.len())).sum()];
+    let written = encode_batch(&mut buffer, &records).unwrap();
+    assert_eq!(written, buffer.len());
+    buffer
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
 
 #[test]
@@ -30,52 +43,75 @@ fn record_fields_sit_at_the_documented_offsets() {
     assert_eq!(&record[16..24], &1_763_000_000_123_456_789u64.to_le_bytes());
     assert_eq!(&record[24..26], &0x0102u16.to_le_bytes());
     assert_eq!(&record[26..28], &3u16.to_le_bytes());
-    assert_eq!(&record[28..32], &FLAG_END_OF_BATCH.to_le_bytes());
+    let flags = FLAG_START_OF_BATCH | FLAG_END_OF_BATCH;
+    assert_eq!(&record[28..32], &flags.to_le_bytes(), "a batch of one record");
     assert_eq!(&record[32..35], b"abc");
     assert_eq!(&record[35..40], &[0; 5], "zero padding");
-    // The checksum covers bytes 0..4 and 8..length, as documented.
+    // A batch of one: the checksum covers bytes 0..4 and 8..length, as documented.
     let mut covered = record[0..4].to_vec();
     covered.extend_from_slice(&record[8..35]);
     assert_eq!(&record[4..8], &crc32c::crc32c(&covered).to_le_bytes());
 }
 
 #[test]
-fn records_round_trip_for_every_padding() {
-    for payload_len in 0..=40usize {
-        let payload: Vec<u8> = (0..payload_len as u8).map(|byte| byte.wrapping_mul(37)).collect();
-        let record = encoded(9, &payload);
-        assert_eq!(record.len() % RECORD_ALIGNMENT, 0);
-        match check_record(&record) {
-            RecordCheck::Record(view) => {
-                assert_eq!(view.sequence, 9);
-                assert_eq!(view.payload, &payload[..]);
-                assert_eq!(view.size_padded, record.len());
-                assert!(view.is_end_of_batch());
-                assert_eq!((view.kind, view.version), (0x0102, 3));
+fn a_batch_checksum_covers_every_byte_before_its_last_record() {
+    let batch = encoded_batch(10, 3);
+    let second = record_size_padded(0);
+    let last = second + record_size_padded(7);
+    assert_eq!(read_u32(&batch, 28), FLAG_START_OF_BATCH, "the first record starts the batch");
+    assert_eq!(read_u32(&batch, 4), 0, "only the last record carries the checksum");
+    assert_eq!(read_u32(&batch, second + 28), 0);
+    assert_eq!(read_u32(&batch, second + 4), 0);
+    assert_eq!(read_u32(&batch, last + 28), FLAG_END_OF_BATCH);
+    let length = read_u32(&batch, last) as usize;
+    let mut covered = batch[..last + 4].to_vec();
+    covered.extend_from_slice(&batch[last + 8..last + length]);
+    assert_eq!(read_u32(&batch, last + 4), crc32c::crc32c(&covered));
+}
+
+#[test]
+fn batches_round_trip_for_every_padding_and_size() {
+    for count in [1u64, 2, 3, 17, 100] {
+        let batch = encoded_batch(9, count);
+        assert_eq!(batch.len() % RECORD_ALIGNMENT, 0);
+        let mut segment = batch.clone();
+        segment.resize(batch.len() + 4096, 0);
+        match check_batch(&segment) {
+            BatchCheck::Batch(view) => {
+                assert_eq!((view.first_sequence, view.last_sequence), (9, 8 + count));
+                assert_eq!((view.size(), view.records()), (batch.len(), count));
+                for (index, record) in view.iter().enumerate() {
+                    assert_eq!(record.sequence, 9 + index as u64);
+                    assert_eq!(record.payload, &vec![index as u8 ^ 0x5A; (index * 7) % 45][..]);
+                    assert_eq!((record.kind, record.version), (0x0102, 3));
+                    assert_eq!(record.is_start_of_batch(), index == 0);
+                    assert_eq!(record.is_end_of_batch(), index as u64 == count - 1);
+                }
+                assert_eq!(view.iter().count() as u64, count);
             }
-            other => panic!("payload {payload_len}: {other:?}"),
+            other => panic!("{count} records: {other:?}"),
         }
+        assert_eq!(check_batch(&segment[batch.len()..]), BatchCheck::End);
     }
 }
 
 #[test]
-fn every_single_bit_flip_in_a_record_is_detected() {
-    for payload_len in [0usize, 1, 7, 8, 41] {
-        let payload = vec![0xA5u8; payload_len];
-        let record = encoded(42, &payload);
+fn every_single_bit_flip_in_a_batch_is_detected() {
+    for count in [1u64, 4] {
+        let batch = encoded_batch(42, count);
         // A following zeroed area, as in a segment, so a grown length still finds bytes.
-        let mut segment = record.clone();
-        segment.resize(record.len() + 64, 0);
-        for bit in 0..record.len() * 8 {
+        let mut segment = batch.clone();
+        segment.resize(batch.len() + 64, 0);
+        for bit in 0..batch.len() * 8 {
             let mut damaged = segment.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            match check_record(&damaged) {
-                // A flip that zeroes the length reads as "no record here"; recovery then finds
-                // the non-zero bytes after it (format document, section 6, row 3).
-                RecordCheck::End => assert!(bit < 32, "only a length bit can make a zero length"),
-                RecordCheck::Invalid(_) => {}
-                RecordCheck::Record(view) => {
-                    panic!("payload {payload_len}, bit {bit}: damage accepted as {view:?}")
+            match check_batch(&damaged) {
+                // A flip that zeroes the first length reads as "nothing here"; recovery then
+                // finds the non-zero bytes after it (format document, section 6, row 3).
+                BatchCheck::End => assert!(bit < 32, "only a length bit can make a zero length"),
+                BatchCheck::Invalid(_) => {}
+                BatchCheck::Batch(view) => {
+                    panic!("{count} records, bit {bit}: damage accepted as {view:?}")
                 }
             }
         }
@@ -83,24 +119,85 @@ fn every_single_bit_flip_in_a_record_is_detected() {
 }
 
 #[test]
-fn zeros_are_the_end_and_short_garbage_is_not() {
-    assert_eq!(check_record(&[0u8; 4096]), RecordCheck::End);
-    assert_eq!(check_record(&[0u8; 7]), RecordCheck::End);
+fn a_batch_without_its_end_is_unfinished_and_the_rules_hold_under_a_valid_checksum() {
+    let batch = encoded_batch(5, 3);
+    let last = record_size_padded(0) + record_size_padded(7);
+    let mut segment = batch[..last].to_vec();
+    segment.resize(4096, 0);
     assert_eq!(
-        check_record(&[0, 0, 1, 0, 0]),
-        RecordCheck::Invalid(InvalidRecord::Truncated { remaining: 5 })
+        check_batch(&segment),
+        BatchCheck::Invalid(InvalidBatch {
+            offset: last,
+            reason: InvalidRecord::Unfinished { records: 2 }
+        })
+    );
+    // Re-seal batches that break a rule: the checksum alone is not trust.
+    let resealed = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes = batch.clone();
+        edit(&mut bytes);
+        let length = read_u32(&bytes, last) as usize;
+        let mut covered = bytes[..last + 4].to_vec();
+        covered.extend_from_slice(&bytes[last + 8..last + length]);
+        let checksum = crc32c::crc32c(&covered);
+        bytes[last + 4..last + 8].copy_from_slice(&checksum.to_le_bytes());
+        bytes.resize(bytes.len() + 64, 0);
+        bytes
+    };
+    let malformed = |bytes: &[u8]| match check_batch(bytes) {
+        BatchCheck::Invalid(InvalidBatch { reason: InvalidRecord::Malformed { rule }, .. }) => rule,
+        other => panic!("expected a malformed batch, got {other:?}"),
+    };
+    let second = record_size_padded(0);
+    assert_eq!(resealed(&|_| {}), {
+        let mut ok = batch.clone();
+        ok.resize(batch.len() + 64, 0);
+        ok
+    });
+    let gap = resealed(&|bytes| bytes[second + 8] += 1);
+    assert_eq!(malformed(&gap), "the sequences of a batch are consecutive");
+    let kind_zero = resealed(&|bytes| bytes[second + 24..second + 26].fill(0));
+    assert_eq!(malformed(&kind_zero), "kind 0 is never written");
+    let unknown_flag = resealed(&|bytes| bytes[second + 29] = 1);
+    assert_eq!(malformed(&unknown_flag), "only START_OF_BATCH and END_OF_BATCH are defined");
+    let no_start = resealed(&|bytes| bytes[28] = 0);
+    assert_eq!(
+        malformed(&no_start),
+        "START_OF_BATCH flags the first record of a batch, and only it"
+    );
+    let stray_checksum = resealed(&|bytes| bytes[second + 4] = 1);
+    assert_eq!(malformed(&stray_checksum), "only a batch's last record carries a checksum");
+    let padding = resealed(&|bytes| bytes[second + 32 + 7] = 1);
+    assert_eq!(malformed(&padding), "padding must be zero");
+}
+
+#[test]
+fn zeros_are_the_end_and_short_garbage_is_not() {
+    assert_eq!(check_batch(&[0u8; 4096]), BatchCheck::End);
+    assert_eq!(check_batch(&[0u8; 7]), BatchCheck::End);
+    assert_eq!(
+        check_batch(&[0, 0, 1, 0, 0]),
+        BatchCheck::Invalid(InvalidBatch {
+            offset: 0,
+            reason: InvalidRecord::Truncated { remaining: 5 }
+        })
     );
     let mut short_length = [0u8; 64];
     short_length[0] = 31;
     assert!(matches!(
-        check_record(&short_length),
-        RecordCheck::Invalid(InvalidRecord::LengthOutOfBounds { length: 31, .. })
+        check_batch(&short_length),
+        BatchCheck::Invalid(InvalidBatch {
+            reason: InvalidRecord::LengthOutOfBounds { length: 31, .. },
+            ..
+        })
     ));
     let record = encoded(1, &[7; 100]);
     assert!(
         matches!(
-            check_record(&record[..record.len() - 8]),
-            RecordCheck::Invalid(InvalidRecord::LengthOutOfBounds { .. })
+            check_batch(&record[..record.len() - 8]),
+            BatchCheck::Invalid(InvalidBatch {
+                reason: InvalidRecord::LengthOutOfBounds { .. },
+                ..
+            })
         ),
         "a record cut short by the end of the segment"
     );
@@ -119,8 +216,12 @@ fn encoding_refuses_what_the_format_forbids() {
         Err(FormatError::InvalidField { field: "sequence", .. })
     ));
     assert!(matches!(
-        refuse(RecordFields { flags: 2, ..fields(1) }),
-        Err(FormatError::InvalidField { field: "flags", .. })
+        encode_batch(&mut buffer, &[(fields(1), b"a"), (fields(3), b"b")]),
+        Err(FormatError::InvalidField { field: "sequence", .. })
+    ));
+    assert!(matches!(
+        encode_batch(&mut buffer, &[]),
+        Err(FormatError::InvalidField { field: "records", .. })
     ));
     assert_eq!(
         encode_record(&mut buffer[..39], &fields(1), b"abc"),
@@ -226,44 +327,59 @@ fn snapshot_headers_round_trip_and_catch_damage() {
 }
 
 proptest! {
-    /// Random bytes never panic the checker, and whatever it accepts really is a record: the
-    /// same fields and payload encode to the same bytes.
+    /// Random bytes never panic the checker, and whatever it accepts really is a batch: the
+    /// same fields and payloads encode to the same bytes.
     #[test]
-    fn random_bytes_are_never_mistaken_for_a_record(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        if let RecordCheck::Record(view) = check_record(&bytes) {
-            let fields = RecordFields {
-                sequence: view.sequence,
-                timestamp_ns: view.timestamp_ns,
-                kind: view.kind,
-                version: view.version,
-                flags: view.flags,
-            };
-            let mut again = vec![0u8; view.size_padded];
-            encode_record(&mut again, &fields, view.payload).unwrap();
-            prop_assert_eq!(&again[..], &bytes[..view.size_padded]);
+    fn random_bytes_are_never_mistaken_for_a_batch(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let BatchCheck::Batch(view) = check_batch(&bytes) {
+            let records: Vec<(RecordFields, &[u8])> = view
+                .iter()
+                .map(|record| {
+                    let fields = RecordFields {
+                        sequence: record.sequence,
+                        timestamp_ns: record.timestamp_ns,
+                        kind: record.kind,
+                        version: record.version,
+                    };
+                    (fields, record.payload)
+                })
+                .collect();
+            let mut again = vec![0u8; view.size()];
+            encode_batch(&mut again, &records).unwrap();
+            prop_assert_eq!(&again[..], &bytes[..view.size()]);
         }
         let _ = SegmentHeader::decode(&bytes);
         let _ = SnapshotHeader::decode(&bytes);
     }
 
-    /// Any record survives encoding and checking, whatever its fields and payload.
+    /// Any batch survives encoding and checking, whatever its fields and payloads.
     #[test]
-    fn any_record_round_trips(
-        sequence in 1u64..,
+    fn any_batch_round_trips(
+        first in 1u64..u64::MAX / 2,
         timestamp_ns in any::<u64>(),
         kind in 1u16..,
         version in any::<u16>(),
-        end_of_batch in any::<bool>(),
-        payload in proptest::collection::vec(any::<u8>(), 0..512),
+        payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..20),
     ) {
-        let fields = RecordFields { sequence, timestamp_ns, kind, version, flags: if end_of_batch { FLAG_END_OF_BATCH } else { 0 } };
-        let mut buffer = vec![0u8; record_size_padded(payload.len()) + 16];
-        let written = encode_record(&mut buffer, &fields, &payload).unwrap();
-        match check_record(&buffer) {
-            RecordCheck::Record(view) => {
-                prop_assert_eq!(view.payload, &payload[..]);
-                prop_assert_eq!((view.sequence, view.timestamp_ns, view.kind, view.version, view.flags), (sequence, timestamp_ns, kind, version, fields.flags));
-                prop_assert_eq!(view.size_padded, written);
+        let records: Vec<(RecordFields, &[u8])> = payloads
+            .iter()
+            .enumerate()
+            .map(|(index, payload)| {
+                (RecordFields { sequence: first + index as u64, timestamp_ns, kind, version }, &payload[..])
+            })
+            .collect();
+        let size: usize = payloads.iter().map(|payload| record_size_padded(payload.len())).sum();
+        let mut buffer = vec![0u8; size + 16];
+        let written = encode_batch(&mut buffer, &records).unwrap();
+        prop_assert_eq!(written, size);
+        match check_batch(&buffer) {
+            BatchCheck::Batch(view) => {
+                prop_assert_eq!(view.size(), written);
+                prop_assert_eq!(view.iter().count(), payloads.len());
+                for (record, (fields, payload)) in view.iter().zip(&records) {
+                    prop_assert_eq!(record.payload, *payload);
+                    prop_assert_eq!((record.sequence, record.timestamp_ns, record.kind, record.version), (fields.sequence, timestamp_ns, kind, version));
+                }
             }
             other => prop_assert!(false, "{:?}", other),
         }

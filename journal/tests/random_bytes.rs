@@ -16,8 +16,7 @@ fn segment_with_noise(records: usize, noise_at: usize, noise: &[u8]) -> Vec<u8> 
     let mut bytes = vec![0u8; 1 << 16];
     let mut position = SEGMENT_HEADER_SIZE;
     for sequence in 1..=records as u64 {
-        let fields =
-            RecordFields { sequence, timestamp_ns: sequence, kind: 1, version: 1, flags: 1 };
+        let fields = RecordFields { sequence, timestamp_ns: sequence, kind: 1, version: 1 };
         position +=
             encode_record(&mut bytes[position..], &fields, &common::payload(sequence)).unwrap();
     }
