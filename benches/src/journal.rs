@@ -51,13 +51,12 @@ impl Drop for Scratch {
     }
 }
 
-/// Waits until the writer's background thread has the spare segment ready, so that its
+/// Waits until the writer's background thread has the next segment ready, so that its
 /// allocation (writing the segment's zeros) does not share the measured interval.
-fn wait_for_spare(directory: &Path) {
-    let spare = directory.join("journal").join("spare");
+fn wait_for_next_segment(writer: &mut JournalWriter) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !spare.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    while !writer.next_segment_ready() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -80,7 +79,7 @@ pub fn append(
     let options =
         JournalOptions::new().durability(durability).segment_size(segment_for(records, padded));
     let mut writer = JournalWriter::open(&scratch.0, options)?;
-    wait_for_spare(&scratch.0);
+    wait_for_next_segment(&mut writer);
     let bytes = vec![0x5Au8; payload];
     let start = Instant::now();
     let mut timestamp = 1_700_000_000_000_000_000u64;
@@ -105,8 +104,10 @@ pub fn append(
     })
 }
 
-/// Writes a journal of `records` 64-byte records, then reads it back with checksums verified.
-pub fn verified_read(root: &Path, records: u64) -> Result<JournalOutcome> {
+/// Writes a journal of `records` 64-byte records in batches of 4096, then reads it back with
+/// checksums verified: a batch at a time (`JournalReader::next_batch`, the replay path) or a
+/// record at a time (`JournalReader::next`).
+pub fn verified_read(root: &Path, records: u64, by_batch: bool) -> Result<JournalOutcome> {
     let scratch = Scratch::new(root, "read")?;
     let options = JournalOptions::new().segment_size(segment_for(records, 96));
     let mut writer = JournalWriter::open(&scratch.0, options)?;
@@ -123,9 +124,18 @@ pub fn verified_read(root: &Path, records: u64) -> Result<JournalOutcome> {
     let mut reader = JournalReader::open(&scratch.0)?;
     let mut read = 0u64;
     let mut payload_bytes = 0u64;
-    while let Some(record) = reader.next()? {
-        read += 1;
-        payload_bytes += record.payload.len() as u64;
+    if by_batch {
+        while let Some(batch) = reader.next_batch()? {
+            for record in batch.iter() {
+                read += 1;
+                payload_bytes += record.payload.len() as u64;
+            }
+        }
+    } else {
+        while let Some(record) = reader.next()? {
+            read += 1;
+            payload_bytes += record.payload.len() as u64;
+        }
     }
     let elapsed = start.elapsed();
     ensure!(read == records && payload_bytes == records * 64, "read back every record");
@@ -154,7 +164,7 @@ pub fn roll(root: &Path, rolls: u64) -> Result<JournalOutcome> {
     let mut elapsed = Duration::ZERO;
     for sequence in 1..=records {
         if sequence % per_segment == per_segment / 2 {
-            wait_for_spare(&scratch.0);
+            wait_for_next_segment(&mut writer);
         }
         let start = Instant::now();
         writer.append(sequence, 1, 1, &bytes)?;
@@ -169,6 +179,8 @@ pub fn roll(root: &Path, rolls: u64) -> Result<JournalOutcome> {
         }
     }
     writer.commit()?;
+    // Dropping the writer waits for the background thread's last rename.
+    drop(writer);
     let segments = std::fs::read_dir(scratch.0.join("journal"))?
         .filter(|entry| {
             entry
@@ -240,4 +252,34 @@ pub fn pwrite_fdatasync_ceiling(root: &Path, batch: u64, records: u64) -> Result
         latency: None,
         roll_worst_ns: None,
     })
+}
+
+/// The ceiling of verifying checksums: CRC32C (the `crc32c` crate) over 4 M records of 96
+/// bytes in memory, one checksum per record or one per batch of 4096 records, with nothing
+/// else done. It is why the format checksums batches (`docs/journal-format.md`, section 3).
+pub fn checksum_ceiling(per_record: bool) -> JournalOutcome {
+    const RECORD: usize = 96;
+    const BATCH: usize = 4096;
+    let records = 4 << 20;
+    let bytes: Vec<u8> = (0..records * RECORD).map(|index| (index * 31) as u8).collect();
+    let start = Instant::now();
+    let mut folded = 0u32;
+    if per_record {
+        for record in bytes.chunks_exact(RECORD) {
+            folded ^= crc32c::crc32c(record);
+        }
+    } else {
+        for batch in bytes.chunks(RECORD * BATCH) {
+            folded ^= crc32c::crc32c(batch);
+        }
+    }
+    let elapsed = start.elapsed();
+    std::hint::black_box(folded);
+    JournalOutcome {
+        records: records as u64,
+        elapsed,
+        bytes_per_record: RECORD as u64,
+        latency: None,
+        roll_worst_ns: None,
+    }
 }

@@ -226,13 +226,25 @@ fn journal_cases(root: &std::path::Path, scale: u64) -> Vec<JournalCase> {
             Box::new(move || journal::pwrite_fdatasync_ceiling(&root, batch, records)),
         ));
     }
-    let read_root = root.clone();
-    cases.push((
-        "journal-read",
-        "keel",
-        "verified 64B".into(),
-        Box::new(move || journal::verified_read(&read_root, 4_000_000 / scale)),
-    ));
+    for (name, per_record) in
+        [("crc32c per record 96B", true), ("crc32c per batch 4096x96B", false)]
+    {
+        cases.push((
+            "journal-read",
+            "ceiling",
+            name.into(),
+            Box::new(move || Ok(journal::checksum_ceiling(per_record))),
+        ));
+    }
+    for (name, by_batch) in [("verified 64B by batch", true), ("verified 64B by record", false)] {
+        let read_root = root.clone();
+        cases.push((
+            "journal-read",
+            "keel",
+            name.into(),
+            Box::new(move || journal::verified_read(&read_root, 4_000_000 / scale, by_batch)),
+        ));
+    }
     cases.push((
         "journal-roll",
         "keel",
