@@ -244,9 +244,9 @@ const REQUEST_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 enum Request {
     /// The writer just continued in the spare, whose header it wrote: rename the spare to
     /// `segment` and make the rename durable (together some tens of microseconds, which the
-    /// writer does not wait for), unmap the previous segment (a large `munmap` can take
-    /// milliseconds) and allocate the next spare.
-    Rolled { retired: Option<WritableMap>, spare: PathBuf, segment: PathBuf },
+    /// writer does not wait for), close and unmap the previous segment (a large `munmap` can
+    /// take milliseconds) and allocate the next spare.
+    Rolled { retired: (File, Option<WritableMap>), spare: PathBuf, segment: PathBuf },
 }
 
 /// The background thread that keeps one spare segment ready for the writer.
@@ -359,10 +359,10 @@ impl Preparer {
     }
 
     /// Tells the thread a roll happened: it renames the spare, now in use, to `segment`, and
-    /// unmaps the previous segment's mapping. If the thread has exited, renames here.
+    /// closes and unmaps the previous segment. If the thread has exited, renames here.
     pub(crate) fn rolled(
         &mut self,
-        retired: Option<WritableMap>,
+        retired: (File, Option<WritableMap>),
         spare: PathBuf,
         segment: PathBuf,
     ) -> Result<(), JournalError> {

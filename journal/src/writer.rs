@@ -558,7 +558,7 @@ impl JournalWriter {
         // The rename runs on the preparer's thread: the writer goes on appending to the file
         // while it is still called `spare` (format document, section 1: `open` finishes such a
         // rename), and a reader finds the segment once it has its name.
-        self.preparer.rolled(retired.map, spare.path, path.to_owned())
+        self.preparer.rolled((retired.file, retired.map), spare.path, path.to_owned())
     }
 
     /// Deletes, or moves to `archive/`, every segment whose records all lie below `sequence`
