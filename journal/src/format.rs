@@ -146,12 +146,6 @@ pub enum FormatError {
     },
 }
 
-#[inline]
-#[allow(dead_code)]
-fn read_u16(bytes: &[u8], offset: usize) -> u16 {
-    u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
-}
-
 /// The little-endian `u32` at `offset`.
 #[inline]
 pub(crate) fn read_u32(bytes: &[u8], offset: usize) -> u32 {
@@ -316,7 +310,7 @@ pub fn encode_batch(
     records: &[(RecordFields, &[u8])],
 ) -> Result<usize, FormatError> {
     let structure = "batch";
-    let Some(((first, _), (last, _))) = records.first().zip(records.last()) else {
+    let Some((first, _)) = records.first() else {
         return Err(FormatError::InvalidField {
             structure,
             field: "records",
@@ -349,19 +343,16 @@ pub fn encode_batch(
         return Err(FormatError::BufferTooSmall { needed: size, available: buffer.len() });
     }
     let mut offset = 0;
-    let mut last_offset = 0;
+    let mut last = (0, 0);
     for (index, (fields, payload)) in records.iter().enumerate() {
         let flags = if index == 0 { FLAG_START_OF_BATCH } else { 0 };
         let padded = write_record(&mut buffer[offset..], fields, flags, payload);
         let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
         buffer[offset..offset + 4].copy_from_slice(&length.to_le_bytes());
-        last_offset = offset;
+        last = (offset, length);
         offset += padded;
     }
-    debug_assert_eq!(last.sequence, first.sequence + records.len() as u64 - 1);
-    let batch = &mut buffer[..size];
-    let length = read_u32(batch, last_offset);
-    seal_batch(batch, last_offset, length);
+    seal_batch(&mut buffer[..size], last.0, last.1);
     Ok(size)
 }
 

@@ -450,6 +450,22 @@ fn a_failed_sync_stops_the_writer() {
     assert!(check_journal(directory.path(), 1) >= acked);
 }
 
+/// Appends and commits one record at a time until the writer returns an error; returns the
+/// last acknowledged sequence and the error. Fails the test if no error comes within 30 s.
+fn commit_until_error(writer: &mut JournalWriter) -> (u64, JournalError) {
+    let mut acknowledged = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the fault was never reported");
+        let sequence = writer.next_sequence();
+        let appended = writer.append(timestamp(sequence), 1, 1, &payload(sequence));
+        match appended.and_then(|_| writer.commit()) {
+            Ok(durable) => acknowledged = durable,
+            Err(error) => return (acknowledged, error),
+        }
+    }
+}
+
 #[test]
 fn a_full_disk_when_allocating_the_next_segment_fails_the_roll_cleanly() {
     let directory = tempfile::tempdir().unwrap();
@@ -464,17 +480,7 @@ fn a_full_disk_when_allocating_the_next_segment_fails_the_roll_cleanly() {
         options_with(Durability::Fsync, Arc::new(storage.clone())),
     )
     .unwrap();
-    let mut acknowledged = 0;
-    let error = loop {
-        let sequence = writer.next_sequence();
-        match writer.append(timestamp(sequence), 1, 1, &payload(sequence)) {
-            Ok(_) => match writer.commit() {
-                Ok(durable) => acknowledged = durable,
-                Err(error) => break error,
-            },
-            Err(error) => break error,
-        }
-    };
+    let (acknowledged, error) = commit_until_error(&mut writer);
     assert!(acknowledged > 1000, "the first segment filled up first");
     match &error {
         JournalError::Io { path, source } => {
@@ -502,19 +508,9 @@ fn a_failed_rename_at_a_roll_stops_the_writer_and_open_finishes_it() {
     .unwrap();
     // Once the journal is open, only a roll renames a file to a segment's name.
     storage.inject_on(Operation::Rename, ".segment", 0, Fault::Fail { errno: EIO });
-    let mut acknowledged = 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let error = loop {
-        // The rename fails on the background thread; the next commit, or at the latest the
-        // next roll, reports it.
-        assert!(std::time::Instant::now() < deadline, "the failed rename was never reported");
-        let sequence = writer.next_sequence();
-        let appended = writer.append(timestamp(sequence), 1, 1, &payload(sequence));
-        match appended.and_then(|_| writer.commit()) {
-            Ok(durable) => acknowledged = durable,
-            Err(error) => break error,
-        }
-    };
+    // The rename fails on the background thread; the next commit, or at the latest the next
+    // roll, reports it.
+    let (acknowledged, error) = commit_until_error(&mut writer);
     match &error {
         JournalError::Io { path, source } => {
             assert_eq!(source.raw_os_error(), Some(EIO));
