@@ -887,6 +887,12 @@ impl SnapshotHeader {
                 rule: "must equal the bytes after the header",
             });
         }
-        verify(structure, self.payload_checksum, crc32c::crc32c(payload))
+        self.verify_payload_checksum(crc32c::crc32c(payload))
+    }
+
+    /// Checks the payload's CRC32C, `computed` by a caller that streamed it, against the
+    /// header's.
+    pub fn verify_payload_checksum(&self, computed: u32) -> Result<(), FormatError> {
+        verify("snapshot payload", self.payload_checksum, computed)
     }
 }

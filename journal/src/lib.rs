@@ -45,17 +45,22 @@ pub mod format;
 pub mod lock;
 mod mmap;
 mod reader;
+mod repair;
 mod retention;
 pub mod scan;
 pub mod segment;
 pub mod snapshot;
 pub mod storage;
+pub mod time;
+mod verify;
 mod writer;
 
 pub use error::JournalError;
 pub use lock::WriterLock;
 pub use reader::{JournalReader, Tailer};
+pub use repair::{Repair, RepairPlan, DROPPED_DIRECTORY};
 pub use snapshot::{LoadedSnapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
+pub use verify::{verify_journal, SegmentSummary, Verdict, Verification};
 pub use writer::{
     Durability, JournalOptions, JournalWriter, OpenReport, Retention, Truncation,
     DEFAULT_SEGMENT_SIZE,

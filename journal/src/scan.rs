@@ -44,6 +44,8 @@ pub struct SegmentScan {
     pub records: u64,
     /// The sequence of the last valid record (the segment's first sequence − 1 if none).
     pub last_sequence: u64,
+    /// The timestamp of the first valid record (0 if none).
+    pub first_timestamp_ns: u64,
     /// The timestamp of the last valid record (0 if none).
     pub last_timestamp_ns: u64,
     /// Where the next batch would start.
@@ -65,6 +67,7 @@ pub fn scan_segment(
 ) -> Result<SegmentScan, JournalError> {
     let mut position = SEGMENT_HEADER_SIZE;
     let mut expected = first_sequence;
+    let mut first_timestamp_ns = 0;
     let mut last_timestamp_ns = 0;
     let mut next_progress = PROGRESS_STEP;
     let damage = loop {
@@ -75,6 +78,9 @@ pub fn scan_segment(
         match check_batch(&bytes[position..]) {
             BatchCheck::Batch(batch) if batch.first_sequence == expected => {
                 // Row 1.
+                if expected == first_sequence {
+                    first_timestamp_ns = batch.iter().next().map_or(0, |first| first.timestamp_ns);
+                }
                 expected = batch.last_sequence + 1;
                 last_timestamp_ns = batch.last_timestamp_ns;
                 position += batch.size();
@@ -98,6 +104,7 @@ pub fn scan_segment(
     let scan = |end| SegmentScan {
         records: expected - first_sequence,
         last_sequence: expected - 1,
+        first_timestamp_ns,
         last_timestamp_ns,
         end_offset: position as u64,
         end,
@@ -189,7 +196,7 @@ fn sequences_named(bytes: &[u8], expected: u64) -> Option<RangeInclusive<u64>> {
 }
 
 /// The offset of the last non-zero byte at or after `from`, if any.
-fn last_non_zero(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn last_non_zero(bytes: &[u8], from: usize) -> Option<usize> {
     // Compare eight bytes at a time: a 256 MiB segment's zero tail is scanned at every open.
     let tail = &bytes[from..];
     let (chunks, remainder) = tail.as_chunks::<8>();

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::JournalError;
-use crate::format::{SegmentHeader, SEGMENT_HEADER_USED};
-use crate::mmap::WritableMap;
+use crate::format::{
+    check_batch, BatchCheck, SegmentHeader, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
+};
+use crate::mmap::{ReadableMap, WritableMap};
 use crate::storage::Storage;
 
 /// The journal's subdirectory of segment files.
@@ -145,6 +147,107 @@ pub(crate) fn read_header(
         }
     }
     Ok(header)
+}
+
+/// What a `spare` file is, read without changing anything (format document, section 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SpareState {
+    /// There is no `spare`.
+    Absent,
+    /// Its header is zero: a spare never used.
+    Unused,
+    /// It holds a valid header: a rolled segment whose rename to `target` had not reached the
+    /// disk before a crash (or, with a live writer, has not happened yet).
+    Rolled {
+        /// The name it is to have.
+        target: PathBuf,
+        /// The sequence of its first record.
+        first_sequence: u64,
+    },
+    /// Its header is damaged and no record follows: a roll cut before its first commit.
+    TornRoll,
+}
+
+/// What a roll torn before its first commit returned is, in words.
+pub(crate) const TORN_ROLL: &str =
+    "a segment header torn by a crash during a roll, with no record after it";
+
+/// Reads the `spare` of `journal_directory` and says what it is. A valid header naming a
+/// segment that exists, or a damaged header in front of a valid batch, is corruption.
+pub(crate) fn classify_spare(journal_directory: &Path) -> Result<SpareState, JournalError> {
+    let path = journal_directory.join(SPARE_NAME);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(SpareState::Absent),
+        Err(error) => return Err(JournalError::io(&path)(error)),
+    };
+    let map = ReadableMap::new(&file).map_err(JournalError::io(&path))?;
+    let bytes = map.bytes();
+    let header_bytes = &bytes[..SEGMENT_HEADER_USED.min(bytes.len())];
+    if header_bytes.iter().all(|&byte| byte == 0) {
+        return Ok(SpareState::Unused);
+    }
+    match SegmentHeader::decode(header_bytes) {
+        Ok(header) if header.segment_size == bytes.len() as u64 => {
+            let target = journal_directory.join(segment_file_name(header.first_sequence));
+            if target.exists() {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: 0,
+                    expected: header.first_sequence,
+                    found: None,
+                    detail: format!(
+                        "the spare holds the header of a segment that exists as {}",
+                        target.display()
+                    ),
+                });
+            }
+            Ok(SpareState::Rolled { target, first_sequence: header.first_sequence })
+        }
+        _ => {
+            check_torn_roll(&path, bytes)?;
+            Ok(SpareState::TornRoll)
+        }
+    }
+}
+
+/// Checks that the segment `bytes` at `path`, whose header is damaged, holds no record: then
+/// it is a roll that a crash cut before the first commit into it returned (the header is
+/// synced with the first batch, so nothing in it was acknowledged). A valid batch after the
+/// damaged header is corruption (row 9).
+pub(crate) fn check_torn_roll(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let first_batch = bytes.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
+    if let BatchCheck::Batch(batch) = check_batch(first_batch) {
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            expected: batch.first_sequence,
+            found: None,
+            detail: "the segment header is damaged but a valid batch follows it".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Row 10: `segment` does not start right after `previous`, whose last record is
+/// `previous_last`.
+pub(crate) fn missing_segment(
+    previous: &Path,
+    previous_last: u64,
+    segment: &SegmentFile,
+) -> JournalError {
+    JournalError::Corrupt {
+        path: segment.path.clone(),
+        offset: 0,
+        expected: previous_last + 1,
+        found: Some(segment.first_sequence),
+        detail: format!(
+            "{} ends at sequence {previous_last}, but this segment starts at {}: a segment is \
+             missing or extra",
+            previous.display(),
+            segment.first_sequence
+        ),
+    }
 }
 
 /// `bytes` as lowercase hexadecimal.

@@ -225,19 +225,7 @@ impl SnapshotStore {
 pub fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), JournalError> {
     let mut bytes = std::fs::read(path).map_err(JournalError::io(path))?;
     let header = SnapshotHeader::decode(&bytes).map_err(JournalError::format(path, 0))?;
-    let expected = SNAPSHOT_HEADER_SIZE as u64 + header.payload_length;
-    if bytes.len() as u64 != expected {
-        return Err(JournalError::Format {
-            path: path.to_owned(),
-            offset: 0,
-            source: FormatError::InvalidField {
-                structure: "snapshot header",
-                field: "payload_length",
-                value: header.payload_length,
-                rule: "64 + payload_length must be the file's length",
-            },
-        });
-    }
+    check_snapshot_length(path, &header, bytes.len() as u64)?;
     header
         .verify_payload(&bytes[SNAPSHOT_HEADER_SIZE..])
         .map_err(JournalError::format(path, SNAPSHOT_HEADER_SIZE as u64))?;
@@ -245,12 +233,57 @@ pub fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), JournalEr
     Ok((header, bytes))
 }
 
-/// Reads and checks only a snapshot's header (for `keel snapshot inspect` on a large file).
+/// Reads and checks only a snapshot's header.
 pub fn read_snapshot_header(path: &Path) -> Result<SnapshotHeader, JournalError> {
     let file = File::open(path).map_err(JournalError::io(path))?;
     let mut bytes = [0u8; SNAPSHOT_HEADER_SIZE];
     file.read_exact_at(&mut bytes, 0).map_err(JournalError::io(path))?;
     SnapshotHeader::decode(&bytes).map_err(JournalError::format(path, 0))
+}
+
+/// Checks a snapshot file as loading does (header, length, payload checksum) without holding
+/// its payload in memory: it is read a chunk at a time, for `keel snapshot inspect` on a large
+/// file. Returns the header.
+pub fn check_snapshot(path: &Path) -> Result<SnapshotHeader, JournalError> {
+    const CHUNK: usize = 1 << 20;
+    let header = read_snapshot_header(path)?;
+    let file = File::open(path).map_err(JournalError::io(path))?;
+    let length = file.metadata().map_err(JournalError::io(path))?.len();
+    check_snapshot_length(path, &header, length)?;
+    let mut buffer = vec![0u8; CHUNK];
+    let mut checksum = 0;
+    let mut offset = SNAPSHOT_HEADER_SIZE as u64;
+    while offset < length {
+        let chunk = &mut buffer[..(length - offset).min(CHUNK as u64) as usize];
+        file.read_exact_at(chunk, offset).map_err(JournalError::io(path))?;
+        checksum = crc32c::crc32c_append(checksum, chunk);
+        offset += chunk.len() as u64;
+    }
+    header
+        .verify_payload_checksum(checksum)
+        .map_err(JournalError::format(path, SNAPSHOT_HEADER_SIZE as u64))?;
+    Ok(header)
+}
+
+/// Checks that a snapshot file of `length` bytes is as long as its `header` says.
+fn check_snapshot_length(
+    path: &Path,
+    header: &SnapshotHeader,
+    length: u64,
+) -> Result<(), JournalError> {
+    if length == SNAPSHOT_HEADER_SIZE as u64 + header.payload_length {
+        return Ok(());
+    }
+    Err(JournalError::Format {
+        path: path.to_owned(),
+        offset: 0,
+        source: FormatError::InvalidField {
+            structure: "snapshot header",
+            field: "payload_length",
+            value: header.payload_length,
+            rule: "64 + payload_length must be the file's length",
+        },
+    })
 }
 
 /// Writes the payload through the storage layer at increasing offsets, computing its CRC32C.

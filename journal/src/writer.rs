@@ -9,17 +9,18 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{
-    check_batch, record_size_padded, seal_batch, validate_record, validate_segment_size,
-    write_record, BatchCheck, RecordFields, SegmentHeader, FLAG_START_OF_BATCH,
-    GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
+    record_size_padded, seal_batch, validate_record, validate_segment_size, write_record,
+    RecordFields, SegmentHeader, FLAG_START_OF_BATCH, GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
 };
 use crate::lock::WriterLock;
 use crate::mmap::{ReadableMap, WritableMap};
 use crate::scan::{scan_segment, SegmentEnd, SegmentScan};
 use crate::segment::{
-    create_directory, list_segments, open_read_write, parse_segment_file_name, prepare_spare,
-    read_header, remove_if_present, segment_file_name, Preparer, SegmentFile, Spare,
-    JOURNAL_DIRECTORY, SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME,
+    check_torn_roll, classify_spare, create_directory, list_segments, missing_segment,
+    open_read_write, parse_segment_file_name, prepare_spare, read_header, remove_if_present,
+    segment_file_name, Preparer, SegmentFile, Spare, SpareState, JOURNAL_DIRECTORY,
+    SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME, TORN_ROLL,
 };
 use crate::storage::{write_zeros, FileStorage, Storage};
 
@@ -621,86 +622,46 @@ struct Recovered {
     last_timestamp_ns: u64,
 }
 
-/// Deals with the spare files a crash can leave behind (format document, section 1): the
-/// temporary one is removed; a `spare` with a zero header is a spare never used, removed (a
-/// new one is prepared); a `spare` with a valid header is a rolled segment whose rename had
-/// not reached the disk, renamed now; a `spare` whose header is damaged and that holds no
-/// record is a roll torn before anything in it was synced, removed. A damaged header in front
-/// of a valid record is corruption.
-fn recover_spare(
+/// Deals with the spare files a crash can leave behind (format document, section 1), as
+/// [`classify_spare`] reads them: the temporary one is removed; an unused spare is removed (a
+/// new one is prepared); a rolled segment whose rename had not reached the disk is renamed
+/// now; a roll torn before anything in it was synced is removed.
+pub(crate) fn recover_spare(
     storage: &dyn Storage,
     journal_directory: &Path,
     report: &mut OpenReport,
 ) -> Result<(), JournalError> {
     remove_if_present(&journal_directory.join(SPARE_TEMPORARY_NAME))?;
     let path = journal_directory.join(SPARE_NAME);
-    if !path.exists() {
-        return Ok(());
-    }
-    let file = File::open(&path).map_err(JournalError::io(&path))?;
-    let map = ReadableMap::new(&file).map_err(JournalError::io(&path))?;
-    let bytes = map.bytes();
-    let header_bytes = &bytes[..SEGMENT_HEADER_USED.min(bytes.len())];
-    if header_bytes.iter().all(|&byte| byte == 0) {
-        remove_if_present(&path)?;
-        report.removed.push((path, "a spare segment never used".into()));
-        return Ok(());
-    }
-    match SegmentHeader::decode(header_bytes) {
-        Ok(header) if header.segment_size == bytes.len() as u64 => {
-            let target = journal_directory.join(segment_file_name(header.first_sequence));
-            if target.exists() {
-                return Err(JournalError::Corrupt {
-                    path,
-                    offset: 0,
-                    expected: header.first_sequence,
-                    found: None,
-                    detail: format!(
-                        "the spare holds the header of a segment that exists as {}",
-                        target.display()
-                    ),
-                });
-            }
+    match classify_spare(journal_directory)? {
+        SpareState::Absent => {}
+        SpareState::Unused => {
+            remove_if_present(&path)?;
+            report.removed.push((path, "a spare segment never used".into()));
+        }
+        SpareState::Rolled { target, .. } => {
             storage.rename(&path, &target).map_err(JournalError::io(&path))?;
             storage
                 .sync_directory(journal_directory)
                 .map_err(JournalError::io(journal_directory))?;
             report.renamed = Some((path, target));
-            Ok(())
         }
-        _ => remove_torn_roll(&path, bytes, report),
+        SpareState::TornRoll => remove_torn_roll(&path, report)?,
     }
-}
-
-/// Removes a segment file whose header is damaged, provided no record follows it: a roll
-/// that a crash cut before the first commit into the segment returned. Otherwise the damaged
-/// header is corruption (row 9).
-fn remove_torn_roll(
-    path: &Path,
-    bytes: &[u8],
-    report: &mut OpenReport,
-) -> Result<(), JournalError> {
-    let first_batch = bytes.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
-    if let BatchCheck::Batch(batch) = check_batch(first_batch) {
-        return Err(JournalError::Corrupt {
-            path: path.to_owned(),
-            offset: 0,
-            expected: batch.first_sequence,
-            found: None,
-            detail: "the segment header is damaged but a valid batch follows it".into(),
-        });
-    }
-    remove_if_present(path)?;
-    // The removal need not be durable: were it lost, the next open would remove it again.
-    report.removed.push((
-        path.to_owned(),
-        "a segment header torn by a crash during a roll, with no record after it".into(),
-    ));
     Ok(())
 }
 
-/// Applies [`remove_torn_roll`] to the last segment when its header does not validate.
-fn remove_torn_last_segment(
+/// Removes a segment file whose header a crash tore during a roll, with no record after it
+/// ([`check_torn_roll`] said so).
+fn remove_torn_roll(path: &Path, report: &mut OpenReport) -> Result<(), JournalError> {
+    remove_if_present(path)?;
+    // The removal need not be durable: were it lost, the next open would remove it again.
+    report.removed.push((path.to_owned(), TORN_ROLL.into()));
+    Ok(())
+}
+
+/// Removes the last segment when its header does not validate and no record follows it.
+pub(crate) fn remove_torn_last_segment(
     segments: &mut Vec<SegmentFile>,
     report: &mut OpenReport,
 ) -> Result<(), JournalError> {
@@ -710,8 +671,9 @@ fn remove_torn_last_segment(
         return Ok(());
     }
     let map = ReadableMap::new(&file).map_err(JournalError::io(&last.path))?;
+    check_torn_roll(&last.path, map.bytes())?;
     let path = last.path.clone();
-    remove_torn_roll(&path, map.bytes(), report)?;
+    remove_torn_roll(&path, report)?;
     segments.pop();
     Ok(())
 }
@@ -767,19 +729,7 @@ fn recover_tail(
         let previous = &segments[segments.len() - 2];
         let previous_scan = scan_file(previous, false)?;
         if previous_scan.last_sequence + 1 != last.first_sequence {
-            return Err(JournalError::Corrupt {
-                path: last.path.clone(),
-                offset: 0,
-                expected: previous_scan.last_sequence + 1,
-                found: Some(last.first_sequence),
-                detail: format!(
-                    "{} ends at sequence {}, but the next segment starts at {}: a segment is \
-                     missing or extra",
-                    previous.path.display(),
-                    previous_scan.last_sequence,
-                    last.first_sequence
-                ),
-            });
+            return Err(missing_segment(&previous.path, previous_scan.last_sequence, last));
         }
         (previous_scan.last_sequence, previous_scan.last_timestamp_ns)
     } else {

@@ -14,7 +14,7 @@ use keel_journal::format::{
 };
 use keel_journal::scan::{scan_segment, SegmentEnd};
 use keel_journal::storage::{Fault, FaultyStorage, Operation, PageFate};
-use keel_journal::{Durability, JournalError, JournalReader, JournalWriter};
+use keel_journal::{verify_journal, Durability, JournalError, JournalReader, JournalWriter};
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -71,6 +71,13 @@ fn first_read_error(directory: &Path) -> JournalError {
     }
 }
 
+/// Checks that `keel journal verify`'s reading of the journal (`verify_journal`) gives the
+/// verdict the decision table names, before `open` changes anything.
+fn assert_verdict(directory: &Path, expected: &str) {
+    let verification = verify_journal(directory, &mut |_, _| {}).unwrap();
+    assert_eq!(verification.verdict.label(), expected, "{:?}", verification.verdict);
+}
+
 fn last_segment(directory: &Path) -> PathBuf {
     segment_paths(directory).pop().unwrap()
 }
@@ -78,6 +85,7 @@ fn last_segment(directory: &Path) -> PathBuf {
 #[test]
 fn row_2_a_clean_end_opens_without_a_report() {
     let (directory, last) = journal(5, 10);
+    assert_verdict(directory.path(), "valid");
     let writer = open(directory.path()).unwrap();
     let report = writer.open_report();
     assert_eq!((report.last_sequence, report.truncated.clone()), (last, None));
@@ -91,6 +99,7 @@ fn row_3_zeros_then_garbage_is_a_torn_tail_truncated() {
     let end = records_of(&segment).last().map(|record| record.offset + record.length).unwrap();
     let end = end.next_multiple_of(8);
     write_at(&segment, end + 100, b"torn bytes of a write cut short");
+    assert_verdict(directory.path(), "torn tail");
     let writer = open(directory.path()).unwrap();
     let truncation = writer.open_report().truncated.clone().expect("a truncation");
     assert_eq!(truncation.segment, segment);
@@ -100,6 +109,7 @@ fn row_3_zeros_then_garbage_is_a_torn_tail_truncated() {
     assert_eq!(writer.open_report().last_sequence, last);
     drop(writer);
     // The truncation is durable: the next open finds a clean end.
+    assert_verdict(directory.path(), "valid");
     let writer = open(directory.path()).unwrap();
     assert_eq!(writer.open_report().truncated, None);
 }
@@ -113,6 +123,7 @@ fn row_4_a_damaged_last_batch_is_a_torn_tail_truncated_whole() {
     // One bit of the last record's payload: the batch's checksum fails, so none of its ten
     // records is trusted.
     flip_bit(&segment, records.last().unwrap().offset + 40, 3);
+    assert_verdict(directory.path(), "torn tail");
     let writer = open(directory.path()).unwrap();
     let truncation = writer.open_report().truncated.clone().expect("a truncation");
     assert_eq!(truncation.offset, batch_start.offset);
@@ -132,6 +143,7 @@ fn row_5_an_unfinished_last_batch_is_dropped_and_named() {
     let lost = records[records.len() - 3];
     let end = records.last().map(|record| record.offset + record.length).unwrap();
     write_at(&segment, lost.offset, &vec![0u8; (end - lost.offset) as usize]);
+    assert_verdict(directory.path(), "torn tail");
     let writer = open(directory.path()).unwrap();
     let truncation = writer.open_report().truncated.clone().expect("a truncation");
     assert_eq!(truncation.offset, records[records.len() - 10].offset);
@@ -148,6 +160,7 @@ fn row_6_damage_followed_by_a_later_batch_is_corruption() {
     // A record of the third batch; the fourth and fifth batches follow it.
     let batch_start = records[20];
     flip_bit(&segment, records[24].offset + 33, 7);
+    assert_verdict(directory.path(), "corruption");
     let error = open(directory.path()).unwrap_err();
     match &error {
         JournalError::Corrupt { path, offset, expected, found: None, .. } => {
@@ -205,6 +218,7 @@ fn row_7_a_valid_record_out_of_sequence_is_corruption() {
         RecordFields { sequence: last + 2, timestamp_ns: timestamp(last + 2), kind: 1, version: 1 };
     let size = encode_record(&mut record, &fields, b"skips one").unwrap();
     write_at(&segment, end, &record[..size]);
+    assert_verdict(directory.path(), "corruption");
     match open(directory.path()).unwrap_err() {
         JournalError::Corrupt { offset, expected, found, .. } => {
             assert_eq!((offset, expected, found), (end, last + 1, Some(last + 2)));
@@ -229,6 +243,7 @@ fn row_8_damage_in_a_segment_that_is_not_the_last_is_corruption_to_a_reader() {
     let batch_start = *records.iter().find(|record| (record.sequence - 1) % 157 == 0).unwrap();
     let victim = records.iter().position(|record| record.sequence == batch_start.sequence + 100);
     flip_bit(&segments[1], records[victim.unwrap()].offset + 50, 1);
+    assert_verdict(directory.path(), "corruption");
     let error = first_read_error(directory.path());
     match error {
         JournalError::Corrupt { path, offset, expected, .. } => {
@@ -258,6 +273,7 @@ fn row_8_the_segment_before_an_empty_last_one_is_checked_by_open() {
     let mut bytes = vec![0u8; header.segment_size as usize];
     bytes[..64].copy_from_slice(&SegmentHeader { first_sequence: last + 1, ..header }.encode());
     std::fs::write(&empty, &bytes).unwrap();
+    assert_verdict(directory.path(), "valid");
     let writer = open(directory.path()).unwrap();
     assert_eq!(writer.open_report().last_sequence, last, "row 11: a clean end");
     assert_eq!(writer.next_sequence(), last + 1);
@@ -267,6 +283,7 @@ fn row_8_the_segment_before_an_empty_last_one_is_checked_by_open() {
     let batch_start =
         *records.iter().rev().find(|record| (record.sequence - 1) % 157 == 0).unwrap();
     flip_bit(last_path, records.last().unwrap().offset + 40, 2);
+    assert_verdict(directory.path(), "corruption");
     match open(directory.path()).unwrap_err() {
         JournalError::Corrupt { path, offset, .. } => {
             assert_eq!((&path, offset), (last_path, batch_start.offset));
@@ -279,6 +296,7 @@ fn row_8_the_segment_before_an_empty_last_one_is_checked_by_open() {
 fn row_9_a_damaged_segment_header_is_named() {
     let (directory, _, segments) = multi_segment_journal();
     flip_bit(&segments[1], 20, 4);
+    assert_verdict(directory.path(), "corruption");
     match open(directory.path()).unwrap_err() {
         JournalError::Format { path, offset: 0, source } => {
             assert_eq!(path, segments[1]);
@@ -289,6 +307,7 @@ fn row_9_a_damaged_segment_header_is_named() {
     // The last segment's header damaged while records follow it: corruption, not a torn roll.
     let (directory, _, segments) = multi_segment_journal();
     flip_bit(segments.last().unwrap(), 20, 4);
+    assert_verdict(directory.path(), "corruption");
     assert!(matches!(open(directory.path()).unwrap_err(), JournalError::Corrupt { .. }));
 }
 
@@ -296,6 +315,7 @@ fn row_9_a_damaged_segment_header_is_named() {
 fn row_10_a_missing_segment_is_corruption_to_a_reader() {
     let (directory, _, segments) = multi_segment_journal();
     std::fs::remove_file(&segments[2]).unwrap();
+    assert_verdict(directory.path(), "corruption");
     let error = first_read_error(directory.path());
     match error {
         JournalError::Corrupt { path, found, .. } => {
@@ -313,6 +333,7 @@ fn a_torn_roll_and_an_unrenamed_segment_are_recovered() {
     let last_path = segments.last().unwrap().clone();
     // The last segment's rename had not reached the disk: it is still called `spare`.
     std::fs::rename(&last_path, journal_directory.join("spare")).unwrap();
+    assert_verdict(directory.path(), "valid");
     let writer = open(directory.path()).unwrap();
     let report = writer.open_report().clone();
     assert_eq!(report.renamed, Some((journal_directory.join("spare"), last_path.clone())));
@@ -324,6 +345,7 @@ fn a_torn_roll_and_an_unrenamed_segment_are_recovered() {
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..40].copy_from_slice(&[0xA5; 40]);
     std::fs::write(&torn, &bytes).unwrap();
+    assert_verdict(directory.path(), "torn tail");
     let writer = open(directory.path()).unwrap();
     let report = writer.open_report().clone();
     assert!(report.removed.iter().any(|(path, _)| path == &torn), "{report}");
@@ -364,6 +386,8 @@ fn the_last_write_torn_at_every_byte_offset_loses_no_acknowledged_record() {
         assert!(matches!(refused, JournalError::Failed { .. }), "{refused}");
         drop(writer);
 
+        let verdict = verify_journal(directory.path(), &mut |_, _| {}).unwrap().verdict;
+        assert_ne!(verdict.label(), "corruption", "kept {kept}: {verdict:?}");
         let writer = open(directory.path()).unwrap();
         // The batch is kept whole when every byte of it was written (the last record's
         // padding is zeros either way), else dropped whole.
@@ -402,6 +426,8 @@ fn a_power_loss_during_a_batch_loses_no_acknowledged_record() {
             })
             .unwrap();
         assert!(loss.pages_kept + loss.pages_reverted + loss.pages_cut > 0);
+        let verdict = verify_journal(directory.path(), &mut |_, _| {}).unwrap().verdict;
+        assert_ne!(verdict.label(), "corruption", "seed {seed}: {verdict:?}");
         let writer = open(directory.path()).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
         let last = writer.open_report().last_sequence;
         // The unacknowledged batch is all there or not at all: never a part of it.
