@@ -695,8 +695,10 @@ pub fn check_batch_with(bytes: &[u8], length_at: impl Fn(usize) -> u32) -> Batch
             return invalid(offset, InvalidRecord::Unfinished { records });
         }
         let length_usize = length as usize;
+        // The padding must fit too: a segment's length is a multiple of 8, so this only
+        // refuses slices cut at an odd place, whose walk would otherwise step past their end.
         if !(RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length_usize)
-            || length_usize > remaining
+            || padded(length_usize) > remaining
         {
             return invalid(offset, InvalidRecord::LengthOutOfBounds { length, remaining });
         }

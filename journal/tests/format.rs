@@ -201,6 +201,19 @@ fn zeros_are_the_end_and_short_garbage_is_not() {
         ),
         "a record cut short by the end of the segment"
     );
+    // A slice that ends inside the padding of a record that is not the last of its batch
+    // (found by the `scan` fuzz target: the walk stepped past the slice's end and read out of
+    // bounds). The first record is 32 + 13 = 45 bytes, padded to 48.
+    let mut buffer = vec![0u8; 256];
+    let records = [(fields(1), &[1u8; 13][..]), (fields(2), &[2u8; 5][..])];
+    encode_batch(&mut buffer, &records).unwrap();
+    assert_eq!(
+        check_batch(&buffer[..46]),
+        BatchCheck::Invalid(InvalidBatch {
+            offset: 0,
+            reason: InvalidRecord::LengthOutOfBounds { length: 45, remaining: 46 }
+        })
+    );
 }
 
 #[test]
