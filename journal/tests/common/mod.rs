@@ -52,7 +52,17 @@ pub fn append_batches(writer: &mut JournalWriter, batches: usize, batch: usize) 
 /// Reads the whole journal and checks every record: sequences from `first`, gap-free, with
 /// their exact payload and timestamp. Returns the last sequence.
 pub fn check_journal(directory: &Path, first: u64) -> u64 {
-    let mut reader = JournalReader::open(directory).expect("open reader");
+    check_records(JournalReader::open(directory).expect("open reader"), first)
+}
+
+/// Reads the journal from sequence `from` (which may be the next to be written) to its end and
+/// checks every record as [`check_journal`] does. Returns the last sequence (`from - 1` if
+/// there is none from `from`).
+pub fn check_journal_from(directory: &Path, from: u64) -> u64 {
+    check_records(JournalReader::open_at(directory, from).expect("open reader"), from)
+}
+
+fn check_records(mut reader: JournalReader, first: u64) -> u64 {
     let mut expected = first;
     while let Some(record) = reader.next().expect("read") {
         assert_eq!(record.sequence, expected);
