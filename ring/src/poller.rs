@@ -57,6 +57,40 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
         Batch { poller: self, first, last }
     }
 
+    /// Waits like [`wait`](Self::wait), but also returns `Ok(None)` as soon as `wake()` returns
+    /// true: the owner's way to do other work (a snapshot on request, say) while no event
+    /// comes. `wake` is called between checks of the ring; a waiter asleep in the
+    /// [`Blocking`](crate::Blocking) strategy calls it again only once woken, by an event or
+    /// by [`RingControl::wake_all`].
+    pub fn wait_or(
+        &mut self,
+        limit: usize,
+        mut wake: impl FnMut() -> bool,
+    ) -> Result<Option<Batch<'_, E, S, W>>, Interrupt> {
+        assert!(limit > 0, "a poll limit of zero would never make progress");
+        let next = self.next;
+        let mut woken = false;
+        let barrier = &self.barrier;
+        let waited = barrier.shared.wait.wait_for(
+            next,
+            || barrier.available(next),
+            || {
+                let interrupt = barrier.shared.consumer_interrupt(next);
+                if interrupt.is_none() && wake() {
+                    woken = true;
+                    // Ends the wait; told apart from a real interrupt by `woken`.
+                    return Some(Interrupt::Halted);
+                }
+                interrupt
+            },
+        );
+        match waited {
+            Ok(available) => Ok(Some(self.batch(available, limit))),
+            Err(_) if woken => Ok(None),
+            Err(interrupt) => Err(interrupt),
+        }
+    }
+
     /// Calls `handler(event, sequence, end_of_batch)` for each event available now (at most
     /// `limit`), then releases them. Returns how many it handled.
     pub fn poll_each(

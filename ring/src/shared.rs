@@ -124,6 +124,7 @@ pub struct RingControl {
 
 pub(crate) trait ControlTarget: Send + Sync {
     fn halt(&self);
+    fn wake_all(&self);
     fn is_halted(&self) -> bool;
     fn is_closed(&self) -> bool;
     fn cursor(&self) -> u64;
@@ -138,6 +139,9 @@ where
 {
     fn halt(&self) {
         Shared::halt(self);
+    }
+    fn wake_all(&self) {
+        self.wait.signal_all();
     }
     fn is_halted(&self) -> bool {
         Shared::is_halted(self)
@@ -172,6 +176,12 @@ impl RingControl {
     /// [`RingError::Halted`]: crate::RingError::Halted
     pub fn halt(&self) {
         self.target.halt();
+    }
+
+    /// Wakes every thread waiting on the ring, so that it checks again what it waits for:
+    /// a poller in [`EventPoller::wait_or`](crate::EventPoller::wait_or) calls its `wake`.
+    pub fn wake_all(&self) {
+        self.target.wake_all();
     }
 
     /// Whether the ring was halted.

@@ -131,6 +131,42 @@ fn closing_drains_then_stops_every_poller() {
     assert!(!control.is_halted(), "dropping drained pollers of a closed ring is no failure");
 }
 
+fn a_waiting_poller_is_woken_by_request<W: WaitStrategy>(wait: W) {
+    within(LIMIT, move || {
+        let mut builder = RingBuilder::multi_producer(8, || 0u64, wait).unwrap();
+        let (_, mut poller) = builder.poller(&[]).unwrap();
+        let producer = builder.build().unwrap();
+        let control = poller.control();
+        let requested = Arc::new(AtomicBool::new(false));
+        let waker = {
+            let requested = Arc::clone(&requested);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                requested.store(true, Ordering::Release);
+                control.wake_all();
+            })
+        };
+        // Nothing is published: only the request ends the wait.
+        assert!(poller.wait_or(8, || requested.load(Ordering::Acquire)).unwrap().is_none());
+        waker.join().unwrap();
+        // An event ends it too, with the event, whatever `wake` says afterwards.
+        producer.publish(|slot, sequence| *slot = sequence * 10).unwrap();
+        let batch = poller.wait_or(8, || false).unwrap().expect("the event");
+        assert_eq!((batch.first_sequence(), *batch.get(1)), (1, 10));
+        drop(batch);
+        drop(producer);
+        assert!(matches!(poller.wait_or(8, || false), Err(Interrupt::Closed)));
+    });
+}
+
+#[test]
+fn wait_or_returns_when_woken_for_every_strategy() {
+    a_waiting_poller_is_woken_by_request(Blocking::new());
+    a_waiting_poller_is_woken_by_request(Yielding::default());
+    a_waiting_poller_is_woken_by_request(Sleeping::default());
+    a_waiting_poller_is_woken_by_request(BusySpin);
+}
+
 #[test]
 fn dropping_a_poller_that_still_holds_work_halts_the_ring() {
     let mut builder = RingBuilder::single_producer(2, || 0u64, BusySpin).unwrap();
