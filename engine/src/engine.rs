@@ -1,0 +1,869 @@
+//! The engine: its builder, its handle, and the thread that journals and applies.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use keel_journal::{
+    Durability as JournalDurability, JournalOptions, JournalWriter, OpenReport, Repair, RepairPlan,
+    SnapshotMeta, SnapshotStore,
+};
+use keel_ring::{
+    EventPoller, Interrupt, MultiProducerSequencer, ProcessorHandle, RingBuilder, RingControl,
+    RingError, SingleProducer,
+};
+use parking_lot::Mutex;
+
+use crate::codec::{Bincode, Codec};
+use crate::config::{AnyWait, Durability, SnapshotPolicy, Topology, Wait};
+use crate::error::{EngineError, Halt};
+use crate::machine::{Context, Output, StateMachine};
+use crate::publisher::{InputSlot, Publisher};
+use crate::recovery::{
+    apply_guarded, load_snapshot, panic_message, replay, Skipped, Start, KIND_COMMAND,
+};
+use crate::stats::{Counters, Stats};
+
+/// An event as a subscriber sees it.
+#[derive(Debug)]
+pub struct Delivery<'a, E> {
+    /// The sequence of the command that emitted it.
+    pub sequence: u64,
+    /// The event; `None` on the marker that ends a command which emitted no event.
+    pub event: Option<&'a E>,
+    /// Whether this is the last delivery for its command.
+    pub last: bool,
+}
+
+/// An output ring slot.
+#[derive(Debug)]
+pub(crate) struct OutputSlot<E> {
+    sequence: u64,
+    event: Option<E>,
+    last: bool,
+}
+
+impl<E> Default for OutputSlot<E> {
+    fn default() -> Self {
+        Self { sequence: 0, event: None, last: false }
+    }
+}
+
+type Subscriber<E> = Box<dyn FnMut(Delivery<'_, E>) + Send>;
+type DeliverFn<E> = Box<dyn FnMut(&OutputSlot<E>, u64, bool) + Send>;
+type ReplaySink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
+
+/// What recovery found and did when the engine opened.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// What opening the journal did (a torn tail truncated, a spare renamed); `None` in the
+    /// `Memory` tier.
+    pub journal: Option<OpenReport>,
+    /// The truncation that `stop_before` asked for, if it cut anything.
+    pub stopped_before: Option<RepairPlan>,
+    /// The snapshot loaded, with its sequence.
+    pub snapshot: Option<(PathBuf, u64)>,
+    /// Newer snapshots passed over, each with the reason.
+    pub skipped_snapshots: Vec<Skipped>,
+    /// Commands replayed after the snapshot.
+    pub replayed: u64,
+    /// Seconds the replay took.
+    pub replay_seconds: f64,
+    /// The last sequence the engine holds: new commands continue after it.
+    pub last_sequence: u64,
+    /// The state's hash after recovery.
+    pub state_hash: u64,
+}
+
+/// What the engine thread and the handles share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The first failure: the engine stopped.
+    halt: Mutex<Option<Halt>>,
+    pub(crate) counters: Counters,
+    snapshot_requested: AtomicBool,
+}
+
+impl Shared {
+    /// Records the first failure; later ones are consequences.
+    fn stop(&self, halt: Halt) {
+        let mut first = self.halt.lock();
+        if first.is_none() {
+            *first = Some(halt);
+        }
+    }
+
+    fn halted(&self) -> Option<Halt> {
+        self.halt.lock().clone()
+    }
+
+    /// The engine's error for a ring's.
+    pub(crate) fn ring_error(&self, error: RingError) -> EngineError {
+        match error {
+            RingError::Full => EngineError::Full,
+            RingError::Halted => match self.halted() {
+                Some(halt) => EngineError::Halted(halt),
+                None => EngineError::Closed,
+            },
+            RingError::InvalidBatch { size, capacity } => EngineError::Configuration(format!(
+                "a batch of {size} commands does not fit a ring of {capacity}"
+            )),
+            other => EngineError::Configuration(other.to_string()),
+        }
+    }
+}
+
+/// Configures and opens an [`Engine`].
+pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
+    directory: PathBuf,
+    codec: C,
+    durability: Durability,
+    topology: Topology,
+    wait: Wait,
+    ring_capacity: usize,
+    output_capacity: usize,
+    segment_size: u64,
+    snapshots: SnapshotPolicy,
+    stop_before: Option<u64>,
+    subscribers: Vec<(String, Subscriber<M::Event>)>,
+    replay_sink: Option<ReplaySink<M::Event>>,
+    progress: Option<Box<dyn FnMut(u64) + Send>>,
+}
+
+impl<M: StateMachine, C: Codec> std::fmt::Debug for EngineBuilder<M, C> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EngineBuilder")
+            .field("directory", &self.directory)
+            .field("durability", &self.durability)
+            .field("topology", &self.topology)
+            .field("wait", &self.wait)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("snapshots", &self.snapshots)
+            .field("stop_before", &self.stop_before)
+            .field("subscribers", &self.subscribers.len())
+            .finish()
+    }
+}
+
+impl<M: StateMachine> Engine<M, Bincode> {
+    /// A builder for an engine keeping its journal and snapshots in `directory`, with the
+    /// defaults: `PageCache` tier, `Compact` topology, `Yielding` waits, a ring of 65 536
+    /// commands, 256 MiB segments, no automatic snapshots, bincode.
+    pub fn builder(directory: impl AsRef<Path>) -> EngineBuilder<M, Bincode> {
+        EngineBuilder {
+            directory: directory.as_ref().to_owned(),
+            codec: Bincode,
+            durability: Durability::default(),
+            topology: Topology::default(),
+            wait: Wait::default(),
+            ring_capacity: 1 << 16,
+            output_capacity: 1 << 16,
+            segment_size: keel_journal::DEFAULT_SEGMENT_SIZE,
+            snapshots: SnapshotPolicy::default(),
+            stop_before: None,
+            subscribers: Vec::new(),
+            replay_sink: None,
+            progress: None,
+        }
+    }
+}
+
+impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
+    /// The durability tier.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The topology.
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        self
+    }
+
+    /// How the engine's threads wait for work and producers for room.
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The input ring's capacity in commands (a power of two); also the largest batch.
+    pub fn ring_capacity(mut self, capacity: usize) -> Self {
+        self.ring_capacity = capacity;
+        self
+    }
+
+    /// The output ring's capacity in events (a power of two).
+    pub fn output_capacity(mut self, capacity: usize) -> Self {
+        self.output_capacity = capacity;
+        self
+    }
+
+    /// The size of new journal segments.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// When to take snapshots (besides [`Engine::snapshot`]).
+    pub fn snapshots(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshots = policy;
+        self
+    }
+
+    /// Recovery stops before `sequence`: the journal is truncated after `sequence - 1` (what
+    /// is cut goes to `dropped/`, see `keel journal repair`) before it is replayed. The way
+    /// past a command whose `apply` panics on every replay.
+    pub fn stop_before(mut self, sequence: u64) -> Self {
+        self.stop_before = Some(sequence);
+        self
+    }
+
+    /// Adds a subscriber: `handler` sees every event, in order, on a thread of its own
+    /// (`keel-{name}`), after the command that emitted it was applied. Each command's events
+    /// end with a delivery flagged `last` (a command without events has one delivery, with no
+    /// event).
+    pub fn subscriber(
+        mut self,
+        name: &str,
+        handler: impl FnMut(Delivery<'_, M::Event>) + Send + 'static,
+    ) -> Self {
+        self.subscribers.push((name.to_owned(), Box::new(handler)));
+        self
+    }
+
+    /// Receives the events that recovery's replay recomputes, with their command's sequence,
+    /// so that projections can rebuild (by default they are discarded).
+    pub fn on_replay(mut self, sink: impl FnMut(u64, &[M::Event]) + Send + 'static) -> Self {
+        self.replay_sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Called during recovery with the number of commands replayed so far.
+    pub fn on_replay_progress(mut self, progress: impl FnMut(u64) + Send + 'static) -> Self {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Another codec for commands and snapshots.
+    pub fn codec<D: Codec>(self, codec: D) -> EngineBuilder<M, D> {
+        EngineBuilder {
+            directory: self.directory,
+            codec,
+            durability: self.durability,
+            topology: self.topology,
+            wait: self.wait,
+            ring_capacity: self.ring_capacity,
+            output_capacity: self.output_capacity,
+            segment_size: self.segment_size,
+            snapshots: self.snapshots,
+            stop_before: self.stop_before,
+            subscribers: self.subscribers,
+            replay_sink: self.replay_sink,
+            progress: self.progress,
+        }
+    }
+
+    /// Opens the engine: recovers the state from the directory's newest valid snapshot and the
+    /// journal after it (or starts from `initial` when there is none), then starts the engine
+    /// thread. In the `Memory` tier nothing is read or written.
+    pub fn open(mut self, initial: M) -> Result<Engine<M, C>, EngineError> {
+        if !self.ring_capacity.is_power_of_two() || !self.output_capacity.is_power_of_two() {
+            return Err(EngineError::Configuration(format!(
+                "ring capacities must be powers of two (input {}, output {})",
+                self.ring_capacity, self.output_capacity
+            )));
+        }
+        let shared = Arc::new(Shared::default());
+        let (machine, journal, report) = self.recover(initial)?;
+        let base = report.last_sequence;
+        // Timestamps never decrease, across restarts too, whatever the wall clock does.
+        let last_timestamp_ns = journal.as_ref().map_or(0, JournalWriter::last_timestamp_ns);
+        Counters::set(&shared.counters.applied, base);
+        Counters::set(&shared.counters.durable, base);
+        Counters::set(&shared.counters.journaled, base);
+
+        // The output ring and its subscribers, when there are any.
+        let mut subscribers = Vec::new();
+        let events = if self.subscribers.is_empty() {
+            None
+        } else {
+            let mut ring = RingBuilder::single_producer(
+                self.output_capacity,
+                OutputSlot::default,
+                AnyWait::from(self.wait),
+            )
+            .map_err(|error| shared.ring_error(error))?;
+            for (name, mut handler) in self.subscribers.drain(..) {
+                let deliver: DeliverFn<M::Event> =
+                    Box::new(move |slot: &OutputSlot<M::Event>, _: u64, _: bool| {
+                        handler(Delivery {
+                            sequence: slot.sequence,
+                            event: slot.event.as_ref(),
+                            last: slot.last,
+                        })
+                    });
+                let (_, processor) = ring
+                    .processor(&name, &[], deliver)
+                    .map_err(|error| spawn_error(&name, error))?;
+                subscribers.push(processor);
+            }
+            Some(ring.build().map_err(|error| shared.ring_error(error))?)
+        };
+
+        let mut input = RingBuilder::multi_producer(
+            self.ring_capacity,
+            InputSlot::default,
+            AnyWait::from(self.wait),
+        )
+        .map_err(|error| shared.ring_error(error))?;
+        let (_, poller) = input.poller(&[]).map_err(|error| shared.ring_error(error))?;
+        let input_control = input.control();
+        let producer = input.build().map_err(|error| shared.ring_error(error))?;
+
+        let snapshotter = match self.durability {
+            Durability::Memory => None,
+            _ => Some(Snapshotter::start(
+                &self.directory,
+                self.codec.clone(),
+                Arc::clone(&shared),
+                self.snapshots.keep,
+            )?),
+        };
+        let topology = self.topology;
+        let processor = Processor {
+            machine,
+            journal,
+            base,
+            last_timestamp_ns,
+            output: Output::new(),
+            events,
+            shared: Arc::clone(&shared),
+            snapshotter,
+            policy: self.snapshots,
+            last_snapshot: (base, Instant::now()),
+            batch_limit: self.ring_capacity,
+        };
+        let thread = std::thread::Builder::new()
+            .name("keel-engine".into())
+            .spawn(move || match topology {
+                Topology::Compact => processor.run_compact(poller),
+            })
+            .map_err(|error| EngineError::Spawn {
+                thread: "engine".into(),
+                message: error.to_string(),
+            })?;
+        let publisher = Publisher::new(producer, self.codec.clone(), Arc::clone(&shared), base);
+        Ok(Engine {
+            publisher: Some(publisher),
+            thread: Some(thread),
+            subscribers,
+            input_control,
+            shared,
+            recovery: report,
+        })
+    }
+
+    /// Recovery: `stop_before`'s truncation, the journal's own recovery (a torn tail), the
+    /// newest usable snapshot, and the replay of the commands after it.
+    fn recover(
+        &mut self,
+        initial: M,
+    ) -> Result<(M, Option<JournalWriter>, RecoveryReport), EngineError> {
+        let tier = match self.durability {
+            Durability::Memory => {
+                let state_hash = initial.state_hash();
+                return Ok((
+                    initial,
+                    None,
+                    RecoveryReport { state_hash, ..RecoveryReport::default() },
+                ));
+            }
+            Durability::PageCache => JournalDurability::PageCache,
+            Durability::Fsync => JournalDurability::Fsync,
+        };
+        let mut report = RecoveryReport::default();
+        if let Some(sequence) = self.stop_before {
+            report.stopped_before = stop_before(&self.directory, sequence)?;
+        }
+        let options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
+        let writer = JournalWriter::open(&self.directory, options)?;
+        let opened = writer.open_report().clone();
+        let (first, last) = (opened.first_sequence, opened.last_sequence);
+        let start = load_snapshot(&self.directory, &self.codec, initial, |sequence, _| {
+            if sequence > last {
+                Err(format!(
+                    "it covers sequence {sequence}, past the journal's end ({last}): the journal \
+                     lost records it had (a power loss in the PageCache tier, or a repair)"
+                ))
+            } else if sequence + 1 < first {
+                Err(format!(
+                    "the journal no longer holds the commands after it (it starts at {first})"
+                ))
+            } else {
+                Ok(())
+            }
+        })?;
+        let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
+        if snapshot.is_none() && first > 1 {
+            return Err(EngineError::Recovery(format!(
+                "the journal starts at sequence {first} and no usable snapshot covers the \
+                 commands before it{}",
+                skipped_in_words(&skipped)
+            )));
+        }
+        let sink = &mut |sequence: u64, events: &[M::Event]| {
+            if let Some(sink) = self.replay_sink.as_mut() {
+                sink(sequence, events);
+            }
+        };
+        let mut no_progress = |_| {};
+        let progress: &mut dyn FnMut(u64) = match self.progress.as_mut() {
+            Some(progress) => progress,
+            None => &mut no_progress,
+        };
+        let replayed = replay(
+            &self.directory,
+            &self.codec,
+            &mut machine,
+            (sequence, timestamp_ns),
+            |_, _| true,
+            sink,
+            progress,
+        )?;
+        if replayed.last_sequence != last {
+            return Err(EngineError::Recovery(format!(
+                "replay ended at sequence {} but the journal's last record is {last}",
+                replayed.last_sequence
+            )));
+        }
+        report.journal = Some(opened);
+        report.snapshot = snapshot;
+        report.skipped_snapshots = skipped;
+        report.replayed = replayed.records;
+        report.replay_seconds = replayed.seconds;
+        report.last_sequence = last;
+        report.state_hash = machine.state_hash();
+        Ok((machine, Some(writer), report))
+    }
+}
+
+/// Truncates the journal after `sequence - 1` if it holds `sequence`; returns what was cut.
+fn stop_before(directory: &Path, sequence: u64) -> Result<Option<RepairPlan>, EngineError> {
+    if sequence == 0 {
+        return Err(EngineError::Configuration("stop_before(0): sequences start at 1".into()));
+    }
+    if !directory.join(keel_journal::segment::JOURNAL_DIRECTORY).is_dir() {
+        return Ok(None);
+    }
+    match Repair::plan(directory, sequence - 1) {
+        Ok(repair) if repair.plan_ref().is_empty() => Ok(None),
+        Ok(repair) => Ok(Some(repair.execute()?)),
+        // The journal ends before `sequence`: nothing to cut.
+        Err(keel_journal::JournalError::SequenceNotFound { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn skipped_in_words(skipped: &[Skipped]) -> String {
+    skipped.iter().map(|(path, reason)| format!("; skipped {}: {reason}", path.display())).collect()
+}
+
+fn spawn_error(name: &str, error: RingError) -> EngineError {
+    EngineError::Spawn { thread: name.to_owned(), message: error.to_string() }
+}
+
+/// A running engine. Publish through [`publisher`](Self::publisher)s; stop with
+/// [`shutdown`](Self::shutdown) (after every publisher is dropped: the engine drains what was
+/// published, then stops) or [`halt`](Self::halt).
+pub struct Engine<M: StateMachine, C: Codec = Bincode> {
+    publisher: Option<Publisher<M, C>>,
+    thread: Option<JoinHandle<M>>,
+    subscribers: Vec<ProcessorHandle<DeliverFn<M::Event>>>,
+    input_control: RingControl,
+    shared: Arc<Shared>,
+    recovery: RecoveryReport,
+}
+
+impl<M: StateMachine, C: Codec> Engine<M, C> {
+    /// A publisher (clone it for each producing thread).
+    pub fn publisher(&self) -> Publisher<M, C> {
+        self.publisher.as_ref().expect("the engine's publisher lives until shutdown").clone()
+    }
+
+    /// What recovery found and did.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The engine's counters now.
+    pub fn stats(&self) -> Stats {
+        let base = self.publisher.as_ref().map_or(0, |publisher| publisher.base);
+        self.shared.counters.read(base + self.input_control.cursor())
+    }
+
+    /// Why the engine stopped, if it did.
+    pub fn halted(&self) -> Option<Halt> {
+        self.shared.halted()
+    }
+
+    /// Asks for a snapshot now: the engine thread copies the state at the next command
+    /// boundary (at once if it is idle) and a background thread writes it.
+    pub fn snapshot(&self) {
+        self.shared.snapshot_requested.store(true, Ordering::Release);
+        self.input_control.wake_all();
+    }
+
+    /// Stops accepting input and waits for the engine to apply everything published, then for
+    /// the subscribers to see every event; returns the final state. Every other publisher must
+    /// have been dropped, or this waits for them. Returns the failure if the engine had
+    /// stopped on one.
+    pub fn shutdown(mut self) -> Result<M, EngineError> {
+        self.publisher = None;
+        self.join()
+    }
+
+    /// Stops at once: commands published but not yet applied stay unapplied (they are in the
+    /// journal if they were journaled, and recovery applies them).
+    pub fn halt(mut self) -> Result<M, EngineError> {
+        self.shared.stop(Halt::Requested);
+        self.input_control.halt();
+        self.publisher = None;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<M, EngineError> {
+        let thread = self.thread.take().expect("joined once");
+        let machine = thread.join();
+        for subscriber in self.subscribers.drain(..) {
+            // A panicking subscriber already halted the output ring, and so the engine.
+            let _ = subscriber.join();
+        }
+        let machine = machine.map_err(|panic| EngineError::Spawn {
+            thread: "engine".into(),
+            message: format!("the engine thread panicked: {}", panic_message(panic.as_ref())),
+        })?;
+        match self.shared.halted() {
+            None | Some(Halt::Requested) => Ok(machine),
+            Some(halt) => Err(EngineError::Halted(halt)),
+        }
+    }
+}
+
+impl<M: StateMachine, C: Codec> Drop for Engine<M, C> {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Dropped without shutdown: stop at once rather than wait for publishers that may
+            // never be dropped.
+            self.shared.stop(Halt::Requested);
+            self.input_control.halt();
+            self.publisher = None;
+            let _ = self.join();
+        }
+    }
+}
+
+impl<M: StateMachine, C: Codec> std::fmt::Debug for Engine<M, C> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Engine").field("stats", &self.stats()).finish()
+    }
+}
+
+/// The engine thread's state.
+struct Processor<M: StateMachine> {
+    machine: M,
+    journal: Option<JournalWriter>,
+    base: u64,
+    last_timestamp_ns: u64,
+    output: Output<M::Event>,
+    events: Option<SingleProducer<OutputSlot<M::Event>, AnyWait>>,
+    shared: Arc<Shared>,
+    snapshotter: Option<Snapshotter<M>>,
+    policy: SnapshotPolicy,
+    /// The sequence and time of the last snapshot taken (or of the start).
+    last_snapshot: (u64, Instant),
+    batch_limit: usize,
+}
+
+type InputPoller<M> =
+    EventPoller<InputSlot<<M as StateMachine>::Command>, MultiProducerSequencer, AnyWait>;
+
+impl<M: StateMachine> Processor<M> {
+    /// The compact topology: take every available command, journal the batch, make it durable,
+    /// apply it, publish its events; between batches, take a snapshot when one is due.
+    fn run_compact(mut self, mut poller: InputPoller<M>) -> M {
+        let shared = Arc::clone(&self.shared);
+        let writing = self.snapshotter.as_ref().map(|snapshotter| Arc::clone(&snapshotter.busy));
+        // A request is acted on once no snapshot is being written (the one being written
+        // finishes first), so a waiting request does not spin the engine thread.
+        let snapshot_wanted = || {
+            shared.snapshot_requested.load(Ordering::Acquire)
+                && !writing.as_ref().is_some_and(|busy| busy.load(Ordering::Acquire))
+        };
+        loop {
+            let batch = match poller.wait_or(self.batch_limit, snapshot_wanted) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    self.snapshot_if_due();
+                    continue;
+                }
+                Err(Interrupt::Closed | Interrupt::Halted) => break,
+            };
+            let (first, last) = (batch.first_sequence(), batch.last_sequence());
+            let count = last - first + 1;
+            let counters = &self.shared.counters;
+            Counters::set(&counters.batches, counters.batches.load(Ordering::Relaxed) + 1);
+            if count > counters.largest_batch.load(Ordering::Relaxed) {
+                Counters::set(&counters.largest_batch, count);
+            }
+            // One clock read per batch: the timestamp of every command in it.
+            let timestamp_ns = now_ns().max(self.last_timestamp_ns);
+            self.last_timestamp_ns = timestamp_ns;
+            let outcome = self.journal_batch(batch.iter(), timestamp_ns).and_then(|()| {
+                // Durable per the tier: now, and only now, apply.
+                for (sequence, slot) in batch.iter() {
+                    let command = slot.command.as_ref().expect("a published slot holds a command");
+                    self.apply(&Context { sequence: self.base + sequence, timestamp_ns }, command)?;
+                }
+                Ok(())
+            });
+            drop(batch);
+            if let Err(halt) = outcome {
+                self.shared.stop(halt);
+                poller.control().halt();
+                break;
+            }
+            self.snapshot_if_due();
+        }
+        self.finish();
+        self.machine
+    }
+
+    /// Appends the batch to the journal and makes it durable per the tier.
+    fn journal_batch<'a>(
+        &mut self,
+        slots: impl Iterator<Item = (u64, &'a InputSlot<M::Command>)>,
+        timestamp_ns: u64,
+    ) -> Result<(), Halt>
+    where
+        M::Command: 'a,
+    {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        let failed = |journal: &JournalWriter, error: keel_journal::JournalError| Halt::Journal {
+            sequence: journal.durable_sequence() + 1,
+            message: error.to_string(),
+        };
+        for (_, slot) in slots {
+            journal
+                .append(timestamp_ns, KIND_COMMAND, M::COMMAND_VERSION, &slot.bytes)
+                .map_err(|error| failed(journal, error))?;
+        }
+        Counters::set(&self.shared.counters.journaled, journal.next_sequence() - 1);
+        let durable = journal.commit().map_err(|error| failed(journal, error))?;
+        Counters::set(&self.shared.counters.durable, durable);
+        Ok(())
+    }
+
+    /// Applies one command and publishes its events.
+    fn apply(&mut self, context: &Context, command: &M::Command) -> Result<(), Halt> {
+        self.output.clear();
+        apply_guarded(&mut self.machine, context, command, &mut self.output).map_err(|error| {
+            match error {
+                EngineError::Halted(halt) => halt,
+                other => {
+                    Halt::ApplyPanicked { sequence: context.sequence, message: other.to_string() }
+                }
+            }
+        })?;
+        Counters::set(&self.shared.counters.applied, context.sequence);
+        let Some(events) = self.events.as_mut() else {
+            return Ok(());
+        };
+        // In chunks of at most the ring's capacity: a command may emit more events than the
+        // output ring holds.
+        let capacity = events.control().capacity();
+        let mut left = self.output.len();
+        let mut drained = self.output.drain();
+        loop {
+            events
+                .publish_batch(left.clamp(1, capacity), |slot, _| {
+                    slot.sequence = context.sequence;
+                    slot.event = drained.next();
+                    left = left.saturating_sub(1);
+                    slot.last = left == 0;
+                })
+                .map_err(|error| Halt::Subscriber {
+                    sequence: context.sequence,
+                    message: error.to_string(),
+                })?;
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot when one is asked for or due and none is being written.
+    fn snapshot_if_due(&mut self) {
+        let Some(snapshotter) = self.snapshotter.as_ref() else {
+            self.shared.snapshot_requested.store(false, Ordering::Relaxed);
+            return;
+        };
+        let applied = self.shared.counters.applied.load(Ordering::Relaxed);
+        let (last_sequence, last_time) = self.last_snapshot;
+        let requested = self.shared.snapshot_requested.load(Ordering::Acquire);
+        let due = requested
+            || self.policy.every_commands.is_some_and(|every| applied - last_sequence >= every)
+            || self
+                .policy
+                .every_interval
+                .is_some_and(|every| applied > last_sequence && last_time.elapsed() >= every);
+        if !due || snapshotter.busy() {
+            return;
+        }
+        self.shared.snapshot_requested.store(false, Ordering::Release);
+        let began = Instant::now();
+        let copy = self.machine.clone();
+        let pause = began.elapsed().as_nanos() as u64;
+        let counters = &self.shared.counters;
+        Counters::set(&counters.snapshot_pause_last_ns, pause);
+        if pause > counters.snapshot_pause_max_ns.load(Ordering::Relaxed) {
+            Counters::set(&counters.snapshot_pause_max_ns, pause);
+        }
+        snapshotter.take(copy, applied, self.last_timestamp_ns);
+        self.last_snapshot = (applied, Instant::now());
+    }
+
+    /// Closes the output ring (subscribers drain it) and the snapshot thread.
+    fn finish(&mut self) {
+        self.events = None;
+        if let Some(snapshotter) = self.snapshotter.take() {
+            snapshotter.finish();
+        }
+    }
+}
+
+/// The wall clock in nanoseconds since the Unix epoch (0 before it).
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// A copy of the state to write as a snapshot, with its sequence and timestamp.
+type SnapshotRequest<M> = (M, u64, u64);
+
+/// The background thread that encodes and writes snapshots from copies of the state.
+struct Snapshotter<M> {
+    requests: Option<SyncSender<SnapshotRequest<M>>>,
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<M: StateMachine> Snapshotter<M> {
+    fn start<C: Codec>(
+        directory: &Path,
+        codec: C,
+        shared: Arc<Shared>,
+        keep: usize,
+    ) -> Result<Self, EngineError> {
+        let store = SnapshotStore::open(directory)?;
+        let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
+            mpsc::sync_channel(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&busy);
+        let thread = std::thread::Builder::new()
+            .name("keel-snapshot".into())
+            .spawn(move || {
+                let mut payload = Vec::new();
+                for (machine, sequence, timestamp_ns) in received {
+                    let outcome = write_snapshot(
+                        &store,
+                        &codec,
+                        &machine,
+                        sequence,
+                        timestamp_ns,
+                        &mut payload,
+                        keep,
+                    );
+                    let counters = &shared.counters;
+                    match outcome {
+                        Ok(()) => {
+                            Counters::set(
+                                &counters.snapshots,
+                                counters.snapshots.load(Ordering::Relaxed) + 1,
+                            );
+                            Counters::set(&counters.last_snapshot_sequence, sequence);
+                            *counters.snapshot_error.lock() = None;
+                        }
+                        Err(error) => {
+                            *counters.snapshot_error.lock() =
+                                Some(format!("snapshot at {sequence}: {error}"))
+                        }
+                    }
+                    drop(machine);
+                    done.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|error| EngineError::Spawn {
+                thread: "snapshot".into(),
+                message: error.to_string(),
+            })?;
+        Ok(Self { requests: Some(requests), busy, thread: Some(thread) })
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    fn take(&self, machine: M, sequence: u64, timestamp_ns: u64) {
+        self.busy.store(true, Ordering::Release);
+        if let Some(requests) = &self.requests {
+            match requests.try_send((machine, sequence, timestamp_ns)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.busy.store(false, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Waits for the snapshot being written, then stops the thread.
+    fn finish(mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Encodes `machine` and writes it as the snapshot of `sequence`, then removes all but the
+/// newest `keep` snapshots (0: keep all).
+fn write_snapshot<M: StateMachine, C: Codec>(
+    store: &SnapshotStore,
+    codec: &C,
+    machine: &M,
+    sequence: u64,
+    timestamp_ns: u64,
+    payload: &mut Vec<u8>,
+    keep: usize,
+) -> Result<(), EngineError> {
+    payload.clear();
+    codec.encode(machine, payload)?;
+    let meta = SnapshotMeta {
+        schema_version: M::SCHEMA_VERSION,
+        codec: C::ID,
+        sequence,
+        timestamp_ns,
+        state_hash: machine.state_hash(),
+    };
+    store.write(&meta, payload)?;
+    if keep > 0 {
+        store.remove_all_but_newest(keep)?;
+    }
+    Ok(())
+}

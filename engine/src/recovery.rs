@@ -1,0 +1,278 @@
+//! Recovery and replay: the newest valid snapshot, then every later journaled command through
+//! the state machine, checked and in order.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use keel_journal::format::KIND_APPLICATION_MAX;
+use keel_journal::{JournalError, JournalReader, SnapshotStore};
+
+use crate::codec::Codec;
+use crate::error::{EngineError, Halt};
+use crate::machine::{Context, Output, StateMachine};
+
+/// The journal record kind of a command.
+pub(crate) const KIND_COMMAND: u16 = 1;
+
+/// A snapshot that recovery skipped, and why.
+pub type Skipped = (PathBuf, String);
+
+/// The state a replay starts from.
+pub(crate) struct Start<M> {
+    pub(crate) machine: M,
+    /// The snapshot's file and sequence, when one was loaded.
+    pub(crate) snapshot: Option<(PathBuf, u64)>,
+    pub(crate) sequence: u64,
+    pub(crate) timestamp_ns: u64,
+    pub(crate) skipped: Vec<Skipped>,
+}
+
+/// Loads the newest snapshot that passes every check and that `usable(sequence, timestamp)`
+/// accepts: its file's checksums, this machine's schema version, the codec, decoding, and its
+/// state hash. Falls back to `initial` (sequence 0). Every snapshot passed over is reported.
+pub(crate) fn load_snapshot<M: StateMachine, C: Codec>(
+    directory: &Path,
+    codec: &C,
+    initial: M,
+    usable: impl Fn(u64, u64) -> Result<(), String>,
+) -> Result<Start<M>, EngineError> {
+    let store = SnapshotStore::open(directory)?;
+    let loaded = store.load_newest(|header, payload| {
+        usable(header.sequence, header.timestamp_ns)?;
+        if header.schema_version != M::SCHEMA_VERSION {
+            return Err(format!(
+                "schema version {} is not this build's ({})",
+                header.schema_version,
+                M::SCHEMA_VERSION
+            ));
+        }
+        if header.codec != C::ID {
+            return Err(format!("codec {} is not this engine's ({})", header.codec, C::ID));
+        }
+        let machine: M = codec.decode(payload).map_err(|error| error.to_string())?;
+        let hash = machine.state_hash();
+        if hash != header.state_hash {
+            return Err(format!(
+                "the decoded state hashes to {hash:#018x}, the header says {:#018x}",
+                header.state_hash
+            ));
+        }
+        Ok(machine)
+    })?;
+    Ok(match loaded.loaded {
+        Some((file, header, machine)) => Start {
+            machine,
+            snapshot: Some((file.path, header.sequence)),
+            sequence: header.sequence,
+            timestamp_ns: header.timestamp_ns,
+            skipped: loaded.skipped,
+        },
+        None => Start {
+            machine: initial,
+            snapshot: None,
+            sequence: 0,
+            timestamp_ns: 0,
+            skipped: loaded.skipped,
+        },
+    })
+}
+
+/// How far a replay went.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Replayed {
+    pub(crate) records: u64,
+    pub(crate) last_sequence: u64,
+    pub(crate) last_timestamp_ns: u64,
+    pub(crate) seconds: f64,
+}
+
+/// Applies the journal's commands from `start.sequence + 1` while `keep_going(sequence,
+/// timestamp)` says so, to the end of what the journal holds. Each record's checksum is
+/// verified (by batch) before it is decoded; the sequence is gap-free by the reader's checks.
+/// Events go to `sink` with their command's sequence. `progress` is called every 1 M records.
+pub(crate) fn replay<M: StateMachine, C: Codec>(
+    directory: &Path,
+    codec: &C,
+    machine: &mut M,
+    start: (u64, u64),
+    mut keep_going: impl FnMut(u64, u64) -> bool,
+    sink: &mut dyn FnMut(u64, &[M::Event]),
+    progress: &mut dyn FnMut(u64),
+) -> Result<Replayed, EngineError> {
+    let began = Instant::now();
+    let (mut last_sequence, mut last_timestamp_ns) = start;
+    let mut records = 0;
+    let mut reader = JournalReader::open_at(directory, last_sequence + 1)?;
+    let mut output = Output::new();
+    'batches: loop {
+        let batch = match reader.next_batch() {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            // An unacknowledged write at the end, which opening the journal for writing
+            // truncates: not data. (Recovery opens the writer first, so it never sees one.)
+            Err(JournalError::TornTail { .. }) => break,
+            Err(error) => return Err(error.into()),
+        };
+        for record in batch.iter() {
+            if !keep_going(record.sequence, record.timestamp_ns) {
+                break 'batches;
+            }
+            if record.kind == KIND_COMMAND {
+                let command = decode_command::<M, C>(codec, record.version, record.payload)
+                    .map_err(|message| {
+                        EngineError::Halted(Halt::Decode { sequence: record.sequence, message })
+                    })?;
+                let context =
+                    Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
+                output.clear();
+                apply_guarded(machine, &context, &command, &mut output)?;
+                sink(record.sequence, output.events());
+            } else if record.kind <= KIND_APPLICATION_MAX {
+                return Err(EngineError::Halted(Halt::Decode {
+                    sequence: record.sequence,
+                    message: format!("record kind {} is not a command of this engine", record.kind),
+                }));
+            }
+            // Kinds of keel's own (checkpoints, epochs) carry no command.
+            last_sequence = record.sequence;
+            last_timestamp_ns = record.timestamp_ns;
+            records += 1;
+            if records % (1 << 20) == 0 {
+                progress(records);
+            }
+        }
+    }
+    progress(records);
+    let seconds = began.elapsed().as_secs_f64();
+    Ok(Replayed { records, last_sequence, last_timestamp_ns, seconds })
+}
+
+/// Decodes a journaled command of `version`: directly when it is this build's, through the
+/// machine's upcast otherwise.
+pub(crate) fn decode_command<M: StateMachine, C: Codec>(
+    codec: &C,
+    version: u16,
+    bytes: &[u8],
+) -> Result<M::Command, String> {
+    if version == M::COMMAND_VERSION {
+        codec.decode(bytes).map_err(|error| error.to_string())
+    } else {
+        M::upcast(codec, version, bytes).map_err(|error| error.to_string())
+    }
+}
+
+/// Applies one command, turning a panic into the fail-stop error that names its sequence.
+#[inline]
+pub(crate) fn apply_guarded<M: StateMachine>(
+    machine: &mut M,
+    context: &Context,
+    command: &M::Command,
+    output: &mut Output<M::Event>,
+) -> Result<(), EngineError> {
+    catch_unwind(AssertUnwindSafe(|| machine.apply(context, command, output))).map_err(|panic| {
+        EngineError::Halted(Halt::ApplyPanicked {
+            sequence: context.sequence,
+            message: panic_message(panic.as_ref()),
+        })
+    })
+}
+
+/// A panic's payload as text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// Where [`replay_to`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplayTarget {
+    /// After this sequence.
+    Sequence(u64),
+    /// After the last command whose timestamp is at or before this time (nanoseconds since
+    /// the Unix epoch).
+    Timestamp(u64),
+    /// To the end of the journal.
+    End,
+}
+
+/// The state of a replay that stopped at a point, for queries.
+#[derive(Debug)]
+pub struct ReplayedState<M> {
+    /// The state after the last command applied.
+    pub machine: M,
+    /// The last command applied (the snapshot's sequence, or 0, if none was).
+    pub last_sequence: u64,
+    /// Its timestamp.
+    pub last_timestamp_ns: u64,
+    /// The snapshot the replay started from, with its sequence.
+    pub snapshot: Option<(PathBuf, u64)>,
+    /// Snapshots passed over, with the reason.
+    pub skipped_snapshots: Vec<Skipped>,
+    /// Commands replayed after the snapshot.
+    pub replayed: u64,
+    /// Seconds the replay took.
+    pub seconds: f64,
+    /// The state's hash.
+    pub state_hash: u64,
+}
+
+/// Rebuilds the state of the journal in `directory` at `target`, read-only (no lock is taken
+/// and nothing is written, so it can run beside a live engine): the newest snapshot at or
+/// before the target, then the commands after it up to the target. "What was the balance at
+/// 15:00 yesterday?" is `replay_to(dir, Bank::default(), ReplayTarget::Timestamp(..))` and a
+/// query of the returned state.
+pub fn replay_to<M: StateMachine, C: Codec>(
+    directory: impl AsRef<Path>,
+    codec: C,
+    initial: M,
+    target: ReplayTarget,
+) -> Result<ReplayedState<M>, EngineError> {
+    let directory = directory.as_ref();
+    let within = move |sequence: u64, timestamp_ns: u64| match target {
+        ReplayTarget::Sequence(last) => sequence <= last,
+        ReplayTarget::Timestamp(last) => timestamp_ns <= last,
+        ReplayTarget::End => true,
+    };
+    let start = load_snapshot(directory, &codec, initial, |sequence, timestamp| {
+        if within(sequence, timestamp) {
+            Ok(())
+        } else {
+            Err("it is past the replay's target".to_owned())
+        }
+    })?;
+    let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
+    let replayed = replay(
+        directory,
+        &codec,
+        &mut machine,
+        (sequence, timestamp_ns),
+        within,
+        &mut |_, _| {},
+        &mut |_| {},
+    )?;
+    if let ReplayTarget::Sequence(last) = target {
+        if replayed.last_sequence < last {
+            return Err(EngineError::Recovery(format!(
+                "the journal ends at sequence {}, before the target {last}",
+                replayed.last_sequence
+            )));
+        }
+    }
+    let state_hash = machine.state_hash();
+    Ok(ReplayedState {
+        machine,
+        last_sequence: replayed.last_sequence,
+        last_timestamp_ns: replayed.last_timestamp_ns,
+        snapshot,
+        skipped_snapshots: skipped,
+        replayed: replayed.records,
+        seconds: replayed.seconds,
+        state_hash,
+    })
+}

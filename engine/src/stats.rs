@@ -1,0 +1,79 @@
+//! Counters the engine keeps as it runs, read as a plain [`Stats`] value.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// What the engine has done, read at one moment (each field is read on its own, so they may
+/// be a few commands apart from each other).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The last sequence handed to a publisher.
+    pub published: u64,
+    /// The last sequence written to the journal.
+    pub journaled: u64,
+    /// The last sequence durable per the tier.
+    pub durable: u64,
+    /// The last sequence applied to the state.
+    pub applied: u64,
+    /// Batches the engine thread took from the input ring.
+    pub batches: u64,
+    /// The largest of those batches.
+    pub largest_batch: u64,
+    /// Input slots in use (published and not yet applied) when last looked at.
+    pub ring_occupancy: u64,
+    /// Snapshots written.
+    pub snapshots: u64,
+    /// The sequence of the last snapshot written.
+    pub last_snapshot_sequence: u64,
+    /// How long the engine thread paused for the last snapshot (the copy of the state), in
+    /// nanoseconds.
+    pub snapshot_pause_last_ns: u64,
+    /// The longest such pause.
+    pub snapshot_pause_max_ns: u64,
+    /// The last snapshot failure, if the last attempt failed. Snapshots are not the journal:
+    /// a failed one stops nothing.
+    pub snapshot_error: Option<String>,
+}
+
+/// The engine's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) journaled: AtomicU64,
+    pub(crate) durable: AtomicU64,
+    pub(crate) applied: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) largest_batch: AtomicU64,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) last_snapshot_sequence: AtomicU64,
+    pub(crate) snapshot_pause_last_ns: AtomicU64,
+    pub(crate) snapshot_pause_max_ns: AtomicU64,
+    pub(crate) snapshot_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    /// Stores `value` for others to read; only the engine thread writes these.
+    #[inline]
+    pub(crate) fn set(counter: &AtomicU64, value: u64) {
+        counter.store(value, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self, published: u64) -> Stats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let applied = load(&self.applied);
+        Stats {
+            published,
+            journaled: load(&self.journaled),
+            durable: load(&self.durable),
+            applied,
+            batches: load(&self.batches),
+            largest_batch: load(&self.largest_batch),
+            ring_occupancy: published.saturating_sub(applied),
+            snapshots: load(&self.snapshots),
+            last_snapshot_sequence: load(&self.last_snapshot_sequence),
+            snapshot_pause_last_ns: load(&self.snapshot_pause_last_ns),
+            snapshot_pause_max_ns: load(&self.snapshot_pause_max_ns),
+            snapshot_error: self.snapshot_error.lock().clone(),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! A small bank, the state machine of the engine's tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use keel_engine::{Context, Output, StateMachine};
+use serde::{Deserialize, Serialize};
+
+/// Accounts with balances; rejections are events. `Poison` panics, for the fail-stop tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bank {
+    pub accounts: BTreeMap<u32, i64>,
+    /// The last command's sequence and timestamp, so that the state hash proves `apply` saw
+    /// the same context live and on replay.
+    pub last_sequence: u64,
+    pub last_timestamp_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Open(u32),
+    Deposit(u32, i64),
+    Transfer {
+        from: u32,
+        to: u32,
+        amount: i64,
+    },
+    /// Emits `n` events and changes nothing else.
+    Echo(u32),
+    Poison,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Opened(u32),
+    Balance(u32, i64),
+    Rejected(&'static str),
+}
+
+impl StateMachine for Bank {
+    type Command = Command;
+    type Event = Event;
+
+    fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
+        assert!(context.sequence > self.last_sequence, "sequences go forward");
+        assert!(context.timestamp_ns >= self.last_timestamp_ns, "timestamps never decrease");
+        self.last_sequence = context.sequence;
+        self.last_timestamp_ns = context.timestamp_ns;
+        match *command {
+            Command::Open(id) => {
+                if self.accounts.contains_key(&id) {
+                    return output.emit(Event::Rejected("exists"));
+                }
+                self.accounts.insert(id, 0);
+                output.emit(Event::Opened(id));
+            }
+            Command::Deposit(id, amount) => match self.accounts.get_mut(&id) {
+                Some(balance) if amount > 0 => {
+                    *balance += amount;
+                    output.emit(Event::Balance(id, *balance));
+                }
+                Some(_) => output.emit(Event::Rejected("amount")),
+                None => output.emit(Event::Rejected("unknown account")),
+            },
+            Command::Transfer { from, to, amount } => {
+                let valid = from != to
+                    && amount > 0
+                    && self.accounts.contains_key(&to)
+                    && self.accounts.get(&from).is_some_and(|balance| *balance >= amount);
+                if !valid {
+                    return output.emit(Event::Rejected("transfer"));
+                }
+                *self.accounts.get_mut(&from).expect("checked") -= amount;
+                *self.accounts.get_mut(&to).expect("checked") += amount;
+                output.emit(Event::Balance(from, self.accounts[&from]));
+                output.emit(Event::Balance(to, self.accounts[&to]));
+            }
+            Command::Echo(count) => (0..count).for_each(|index| output.emit(Event::Opened(index))),
+            Command::Poison => panic!("poison at sequence {}", context.sequence),
+        }
+    }
+
+    fn state_hash(&self) -> u64 {
+        // FNV-1a over the accounts in key order and the last context: deterministic.
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut mix = |value: u64| {
+            for byte in value.to_le_bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (id, balance) in &self.accounts {
+            mix(u64::from(*id));
+            mix(*balance as u64);
+        }
+        mix(self.last_sequence);
+        mix(self.last_timestamp_ns);
+        hash
+    }
+}
+
+/// A deterministic mix of commands over `accounts` accounts, most of them valid.
+pub fn commands(count: usize, accounts: u32, seed: u64) -> Vec<Command> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut commands: Vec<Command> = (0..accounts).map(Command::Open).collect();
+    while commands.len() < count {
+        let account = (next() % u64::from(accounts + 1)) as u32;
+        let other = (next() % u64::from(accounts)) as u32;
+        let amount = (next() % 1_000) as i64;
+        commands.push(match next() % 3 {
+            0 => Command::Deposit(account, amount),
+            _ => Command::Transfer { from: account, to: other, amount },
+        });
+    }
+    commands.truncate(count);
+    commands
+}

@@ -1,0 +1,346 @@
+//! The engine end to end: live, replayed, recovered from a snapshot; durability gating;
+//! fail-stop; snapshot fallbacks; back-pressure.
+
+mod common;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{commands, Bank, Command, Event};
+use keel_engine::{
+    replay_to, Bincode, Delivery, Durability, Engine, EngineBuilder, EngineError, Halt,
+    ReplayTarget, SnapshotPolicy, StateMachine,
+};
+use keel_journal::{JournalReader, SnapshotMeta, SnapshotStore};
+use proptest::prelude::*;
+
+type Seen = Arc<Mutex<Vec<(u64, Option<Event>, bool)>>>;
+type Grouped = Vec<(u64, Vec<Event>)>;
+
+fn builder(directory: &Path, durability: Durability) -> EngineBuilder<Bank, Bincode> {
+    Engine::builder(directory).durability(durability).segment_size(1 << 20).ring_capacity(1024)
+}
+
+/// A builder whose subscriber records every delivery.
+fn recording(directory: &Path, durability: Durability) -> (EngineBuilder<Bank, Bincode>, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = Arc::clone(&seen);
+    let builder = builder(directory, durability).subscriber("recorder", move |delivery| {
+        sink.lock().unwrap().push((delivery.sequence, delivery.event.cloned(), delivery.last));
+    });
+    (builder, seen)
+}
+
+/// The events of a delivery list, grouped per command: (sequence, events).
+fn per_command(seen: &[(u64, Option<Event>, bool)]) -> Vec<(u64, Vec<Event>)> {
+    let mut grouped: Vec<(u64, Vec<Event>)> = Vec::new();
+    for (sequence, event, _) in seen {
+        if grouped.last().is_none_or(|(last, _)| last != sequence) {
+            grouped.push((*sequence, Vec::new()));
+        }
+        grouped.last_mut().unwrap().1.extend(event.clone());
+    }
+    grouped
+}
+
+/// Runs `commands` through a fresh engine; returns the final state and the events.
+fn run(
+    directory: &Path,
+    durability: Durability,
+    commands: &[Command],
+) -> (Bank, Vec<(u64, Vec<Event>)>) {
+    let (builder, seen) = recording(directory, durability);
+    let engine = builder.open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for (index, command) in commands.iter().enumerate() {
+        let sequence = publisher.publish(command.clone()).unwrap();
+        assert_eq!(sequence, index as u64 + 1);
+    }
+    drop(publisher);
+    let bank = engine.shutdown().unwrap();
+    let events = per_command(&seen.lock().unwrap());
+    (bank, events)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Live, replayed from the journal, and recovered from a snapshot plus the journal: the
+    /// same state hash and the same events, in both durable tiers.
+    #[test]
+    fn live_replay_and_recovery_agree(seed in any::<u64>(), count in 1usize..600, fsync in any::<bool>()) {
+        let durability = if fsync { Durability::Fsync } else { Durability::PageCache };
+        let commands = commands(count, 8, seed);
+        let directory = tempfile::tempdir().unwrap();
+        let (live, live_events) = run(directory.path(), durability, &commands);
+        prop_assert_eq!(live_events.len(), count, "one delivery group per command");
+
+        // Replay from the journal alone, recomputing the events.
+        let replayed: Arc<Mutex<Grouped>> = Arc::default();
+        let sink = Arc::clone(&replayed);
+        let engine = builder(directory.path(), durability)
+            .on_replay(move |sequence, events| sink.lock().unwrap().push((sequence, events.to_vec())))
+            .open(Bank::default())
+            .unwrap();
+        prop_assert_eq!(engine.recovery().replayed, count as u64);
+        prop_assert_eq!(engine.recovery().state_hash, live.state_hash());
+        let recovered = engine.shutdown().unwrap();
+        prop_assert_eq!(&recovered, &live);
+        prop_assert_eq!(&*replayed.lock().unwrap(), &live_events);
+
+        // Read-only replay to the end, and to a point.
+        let to_end = replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::End).unwrap();
+        prop_assert_eq!(to_end.state_hash, live.state_hash());
+        let half = count as u64 / 2;
+        let at_half = replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::Sequence(half)).unwrap();
+        prop_assert_eq!(at_half.last_sequence, half);
+    }
+}
+
+#[test]
+fn recovery_from_a_snapshot_replays_only_what_follows_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let commands = commands(3_000, 16, 7);
+    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for command in &commands[..2_000] {
+        publisher.publish(command.clone()).unwrap();
+    }
+    wait_until("the first 2000 applied", || engine.stats().applied == 2_000);
+    engine.snapshot();
+    wait_until("the snapshot", || engine.stats().snapshots == 1);
+    assert_eq!(engine.stats().last_snapshot_sequence, 2_000);
+    for command in &commands[2_000..] {
+        publisher.publish(command.clone()).unwrap();
+    }
+    drop(publisher);
+    let live = engine.shutdown().unwrap();
+
+    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let recovery = engine.recovery().clone();
+    assert_eq!(recovery.snapshot.as_ref().map(|(_, sequence)| *sequence), Some(2_000));
+    assert_eq!(recovery.replayed, 1_000);
+    assert_eq!(engine.shutdown().unwrap(), live);
+
+    // A state from before the snapshot comes from the journal; one after it, from both.
+    let early =
+        replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::Sequence(1_500))
+            .unwrap();
+    assert_eq!((early.snapshot, early.replayed), (None, 1_500));
+    let late = replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::Sequence(2_500))
+        .unwrap();
+    assert_eq!((late.snapshot.map(|(_, sequence)| sequence), late.replayed), (Some(2_000), 500));
+}
+
+#[test]
+fn snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let commands = commands(5_000, 16, 11);
+    let policy = SnapshotPolicy { every_commands: Some(1_000), every_interval: None, keep: 0 };
+    let engine = builder(directory.path(), Durability::PageCache)
+        .snapshots(policy)
+        .open(Bank::default())
+        .unwrap();
+    let mut publisher = engine.publisher();
+    for command in &commands {
+        publisher.publish(command.clone()).unwrap();
+        // One at a time, so that the policy sees every thousand.
+        let sequence = engine.stats().published;
+        wait_until("applied", || engine.stats().applied == sequence);
+        if sequence.is_multiple_of(1_000) {
+            wait_until("snapshot", || engine.stats().last_snapshot_sequence == sequence);
+        }
+    }
+    drop(publisher);
+    let stats = engine.stats();
+    assert_eq!(stats.snapshots, 5, "{stats:?}");
+    assert!(stats.snapshot_pause_max_ns > 0);
+    let live = engine.shutdown().unwrap();
+
+    // The newest snapshot fails its checksum; one with an unknown schema is newer still.
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    let newest = store.list().unwrap()[0].clone();
+    assert_eq!(newest.sequence, 5_000);
+    let mut bytes = std::fs::read(&newest.path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&newest.path, bytes).unwrap();
+    let meta = SnapshotMeta {
+        schema_version: 99,
+        codec: 1,
+        sequence: 5_000,
+        timestamp_ns: 0,
+        state_hash: 0,
+    };
+    let _ = std::fs::remove_file(&newest.path);
+    store.write(&meta, b"a future schema").unwrap();
+
+    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let recovery = engine.recovery().clone();
+    assert_eq!(recovery.snapshot.as_ref().map(|(_, sequence)| *sequence), Some(4_000));
+    assert_eq!(recovery.replayed, 1_000);
+    assert_eq!(recovery.skipped_snapshots.len(), 1, "{:?}", recovery.skipped_snapshots);
+    assert!(
+        recovery.skipped_snapshots[0].1.contains("schema version 99"),
+        "{:?}",
+        recovery.skipped_snapshots
+    );
+    assert_eq!(engine.shutdown().unwrap(), live);
+}
+
+#[test]
+fn no_event_is_released_before_its_command_is_in_the_journal() {
+    for durability in [Durability::PageCache, Durability::Fsync] {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().to_owned();
+        let checked = Arc::new(Mutex::new(0u64));
+        let counter = Arc::clone(&checked);
+        let engine = builder(directory.path(), durability)
+            .subscriber("gate", move |delivery: Delivery<'_, Event>| {
+                if delivery.last && delivery.sequence % 50 == 1 {
+                    // The journal (read through its own mapping) already holds the command.
+                    let mut reader = JournalReader::open_at(&path, delivery.sequence).unwrap();
+                    let record = reader.next().unwrap().expect("the command is journaled");
+                    assert_eq!(record.sequence, delivery.sequence);
+                    *counter.lock().unwrap() += 1;
+                }
+            })
+            .open(Bank::default())
+            .unwrap();
+        let mut publisher = engine.publisher();
+        for command in commands(1_000, 4, 3) {
+            publisher.publish(command).unwrap();
+        }
+        drop(publisher);
+        engine.shutdown().unwrap();
+        assert_eq!(*checked.lock().unwrap(), 20);
+    }
+}
+
+#[test]
+fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut commands = commands(100, 4, 5);
+    commands.insert(60, Command::Poison);
+    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for command in &commands {
+        // Publishing fails once the engine has stopped; it may accept a few before.
+        if publisher.publish(command.clone()).is_err() {
+            break;
+        }
+    }
+    wait_until("the halt", || engine.halted().is_some());
+    let refused = publisher.publish(Command::Open(99)).unwrap_err();
+    assert!(
+        matches!(refused, EngineError::Halted(Halt::ApplyPanicked { sequence: 61, .. })),
+        "{refused}"
+    );
+    assert_eq!(engine.stats().applied, 60, "nothing after the poison is applied");
+    drop(publisher);
+    match engine.shutdown().unwrap_err() {
+        EngineError::Halted(Halt::ApplyPanicked { sequence, message }) => {
+            assert_eq!(sequence, 61);
+            assert!(message.contains("poison at sequence 61"), "{message}");
+        }
+        other => panic!("expected the panic, got {other}"),
+    }
+
+    // Recovery replays to the same panic, deterministically.
+    let error = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap_err();
+    assert!(
+        matches!(error, EngineError::Halted(Halt::ApplyPanicked { sequence: 61, .. })),
+        "{error}"
+    );
+
+    // Unless told to stop before it: the journal is cut after 60 and the engine goes on.
+    let engine = builder(directory.path(), Durability::PageCache)
+        .stop_before(61)
+        .open(Bank::default())
+        .unwrap();
+    let recovery = engine.recovery().clone();
+    assert_eq!(recovery.last_sequence, 60);
+    assert!(recovery.stopped_before.is_some());
+    let mut publisher = engine.publisher();
+    assert_eq!(publisher.publish(Command::Open(99)).unwrap(), 61);
+    drop(publisher);
+    let bank = engine.shutdown().unwrap();
+    let expected =
+        replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::Sequence(61)).unwrap();
+    assert_eq!(bank, expected.machine);
+    assert!(bank.accounts.contains_key(&99));
+}
+
+#[test]
+fn the_memory_tier_writes_nothing() {
+    let directory = tempfile::tempdir().unwrap();
+    let (live, events) = run(directory.path(), Durability::Memory, &commands(500, 8, 2));
+    assert_eq!(events.len(), 500);
+    assert!(live.last_sequence == 500);
+    assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences() {
+    let directory = tempfile::tempdir().unwrap();
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    // A subscriber that blocks until released, behind an output ring of one slot: the engine
+    // stops at the second command's events, and the input ring fills up.
+    let engine = builder(directory.path(), Durability::PageCache)
+        .ring_capacity(4)
+        .output_capacity(1)
+        .subscriber("slow", move |_| gate.lock().unwrap().recv().unwrap())
+        .open(Bank::default())
+        .unwrap();
+    let mut publisher = engine.publisher();
+    let mut accepted = 0;
+    let full = loop {
+        match publisher.try_publish(Command::Open(accepted)) {
+            Ok(_) => accepted += 1,
+            Err(error) => break error,
+        }
+        assert!(accepted < 100, "the ring never filled");
+    };
+    assert!(matches!(full, EngineError::Full), "{full}");
+    for _ in 0..accepted {
+        release.send(()).unwrap();
+    }
+    let last =
+        publisher.publish_batch(vec![Command::Open(500), Command::Open(501), Command::Open(502)]);
+    for _ in 0..3 {
+        release.send(()).unwrap();
+    }
+    assert_eq!(last.unwrap(), u64::from(accepted) + 3);
+    drop(publisher);
+    let bank = engine.shutdown().unwrap();
+    assert_eq!(bank.accounts.len(), accepted as usize + 3);
+}
+
+#[test]
+fn a_command_may_emit_more_events_than_the_output_ring_holds() {
+    let directory = tempfile::tempdir().unwrap();
+    let (builder, seen) = recording(directory.path(), Durability::PageCache);
+    let engine = builder.output_capacity(4).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    publisher.publish(Command::Echo(10)).unwrap();
+    publisher.publish(Command::Echo(0)).unwrap();
+    drop(publisher);
+    engine.shutdown().unwrap();
+    let seen = seen.lock().unwrap();
+    let flags: Vec<(u64, bool, bool)> =
+        seen.iter().map(|(sequence, event, last)| (*sequence, event.is_some(), *last)).collect();
+    let mut expected: Vec<(u64, bool, bool)> = (0..10).map(|index| (1, true, index == 9)).collect();
+    expected.push((2, false, true));
+    assert_eq!(flags, expected);
+}
