@@ -13,7 +13,7 @@ use keel_journal::{
 };
 use keel_ring::{
     EventPoller, Interrupt, MultiProducerSequencer, ProcessorHandle, RingBuilder, RingControl,
-    RingError, SingleProducer,
+    RingError, SingleProducer, SingleProducerSequencer,
 };
 use parking_lot::Mutex;
 
@@ -25,6 +25,7 @@ use crate::publisher::{InputSlot, Publisher};
 use crate::recovery::{
     apply_guarded, load_snapshot, panic_message, replay, Skipped, Start, KIND_COMMAND,
 };
+use crate::responses::{Requester, Router, RouterHandler};
 use crate::stats::{Counters, Stats};
 
 /// An event as a subscriber sees it.
@@ -41,9 +42,9 @@ pub struct Delivery<'a, E> {
 /// An output ring slot.
 #[derive(Debug)]
 pub(crate) struct OutputSlot<E> {
-    sequence: u64,
-    event: Option<E>,
-    last: bool,
+    pub(crate) sequence: u64,
+    pub(crate) event: Option<E>,
+    pub(crate) last: bool,
 }
 
 impl<E> Default for OutputSlot<E> {
@@ -53,6 +54,12 @@ impl<E> Default for OutputSlot<E> {
 }
 
 type Subscriber<E> = Box<dyn FnMut(Delivery<'_, E>) + Send>;
+type OutputRing<E> = RingBuilder<OutputSlot<E>, SingleProducerSequencer, AnyWait>;
+/// Starts the response router on the output ring; returns what joins it.
+type RouterInstaller<E> =
+    Box<dyn FnOnce(&mut OutputRing<E>) -> Result<Box<dyn FnOnce() + Send>, RingError> + Send>;
+/// The router callers register with, and how to start it.
+type RouterSetup<E> = (Arc<Router<E>>, RouterInstaller<E>);
 type DeliverFn<E> = Box<dyn FnMut(&OutputSlot<E>, u64, bool) + Send>;
 type ReplaySink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
 
@@ -96,7 +103,7 @@ impl Shared {
         }
     }
 
-    fn halted(&self) -> Option<Halt> {
+    pub(crate) fn halted(&self) -> Option<Halt> {
         self.halt.lock().clone()
     }
 
@@ -131,6 +138,7 @@ pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
     subscribers: Vec<(String, Subscriber<M::Event>)>,
     replay_sink: Option<ReplaySink<M::Event>>,
     progress: Option<Box<dyn FnMut(u64) + Send>>,
+    router: Option<RouterSetup<M::Event>>,
 }
 
 impl<M: StateMachine, C: Codec> std::fmt::Debug for EngineBuilder<M, C> {
@@ -168,6 +176,7 @@ impl<M: StateMachine> Engine<M, Bincode> {
             subscribers: Vec::new(),
             replay_sink: None,
             progress: None,
+            router: None,
         }
     }
 }
@@ -236,6 +245,25 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         self
     }
 
+    /// Enables [`Engine::requester`]: callers that publish a command and wait for its events.
+    /// A router thread (`keel-responses`) reads the output ring and hands each waited-for
+    /// command's events to its caller.
+    pub fn responses(mut self) -> Self
+    where
+        M::Event: Clone,
+    {
+        let router = Arc::new(Router::new());
+        let handler = RouterHandler { router: Arc::clone(&router) };
+        let install: RouterInstaller<M::Event> = Box::new(move |ring| {
+            let (_, processor) = ring.processor("responses", &[], handler)?;
+            Ok(Box::new(move || {
+                let _ = processor.join();
+            }))
+        });
+        self.router = Some((router, install));
+        self
+    }
+
     /// Receives the events that recovery's replay recomputes, with their command's sequence,
     /// so that projections can rebuild (by default they are discarded).
     pub fn on_replay(mut self, sink: impl FnMut(u64, &[M::Event]) + Send + 'static) -> Self {
@@ -265,6 +293,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             subscribers: self.subscribers,
             replay_sink: self.replay_sink,
             progress: self.progress,
+            router: self.router,
         }
     }
 
@@ -289,7 +318,12 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
 
         // The output ring and its subscribers, when there are any.
         let mut subscribers = Vec::new();
-        let events = if self.subscribers.is_empty() {
+        let mut joiners: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let (router, install_router) = match self.router.take() {
+            Some((router, install)) => (Some(router), Some(install)),
+            None => (None, None),
+        };
+        let events = if self.subscribers.is_empty() && install_router.is_none() {
             None
         } else {
             let mut ring = RingBuilder::single_producer(
@@ -311,6 +345,9 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                     .processor(&name, &[], deliver)
                     .map_err(|error| spawn_error(&name, error))?;
                 subscribers.push(processor);
+            }
+            if let Some(install) = install_router {
+                joiners.push(install(&mut ring).map_err(|error| spawn_error("responses", error))?);
             }
             Some(ring.build().map_err(|error| shared.ring_error(error))?)
         };
@@ -362,6 +399,8 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             publisher: Some(publisher),
             thread: Some(thread),
             subscribers,
+            joiners,
+            router,
             input_control,
             shared,
             recovery: report,
@@ -484,6 +523,9 @@ pub struct Engine<M: StateMachine, C: Codec = Bincode> {
     publisher: Option<Publisher<M, C>>,
     thread: Option<JoinHandle<M>>,
     subscribers: Vec<ProcessorHandle<DeliverFn<M::Event>>>,
+    /// Join the response router.
+    joiners: Vec<Box<dyn FnOnce() + Send>>,
+    router: Option<Arc<Router<M::Event>>>,
     input_control: RingControl,
     shared: Arc<Shared>,
     recovery: RecoveryReport,
@@ -493,6 +535,18 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
     /// A publisher (clone it for each producing thread).
     pub fn publisher(&self) -> Publisher<M, C> {
         self.publisher.as_ref().expect("the engine's publisher lives until shutdown").clone()
+    }
+
+    /// A publisher that waits for its commands' events; the builder must have enabled
+    /// [`responses`](EngineBuilder::responses).
+    pub fn requester(&self) -> Result<Requester<M, C>, EngineError>
+    where
+        M::Event: Clone,
+    {
+        let router = self.router.as_ref().ok_or_else(|| {
+            EngineError::Configuration("requester() needs the builder's responses()".into())
+        })?;
+        Ok(Requester::new(self.publisher(), Arc::clone(router), Arc::clone(&self.shared)))
     }
 
     /// What recovery found and did.
@@ -542,6 +596,9 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
         for subscriber in self.subscribers.drain(..) {
             // A panicking subscriber already halted the output ring, and so the engine.
             let _ = subscriber.join();
+        }
+        for join in self.joiners.drain(..) {
+            join();
         }
         let machine = machine.map_err(|panic| EngineError::Spawn {
             thread: "engine".into(),

@@ -49,6 +49,7 @@ mod error;
 mod machine;
 mod publisher;
 mod recovery;
+mod responses;
 mod stats;
 
 pub use codec::{Bincode, Codec, CodecError};
@@ -58,4 +59,5 @@ pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;
 pub use recovery::{replay_to, ReplayTarget, ReplayedState};
+pub use responses::Requester;
 pub use stats::Stats;

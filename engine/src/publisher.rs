@@ -53,18 +53,29 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
     /// command is encoded first, on this thread: an encoding error is returned before anything
     /// is published.
     pub fn publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
-        self.publish_with(command, |producer, update| producer.publish(update))
+        self.publish_with(command, |_| {}, |producer, update| producer.publish(update))
+    }
+
+    /// Publishes, calling `claimed` with the command's sequence after its slot is claimed and
+    /// before it is published (nothing downstream can have seen it yet).
+    pub(crate) fn publish_then(
+        &mut self,
+        command: M::Command,
+        claimed: impl FnOnce(u64),
+    ) -> Result<u64, EngineError> {
+        self.publish_with(command, claimed, |producer, update| producer.publish(update))
     }
 
     /// Like [`publish`](Self::publish), but fails with [`EngineError::Full`] at once when the
     /// ring has no free slot.
     pub fn try_publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
-        self.publish_with(command, |producer, update| producer.try_publish(update))
+        self.publish_with(command, |_| {}, |producer, update| producer.try_publish(update))
     }
 
     fn publish_with(
         &mut self,
         command: M::Command,
+        claimed: impl FnOnce(u64),
         publish: impl FnOnce(
             &MultiProducer<InputSlot<M::Command>, AnyWait>,
             &mut dyn FnMut(&mut InputSlot<M::Command>, u64),
@@ -74,9 +85,14 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
         self.codec.encode(&command, &mut self.scratch)?;
         let scratch = &mut self.scratch;
         let mut command = Some(command);
-        let sequence = publish(&self.producer, &mut |slot, _| {
+        let mut claimed = Some(claimed);
+        let base = self.base;
+        let sequence = publish(&self.producer, &mut |slot, sequence| {
             std::mem::swap(&mut slot.bytes, scratch);
             slot.command = command.take();
+            if let Some(claimed) = claimed.take() {
+                claimed(base + sequence);
+            }
         })
         .map_err(|error| self.shared.ring_error(error))?;
         Ok(self.base + sequence)

@@ -344,3 +344,43 @@ fn a_command_may_emit_more_events_than_the_output_ring_holds() {
     expected.push((2, false, true));
     assert_eq!(flags, expected);
 }
+
+#[test]
+fn requesters_get_the_events_of_their_own_commands() {
+    let directory = tempfile::tempdir().unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache).responses().open(Bank::default()).unwrap();
+    let mut requester = engine.requester().unwrap();
+    for account in 0..4 {
+        let (_, events) = requester.call(Command::Open(account)).unwrap();
+        assert_eq!(events, [Event::Opened(account)]);
+    }
+    let callers: Vec<_> = (0..4u32)
+        .map(|account| {
+            let mut requester = requester.clone();
+            std::thread::spawn(move || {
+                for deposit in 1..=300i64 {
+                    let (_, events) = requester.call(Command::Deposit(account, 1)).unwrap();
+                    // Each caller deposits into its own account: its balance is its count.
+                    assert_eq!(events, [Event::Balance(account, deposit)]);
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    let (sequence, events) = requester.call(Command::Echo(0)).unwrap();
+    assert_eq!((sequence, events), (4 + 1_200 + 1, vec![]));
+
+    // A caller waiting when the engine stops gets the reason.
+    let error = requester.call(Command::Poison).unwrap_err();
+    assert!(matches!(error, EngineError::Halted(Halt::ApplyPanicked { .. })), "{error}");
+    drop(requester);
+    assert!(engine.shutdown().is_err());
+
+    let plain = builder(tempfile::tempdir().unwrap().path(), Durability::Memory)
+        .open(Bank::default())
+        .unwrap();
+    assert!(matches!(plain.requester().unwrap_err(), EngineError::Configuration(_)));
+}
