@@ -27,6 +27,10 @@ pub enum Topology {
     /// two-core machine can run.
     #[default]
     Compact,
+    /// A journaller thread journals each batch and makes it durable while the engine thread
+    /// applies the batch before it: the LMAX shape, three threads with one producer. Needs a
+    /// core per busy thread, or a wait strategy that yields.
+    Pipelined,
 }
 
 /// How engine threads wait for work, and producers for room (see `keel_ring`'s strategies).

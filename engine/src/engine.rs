@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     halt: Mutex<Option<Halt>>,
     pub(crate) counters: Counters,
     snapshot_requested: AtomicBool,
+    /// Set by the pipelined journaller before it releases a batch it could not make durable.
+    journal_failed: AtomicBool,
 }
 
 impl Shared {
@@ -358,7 +360,15 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             AnyWait::from(self.wait),
         )
         .map_err(|error| shared.ring_error(error))?;
-        let (_, poller) = input.poller(&[]).map_err(|error| shared.ring_error(error))?;
+        let ring_error = |error| shared.ring_error(error);
+        let (poller, journaller) = match self.topology {
+            Topology::Compact => (input.poller(&[]).map_err(ring_error)?.1, None),
+            Topology::Pipelined => {
+                let (journalled, journaller) = input.poller(&[]).map_err(ring_error)?;
+                let (_, poller) = input.poller(&[journalled]).map_err(ring_error)?;
+                (poller, Some(journaller))
+            }
+        };
         let input_control = input.control();
         let producer = input.build().map_err(|error| shared.ring_error(error))?;
 
@@ -372,6 +382,33 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             )?),
         };
         let topology = self.topology;
+        // Pipelined: the journal belongs to the journaller's thread.
+        let (journal, journaller_journal) = match topology {
+            Topology::Compact => (journal, None),
+            Topology::Pipelined => (None, journal),
+        };
+        if let Some(journaller) = journaller {
+            let shared = Arc::clone(&shared);
+            let limit = self.ring_capacity;
+            let thread = std::thread::Builder::new()
+                .name("keel-journaller".into())
+                .spawn(move || {
+                    run_journaller::<M>(
+                        journaller,
+                        journaller_journal,
+                        &shared,
+                        last_timestamp_ns,
+                        limit,
+                    )
+                })
+                .map_err(|error| EngineError::Spawn {
+                    thread: "journaller".into(),
+                    message: error.to_string(),
+                })?;
+            joiners.push(Box::new(move || {
+                let _ = thread.join();
+            }));
+        }
         let processor = Processor {
             machine,
             journal,
@@ -389,6 +426,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             .name("keel-engine".into())
             .spawn(move || match topology {
                 Topology::Compact => processor.run_compact(poller),
+                Topology::Pipelined => processor.run_pipelined(poller),
             })
             .map_err(|error| EngineError::Spawn {
                 thread: "engine".into(),
@@ -653,16 +691,9 @@ impl<M: StateMachine> Processor<M> {
     /// The compact topology: take every available command, journal the batch, make it durable,
     /// apply it, publish its events; between batches, take a snapshot when one is due.
     fn run_compact(mut self, mut poller: InputPoller<M>) -> M {
-        let shared = Arc::clone(&self.shared);
-        let writing = self.snapshotter.as_ref().map(|snapshotter| Arc::clone(&snapshotter.busy));
-        // A request is acted on once no snapshot is being written (the one being written
-        // finishes first), so a waiting request does not spin the engine thread.
-        let snapshot_wanted = || {
-            shared.snapshot_requested.load(Ordering::Acquire)
-                && !writing.as_ref().is_some_and(|busy| busy.load(Ordering::Acquire))
-        };
+        let mut snapshot_wanted = self.snapshot_wanted();
         loop {
-            let batch = match poller.wait_or(self.batch_limit, snapshot_wanted) {
+            let batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => {
                     self.snapshot_if_due();
@@ -670,17 +701,17 @@ impl<M: StateMachine> Processor<M> {
                 }
                 Err(Interrupt::Closed | Interrupt::Halted) => break,
             };
-            let (first, last) = (batch.first_sequence(), batch.last_sequence());
-            let count = last - first + 1;
-            let counters = &self.shared.counters;
-            Counters::set(&counters.batches, counters.batches.load(Ordering::Relaxed) + 1);
-            if count > counters.largest_batch.load(Ordering::Relaxed) {
-                Counters::set(&counters.largest_batch, count);
-            }
+            self.shared.counters.count_batch(batch.len() as u64);
             // One clock read per batch: the timestamp of every command in it.
             let timestamp_ns = now_ns().max(self.last_timestamp_ns);
             self.last_timestamp_ns = timestamp_ns;
-            let outcome = self.journal_batch(batch.iter(), timestamp_ns).and_then(|()| {
+            let journaled = match self.journal.as_mut() {
+                Some(journal) => {
+                    journal_batch::<M>(journal, &self.shared, batch.iter(), timestamp_ns)
+                }
+                None => Ok(()),
+            };
+            let outcome = journaled.and_then(|()| {
                 // Durable per the tier: now, and only now, apply.
                 for (sequence, slot) in batch.iter() {
                     let command = slot.command.as_ref().expect("a published slot holds a command");
@@ -700,31 +731,56 @@ impl<M: StateMachine> Processor<M> {
         self.machine
     }
 
-    /// Appends the batch to the journal and makes it durable per the tier.
-    fn journal_batch<'a>(
-        &mut self,
-        slots: impl Iterator<Item = (u64, &'a InputSlot<M::Command>)>,
-        timestamp_ns: u64,
-    ) -> Result<(), Halt>
-    where
-        M::Command: 'a,
-    {
-        let Some(journal) = self.journal.as_mut() else {
-            return Ok(());
-        };
-        let failed = |journal: &JournalWriter, error: keel_journal::JournalError| Halt::Journal {
-            sequence: journal.durable_sequence() + 1,
-            message: error.to_string(),
-        };
-        for (_, slot) in slots {
-            journal
-                .append(timestamp_ns, KIND_COMMAND, M::COMMAND_VERSION, &slot.bytes)
-                .map_err(|error| failed(journal, error))?;
+    /// The pipelined topology: the journaller thread journals each batch and makes it
+    /// durable; this thread applies what it has passed, with the timestamps it assigned.
+    fn run_pipelined(mut self, mut poller: InputPoller<M>) -> M {
+        let mut snapshot_wanted = self.snapshot_wanted();
+        loop {
+            let batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    self.snapshot_if_due();
+                    continue;
+                }
+                Err(Interrupt::Closed | Interrupt::Halted) => break,
+            };
+            // The journaller records a failure before it releases the batch it failed on: a
+            // batch passed to this thread after a failure may not be durable.
+            if self.shared.journal_failed.load(Ordering::Acquire) {
+                break;
+            }
+            let mut outcome = Ok(());
+            for (sequence, slot) in batch.iter() {
+                let command = slot.command.as_ref().expect("a published slot holds a command");
+                let timestamp_ns = slot.timestamp_ns.load(Ordering::Relaxed);
+                self.last_timestamp_ns = timestamp_ns;
+                outcome =
+                    self.apply(&Context { sequence: self.base + sequence, timestamp_ns }, command);
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            drop(batch);
+            if let Err(halt) = outcome {
+                self.shared.stop(halt);
+                poller.control().halt();
+                break;
+            }
+            self.snapshot_if_due();
         }
-        Counters::set(&self.shared.counters.journaled, journal.next_sequence() - 1);
-        let durable = journal.commit().map_err(|error| failed(journal, error))?;
-        Counters::set(&self.shared.counters.durable, durable);
-        Ok(())
+        self.finish();
+        self.machine
+    }
+
+    /// Whether a snapshot request should wake the engine thread: once no snapshot is being
+    /// written (the one being written finishes first), so a waiting request does not spin it.
+    fn snapshot_wanted(&self) -> impl FnMut() -> bool + use<M> {
+        let shared = Arc::clone(&self.shared);
+        let writing = self.snapshotter.as_ref().map(|snapshotter| Arc::clone(&snapshotter.busy));
+        move || {
+            shared.snapshot_requested.load(Ordering::Acquire)
+                && !writing.as_ref().is_some_and(|busy| busy.load(Ordering::Acquire))
+        }
     }
 
     /// Applies one command and publishes its events.
@@ -803,6 +859,67 @@ impl<M: StateMachine> Processor<M> {
         if let Some(snapshotter) = self.snapshotter.take() {
             snapshotter.finish();
         }
+    }
+}
+
+/// Appends a batch to the journal and makes it durable per the tier.
+fn journal_batch<'a, M: StateMachine>(
+    journal: &mut JournalWriter,
+    shared: &Shared,
+    slots: impl Iterator<Item = (u64, &'a InputSlot<M::Command>)>,
+    timestamp_ns: u64,
+) -> Result<(), Halt>
+where
+    M::Command: 'a,
+{
+    let failed = |journal: &JournalWriter, error: keel_journal::JournalError| Halt::Journal {
+        sequence: journal.durable_sequence() + 1,
+        message: error.to_string(),
+    };
+    for (_, slot) in slots {
+        journal
+            .append(timestamp_ns, KIND_COMMAND, M::COMMAND_VERSION, &slot.bytes)
+            .map_err(|error| failed(journal, error))?;
+    }
+    Counters::set(&shared.counters.journaled, journal.next_sequence() - 1);
+    let durable = journal.commit().map_err(|error| failed(journal, error))?;
+    Counters::set(&shared.counters.durable, durable);
+    Ok(())
+}
+
+/// The pipelined topology's journaller: stamps each batch with one clock read, journals it,
+/// makes it durable, and only then releases it to the engine thread. In the `Memory` tier it
+/// only stamps.
+fn run_journaller<M: StateMachine>(
+    mut poller: InputPoller<M>,
+    mut journal: Option<JournalWriter>,
+    shared: &Shared,
+    mut last_timestamp_ns: u64,
+    limit: usize,
+) {
+    let control = poller.control();
+    while let Ok(batch) = poller.wait(limit) {
+        shared.counters.count_batch(batch.len() as u64);
+        let timestamp_ns = now_ns().max(last_timestamp_ns);
+        last_timestamp_ns = timestamp_ns;
+        for (_, slot) in batch.iter() {
+            // Read by the engine thread after this batch is released (the release of this
+            // stage's sequence orders it).
+            slot.timestamp_ns.store(timestamp_ns, Ordering::Relaxed);
+        }
+        let outcome = match journal.as_mut() {
+            Some(journal) => journal_batch::<M>(journal, shared, batch.iter(), timestamp_ns),
+            None => Ok(()),
+        };
+        if let Err(halt) = outcome {
+            // Recorded before the batch is released, so the engine thread never applies it.
+            shared.journal_failed.store(true, Ordering::Release);
+            shared.stop(halt);
+            control.halt();
+            drop(batch);
+            break;
+        }
+        drop(batch);
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`Publisher`]: how any thread hands commands to the engine.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use keel_ring::{MultiProducer, RingError};
@@ -17,11 +18,13 @@ use crate::machine::StateMachine;
 pub(crate) struct InputSlot<C> {
     pub(crate) command: Option<C>,
     pub(crate) bytes: Vec<u8>,
+    /// The pipelined topology's journaller stamps the slot here for the engine thread.
+    pub(crate) timestamp_ns: AtomicU64,
 }
 
 impl<C> Default for InputSlot<C> {
     fn default() -> Self {
-        Self { command: None, bytes: Vec::new() }
+        Self { command: None, bytes: Vec::new(), timestamp_ns: AtomicU64::new(0) }
     }
 }
 

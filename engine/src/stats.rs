@@ -58,6 +58,14 @@ impl Counters {
         counter.store(value, Ordering::Relaxed);
     }
 
+    /// Counts a batch taken from the input ring.
+    pub(crate) fn count_batch(&self, size: u64) {
+        Self::set(&self.batches, self.batches.load(Ordering::Relaxed) + 1);
+        if size > self.largest_batch.load(Ordering::Relaxed) {
+            Self::set(&self.largest_batch, size);
+        }
+    }
+
     pub(crate) fn read(&self, published: u64) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let applied = load(&self.applied);

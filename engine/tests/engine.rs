@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{commands, Bank, Command, Event};
 use keel_engine::{
     replay_to, Bincode, Delivery, Durability, Engine, EngineBuilder, EngineError, Halt,
-    ReplayTarget, SnapshotPolicy, StateMachine,
+    ReplayTarget, SnapshotPolicy, StateMachine, Topology,
 };
 use keel_journal::{JournalReader, SnapshotMeta, SnapshotStore};
 use proptest::prelude::*;
@@ -19,17 +19,30 @@ use proptest::prelude::*;
 type Seen = Arc<Mutex<Vec<(u64, Option<Event>, bool)>>>;
 type Grouped = Vec<(u64, Vec<Event>)>;
 
-fn builder(directory: &Path, durability: Durability) -> EngineBuilder<Bank, Bincode> {
-    Engine::builder(directory).durability(durability).segment_size(1 << 20).ring_capacity(1024)
+fn builder(
+    directory: &Path,
+    durability: Durability,
+    topology: Topology,
+) -> EngineBuilder<Bank, Bincode> {
+    Engine::builder(directory)
+        .durability(durability)
+        .topology(topology)
+        .segment_size(1 << 20)
+        .ring_capacity(1024)
 }
 
 /// A builder whose subscriber records every delivery.
-fn recording(directory: &Path, durability: Durability) -> (EngineBuilder<Bank, Bincode>, Seen) {
+fn recording(
+    directory: &Path,
+    durability: Durability,
+    topology: Topology,
+) -> (EngineBuilder<Bank, Bincode>, Seen) {
     let seen: Seen = Arc::default();
     let sink = Arc::clone(&seen);
-    let builder = builder(directory, durability).subscriber("recorder", move |delivery| {
-        sink.lock().unwrap().push((delivery.sequence, delivery.event.cloned(), delivery.last));
-    });
+    let builder =
+        builder(directory, durability, topology).subscriber("recorder", move |delivery| {
+            sink.lock().unwrap().push((delivery.sequence, delivery.event.cloned(), delivery.last));
+        });
     (builder, seen)
 }
 
@@ -49,9 +62,10 @@ fn per_command(seen: &[(u64, Option<Event>, bool)]) -> Vec<(u64, Vec<Event>)> {
 fn run(
     directory: &Path,
     durability: Durability,
+    topology: Topology,
     commands: &[Command],
-) -> (Bank, Vec<(u64, Vec<Event>)>) {
-    let (builder, seen) = recording(directory, durability);
+) -> (Bank, Grouped) {
+    let (builder, seen) = recording(directory, durability, topology);
     let engine = builder.open(Bank::default()).unwrap();
     let mut publisher = engine.publisher();
     for (index, command) in commands.iter().enumerate() {
@@ -78,17 +92,23 @@ proptest! {
     /// Live, replayed from the journal, and recovered from a snapshot plus the journal: the
     /// same state hash and the same events, in both durable tiers.
     #[test]
-    fn live_replay_and_recovery_agree(seed in any::<u64>(), count in 1usize..600, fsync in any::<bool>()) {
+    fn live_replay_and_recovery_agree(
+        seed in any::<u64>(),
+        count in 1usize..600,
+        fsync in any::<bool>(),
+        pipelined in any::<bool>(),
+    ) {
         let durability = if fsync { Durability::Fsync } else { Durability::PageCache };
+        let topology = if pipelined { Topology::Pipelined } else { Topology::Compact };
         let commands = commands(count, 8, seed);
         let directory = tempfile::tempdir().unwrap();
-        let (live, live_events) = run(directory.path(), durability, &commands);
+        let (live, live_events) = run(directory.path(), durability, topology, &commands);
         prop_assert_eq!(live_events.len(), count, "one delivery group per command");
 
         // Replay from the journal alone, recomputing the events.
         let replayed: Arc<Mutex<Grouped>> = Arc::default();
         let sink = Arc::clone(&replayed);
-        let engine = builder(directory.path(), durability)
+        let engine = builder(directory.path(), durability, topology)
             .on_replay(move |sequence, events| sink.lock().unwrap().push((sequence, events.to_vec())))
             .open(Bank::default())
             .unwrap();
@@ -107,11 +127,11 @@ proptest! {
     }
 }
 
-#[test]
-fn recovery_from_a_snapshot_replays_only_what_follows_it() {
+fn recovery_from_a_snapshot_replays_only_what_follows_it(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let commands = commands(3_000, 16, 7);
-    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
     let mut publisher = engine.publisher();
     for command in &commands[..2_000] {
         publisher.publish(command.clone()).unwrap();
@@ -126,7 +146,8 @@ fn recovery_from_a_snapshot_replays_only_what_follows_it() {
     drop(publisher);
     let live = engine.shutdown().unwrap();
 
-    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
     let recovery = engine.recovery().clone();
     assert_eq!(recovery.snapshot.as_ref().map(|(_, sequence)| *sequence), Some(2_000));
     assert_eq!(recovery.replayed, 1_000);
@@ -142,12 +163,11 @@ fn recovery_from_a_snapshot_replays_only_what_follows_it() {
     assert_eq!((late.snapshot.map(|(_, sequence)| sequence), late.replayed), (Some(2_000), 500));
 }
 
-#[test]
-fn snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one() {
+fn snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let commands = commands(5_000, 16, 11);
     let policy = SnapshotPolicy { every_commands: Some(1_000), every_interval: None, keep: 0 };
-    let engine = builder(directory.path(), Durability::PageCache)
+    let engine = builder(directory.path(), Durability::PageCache, topology)
         .snapshots(policy)
         .open(Bank::default())
         .unwrap();
@@ -185,7 +205,8 @@ fn snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one() {
     let _ = std::fs::remove_file(&newest.path);
     store.write(&meta, b"a future schema").unwrap();
 
-    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
     let recovery = engine.recovery().clone();
     assert_eq!(recovery.snapshot.as_ref().map(|(_, sequence)| *sequence), Some(4_000));
     assert_eq!(recovery.replayed, 1_000);
@@ -198,14 +219,13 @@ fn snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one() {
     assert_eq!(engine.shutdown().unwrap(), live);
 }
 
-#[test]
-fn no_event_is_released_before_its_command_is_in_the_journal() {
+fn no_event_is_released_before_its_command_is_in_the_journal(topology: Topology) {
     for durability in [Durability::PageCache, Durability::Fsync] {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().to_owned();
         let checked = Arc::new(Mutex::new(0u64));
         let counter = Arc::clone(&checked);
-        let engine = builder(directory.path(), durability)
+        let engine = builder(directory.path(), durability, topology)
             .subscriber("gate", move |delivery: Delivery<'_, Event>| {
                 if delivery.last && delivery.sequence % 50 == 1 {
                     // The journal (read through its own mapping) already holds the command.
@@ -227,12 +247,12 @@ fn no_event_is_released_before_its_command_is_in_the_journal() {
     }
 }
 
-#[test]
-fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it() {
+fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let mut commands = commands(100, 4, 5);
     commands.insert(60, Command::Poison);
-    let engine = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
     let mut publisher = engine.publisher();
     for command in &commands {
         // Publishing fails once the engine has stopped; it may accept a few before.
@@ -257,14 +277,16 @@ fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it() {
     }
 
     // Recovery replays to the same panic, deterministically.
-    let error = builder(directory.path(), Durability::PageCache).open(Bank::default()).unwrap_err();
+    let error = builder(directory.path(), Durability::PageCache, topology)
+        .open(Bank::default())
+        .unwrap_err();
     assert!(
         matches!(error, EngineError::Halted(Halt::ApplyPanicked { sequence: 61, .. })),
         "{error}"
     );
 
     // Unless told to stop before it: the journal is cut after 60 and the engine goes on.
-    let engine = builder(directory.path(), Durability::PageCache)
+    let engine = builder(directory.path(), Durability::PageCache, topology)
         .stop_before(61)
         .open(Bank::default())
         .unwrap();
@@ -281,23 +303,21 @@ fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it() {
     assert!(bank.accounts.contains_key(&99));
 }
 
-#[test]
-fn the_memory_tier_writes_nothing() {
+fn the_memory_tier_writes_nothing(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
-    let (live, events) = run(directory.path(), Durability::Memory, &commands(500, 8, 2));
+    let (live, events) = run(directory.path(), Durability::Memory, topology, &commands(500, 8, 2));
     assert_eq!(events.len(), 500);
     assert!(live.last_sequence == 500);
     assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0);
 }
 
-#[test]
-fn try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences() {
+fn try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let (release, gate) = mpsc::channel::<()>();
     let gate = Mutex::new(gate);
     // A subscriber that blocks until released, behind an output ring of one slot: the engine
     // stops at the second command's events, and the input ring fills up.
-    let engine = builder(directory.path(), Durability::PageCache)
+    let engine = builder(directory.path(), Durability::PageCache, topology)
         .ring_capacity(4)
         .output_capacity(1)
         .subscriber("slow", move |_| gate.lock().unwrap().recv().unwrap())
@@ -327,10 +347,9 @@ fn try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences() {
     assert_eq!(bank.accounts.len(), accepted as usize + 3);
 }
 
-#[test]
-fn a_command_may_emit_more_events_than_the_output_ring_holds() {
+fn a_command_may_emit_more_events_than_the_output_ring_holds(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
-    let (builder, seen) = recording(directory.path(), Durability::PageCache);
+    let (builder, seen) = recording(directory.path(), Durability::PageCache, topology);
     let engine = builder.output_capacity(4).open(Bank::default()).unwrap();
     let mut publisher = engine.publisher();
     publisher.publish(Command::Echo(10)).unwrap();
@@ -345,11 +364,12 @@ fn a_command_may_emit_more_events_than_the_output_ring_holds() {
     assert_eq!(flags, expected);
 }
 
-#[test]
-fn requesters_get_the_events_of_their_own_commands() {
+fn requesters_get_the_events_of_their_own_commands(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
-    let engine =
-        builder(directory.path(), Durability::PageCache).responses().open(Bank::default()).unwrap();
+    let engine = builder(directory.path(), Durability::PageCache, topology)
+        .responses()
+        .open(Bank::default())
+        .unwrap();
     let mut requester = engine.requester().unwrap();
     for account in 0..4 {
         let (_, events) = requester.call(Command::Open(account)).unwrap();
@@ -379,8 +399,31 @@ fn requesters_get_the_events_of_their_own_commands() {
     drop(requester);
     assert!(engine.shutdown().is_err());
 
-    let plain = builder(tempfile::tempdir().unwrap().path(), Durability::Memory)
+    let plain = builder(tempfile::tempdir().unwrap().path(), Durability::Memory, topology)
         .open(Bank::default())
         .unwrap();
     assert!(matches!(plain.requester().unwrap_err(), EngineError::Configuration(_)));
 }
+
+/// Every test above, in both topologies.
+macro_rules! in_both_topologies {
+    ($($name:ident),* $(,)?) => {
+        mod compact {
+            $(#[test] fn $name() { super::$name(keel_engine::Topology::Compact) })*
+        }
+        mod pipelined {
+            $(#[test] fn $name() { super::$name(keel_engine::Topology::Pipelined) })*
+        }
+    };
+}
+
+in_both_topologies!(
+    recovery_from_a_snapshot_replays_only_what_follows_it,
+    snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one,
+    no_event_is_released_before_its_command_is_in_the_journal,
+    a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it,
+    the_memory_tier_writes_nothing,
+    try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences,
+    a_command_may_emit_more_events_than_the_output_ring_holds,
+    requesters_get_the_events_of_their_own_commands
+);
