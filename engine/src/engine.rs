@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use keel_journal::storage::Storage;
 use keel_journal::{
     Durability as JournalDurability, JournalOptions, JournalWriter, OpenReport, Repair, RepairPlan,
     SnapshotMeta, SnapshotStore,
@@ -138,6 +139,7 @@ pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
     snapshots: SnapshotPolicy,
     stop_before: Option<u64>,
     subscribers: Vec<(String, Subscriber<M::Event>)>,
+    storage: Option<Arc<dyn Storage>>,
     replay_sink: Option<ReplaySink<M::Event>>,
     progress: Option<Box<dyn FnMut(u64) + Send>>,
     router: Option<RouterSetup<M::Event>>,
@@ -176,6 +178,7 @@ impl<M: StateMachine> Engine<M, Bincode> {
             snapshots: SnapshotPolicy::default(),
             stop_before: None,
             subscribers: Vec::new(),
+            storage: None,
             replay_sink: None,
             progress: None,
             router: None,
@@ -217,6 +220,13 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
     /// The size of new journal segments.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self
+    }
+
+    /// The file operations under the journal writer: the real file system unless a test
+    /// injects faults (`keel_journal::storage::FaultyStorage`).
+    pub fn journal_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
         self
     }
 
@@ -293,6 +303,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             snapshots: self.snapshots,
             stop_before: self.stop_before,
             subscribers: self.subscribers,
+            storage: self.storage,
             replay_sink: self.replay_sink,
             progress: self.progress,
             router: self.router,
@@ -467,7 +478,10 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         if let Some(sequence) = self.stop_before {
             report.stopped_before = stop_before(&self.directory, sequence)?;
         }
-        let options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
+        let mut options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
+        if let Some(storage) = &self.storage {
+            options = options.storage(Arc::clone(storage));
+        }
         let writer = JournalWriter::open(&self.directory, options)?;
         let opened = writer.open_report().clone();
         let (first, last) = (opened.first_sequence, opened.last_sequence);

@@ -405,6 +405,47 @@ fn requesters_get_the_events_of_their_own_commands(topology: Topology) {
     assert!(matches!(plain.requester().unwrap_err(), EngineError::Configuration(_)));
 }
 
+fn a_full_disk_stops_the_engine_and_loses_nothing_applied(topology: Topology) {
+    use keel_journal::storage::{Fault, FaultyStorage, Operation};
+    let directory = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new();
+    let (faulty, seen) = recording(directory.path(), Durability::Fsync, topology);
+    let engine = faulty.journal_storage(Arc::new(storage.clone())).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for command in commands(200, 4, 9) {
+        publisher.publish(command).unwrap();
+    }
+    wait_until("200 applied", || engine.stats().applied == 200);
+    storage.inject_on(Operation::Write, ".segment", 0, Fault::Fail { errno: 28 });
+    let mut refused = None;
+    for command in commands(400, 4, 10).into_iter().skip(200) {
+        if let Err(error) = publisher.publish(command) {
+            refused = Some(error);
+            break;
+        }
+    }
+    wait_until("the halt", || engine.halted().is_some());
+    let refused = refused.unwrap_or_else(|| publisher.publish(Command::Open(77)).unwrap_err());
+    assert!(matches!(refused, EngineError::Halted(Halt::Journal { .. })), "{refused}");
+    let applied = engine.stats().applied;
+    assert_eq!(applied, 200, "nothing after the failed write is applied");
+    drop(publisher);
+    let live = match engine.shutdown() {
+        Err(EngineError::Halted(Halt::Journal { sequence, message })) => {
+            assert_eq!(sequence, 201);
+            assert!(message.contains("os error 28"), "{message}");
+            seen.lock().unwrap().len()
+        }
+        other => panic!("expected the journal's failure, got {other:?}"),
+    };
+    assert!(live >= 200);
+    // Reopened on a healthy disk: every applied command is there, nothing else.
+    let engine =
+        builder(directory.path(), Durability::Fsync, topology).open(Bank::default()).unwrap();
+    assert_eq!(engine.recovery().last_sequence, 200);
+    engine.shutdown().unwrap();
+}
+
 /// Every test above, in both topologies.
 macro_rules! in_both_topologies {
     ($($name:ident),* $(,)?) => {
@@ -418,6 +459,7 @@ macro_rules! in_both_topologies {
 }
 
 in_both_topologies!(
+    a_full_disk_stops_the_engine_and_loses_nothing_applied,
     recovery_from_a_snapshot_replays_only_what_follows_it,
     snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one,
     no_event_is_released_before_its_command_is_in_the_journal,
