@@ -42,6 +42,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 mod config;
 mod engine;
@@ -58,6 +60,6 @@ pub use engine::{Delivery, Engine, EngineBuilder, RecoveryReport};
 pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;
-pub use recovery::{replay_to, ReplayTarget, ReplayedState};
+pub use recovery::{replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState};
 pub use responses::Requester;
 pub use stats::Stats;

@@ -222,6 +222,18 @@ pub struct ReplayedState<M> {
     pub state_hash: u64,
 }
 
+/// Which snapshot a replay starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ReplayFrom {
+    /// The newest usable snapshot at or before the target (the fastest).
+    #[default]
+    NewestSnapshot,
+    /// The oldest usable snapshot: the longest replay the kept files allow.
+    OldestSnapshot,
+    /// No snapshot: every command from the journal's first (which must be sequence 1).
+    Beginning,
+}
+
 /// Rebuilds the state of the journal in `directory` at `target`, read-only (no lock is taken
 /// and nothing is written, so it can run beside a live engine): the newest snapshot at or
 /// before the target, then the commands after it up to the target. "What was the balance at
@@ -233,19 +245,74 @@ pub fn replay_to<M: StateMachine, C: Codec>(
     initial: M,
     target: ReplayTarget,
 ) -> Result<ReplayedState<M>, EngineError> {
+    replay_from(directory, codec, initial, ReplayFrom::NewestSnapshot, target)
+}
+
+/// [`replay_to`], starting from the snapshot `from` chooses: replaying the same journal from
+/// different snapshots and comparing the hashes checks the snapshots and the determinism of
+/// `apply` at once.
+pub fn replay_from<M: StateMachine, C: Codec>(
+    directory: impl AsRef<Path>,
+    codec: C,
+    initial: M,
+    from: ReplayFrom,
+    target: ReplayTarget,
+) -> Result<ReplayedState<M>, EngineError> {
     let directory = directory.as_ref();
     let within = move |sequence: u64, timestamp_ns: u64| match target {
         ReplayTarget::Sequence(last) => sequence <= last,
         ReplayTarget::Timestamp(last) => timestamp_ns <= last,
         ReplayTarget::End => true,
     };
-    let start = load_snapshot(directory, &codec, initial, |sequence, timestamp| {
+    let before_target = |sequence, timestamp| {
         if within(sequence, timestamp) {
             Ok(())
         } else {
             Err("it is past the replay's target".to_owned())
         }
-    })?;
+    };
+    let start = match from {
+        ReplayFrom::NewestSnapshot => load_snapshot(directory, &codec, initial, before_target)?,
+        ReplayFrom::Beginning => Start {
+            machine: initial,
+            snapshot: None,
+            sequence: 0,
+            timestamp_ns: 0,
+            skipped: Vec::new(),
+        },
+        ReplayFrom::OldestSnapshot => {
+            let mut sequences: Vec<u64> =
+                SnapshotStore::open(directory)?.list()?.iter().map(|file| file.sequence).collect();
+            sequences.sort_unstable();
+            let mut skipped = Vec::new();
+            let mut found = None;
+            for candidate in sequences {
+                let start =
+                    load_snapshot(directory, &codec, initial.clone(), |sequence, timestamp| {
+                        if sequence != candidate {
+                            return Err(String::new());
+                        }
+                        before_target(sequence, timestamp)
+                    })?;
+                // Only the candidate's own verdict counts; the others were passed by design.
+                skipped.extend(start.skipped.into_iter().filter(|(_, reason)| !reason.is_empty()));
+                if start.snapshot.is_some() {
+                    found = Some(Start { skipped: std::mem::take(&mut skipped), ..start });
+                    break;
+                }
+            }
+            match found {
+                Some(start) => start,
+                None => Start {
+                    machine: initial,
+                    snapshot: None,
+                    sequence: 0,
+                    timestamp_ns: 0,
+                    skipped,
+                },
+            }
+        }
+    };
     let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
     let replayed = replay(
         directory,
