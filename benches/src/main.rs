@@ -6,12 +6,14 @@
 //! cargo run --release --bin keel-bench -- ring --json     # one JSON object per line
 //! cargo run --release --bin keel-bench -- ring --quick    # a short smoke run
 //! cargo run --release --bin keel-bench -- journal          # the journal: tiers, ceilings, rolls
+//! cargo run --release --bin keel-bench -- engine           # the engine: saturation, open-loop latency
 //! ```
 //!
 //! Every scenario runs keel and its peers interleaved, run by run (the order rotates each run),
 //! with the machine's bare inter-core round trip measured before each run; the summary gives
 //! the median, minimum and maximum across runs, and keel's ratio to each peer's median.
 
+mod engine;
 mod journal;
 mod machine;
 mod report;
@@ -33,8 +35,9 @@ use crate::ring::{sum_to, Outcome, PingPong, Pinning};
 )]
 struct Arguments {
     /// Scenarios to run: `ring` (all of the below), `one-to-one`, `two-to-one`,
-    /// `one-to-diamond`, `ping-pong`; and `journal` (append per tier, ceilings, verified read,
-    /// rolls).
+    /// `one-to-diamond`, `ping-pong`; `journal` (append per tier, ceilings, verified read,
+    /// rolls); `engine` (every topology and tier at saturation and at fixed offered rates,
+    /// with the bare ring and the disruptor crate as ceilings).
     #[arg(default_values_t = vec!["ring".to_owned()])]
     scenarios: Vec<String>,
     /// Runs per system and scenario (at least 1; 5 or more for a figure worth quoting).
@@ -334,6 +337,148 @@ fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
     Ok(())
 }
 
+/// One engine case: scenario, system, variant, the sum its state must reach, how to run it.
+type EngineCase = (
+    &'static str,
+    &'static str,
+    String,
+    u64,
+    Box<dyn Fn() -> Result<(ring::Outcome, Option<Latency>)>>,
+);
+
+/// The engine cases, sized by `scale` (1 for the full run, 10 for `--quick`).
+fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
+    use keel_engine::{Durability, Topology};
+    let mut cases: Vec<EngineCase> = Vec::new();
+    let commands = 5_000_000 / scale;
+    let expected = engine::expected_sum(commands);
+    let tiers = [
+        (Durability::Memory, "memory"),
+        (Durability::PageCache, "page-cache"),
+        (Durability::Fsync, "fsync"),
+    ];
+    let topologies = [(Topology::Compact, "compact"), (Topology::Pipelined, "pipelined")];
+    for (topology, topology_name) in topologies {
+        for (durability, tier) in tiers {
+            let root = root.to_owned();
+            cases.push((
+                "engine-saturation",
+                "keel",
+                format!("{topology_name} {tier} yielding"),
+                expected,
+                Box::new(move || {
+                    Ok((engine::saturation(&root, topology, durability, commands)?, None))
+                }),
+            ));
+        }
+    }
+    cases.push((
+        "engine-saturation",
+        "keel-ring",
+        "no journal, yielding".into(),
+        expected,
+        Box::new(move || Ok((engine::bare_ring(commands)?, None))),
+    ));
+    cases.push((
+        "engine-saturation",
+        "disruptor",
+        "no journal, busy-spin+hint".into(),
+        expected,
+        Box::new(move || Ok((engine::disruptor(commands)?, None))),
+    ));
+    for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0), (5_000_000, 0.4)] {
+        let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
+        let count = (rate as f64 * duration.as_secs_f64()) as u64;
+        let expected = engine::expected_sum(count);
+        for (topology, topology_name) in topologies {
+            for (durability, tier) in [tiers[1], tiers[2]] {
+                let root = root.to_owned();
+                cases.push((
+                    "engine-latency",
+                    "keel",
+                    format!("{topology_name} {tier} {}/s", human(rate)),
+                    expected,
+                    Box::new(move || {
+                        let (outcome, latency, _) =
+                            engine::open_loop(&root, topology, durability, rate, duration)?;
+                        Ok((outcome, Some(latency)))
+                    }),
+                ));
+            }
+        }
+    }
+    cases
+}
+
+/// A rate in words: `100K`, `1M`.
+fn human(rate: u64) -> String {
+    if rate >= 1_000_000 {
+        format!("{}M", rate / 1_000_000)
+    } else {
+        format!("{}K", rate / 1_000)
+    }
+}
+
+/// Runs the engine benchmark and prints its table (or JSON lines).
+fn run_engine(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
+    let root = arguments.journal_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let cases = engine_cases(&root, scale);
+    let mut measurements = Vec::new();
+    for run in 0..runs {
+        if !arguments.json {
+            println!("engine run {}/{runs} (journals under {})", run + 1, root.display());
+        }
+        for index in 0..cases.len() {
+            let (scenario, system, variant, expected, case) = &cases[(index + run) % cases.len()];
+            let (outcome, latency) = case()?;
+            ensure!(
+                outcome.sum == *expected,
+                "{scenario} {system} {variant}: the state sums to {}, expected {expected}",
+                outcome.sum
+            );
+            let measurement = Measurement {
+                scenario,
+                system,
+                variant: variant.clone(),
+                run: run + 1,
+                events: outcome.events,
+                ops_per_sec: outcome.ops_per_sec(),
+                latency,
+                probe_ns: 0.0,
+            };
+            if arguments.json {
+                println!("{}", serde_json::to_string(&measurement)?);
+            } else {
+                let latency = latency
+                    .map(|l| {
+                        format!(
+                            "  p50 {} p99 {} p99.99 {} max {} ns",
+                            l.p50_ns, l.p99_ns, l.p9999_ns, l.max_ns
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "  {:<18} {:<10} {:<30} {:>8.2} M/s{latency}",
+                    scenario,
+                    system,
+                    variant,
+                    outcome.ops_per_sec() / 1e6
+                );
+            }
+            measurements.push(measurement);
+        }
+    }
+    let summaries = summarize(&measurements);
+    if arguments.json {
+        for summary in &summaries {
+            println!("{}", serde_json::to_string(summary)?);
+        }
+    } else {
+        print_table(&summaries);
+    }
+    Ok(())
+}
+
 /// The ring scenarios, in the order `ring` runs them.
 const RING_SCENARIOS: [&str; 4] = ["one-to-one", "two-to-one", "one-to-diamond", "ping-pong"];
 
@@ -368,14 +513,21 @@ fn main() -> Result<()> {
     }
     if arguments.scenarios.iter().any(|scenario| scenario == "journal") {
         run_journal(&arguments, runs, scale)?;
-        if arguments.scenarios.len() == 1 {
-            return Ok(());
-        }
+    }
+    if arguments.scenarios.iter().any(|scenario| scenario == "engine") {
+        run_engine(&arguments, runs, scale)?;
+    }
+    let ring_scenarios: Vec<String> = arguments
+        .scenarios
+        .iter()
+        .filter(|scenario| !matches!(scenario.as_str(), "journal" | "engine"))
+        .cloned()
+        .collect();
+    if ring_scenarios.is_empty() {
+        return Ok(());
     }
     let pinning = if arguments.no_pin { Pinning::NONE } else { Pinning::CROSS_CORE };
     let mut measurements = Vec::new();
-    let ring_scenarios: Vec<String> =
-        arguments.scenarios.iter().filter(|scenario| *scenario != "journal").cloned().collect();
     for name in expand(&ring_scenarios)? {
         let mut cases = cases(name, scale, pinning)?;
         if !arguments.systems.is_empty() {

@@ -64,6 +64,41 @@ type RouterSetup<E> = (Arc<Router<E>>, RouterInstaller<E>);
 type DeliverFn<E> = Box<dyn FnMut(&OutputSlot<E>, u64, bool) + Send>;
 type ReplaySink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
 
+/// A subscriber polled by its owner: see [`EngineBuilder::output_poller`].
+pub struct OutputPoller<E> {
+    poller: EventPoller<OutputSlot<E>, SingleProducerSequencer, AnyWait>,
+    shared: Arc<Shared>,
+}
+
+impl<E: Send + Sync + 'static> OutputPoller<E> {
+    /// Hands every delivery available now (at most `limit`) to `handler`, without waiting;
+    /// returns how many. `Err(Closed)` once the engine has stopped and everything was
+    /// delivered (`Halted` with the reason if it stopped on a failure).
+    pub fn poll(
+        &mut self,
+        limit: usize,
+        mut handler: impl FnMut(Delivery<'_, E>),
+    ) -> Result<usize, EngineError> {
+        let delivered = self.poller.poll_each(limit, |slot, _, _| {
+            handler(Delivery {
+                sequence: slot.sequence,
+                event: slot.event.as_ref(),
+                last: slot.last,
+            })
+        });
+        delivered.map_err(|_| match self.shared.halted() {
+            Some(halt) if halt != Halt::Requested => EngineError::Halted(halt),
+            _ => EngineError::Closed,
+        })
+    }
+}
+
+impl<E> std::fmt::Debug for OutputPoller<E> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("OutputPoller").finish_non_exhaustive()
+    }
+}
+
 /// What recovery found and did when the engine opened.
 #[derive(Clone, Debug, Default)]
 pub struct RecoveryReport {
@@ -139,6 +174,7 @@ pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
     snapshots: SnapshotPolicy,
     stop_before: Option<u64>,
     subscribers: Vec<(String, Subscriber<M::Event>)>,
+    output_pollers: usize,
     storage: Option<Arc<dyn Storage>>,
     replay_sink: Option<ReplaySink<M::Event>>,
     progress: Option<Box<dyn FnMut(u64) + Send>>,
@@ -178,6 +214,7 @@ impl<M: StateMachine> Engine<M, Bincode> {
             snapshots: SnapshotPolicy::default(),
             stop_before: None,
             subscribers: Vec::new(),
+            output_pollers: 0,
             storage: None,
             replay_sink: None,
             progress: None,
@@ -257,6 +294,15 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         self
     }
 
+    /// Adds a subscriber that the application polls on a thread of its own choosing (take it
+    /// with [`Engine::take_output_poller`]): a gateway thread that publishes requests and
+    /// reads the events between them needs no thread more. An output poller that is not
+    /// polled stops the engine once the output ring is full.
+    pub fn output_poller(mut self) -> Self {
+        self.output_pollers += 1;
+        self
+    }
+
     /// Enables [`Engine::requester`]: callers that publish a command and wait for its events.
     /// A router thread (`keel-responses`) reads the output ring and hands each waited-for
     /// command's events to its caller.
@@ -303,6 +349,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             snapshots: self.snapshots,
             stop_before: self.stop_before,
             subscribers: self.subscribers,
+            output_pollers: self.output_pollers,
             storage: self.storage,
             replay_sink: self.replay_sink,
             progress: self.progress,
@@ -336,7 +383,11 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             Some((router, install)) => (Some(router), Some(install)),
             None => (None, None),
         };
-        let events = if self.subscribers.is_empty() && install_router.is_none() {
+        let mut output_pollers = Vec::new();
+        let events = if self.subscribers.is_empty()
+            && install_router.is_none()
+            && self.output_pollers == 0
+        {
             None
         } else {
             let mut ring = RingBuilder::single_producer(
@@ -358,6 +409,10 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                     .processor(&name, &[], deliver)
                     .map_err(|error| spawn_error(&name, error))?;
                 subscribers.push(processor);
+            }
+            for _ in 0..self.output_pollers {
+                let (_, poller) = ring.poller(&[]).map_err(|error| shared.ring_error(error))?;
+                output_pollers.push(OutputPoller { poller, shared: Arc::clone(&shared) });
             }
             if let Some(install) = install_router {
                 joiners.push(install(&mut ring).map_err(|error| spawn_error("responses", error))?);
@@ -449,6 +504,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             thread: Some(thread),
             subscribers,
             joiners,
+            output_pollers,
             router,
             input_control,
             shared,
@@ -577,6 +633,7 @@ pub struct Engine<M: StateMachine, C: Codec = Bincode> {
     subscribers: Vec<ProcessorHandle<DeliverFn<M::Event>>>,
     /// Join the response router.
     joiners: Vec<Box<dyn FnOnce() + Send>>,
+    output_pollers: Vec<OutputPoller<M::Event>>,
     router: Option<Arc<Router<M::Event>>>,
     input_control: RingControl,
     shared: Arc<Shared>,
@@ -599,6 +656,11 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
             EngineError::Configuration("requester() needs the builder's responses()".into())
         })?;
         Ok(Requester::new(self.publisher(), Arc::clone(router), Arc::clone(&self.shared)))
+    }
+
+    /// An output poller declared with [`EngineBuilder::output_poller`], once each.
+    pub fn take_output_poller(&mut self) -> Option<OutputPoller<M::Event>> {
+        self.output_pollers.pop()
     }
 
     /// What recovery found and did.

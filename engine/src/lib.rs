@@ -56,7 +56,7 @@ mod stats;
 
 pub use codec::{Bincode, Codec, CodecError};
 pub use config::{Durability, SnapshotPolicy, Topology, Wait};
-pub use engine::{Delivery, Engine, EngineBuilder, RecoveryReport};
+pub use engine::{Delivery, Engine, EngineBuilder, OutputPoller, RecoveryReport};
 pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;

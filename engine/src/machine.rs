@@ -78,8 +78,16 @@ pub struct Output<E> {
     events: Vec<E>,
 }
 
+impl<E> Default for Output<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<E> Output<E> {
-    pub(crate) fn new() -> Self {
+    /// An empty output: the engine makes its own; this one is for calling `apply` directly,
+    /// in a state machine's unit tests or a benchmark's baseline.
+    pub fn new() -> Self {
         Self { events: Vec::new() }
     }
 
@@ -94,7 +102,8 @@ impl<E> Output<E> {
         &self.events
     }
 
-    pub(crate) fn clear(&mut self) {
+    /// Forgets the events emitted so far (the engine does this before each command).
+    pub fn clear(&mut self) {
         self.events.clear();
     }
 

@@ -446,6 +446,36 @@ fn a_full_disk_stops_the_engine_and_loses_nothing_applied(topology: Topology) {
     engine.shutdown().unwrap();
 }
 
+fn an_output_poller_sees_every_delivery_on_its_owners_thread(topology: Topology) {
+    let directory = tempfile::tempdir().unwrap();
+    let mut engine = builder(directory.path(), Durability::PageCache, topology)
+        .output_poller()
+        .open(Bank::default())
+        .unwrap();
+    let mut poller = engine.take_output_poller().expect("one poller");
+    assert!(engine.take_output_poller().is_none());
+    let mut publisher = engine.publisher();
+    let mut seen = Vec::new();
+    for command in commands(300, 4, 17) {
+        publisher.publish(command).unwrap();
+        // The owner interleaves publishing and polling, as a gateway thread does.
+        poller.poll(64, |delivery| seen.push((delivery.sequence, delivery.last))).unwrap();
+    }
+    drop(publisher);
+    let engine_thread = std::thread::spawn(move || engine.shutdown().unwrap());
+    loop {
+        match poller.poll(64, |delivery| seen.push((delivery.sequence, delivery.last))) {
+            Ok(_) => std::thread::yield_now(),
+            Err(EngineError::Closed) => break,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    engine_thread.join().unwrap();
+    let ends: Vec<u64> =
+        seen.iter().filter(|(_, last)| *last).map(|(sequence, _)| *sequence).collect();
+    assert_eq!(ends, (1..=300).collect::<Vec<u64>>());
+}
+
 /// Every test above, in both topologies.
 macro_rules! in_both_topologies {
     ($($name:ident),* $(,)?) => {
@@ -459,6 +489,7 @@ macro_rules! in_both_topologies {
 }
 
 in_both_topologies!(
+    an_output_poller_sees_every_delivery_on_its_owners_thread,
     a_full_disk_stops_the_engine_and_loses_nothing_applied,
     recovery_from_a_snapshot_replays_only_what_follows_it,
     snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one,

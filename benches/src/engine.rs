@@ -1,0 +1,284 @@
+//! The engine end to end: a trivial state machine (add to a slot of a `Vec`), every topology in
+//! every tier, at saturation and at fixed offered rates (open loop); and in the same run the
+//! ceilings without a journal: keel's bare ring feeding the same state machine, and the
+//! disruptor crate's equivalent graph.
+//!
+//! Waits are `Yielding` everywhere: on two cores the producer, the engine thread and the
+//! journaller (pipelined) can be more threads than cores. The latency runs receive the events
+//! on the sending thread (an output poller, the gateway shape), so the compact topology runs
+//! on two threads; the pipelined one needs three, one more than this machine's cores.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use hdrhistogram::Histogram;
+use keel_engine::{Context, Durability, Engine, Output, StateMachine, Topology, Wait};
+use serde::{Deserialize, Serialize};
+
+use crate::report::Latency;
+use crate::ring::{isolated, Outcome};
+
+/// Slots of the state machine's `Vec`.
+const SLOTS: usize = 1024;
+
+/// The benchmark's state machine: adds each command's amount to one slot of a `Vec`, and
+/// emits the command's send time (for the latency runs).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Slots {
+    values: Vec<u64>,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self { values: vec![0; SLOTS] }
+    }
+}
+
+/// A command: which slot, how much, and when it was meant to be sent (ns from the run's start;
+/// 0 at saturation).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Add {
+    slot: u32,
+    amount: u64,
+    sent_ns: u64,
+}
+
+impl StateMachine for Slots {
+    type Command = Add;
+    type Event = u64;
+
+    #[inline]
+    fn apply(&mut self, _: &Context, add: &Add, output: &mut Output<u64>) {
+        let slot = &mut self.values[add.slot as usize % SLOTS];
+        *slot = slot.wrapping_add(add.amount);
+        if add.sent_ns != 0 {
+            output.emit(add.sent_ns);
+        }
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.sum()
+    }
+}
+
+impl Slots {
+    fn sum(&self) -> u64 {
+        self.values.iter().fold(0u64, |sum, value| sum.wrapping_add(*value))
+    }
+}
+
+fn add(value: u64) -> Add {
+    Add { slot: (value % SLOTS as u64) as u32, amount: value, sent_ns: 0 }
+}
+
+/// A scratch data directory under `root`, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(root: &std::path::Path, name: &str) -> Result<Self> {
+        let path = root.join(format!("keel-bench-{}-engine-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The segment size for `commands` commands: one segment, so no roll is measured here.
+fn segment_for(commands: u64) -> u64 {
+    // Each command is a record of 32 bytes of header and a few bytes of bincode, padded.
+    (commands * 48 + (1 << 20)).next_multiple_of(4096).max(1 << 20)
+}
+
+/// Publishes `commands` commands one at a time as fast as the engine takes them; the time is
+/// from the first publish to the last command applied.
+pub fn saturation(
+    root: &std::path::Path,
+    topology: Topology,
+    durability: Durability,
+    commands: u64,
+) -> Result<Outcome> {
+    let scratch = Scratch::new(root, "saturation")?;
+    isolated(|| {
+        let engine = Engine::builder(&scratch.0)
+            .durability(durability)
+            .topology(topology)
+            .wait(Wait::Yielding)
+            .ring_capacity(64 * 1024)
+            .segment_size(segment_for(commands))
+            .open(Slots::default())?;
+        let mut publisher = engine.publisher();
+        let started = Instant::now();
+        for value in 1..=commands {
+            publisher.publish(add(value))?;
+        }
+        while engine.stats().applied < commands {
+            std::thread::yield_now();
+        }
+        let elapsed = started.elapsed();
+        drop(publisher);
+        let state = engine.shutdown()?;
+        Ok(Outcome { elapsed, events: commands, sum: state.sum() })
+    })
+}
+
+/// The same commands through keel's bare ring into the same state machine: no journal, no
+/// engine; the ceiling the engine's overhead is measured against.
+pub fn bare_ring(commands: u64) -> Result<Outcome> {
+    isolated(|| {
+        let sum = Arc::new(AtomicU64::new(0));
+        let total = Arc::clone(&sum);
+        let mut builder = keel_ring::RingBuilder::single_producer(
+            64 * 1024,
+            || add(0),
+            keel_ring::Yielding::default(),
+        )?;
+        let mut machine = Slots::default();
+        let mut output = Output::new();
+        let (_, processor) =
+            builder.processor("apply", &[], move |command: &Add, sequence, end| {
+                let context = Context { sequence, timestamp_ns: 0 };
+                output.clear();
+                machine.apply(&context, command, &mut output);
+                if end {
+                    total.store(machine.sum(), Ordering::Release);
+                }
+            })?;
+        let mut producer = builder.build()?;
+        let started = Instant::now();
+        for value in 1..=commands {
+            producer.publish(|slot, _| *slot = add(value))?;
+        }
+        drop(producer);
+        drop(processor.join()?);
+        Ok(Outcome {
+            elapsed: started.elapsed(),
+            events: commands,
+            sum: sum.load(Ordering::Acquire),
+        })
+    })
+}
+
+/// The disruptor crate's equivalent graph (one producer, one processor applying the same state
+/// machine), without a journal.
+pub fn disruptor(commands: u64) -> Result<Outcome> {
+    use disruptor::Producer as _;
+    isolated(|| {
+        let sum = Arc::new(AtomicU64::new(0));
+        let total = Arc::clone(&sum);
+        let mut machine = Slots::default();
+        let mut output = Output::new();
+        let mut producer = disruptor::build_single_producer(
+            64 * 1024,
+            || add(0),
+            disruptor::BusySpinWithSpinLoopHint,
+        )
+        .handle_events_with(move |command: &Add, sequence: i64, end: bool| {
+            let context = Context { sequence: sequence as u64 + 1, timestamp_ns: 0 };
+            output.clear();
+            machine.apply(&context, command, &mut output);
+            if end {
+                total.store(machine.sum(), Ordering::Release);
+            }
+        })
+        .build();
+        let started = Instant::now();
+        for value in 1..=commands {
+            producer.publish(|slot| *slot = add(value));
+        }
+        drop(producer);
+        Ok(Outcome {
+            elapsed: started.elapsed(),
+            events: commands,
+            sum: sum.load(Ordering::Acquire),
+        })
+    })
+}
+
+/// The sum every run of `commands` must reach.
+pub fn expected_sum(commands: u64) -> u64 {
+    (1..=commands).fold(0u64, |sum, value| sum.wrapping_add(value))
+}
+
+/// Open loop at `rate` commands per second for `duration`: each command's send time is fixed
+/// in advance (the i-th at `i / rate`), and its latency runs from that intended time to the
+/// moment its event is received, so a stall delays every command behind it in the figures
+/// too (coordinated omission corrected). The sender is a gateway thread: it publishes and,
+/// between sends, polls the engine's output (an output poller), so the run takes two threads
+/// in the compact topology, which is what two cores hold. The first tenth of the run is
+/// warm-up and is not recorded. Returns the outcome, the percentiles and the histogram.
+pub fn open_loop(
+    root: &std::path::Path,
+    topology: Topology,
+    durability: Durability,
+    rate: u64,
+    duration: Duration,
+) -> Result<(Outcome, Latency, Histogram<u64>)> {
+    let scratch = Scratch::new(root, "latency")?;
+    let commands = (rate as f64 * duration.as_secs_f64()) as u64;
+    let warm_up = commands / 10;
+    isolated(|| {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let mut engine = Engine::builder(&scratch.0)
+            .durability(durability)
+            .topology(topology)
+            .wait(Wait::Yielding)
+            .ring_capacity(64 * 1024)
+            .output_capacity(64 * 1024)
+            .segment_size(segment_for(commands))
+            .output_poller()
+            .open(Slots::default())?;
+        let mut output = engine.take_output_poller().context("the output poller")?;
+        let mut publisher = engine.publisher();
+        let epoch = Instant::now();
+        let mut received = 0u64;
+        // Receives what is there; returns how many events came.
+        let mut receive = |histogram: &mut Histogram<u64>| -> Result<u64> {
+            let mut events = 0;
+            output.poll(4096, |delivery| {
+                let Some(&sent_ns) = delivery.event else { return };
+                events += 1;
+                if delivery.sequence > warm_up {
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    let _ = histogram.record(now.saturating_sub(sent_ns).max(1));
+                }
+            })?;
+            Ok(events)
+        };
+        let interval_ns = 1e9 / rate as f64;
+        // Send times start a little after the epoch, never at 0 (0 means "not timed").
+        let start_ns = 1_000;
+        for index in 0..commands {
+            let intended = start_ns + (index as f64 * interval_ns) as u64;
+            while (epoch.elapsed().as_nanos() as u64) < intended {
+                received += receive(&mut histogram)?;
+            }
+            let add =
+                Add { slot: (index % SLOTS as u64) as u32, amount: index + 1, sent_ns: intended };
+            publisher.publish(add)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received < commands {
+            ensure!(Instant::now() < deadline, "the events of the latency run never all arrived");
+            received += receive(&mut histogram)?;
+        }
+        let elapsed = epoch.elapsed();
+        drop(publisher);
+        let state = engine.shutdown()?;
+        ensure!(
+            histogram.len() == commands - warm_up,
+            "recorded {} of {} latencies",
+            histogram.len(),
+            commands - warm_up
+        );
+        let outcome = Outcome { elapsed, events: commands, sum: state.sum() };
+        Ok((outcome, Latency::from_histogram(&histogram), histogram))
+    })
+    .context("open-loop latency run")
+}
