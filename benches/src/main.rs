@@ -386,6 +386,26 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         expected,
         Box::new(move || Ok((engine::disruptor(commands)?, None))),
     ));
+    let replayed = 10_000_000 / scale;
+    let recovery_root = root.to_owned();
+    cases.push((
+        "engine-recovery",
+        "keel",
+        "replay, page-cache, no snapshot".into(),
+        engine::expected_sum(replayed),
+        Box::new(move || Ok((engine::recovery(&recovery_root, replayed)?, None))),
+    ));
+    let snapshot_root = root.to_owned();
+    cases.push((
+        "engine-snapshot",
+        "keel",
+        "pause for 1M entries (copy reused)".into(),
+        engine::expected_sum(1_000),
+        Box::new(move || {
+            let (outcome, pause) = engine::snapshot_pause(&snapshot_root, 1_000_000)?;
+            Ok((outcome, Some(pause)))
+        }),
+    ));
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0), (5_000_000, 0.4)] {
         let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
         let count = (rate as f64 * duration.as_secs_f64()) as u64;
@@ -425,8 +445,13 @@ fn run_engine(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
     let cases = engine_cases(&root, scale);
     let mut measurements = Vec::new();
     for run in 0..runs {
+        let probe_ns = inter_core_round_trip_ns(Pinning::NONE);
         if !arguments.json {
-            println!("engine run {}/{runs} (journals under {})", run + 1, root.display());
+            println!(
+                "engine run {}/{runs} (journals under {}): inter-core round trip {probe_ns:.0} ns",
+                run + 1,
+                root.display()
+            );
         }
         for index in 0..cases.len() {
             let (scenario, system, variant, expected, case) = &cases[(index + run) % cases.len()];
@@ -444,7 +469,7 @@ fn run_engine(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
                 events: outcome.events,
                 ops_per_sec: outcome.ops_per_sec(),
                 latency,
-                probe_ns: 0.0,
+                probe_ns,
             };
             if arguments.json {
                 println!("{}", serde_json::to_string(&measurement)?);

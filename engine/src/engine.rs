@@ -917,15 +917,16 @@ impl<M: StateMachine> Processor<M> {
             return;
         }
         self.shared.snapshot_requested.store(false, Ordering::Release);
+        let mut previous = snapshotter.recycled();
         let began = Instant::now();
-        let copy = self.machine.clone();
+        let copy = self.machine.copy_for_snapshot(&mut previous);
         let pause = began.elapsed().as_nanos() as u64;
         let counters = &self.shared.counters;
         Counters::set(&counters.snapshot_pause_last_ns, pause);
         if pause > counters.snapshot_pause_max_ns.load(Ordering::Relaxed) {
             Counters::set(&counters.snapshot_pause_max_ns, pause);
         }
-        snapshotter.take(copy, applied, self.last_timestamp_ns);
+        snapshotter.take(copy, previous, applied, self.last_timestamp_ns);
         self.last_snapshot = (applied, Instant::now());
     }
 
@@ -1004,12 +1005,15 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
 }
 
-/// A copy of the state to write as a snapshot, with its sequence and timestamp.
-type SnapshotRequest<M> = (M, u64, u64);
+/// A copy of the state to write as a snapshot, an earlier copy to free, the sequence and the
+/// timestamp.
+type SnapshotRequest<M> = (M, Option<M>, u64, u64);
 
-/// The background thread that encodes and writes snapshots from copies of the state.
+/// The background thread that encodes and writes snapshots from copies of the state, and
+/// hands each copy back for the next snapshot to reuse.
 struct Snapshotter<M> {
     requests: Option<SyncSender<SnapshotRequest<M>>>,
+    returned: Receiver<M>,
     busy: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -1024,13 +1028,15 @@ impl<M: StateMachine> Snapshotter<M> {
         let store = SnapshotStore::open(directory)?;
         let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
             mpsc::sync_channel(1);
+        let (give_back, returned) = mpsc::sync_channel(1);
         let busy = Arc::new(AtomicBool::new(false));
         let done = Arc::clone(&busy);
         let thread = std::thread::Builder::new()
             .name("keel-snapshot".into())
             .spawn(move || {
                 let mut payload = Vec::new();
-                for (machine, sequence, timestamp_ns) in received {
+                for (machine, unused, sequence, timestamp_ns) in received {
+                    drop(unused);
                     let outcome = write_snapshot(
                         &store,
                         &codec,
@@ -1055,7 +1061,8 @@ impl<M: StateMachine> Snapshotter<M> {
                                 Some(format!("snapshot at {sequence}: {error}"))
                         }
                     }
-                    drop(machine);
+                    // Handed back for the next snapshot's copy; freed here if one is waiting.
+                    let _ = give_back.try_send(machine);
                     done.store(false, Ordering::Release);
                 }
             })
@@ -1063,17 +1070,22 @@ impl<M: StateMachine> Snapshotter<M> {
                 thread: "snapshot".into(),
                 message: error.to_string(),
             })?;
-        Ok(Self { requests: Some(requests), busy, thread: Some(thread) })
+        Ok(Self { requests: Some(requests), returned, busy, thread: Some(thread) })
     }
 
     fn busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
 
-    fn take(&self, machine: M, sequence: u64, timestamp_ns: u64) {
+    /// The copy of an earlier snapshot, written and handed back, if there is one.
+    fn recycled(&self) -> Option<M> {
+        self.returned.try_recv().ok()
+    }
+
+    fn take(&self, machine: M, unused: Option<M>, sequence: u64, timestamp_ns: u64) {
         self.busy.store(true, Ordering::Release);
         if let Some(requests) = &self.requests {
-            match requests.try_send((machine, sequence, timestamp_ns)) {
+            match requests.try_send((machine, unused, sequence, timestamp_ns)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.busy.store(false, Ordering::Release);

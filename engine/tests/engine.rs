@@ -500,3 +500,68 @@ in_both_topologies!(
     a_command_may_emit_more_events_than_the_output_ring_holds,
     requesters_get_the_events_of_their_own_commands
 );
+
+/// A bank that counts the snapshot copies it made into an earlier copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Reusing(Bank);
+
+static REUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl StateMachine for Reusing {
+    type Command = Command;
+    type Event = Event;
+
+    fn apply(
+        &mut self,
+        context: &keel_engine::Context,
+        command: &Command,
+        output: &mut keel_engine::Output<Event>,
+    ) {
+        self.0.apply(context, command, output);
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.0.state_hash()
+    }
+
+    fn copy_for_snapshot(&self, previous: &mut Option<Self>) -> Self {
+        match previous.take() {
+            Some(mut copy) => {
+                REUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                copy.clone_from(self);
+                copy
+            }
+            None => self.clone(),
+        }
+    }
+}
+
+#[test]
+fn snapshots_reuse_the_previous_copy_when_the_machine_asks() {
+    let directory = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::builder(directory.path()).segment_size(1 << 20).open(Reusing::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for (round, command) in commands(300, 4, 23).into_iter().enumerate() {
+        publisher.publish(command).unwrap();
+        if round % 100 == 99 {
+            let sequence = round as u64 + 1;
+            wait_until("applied", || engine.stats().applied == sequence);
+            engine.snapshot();
+            wait_until("snapshot", || engine.stats().last_snapshot_sequence == sequence);
+            // Give the snapshot thread time to hand its copy back.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(publisher);
+    let live = engine.shutdown().unwrap();
+    assert_eq!(
+        REUSED.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the second and third snapshots"
+    );
+    let engine =
+        Engine::builder(directory.path()).segment_size(1 << 20).open(Reusing::default()).unwrap();
+    assert_eq!(engine.recovery().snapshot.as_ref().map(|(_, sequence)| *sequence), Some(300));
+    assert_eq!(engine.shutdown().unwrap(), live);
+}
