@@ -85,3 +85,32 @@ impl Counters {
         }
     }
 }
+
+#[cfg(feature = "metrics")]
+impl Stats {
+    /// Records these figures through the `metrics` facade: counters `keel_published`,
+    /// `keel_journaled`, `keel_durable`, `keel_applied`, `keel_batches`, `keel_snapshots`, and
+    /// gauges `keel_largest_batch`, `keel_ring_occupancy`, `keel_last_snapshot_sequence`,
+    /// `keel_snapshot_pause_last_seconds`, `keel_snapshot_pause_max_seconds`,
+    /// `keel_snapshot_failing` (1 while the last snapshot failed).
+    pub fn record_metrics(&self) {
+        metrics::counter!("keel_published").absolute(self.published);
+        metrics::counter!("keel_journaled").absolute(self.journaled);
+        metrics::counter!("keel_durable").absolute(self.durable);
+        metrics::counter!("keel_applied").absolute(self.applied);
+        metrics::counter!("keel_batches").absolute(self.batches);
+        metrics::counter!("keel_snapshots").absolute(self.snapshots);
+        metrics::gauge!("keel_largest_batch").set(self.largest_batch as f64);
+        metrics::gauge!("keel_ring_occupancy").set(self.ring_occupancy as f64);
+        metrics::gauge!("keel_last_snapshot_sequence").set(self.last_snapshot_sequence as f64);
+        metrics::gauge!("keel_snapshot_pause_last_seconds")
+            .set(self.snapshot_pause_last_ns as f64 / 1e9);
+        metrics::gauge!("keel_snapshot_pause_max_seconds")
+            .set(self.snapshot_pause_max_ns as f64 / 1e9);
+        metrics::gauge!("keel_snapshot_failing").set(if self.snapshot_error.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}

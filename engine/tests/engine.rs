@@ -146,11 +146,20 @@ fn recovery_from_a_snapshot_replays_only_what_follows_it(topology: Topology) {
     drop(publisher);
     let live = engine.shutdown().unwrap();
 
-    let engine =
-        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let reported = Arc::clone(&progress);
+    let engine = builder(directory.path(), Durability::PageCache, topology)
+        .on_replay_progress(move |replayed| reported.lock().unwrap().push(replayed))
+        .open(Bank::default())
+        .unwrap();
     let recovery = engine.recovery().clone();
     assert_eq!(recovery.snapshot.as_ref().map(|(_, sequence)| *sequence), Some(2_000));
     assert_eq!(recovery.replayed, 1_000);
+    assert_eq!(
+        progress.lock().unwrap().last(),
+        Some(&1_000),
+        "the progress callback ends at the total"
+    );
     assert_eq!(engine.shutdown().unwrap(), live);
 
     // A state from before the snapshot comes from the journal; one after it, from both.
