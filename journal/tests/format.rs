@@ -398,3 +398,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_padding_byte_of_every_padding_length_must_be_zero() {
+    for payload_len in 1..=8usize {
+        let record = encoded(1, &vec![0xAB; payload_len]);
+        let end = 32 + payload_len;
+        assert!(matches!(check_batch(&record), BatchCheck::Batch(_)), "payload {payload_len}");
+        for position in end..record.len() {
+            let mut damaged = record.clone();
+            damaged[position] = 0x80;
+            // The padding is not under the checksum of a batch's last record: the rule alone
+            // catches it.
+            match check_batch(&damaged) {
+                BatchCheck::Invalid(InvalidBatch {
+                    reason: InvalidRecord::Malformed { rule },
+                    ..
+                }) => assert_eq!(rule, "padding must be zero"),
+                other => panic!("payload {payload_len}, byte {position}: {other:?}"),
+            }
+        }
+    }
+}
