@@ -18,8 +18,8 @@ use crate::lock::WriterLock;
 use crate::mmap::ReadableMap;
 use crate::scan::{last_non_zero, scan_segment};
 use crate::segment::{
-    list_segments, missing_segment, open_read_write, read_header, SegmentFile, JOURNAL_DIRECTORY,
-    SNAPSHOT_DIRECTORY,
+    existing_journal_directory, list_segments, missing_segment, open_read_write, read_header,
+    SegmentFile, JOURNAL_DIRECTORY, SNAPSHOT_DIRECTORY,
 };
 use crate::snapshot::SnapshotStore;
 use crate::storage::{write_zeros, FileStorage, Storage};
@@ -150,13 +150,7 @@ impl Repair {
     /// `truncate_after`, so the error says where) or when the journal does not reach it.
     pub fn plan(directory: impl AsRef<Path>, truncate_after: u64) -> Result<Self, JournalError> {
         let directory = directory.as_ref().to_owned();
-        let journal_directory = directory.join(JOURNAL_DIRECTORY);
-        if !journal_directory.is_dir() {
-            return Err(JournalError::Io {
-                path: journal_directory,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal here"),
-            });
-        }
+        let journal_directory = existing_journal_directory(&directory)?;
         let lock = WriterLock::acquire(&directory)?;
         let mut report = OpenReport::default();
         recover_spare(&FileStorage, &journal_directory, &mut report)?;

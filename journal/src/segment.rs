@@ -250,6 +250,19 @@ pub(crate) fn missing_segment(
     }
 }
 
+/// The `journal/` subdirectory of `directory`, which must exist: a tool that only reads or
+/// repairs a journal never creates one.
+pub(crate) fn existing_journal_directory(directory: &Path) -> Result<PathBuf, JournalError> {
+    let journal_directory = directory.join(JOURNAL_DIRECTORY);
+    if journal_directory.is_dir() {
+        return Ok(journal_directory);
+    }
+    Err(JournalError::Io {
+        path: journal_directory,
+        source: std::io::Error::new(ErrorKind::NotFound, "no journal here"),
+    })
+}
+
 /// `bytes` as lowercase hexadecimal.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()

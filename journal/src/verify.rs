@@ -11,8 +11,8 @@ use crate::error::JournalError;
 use crate::mmap::ReadableMap;
 use crate::scan::{scan_segment, SegmentEnd, TornTail};
 use crate::segment::{
-    check_torn_roll, classify_spare, list_segments, missing_segment, read_header, SegmentFile,
-    SpareState, JOURNAL_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME, TORN_ROLL,
+    check_torn_roll, classify_spare, existing_journal_directory, list_segments, missing_segment,
+    read_header, SegmentFile, SpareState, SPARE_NAME, SPARE_TEMPORARY_NAME, TORN_ROLL,
 };
 
 /// What one segment holds, as far as it was read.
@@ -106,13 +106,7 @@ pub fn verify_journal(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Verification, JournalError> {
     let directory = directory.as_ref().to_owned();
-    let journal_directory = directory.join(JOURNAL_DIRECTORY);
-    if !journal_directory.is_dir() {
-        return Err(JournalError::Io {
-            path: journal_directory,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal here"),
-        });
-    }
+    let journal_directory = existing_journal_directory(&directory)?;
     let mut verification = Verification {
         directory,
         segments: Vec::new(),

@@ -11,15 +11,6 @@ use keel_journal::{
     verify_journal, Durability, JournalError, JournalWriter, Repair, SnapshotMeta, SnapshotStore,
 };
 
-/// A journal of `batches` committed batches of `batch` records in `PageCache` tier.
-fn journal(batches: usize, batch: usize) -> (tempfile::TempDir, u64) {
-    let directory = tempfile::tempdir().unwrap();
-    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
-    let last = append_batches(&mut writer, batches, batch);
-    drop(writer);
-    (directory, last)
-}
-
 fn open(directory: &Path) -> Result<JournalWriter, JournalError> {
     JournalWriter::open(directory, options(Durability::PageCache))
 }

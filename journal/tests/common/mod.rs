@@ -33,6 +33,17 @@ pub fn options_with(durability: Durability, storage: Arc<dyn Storage>) -> Journa
     options(durability).storage(storage)
 }
 
+/// A journal of `batches` committed batches of `batch` records in the `PageCache` tier, closed;
+/// returns its directory and its last sequence.
+pub fn journal(batches: usize, batch: usize) -> (tempfile::TempDir, u64) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let mut writer =
+        JournalWriter::open(directory.path(), options(Durability::PageCache)).expect("open");
+    let last = append_batches(&mut writer, batches, batch);
+    drop(writer);
+    (directory, last)
+}
+
 /// Appends the records `writer.next_sequence()..` in `batches` batches of `batch` records,
 /// committing each; returns the last committed sequence.
 pub fn append_batches(writer: &mut JournalWriter, batches: usize, batch: usize) -> u64 {
