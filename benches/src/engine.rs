@@ -384,3 +384,38 @@ pub fn snapshot_pause(root: &std::path::Path, entries: usize) -> Result<(Outcome
         ))
     })
 }
+
+/// The machine's own stalls, measured as the latency runs would see them: two threads spin on
+/// two vCPUs (as the compact topology's gateway and engine thread do), and one of them reads
+/// the clock in a loop for `duration` against a schedule of one "command" due every
+/// microsecond, recording for each how late the loop got to it: the open-loop latency of doing
+/// nothing at 1 M/s. A 3 ms stall counts 3 000 late samples, as in the latency runs. What the
+/// engine's tail cannot go below on this machine.
+pub fn hiccups(duration: Duration) -> Result<(Outcome, Latency)> {
+    isolated(|| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sibling_stop = Arc::clone(&stop);
+        let sibling = std::thread::spawn(move || {
+            while !sibling_stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let started = Instant::now();
+        let end = duration.as_nanos() as u64;
+        let mut due = 1_000u64;
+        let mut samples = 0u64;
+        while due <= end {
+            let now = started.elapsed().as_nanos() as u64;
+            while due <= now && due <= end {
+                histogram.record((now - due).max(1))?;
+                samples += 1;
+                due += 1_000;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        sibling.join().map_err(|_| anyhow::anyhow!("the spinning sibling panicked"))?;
+        let outcome = Outcome { elapsed: started.elapsed(), events: samples, sum: 0 };
+        Ok((outcome, Latency::from_histogram(&histogram)))
+    })
+}

@@ -406,6 +406,17 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             Ok((outcome, Some(pause)))
         }),
     ));
+    let hiccup_duration = std::time::Duration::from_secs_f64(1.0 / scale as f64);
+    cases.push((
+        "engine-latency",
+        "machine",
+        "stalls of 2 spinning threads, per 1 us".into(),
+        0,
+        Box::new(move || {
+            let (outcome, stalls) = engine::hiccups(hiccup_duration)?;
+            Ok((outcome, Some(stalls)))
+        }),
+    ));
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0), (5_000_000, 0.4)] {
         let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
         let count = (rate as f64 * duration.as_secs_f64()) as u64;
