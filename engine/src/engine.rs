@@ -541,7 +541,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         let writer = JournalWriter::open(&self.directory, options)?;
         let opened = writer.open_report().clone();
         let (first, last) = (opened.first_sequence, opened.last_sequence);
-        let start = load_snapshot(&self.directory, &self.codec, initial, |sequence, _| {
+        let start = load_snapshot(&self.directory, &self.codec, initial, false, |sequence, _| {
             if sequence > last {
                 Err(format!(
                     "it covers sequence {sequence}, past the journal's end ({last}): the journal \
@@ -862,14 +862,7 @@ impl<M: StateMachine> Processor<M> {
     /// Applies one command and publishes its events.
     fn apply(&mut self, context: &Context, command: &M::Command) -> Result<(), Halt> {
         self.output.clear();
-        apply_guarded(&mut self.machine, context, command, &mut self.output).map_err(|error| {
-            match error {
-                EngineError::Halted(halt) => halt,
-                other => {
-                    Halt::ApplyPanicked { sequence: context.sequence, message: other.to_string() }
-                }
-            }
-        })?;
+        apply_guarded(&mut self.machine, context, command, &mut self.output)?;
         Counters::set(&self.shared.counters.applied, context.sequence);
         let Some(events) = self.events.as_mut() else {
             return Ok(());

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use keel_journal::format::KIND_APPLICATION_MAX;
+use keel_journal::format::{SnapshotHeader, KIND_APPLICATION_MAX};
 use keel_journal::{JournalError, JournalReader, SnapshotStore};
 
 use crate::codec::Codec;
@@ -28,17 +28,19 @@ pub(crate) struct Start<M> {
     pub(crate) skipped: Vec<Skipped>,
 }
 
-/// Loads the newest snapshot that passes every check and that `usable(sequence, timestamp)`
-/// accepts: its file's checksums, this machine's schema version, the codec, decoding, and its
-/// state hash. Falls back to `initial` (sequence 0). Every snapshot passed over is reported.
+/// Loads the newest snapshot (the oldest when `oldest_first`) that passes every check and that
+/// `usable(sequence, timestamp)` accepts: its file's checksums, this machine's schema version,
+/// the codec, decoding, and its state hash. Falls back to `initial` (sequence 0). Every
+/// snapshot passed over is reported.
 pub(crate) fn load_snapshot<M: StateMachine, C: Codec>(
     directory: &Path,
     codec: &C,
     initial: M,
+    oldest_first: bool,
     usable: impl Fn(u64, u64) -> Result<(), String>,
 ) -> Result<Start<M>, EngineError> {
     let store = SnapshotStore::open(directory)?;
-    let loaded = store.load_newest(|header, payload| {
+    let check = |header: &SnapshotHeader, payload: &[u8]| {
         usable(header.sequence, header.timestamp_ns)?;
         if header.schema_version != M::SCHEMA_VERSION {
             return Err(format!(
@@ -59,7 +61,8 @@ pub(crate) fn load_snapshot<M: StateMachine, C: Codec>(
             ));
         }
         Ok(machine)
-    })?;
+    };
+    let loaded = if oldest_first { store.load_oldest(check)? } else { store.load_newest(check)? };
     Ok(match loaded.loaded {
         Some((file, header, machine)) => Start {
             machine,
@@ -126,7 +129,8 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
                 let context =
                     Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
                 output.clear();
-                apply_guarded(machine, &context, &command, &mut output)?;
+                apply_guarded(machine, &context, &command, &mut output)
+                    .map_err(EngineError::Halted)?;
                 sink(record.sequence, output.events());
             } else if record.kind <= KIND_APPLICATION_MAX {
                 return Err(EngineError::Halted(Halt::Decode {
@@ -162,19 +166,16 @@ pub(crate) fn decode_command<M: StateMachine, C: Codec>(
     }
 }
 
-/// Applies one command, turning a panic into the fail-stop error that names its sequence.
+/// Applies one command, turning a panic into the fail-stop halt that names its sequence.
 #[inline]
 pub(crate) fn apply_guarded<M: StateMachine>(
     machine: &mut M,
     context: &Context,
     command: &M::Command,
     output: &mut Output<M::Event>,
-) -> Result<(), EngineError> {
+) -> Result<(), Halt> {
     catch_unwind(AssertUnwindSafe(|| machine.apply(context, command, output))).map_err(|panic| {
-        EngineError::Halted(Halt::ApplyPanicked {
-            sequence: context.sequence,
-            message: panic_message(panic.as_ref()),
-        })
+        Halt::ApplyPanicked { sequence: context.sequence, message: panic_message(panic.as_ref()) }
     })
 }
 
@@ -272,7 +273,12 @@ pub fn replay_from<M: StateMachine, C: Codec>(
         }
     };
     let start = match from {
-        ReplayFrom::NewestSnapshot => load_snapshot(directory, &codec, initial, before_target)?,
+        ReplayFrom::NewestSnapshot => {
+            load_snapshot(directory, &codec, initial, false, before_target)?
+        }
+        ReplayFrom::OldestSnapshot => {
+            load_snapshot(directory, &codec, initial, true, before_target)?
+        }
         ReplayFrom::Beginning => Start {
             machine: initial,
             snapshot: None,
@@ -280,38 +286,6 @@ pub fn replay_from<M: StateMachine, C: Codec>(
             timestamp_ns: 0,
             skipped: Vec::new(),
         },
-        ReplayFrom::OldestSnapshot => {
-            let mut sequences: Vec<u64> =
-                SnapshotStore::open(directory)?.list()?.iter().map(|file| file.sequence).collect();
-            sequences.sort_unstable();
-            let mut skipped = Vec::new();
-            let mut found = None;
-            for candidate in sequences {
-                let start =
-                    load_snapshot(directory, &codec, initial.clone(), |sequence, timestamp| {
-                        if sequence != candidate {
-                            return Err(String::new());
-                        }
-                        before_target(sequence, timestamp)
-                    })?;
-                // Only the candidate's own verdict counts; the others were passed by design.
-                skipped.extend(start.skipped.into_iter().filter(|(_, reason)| !reason.is_empty()));
-                if start.snapshot.is_some() {
-                    found = Some(Start { skipped: std::mem::take(&mut skipped), ..start });
-                    break;
-                }
-            }
-            match found {
-                Some(start) => start,
-                None => Start {
-                    machine: initial,
-                    snapshot: None,
-                    sequence: 0,
-                    timestamp_ns: 0,
-                    skipped,
-                },
-            }
-        }
     };
     let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
     let replayed = replay(

@@ -179,29 +179,20 @@ impl SnapshotStore {
     /// is an error; an unreadable file is skipped like a damaged one.
     pub fn load_newest<T>(
         &self,
-        mut decode: impl FnMut(&SnapshotHeader, &[u8]) -> Result<T, String>,
+        decode: impl FnMut(&SnapshotHeader, &[u8]) -> Result<T, String>,
     ) -> Result<LoadedSnapshot<T>, JournalError> {
-        let mut skipped = Vec::new();
-        for snapshot in self.list()? {
-            let outcome = read_snapshot(&snapshot.path)
-                .map_err(|error| error.to_string())
-                .and_then(|(header, payload)| {
-                    if header.sequence != snapshot.sequence {
-                        return Err(format!(
-                            "its header covers sequence {}, its name says {}",
-                            header.sequence, snapshot.sequence
-                        ));
-                    }
-                    decode(&header, &payload).map(|state| (header, state))
-                });
-            match outcome {
-                Ok((header, state)) => {
-                    return Ok(LoadedSnapshot { loaded: Some((snapshot, header, state)), skipped });
-                }
-                Err(reason) => skipped.push((snapshot.path, reason)),
-            }
-        }
-        Ok(LoadedSnapshot { loaded: None, skipped })
+        load_first(self.list()?, decode)
+    }
+
+    /// Like [`load_newest`](Self::load_newest), but from the oldest snapshot forwards: the
+    /// oldest that passes every check, with the older ones skipped and their reasons.
+    pub fn load_oldest<T>(
+        &self,
+        decode: impl FnMut(&SnapshotHeader, &[u8]) -> Result<T, String>,
+    ) -> Result<LoadedSnapshot<T>, JournalError> {
+        let mut snapshots = self.list()?;
+        snapshots.reverse();
+        load_first(snapshots, decode)
     }
 
     /// Removes every snapshot but the newest `keep`; returns the files removed.
@@ -218,6 +209,36 @@ impl SnapshotStore {
         }
         Ok(removed)
     }
+}
+
+/// The first of `snapshots`, in their order, that passes every check: the file's (header,
+/// length, payload checksum, the sequence its name gives), then `decode`'s. Each file refused
+/// is skipped with the reason; an unreadable file is skipped like a damaged one.
+fn load_first<T>(
+    snapshots: Vec<SnapshotFile>,
+    mut decode: impl FnMut(&SnapshotHeader, &[u8]) -> Result<T, String>,
+) -> Result<LoadedSnapshot<T>, JournalError> {
+    let mut skipped = Vec::new();
+    for snapshot in snapshots {
+        let outcome = read_snapshot(&snapshot.path).map_err(|error| error.to_string()).and_then(
+            |(header, payload)| {
+                if header.sequence != snapshot.sequence {
+                    return Err(format!(
+                        "its header covers sequence {}, its name says {}",
+                        header.sequence, snapshot.sequence
+                    ));
+                }
+                decode(&header, &payload).map(|state| (header, state))
+            },
+        );
+        match outcome {
+            Ok((header, state)) => {
+                return Ok(LoadedSnapshot { loaded: Some((snapshot, header, state)), skipped });
+            }
+            Err(reason) => skipped.push((snapshot.path, reason)),
+        }
+    }
+    Ok(LoadedSnapshot { loaded: None, skipped })
 }
 
 /// Reads and checks a whole snapshot file: header checksum, magic, version, the file's length,

@@ -127,3 +127,22 @@ fn a_streamed_snapshot_equals_one_written_whole_and_old_ones_can_be_pruned() {
     let left: Vec<u64> = store.list().unwrap().iter().map(|file| file.sequence).collect();
     assert_eq!(left, vec![40, 30]);
 }
+
+#[test]
+fn the_oldest_valid_snapshot_loads_past_damaged_older_ones() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    for sequence in [100, 200, 300] {
+        store.write(&meta(sequence), &state(sequence)).unwrap();
+    }
+    let oldest = store.list().unwrap().pop().unwrap();
+    assert_eq!(oldest.sequence, 100);
+    common::flip_bit(&oldest.path, 5_000, 2);
+    let loaded = store.load_oldest(decode).unwrap();
+    let (file, header, payload) = loaded.loaded.expect("the snapshot of 200");
+    assert_eq!((file.sequence, header.sequence), (200, 200));
+    assert_eq!(payload, state(200));
+    assert_eq!(loaded.skipped.len(), 1);
+    assert_eq!(loaded.skipped[0].0, oldest.path);
+    assert!(loaded.skipped[0].1.contains("checksum"), "{:?}", loaded.skipped);
+}
