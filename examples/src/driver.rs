@@ -1,0 +1,185 @@
+//! The gateway loop: one thread publishes a stream of commands into an engine and reads the
+//! events back from an output poller between publishes, the shape of a service's gateway
+//! thread. With the compact topology that is two threads in all, which two cores hold.
+//!
+//! Latency runs from a command's send time to the arrival of its last event. At a fixed
+//! offered rate (`rate`), the send times are scheduled in advance (the i-th at `i / rate`)
+//! and latency runs from that intended time, so a stall delays every command behind it in
+//! the figures too: coordinated omission is corrected. At saturation a command waits for the
+//! ones ahead of it, so the figures include that queueing; there one command in
+//! [`SATURATION_SAMPLE`] is timed, to keep the clock reads off the path being measured.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use hdrhistogram::Histogram;
+use keel_engine::{Codec, EngineError, OutputPoller, Publisher, StateMachine};
+
+/// At saturation, one command in this many is timed.
+pub const SATURATION_SAMPLE: u64 = 64;
+
+/// Commands in flight (published, last event not yet read) at most: the send-time table's
+/// size. The loop reads events before it publishes more.
+const WINDOW: u64 = 1 << 17;
+const MASK: u64 = WINDOW - 1;
+
+/// How a stream is driven.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pace {
+    /// Commands per second, scheduled in advance; `None` publishes as fast as the engine
+    /// takes them.
+    pub rate: Option<u64>,
+    /// Commands at the start whose latency is not recorded.
+    pub warm_up: u64,
+}
+
+/// What a driven stream measured.
+#[derive(Debug)]
+pub struct Driven {
+    /// Commands published (each answered).
+    pub commands: u64,
+    /// From the first send to the last event read.
+    pub elapsed: Duration,
+    /// Latency in nanoseconds, of every command after the warm-up at a fixed rate, of a
+    /// sample at saturation.
+    pub latency: Histogram<u64>,
+    /// The last sequence published.
+    pub last_sequence: u64,
+}
+
+impl Driven {
+    /// Commands per second.
+    pub fn rate(&self) -> f64 {
+        self.commands as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Publishes `count` commands from `commands`, reading every event; `on_event` sees each event
+/// with its command's sequence, `progress` is called about every 100 ms with the commands
+/// answered so far.
+pub fn drive<M: StateMachine, C: Codec>(
+    publisher: &mut Publisher<M, C>,
+    output: &mut OutputPoller<M::Event>,
+    mut commands: impl FnMut() -> M::Command,
+    count: u64,
+    pace: Pace,
+    mut on_event: impl FnMut(u64, &M::Event),
+    mut progress: impl FnMut(u64),
+) -> Result<Driven>
+where
+    M::Command: Clone,
+{
+    let mut books = Books {
+        latency: Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?,
+        sent: vec![0u64; WINDOW as usize],
+        answered: 0,
+        epoch: Instant::now(),
+    };
+    let mut last_progress = 0u64;
+    let mut last_sequence = 0;
+    let mut receive = |books: &mut Books| books.receive(output, &mut on_event);
+
+    let interval_ns = pace.rate.map(|rate| 1e9 / rate.max(1) as f64);
+    for index in 0..count {
+        let intended = match interval_ns {
+            Some(interval) => {
+                let intended = 1_000 + (index as f64 * interval) as u64;
+                while books.now_ns() < intended {
+                    receive(&mut books)?;
+                }
+                Some(intended)
+            }
+            None => None,
+        };
+        while index - books.answered >= WINDOW {
+            receive(&mut books)?;
+        }
+        let command = commands();
+        let timed = index >= pace.warm_up && (intended.is_some() || index % SATURATION_SAMPLE == 0);
+        let sequence = loop {
+            match publisher.try_publish(command.clone()) {
+                Ok(sequence) => break sequence,
+                // Never wait in `publish` while holding unread events: with both rings full
+                // the engine and this thread would wait for each other.
+                Err(EngineError::Full) => {
+                    receive(&mut books)?;
+                }
+                Err(error) => return Err(error).context("publishing"),
+            }
+        };
+        if timed {
+            books.sent[(sequence & MASK) as usize] = intended.unwrap_or_else(|| books.now_ns());
+        }
+        last_sequence = sequence;
+        if index % 16 == 15 {
+            receive(&mut books)?;
+        }
+        if index % 65_536 == 0 && books.now_ns() - last_progress > 100_000_000 {
+            last_progress = books.now_ns();
+            progress(books.answered);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while books.answered < count {
+        if !receive(&mut books)? {
+            if Instant::now() > deadline {
+                bail!("{} of {count} commands were answered within two minutes", books.answered);
+            }
+            std::thread::yield_now();
+        }
+        if books.now_ns() - last_progress > 100_000_000 {
+            last_progress = books.now_ns();
+            progress(books.answered);
+        }
+    }
+    progress(books.answered);
+    Ok(Driven {
+        commands: count,
+        elapsed: books.epoch.elapsed(),
+        latency: books.latency,
+        last_sequence,
+    })
+}
+
+/// The loop's bookkeeping: send times by sequence, the histogram, the count answered.
+struct Books {
+    latency: Histogram<u64>,
+    /// Send times (nanoseconds from `epoch`, plus one so that 0 means untimed), by sequence
+    /// modulo the window.
+    sent: Vec<u64>,
+    answered: u64,
+    epoch: Instant,
+}
+
+impl Books {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Reads the events there are; returns whether there were any.
+    fn receive<E: Send + Sync + 'static>(
+        &mut self,
+        output: &mut OutputPoller<E>,
+        on_event: &mut impl FnMut(u64, &E),
+    ) -> Result<bool> {
+        let read = output.poll(4096, |delivery| {
+            if let Some(event) = delivery.event {
+                on_event(delivery.sequence, event);
+            }
+            if delivery.last {
+                self.answered += 1;
+                let slot = &mut self.sent[(delivery.sequence & MASK) as usize];
+                if *slot != 0 {
+                    let sent = std::mem::take(slot);
+                    let _ = self.latency.record(
+                        (self.epoch.elapsed().as_nanos() as u64 + 1).saturating_sub(sent).max(1),
+                    );
+                }
+            }
+        });
+        match read {
+            Ok(read) => Ok(read > 0),
+            Err(error) => Err(error).context("reading the engine's events"),
+        }
+    }
+}

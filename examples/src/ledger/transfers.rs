@@ -1,0 +1,462 @@
+//! The ledger's transfer history: every transfer id taken, with what it asked for and what it
+//! came to.
+//!
+//! Records whose id is above every earlier one (ascending ids, the common case) are appended
+//! to chunks of [`CHUNK`] records, which stay sorted by id and are searched by bisection: no
+//! index, 48 bytes a transfer. A record whose id arrives out of order goes to a hash map.
+//! The chunks are reference-counted, so a copy of the history (for a snapshot) is a copy of
+//! the chunks' handles; a chunk still shared with such a copy is copied the first time it is
+//! changed (copy on write).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Event, Outcome, Reject};
+use crate::hash::{Digest, IdMap};
+
+/// Records per chunk: 16 Ki records of 48 bytes, 768 KiB. Copying one after a snapshot
+/// shared it costs tens of microseconds; a snapshot's copy of the history costs one handle
+/// per chunk.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// What a transfer command was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// [`Command::Transfer`](super::Command::Transfer).
+    Single,
+    /// [`Command::Pending`](super::Command::Pending).
+    Pending,
+    /// [`Command::Post`](super::Command::Post).
+    Post,
+    /// [`Command::Void`](super::Command::Void).
+    Void,
+}
+
+/// What a transfer came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Done: a transfer, post or void that was applied.
+    Done,
+    /// A pending transfer still holding its amount.
+    Pending,
+    /// A pending transfer that was posted.
+    Posted,
+    /// A pending transfer that was voided.
+    Voided,
+    /// A pending transfer that expired.
+    Expired,
+    /// Rejected, with a reason that reserves the id.
+    Rejected(Reject),
+}
+
+impl Status {
+    /// What a retry is told.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Self::Rejected(reason) => Outcome::Rejected(reason),
+            _ => Outcome::Accepted,
+        }
+    }
+
+    fn code(self) -> u64 {
+        match self {
+            Self::Done => 0,
+            Self::Pending => 1,
+            Self::Posted => 2,
+            Self::Voided => 3,
+            Self::Expired => 4,
+            Self::Rejected(reason) => 16 + reason as u64,
+        }
+    }
+}
+
+/// A transfer id's record: the command's fields as they were asked for (so that a retry can
+/// be compared field by field) and its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TransferRecord {
+    /// The transfer's id.
+    pub id: u64,
+    /// The account debited (0 for a post or a void).
+    pub debit: u64,
+    /// The account credited (0 for a post or a void).
+    pub credit: u64,
+    /// The amount asked for (for a post, 0 means the whole pending amount).
+    pub amount: u64,
+    /// For a pending transfer its timeout, for a post or a void the pending transfer's id.
+    pub extra: u64,
+    /// The code (0 for a post or a void).
+    pub code: u32,
+    /// What the command was.
+    pub kind: Kind,
+    /// What it came to.
+    pub status: Status,
+}
+
+impl TransferRecord {
+    pub(super) fn request(
+        kind: Kind,
+        id: u64,
+        debit: u64,
+        credit: u64,
+        amount: u64,
+        code: u32,
+        extra: u64,
+    ) -> Self {
+        Self { id, debit, credit, amount, extra, code, kind, status: Status::Done }
+    }
+
+    /// The rejection of a command that is invalid in itself, whatever the state.
+    pub(super) fn invalid(&self) -> Option<Reject> {
+        if self.id == 0 {
+            return Some(Reject::ZeroId);
+        }
+        if matches!(self.kind, Kind::Post | Kind::Void) {
+            return None;
+        }
+        if self.code == 0 {
+            Some(Reject::ZeroCode)
+        } else if self.debit == self.credit {
+            Some(Reject::SameAccount)
+        } else if self.amount == 0 {
+            Some(Reject::ZeroAmount)
+        } else {
+            None
+        }
+    }
+
+    /// The answer to `request`, which uses this record's id.
+    pub(super) fn answer_retry(&self, request: &TransferRecord) -> Event {
+        let same = TransferRecord { status: self.status, ..*request } == *self;
+        if same {
+            Event::TransferExists { id: self.id, original: self.status.outcome() }
+        } else {
+            Event::TransferRejected { id: self.id, reason: Reject::ExistsWithDifferentFields }
+        }
+    }
+
+    fn digest(&self, digest: &mut Digest) {
+        digest.words(&[
+            self.id,
+            self.debit,
+            self.credit,
+            self.amount,
+            self.extra,
+            (u64::from(self.code) << 16) | ((self.kind as u64) << 8) | self.status.code(),
+        ]);
+    }
+}
+
+/// The history. See the module's documentation.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Transfers {
+    /// Sorted by id, within and across chunks; every chunk but the last is full.
+    chunks: Vec<Arc<Vec<TransferRecord>>>,
+    /// Records in `chunks`.
+    sorted: usize,
+    /// Ids that were not above every earlier id when they arrived.
+    unsorted: IdMap<u64, TransferRecord>,
+    /// Pending transfers still holding their amounts.
+    pending: u64,
+}
+
+impl Transfers {
+    pub(crate) fn with_capacity(records: usize) -> Self {
+        Self { chunks: Vec::with_capacity(records / CHUNK + 1), ..Self::default() }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.sorted + self.unsorted.len()
+    }
+
+    pub(crate) fn pending_count(&self) -> u64 {
+        self.pending
+    }
+
+    fn max_id(&self) -> u64 {
+        self.chunks.last().and_then(|chunk| chunk.last()).map_or(0, |record| record.id)
+    }
+
+    /// Records a new id (the caller has checked that it is not taken).
+    pub(crate) fn push(&mut self, record: TransferRecord) {
+        if record.status == Status::Pending {
+            self.pending += 1;
+        }
+        if record.id <= self.max_id() {
+            self.unsorted.insert(record.id, record);
+            return;
+        }
+        self.sorted += 1;
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => unshared(chunk).push(record),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(record);
+                self.chunks.push(Arc::new(chunk));
+            }
+        }
+    }
+
+    /// Where `id`'s record is among the chunks: (chunk, position).
+    fn locate(&self, id: u64) -> Option<(usize, usize)> {
+        let chunk = self.chunks.partition_point(|chunk| chunk[chunk.len() - 1].id < id);
+        let position =
+            self.chunks.get(chunk)?.binary_search_by_key(&id, |record| record.id).ok()?;
+        Some((chunk, position))
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&TransferRecord> {
+        if id > self.max_id() {
+            return None;
+        }
+        if let Some(record) = self.unsorted.get(&id) {
+            return Some(record);
+        }
+        let (chunk, position) = self.locate(id)?;
+        Some(&self.chunks[chunk][position])
+    }
+
+    /// Changes the status of a pending transfer (which exists).
+    pub(crate) fn set_status(&mut self, id: u64, status: Status) {
+        let record = match self.unsorted.get_mut(&id) {
+            Some(record) => record,
+            None => {
+                let (chunk, position) = self.locate(id).expect("the record exists");
+                &mut unshared(&mut self.chunks[chunk])[position]
+            }
+        };
+        debug_assert_eq!(record.status, Status::Pending);
+        record.status = status;
+        self.pending -= 1;
+    }
+
+    /// Bytes held: the chunks' capacity and the map's table.
+    pub(crate) fn memory(&self) -> usize {
+        let chunks = self.chunks.iter().map(|chunk| chunk.capacity()).sum::<usize>();
+        let buckets = if self.unsorted.capacity() == 0 {
+            0
+        } else {
+            (self.unsorted.capacity() * 8 / 7).next_power_of_two()
+        };
+        chunks * std::mem::size_of::<TransferRecord>()
+            + buckets * (std::mem::size_of::<(u64, TransferRecord)>() + 1)
+            + self.chunks.capacity() * std::mem::size_of::<Arc<Vec<TransferRecord>>>()
+    }
+
+    /// The records in a deterministic order: the sorted ones, then the others by id.
+    fn unsorted_by_id(&self) -> Vec<&TransferRecord> {
+        let mut records: Vec<_> = self.unsorted.values().collect();
+        records.sort_unstable_by_key(|record| record.id);
+        records
+    }
+
+    pub(crate) fn digest(&self, digest: &mut Digest) {
+        digest.words(&[self.sorted as u64, self.unsorted.len() as u64, self.pending]);
+        for record in self.chunks.iter().flat_map(|chunk| chunk.iter()) {
+            record.digest(digest);
+        }
+        for record in self.unsorted_by_id() {
+            record.digest(digest);
+        }
+    }
+}
+
+/// The chunk, copied first if a snapshot's copy still shares it, with room for a full chunk
+/// (a plain `Arc::make_mut` would copy it with no room to grow).
+fn unshared(chunk: &mut Arc<Vec<TransferRecord>>) -> &mut Vec<TransferRecord> {
+    if Arc::get_mut(chunk).is_none() {
+        let mut copy = Vec::with_capacity(CHUNK);
+        copy.extend_from_slice(chunk);
+        *chunk = Arc::new(copy);
+    }
+    Arc::make_mut(chunk)
+}
+
+/// A sequence of records of known length, serialized without collecting them.
+struct Records<'a, I: Iterator<Item = &'a TransferRecord> + Clone> {
+    len: usize,
+    records: I,
+}
+
+impl<'a, I: Iterator<Item = &'a TransferRecord> + Clone> Serialize for Records<'a, I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sequence = serializer.serialize_seq(Some(self.len))?;
+        for record in self.records.clone() {
+            sequence.serialize_element(record)?;
+        }
+        sequence.end()
+    }
+}
+
+impl Serialize for Transfers {
+    /// Two sequences: the sorted records in id order, then the others in id order. The
+    /// chunks are not part of the format.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let sorted = Records {
+            len: self.sorted,
+            records: self.chunks.iter().flat_map(|chunk| chunk.iter()),
+        };
+        let others = self.unsorted_by_id();
+        let unsorted = Records { len: others.len(), records: others.iter().copied() };
+        (sorted, unsorted).serialize(serializer)
+    }
+}
+
+/// The sorted records, read straight into chunks.
+struct Chunks(Vec<Arc<Vec<TransferRecord>>>, usize);
+
+impl<'de> Deserialize<'de> for Chunks {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChunksVisitor;
+
+        impl<'de> Visitor<'de> for ChunksVisitor {
+            type Value = Chunks;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("transfer records in ascending id order")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut records: A) -> Result<Chunks, A::Error> {
+                let mut chunks: Vec<Arc<Vec<TransferRecord>>> = Vec::new();
+                let mut current = Vec::with_capacity(CHUNK);
+                let mut count = 0usize;
+                let mut last_id = 0u64;
+                while let Some(record) = records.next_element::<TransferRecord>()? {
+                    if record.id <= last_id {
+                        return Err(serde::de::Error::custom(format!(
+                            "transfer {} follows transfer {last_id}: the sorted records are \
+                             out of order",
+                            record.id
+                        )));
+                    }
+                    last_id = record.id;
+                    if current.len() == CHUNK {
+                        chunks.push(Arc::new(std::mem::replace(
+                            &mut current,
+                            Vec::with_capacity(CHUNK),
+                        )));
+                    }
+                    current.push(record);
+                    count += 1;
+                }
+                if !current.is_empty() {
+                    chunks.push(Arc::new(current));
+                }
+                Ok(Chunks(chunks, count))
+            }
+        }
+
+        deserializer.deserialize_seq(ChunksVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Transfers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (Chunks(chunks, sorted), others): (Chunks, Vec<TransferRecord>) =
+            Deserialize::deserialize(deserializer)?;
+        let mut unsorted: IdMap<u64, TransferRecord> = HashMap::default();
+        unsorted.reserve(others.len());
+        let mut pending = 0;
+        let max_id = chunks.last().and_then(|chunk| chunk.last()).map_or(0, |record| record.id);
+        for record in others {
+            // An id above the sorted ones would never be looked for among the others.
+            if record.id >= max_id {
+                return Err(serde::de::Error::custom(format!(
+                    "transfer {} is kept apart from the sorted records but is not below them",
+                    record.id
+                )));
+            }
+            if unsorted.insert(record.id, record).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "transfer {} appears twice",
+                    record.id
+                )));
+            }
+        }
+        for record in chunks.iter().flat_map(|chunk| chunk.iter()).chain(unsorted.values()) {
+            pending += u64::from(record.status == Status::Pending);
+        }
+        Ok(Self { chunks, sorted, unsorted, pending })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> TransferRecord {
+        TransferRecord::request(Kind::Single, id, 1, 2, id, 1, 0)
+    }
+
+    #[test]
+    fn finds_every_record_in_and_out_of_order_across_chunks() {
+        let mut transfers = Transfers::default();
+        // Ascending ids with gaps, then a few below the maximum.
+        let ids: Vec<u64> = (1..=(3 * CHUNK as u64 + 17)).map(|n| n * 3).collect();
+        for &id in &ids {
+            transfers.push(record(id));
+        }
+        for id in [1, 2, 4, 5000] {
+            transfers.push(record(id));
+        }
+        assert_eq!(transfers.len(), ids.len() + 4);
+        assert_eq!(transfers.chunks.len(), 4);
+        for &id in ids.iter().chain(&[1, 2, 4, 5000]) {
+            assert_eq!(transfers.get(id).map(|record| record.id), Some(id), "id {id}");
+        }
+        for id in [0, 7, 3 * (3 * CHUNK as u64 + 17) + 1, u64::MAX] {
+            assert!(transfers.get(id).is_none(), "id {id}");
+        }
+    }
+
+    #[test]
+    fn a_copy_shares_chunks_until_one_changes() {
+        let mut transfers = Transfers::default();
+        for id in 1..=(2 * CHUNK as u64) {
+            let mut pending = record(id);
+            pending.kind = Kind::Pending;
+            pending.status = Status::Pending;
+            transfers.push(pending);
+        }
+        let copy = transfers.clone();
+        assert!(Arc::ptr_eq(&copy.chunks[0], &transfers.chunks[0]));
+        transfers.set_status(5, Status::Posted);
+        assert!(!Arc::ptr_eq(&copy.chunks[0], &transfers.chunks[0]), "written chunk copied");
+        assert!(Arc::ptr_eq(&copy.chunks[1], &transfers.chunks[1]), "the other still shared");
+        assert_eq!(copy.get(5).map(|record| record.status), Some(Status::Pending));
+        assert_eq!(transfers.get(5).map(|record| record.status), Some(Status::Posted));
+        assert_eq!(transfers.pending_count(), 2 * CHUNK as u64 - 1);
+        assert_eq!(copy.pending_count(), 2 * CHUNK as u64);
+    }
+
+    #[test]
+    fn survives_an_encoding_round_trip_and_rejects_disorder() {
+        let mut transfers = Transfers::default();
+        for id in (10..(CHUNK as u64 + 100)).chain([3, 1, 2]) {
+            transfers.push(record(id));
+        }
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&transfers, config).expect("encodes");
+        let (decoded, _): (Transfers, _) =
+            bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
+        let digest = |transfers: &Transfers| {
+            let mut digest = Digest::new();
+            transfers.digest(&mut digest);
+            digest.finish()
+        };
+        assert_eq!(digest(&decoded), digest(&transfers));
+        assert_eq!(decoded.len(), transfers.len());
+        assert_eq!(decoded.get(2), transfers.get(2));
+
+        let disordered: (Vec<TransferRecord>, Vec<TransferRecord>) =
+            (vec![record(5), record(4)], Vec::new());
+        let bytes = bincode::serde::encode_to_vec(&disordered, config).expect("encodes");
+        let error = bincode::serde::decode_from_slice::<Transfers, _>(&bytes, config)
+            .expect_err("out of order");
+        assert!(error.to_string().contains("out of order"), "{error}");
+    }
+}

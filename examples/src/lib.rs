@@ -1,0 +1,17 @@
+//! Applications embedding keel, written the way its users write theirs: the state machine is
+//! a plain library module, the binary mounts the engine's command line beside its own
+//! subcommands.
+//!
+//! - [`ledger`]: double-entry accounts and transfers, idempotent by transfer id, with
+//!   two-phase transfers that expire in engine time; the `ledger` binary.
+//! - [`driver`]: the gateway loop the binaries share: publish a stream of commands, read
+//!   the events back, measure throughput and latency.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod driver;
+pub mod hash;
+pub mod ledger;
+pub mod rng;
+pub mod system;
