@@ -1042,12 +1042,14 @@ impl<M: StateMachine> Snapshotter<M> {
                     let counters = &shared.counters;
                     match outcome {
                         Ok(()) => {
-                            Counters::set(
-                                &counters.snapshots,
-                                counters.snapshots.load(Ordering::Relaxed) + 1,
-                            );
+                            // The sequence first, and the count released after it: a reader
+                            // that sees the count go up sees this snapshot's sequence.
                             Counters::set(&counters.last_snapshot_sequence, sequence);
                             *counters.snapshot_error.lock() = None;
+                            counters.snapshots.store(
+                                counters.snapshots.load(Ordering::Relaxed) + 1,
+                                Ordering::Release,
+                            );
                         }
                         Err(error) => {
                             *counters.snapshot_error.lock() =

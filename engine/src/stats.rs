@@ -68,6 +68,9 @@ impl Counters {
 
     pub(crate) fn read(&self, published: u64) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        // Acquire, and first: the snapshot's sequence and pause, stored before the count,
+        // are then at least as new as the count.
+        let snapshots = self.snapshots.load(Ordering::Acquire);
         let applied = load(&self.applied);
         Stats {
             published,
@@ -77,7 +80,7 @@ impl Counters {
             batches: load(&self.batches),
             largest_batch: load(&self.largest_batch),
             ring_occupancy: published.saturating_sub(applied),
-            snapshots: load(&self.snapshots),
+            snapshots,
             last_snapshot_sequence: load(&self.last_snapshot_sequence),
             snapshot_pause_last_ns: load(&self.snapshot_pause_last_ns),
             snapshot_pause_max_ns: load(&self.snapshot_pause_max_ns),

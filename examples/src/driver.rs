@@ -114,7 +114,7 @@ where
         if index % 16 == 15 {
             receive(&mut books)?;
         }
-        if index % 65_536 == 0 && books.now_ns() - last_progress > 100_000_000 {
+        if index % 4_096 == 0 && books.now_ns() - last_progress > 100_000_000 {
             last_progress = books.now_ns();
             progress(books.answered);
         }

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod driver;
+pub mod format;
 pub mod hash;
 pub mod ledger;
 pub mod rng;
