@@ -47,7 +47,7 @@ impl WritableMap {
 
     /// Faults every page of the mapping in, writable, so that appends never take a page fault:
     /// `MADV_POPULATE_WRITE` where the kernel has it (Linux 5.14), else a store to each page.
-    /// The file is zero-filled, so storing a zero changes no byte.
+    /// The file reads as zeros (written or reserved), so storing a zero changes no byte.
     pub(crate) fn prefault(&mut self) {
         #[cfg(target_os = "linux")]
         if self.map.advise(memmap2::Advice::PopulateWrite).is_ok() {

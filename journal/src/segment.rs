@@ -292,9 +292,9 @@ pub(crate) struct Spare {
     pub(crate) map: Option<WritableMap>,
 }
 
-/// Allocates a spare segment of `size` bytes in `journal_directory`: written as zeros under a
-/// temporary name, synced, renamed to `spare`, the directory synced; then mapped and
-/// pre-faulted when `map` is set.
+/// Allocates a spare segment of `size` bytes in `journal_directory` under a temporary name
+/// (reserved with `fallocate` when it is to be mapped, written as zeros when not), synced,
+/// renamed to `spare`, the directory synced; then mapped and pre-faulted when `map` is set.
 pub(crate) fn prepare_spare(
     storage: &dyn Storage,
     journal_directory: &Path,
@@ -304,7 +304,16 @@ pub(crate) fn prepare_spare(
     let temporary = journal_directory.join(SPARE_TEMPORARY_NAME);
     let path = journal_directory.join(SPARE_NAME);
     remove_if_present(&temporary)?;
-    let file = match storage.create_allocated(&temporary, size) {
+    // A mapped spare's pages are faulted in, zero-filled, by the pre-fault below, on this
+    // thread: writing the zeros first as well would double that work and send a segment of
+    // zeros to the disk. An unmapped spare (the `Fsync` tier) is written as zeros, so that
+    // the writer's `fdatasync`s flush data only, with no extents to convert.
+    let allocated = if map {
+        storage.create_reserved(&temporary, size)
+    } else {
+        storage.create_allocated(&temporary, size)
+    };
+    let file = match allocated {
         Ok(file) => file,
         Err(error) => {
             // Leave no half-allocated file behind to hold the space the disk lacks.

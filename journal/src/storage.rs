@@ -44,6 +44,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         write_zeros(self, &file, path, 0, size)?;
         Ok(file)
     }
+
+    /// Creates `path` (which must not exist) with `size` bytes reserved to it: the blocks are
+    /// allocated (so later writes into them cannot fail for space) and read as zeros, but
+    /// need not be written. The default writes the zeros, as
+    /// [`create_allocated`](Self::create_allocated); the real file system calls `fallocate`.
+    fn create_reserved(&self, path: &Path, size: u64) -> io::Result<File> {
+        self.create_allocated(path, size)
+    }
 }
 
 /// Writes zeros over `from..to` of `file` through `storage`, a chunk at a time: allocating a
@@ -84,6 +92,19 @@ impl Storage for FileStorage {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
+    }
+
+    fn create_reserved(&self, path: &Path, size: u64) -> io::Result<File> {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            Ok(()) => Ok(file),
+            // A file system without `fallocate`: the zeros are written instead.
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                write_zeros(self, &file, path, 0, size)?;
+                Ok(file)
+            }
+            Err(errno) => Err(errno.into()),
+        }
     }
 }
 
