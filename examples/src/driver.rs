@@ -141,6 +141,11 @@ where
     })
 }
 
+/// Nanoseconds since `epoch`, plus one, so that a send time is never 0 ("untimed").
+fn nanos_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64 + 1
+}
+
 /// The loop's bookkeeping: send times by sequence, the histogram, the count answered.
 struct Books {
     latency: Histogram<u64>,
@@ -153,7 +158,7 @@ struct Books {
 
 impl Books {
     fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64 + 1
+        nanos_since(self.epoch)
     }
 
     /// Reads the events there are; returns whether there were any.
@@ -171,9 +176,8 @@ impl Books {
                 let slot = &mut self.sent[(delivery.sequence & MASK) as usize];
                 if *slot != 0 {
                     let sent = std::mem::take(slot);
-                    let _ = self.latency.record(
-                        (self.epoch.elapsed().as_nanos() as u64 + 1).saturating_sub(sent).max(1),
-                    );
+                    let _ =
+                        self.latency.record(nanos_since(self.epoch).saturating_sub(sent).max(1));
                 }
             }
         });

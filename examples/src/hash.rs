@@ -45,6 +45,16 @@ pub type IdHash = BuildHasherDefault<IdHasher>;
 /// A `HashMap` keyed by integer ids, hashed the same way everywhere.
 pub type IdMap<K, V> = std::collections::HashMap<K, V, IdHash>;
 
+/// The bytes a `HashMap`'s table holds, from its capacity: a power of two of buckets, at most
+/// 7/8 full, each an entry and a control byte (hashbrown's layout).
+pub fn table_bytes<K, V, S>(map: &std::collections::HashMap<K, V, S>) -> usize {
+    let buckets = match map.capacity() {
+        0 => 0,
+        capacity => (capacity * 8 / 7).next_power_of_two(),
+    };
+    buckets * (std::mem::size_of::<(K, V)>() + 1)
+}
+
 /// A running 64-bit digest of a sequence of words, for state hashes. Order matters: feeding
 /// the same words in another order gives another digest. Not cryptographic: it detects
 /// divergence, it does not resist an adversary.

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, IdMap};
+use crate::hash::{table_bytes, Digest, IdMap};
 use transfers::Transfers;
 pub use transfers::{Kind, Status, TransferRecord};
 
@@ -556,14 +556,7 @@ impl Ledger {
     /// The memory the state's structures hold, from their capacities (what the allocator was
     /// asked for, not what the pages touched).
     pub fn memory(&self) -> MemoryUse {
-        // A hashbrown table: a power of two of buckets, at most 7/8 full, each an entry and a
-        // control byte.
-        let buckets = if self.index.capacity() == 0 {
-            0
-        } else {
-            (self.index.capacity() * 8 / 7).next_power_of_two()
-        };
-        let index = buckets * (std::mem::size_of::<(u64, u32)>() + 1);
+        let index = table_bytes(&self.index);
         let accounts = self.accounts.capacity() * std::mem::size_of::<Account>();
         MemoryUse {
             accounts_bytes: (index + accounts) as u64,

@@ -17,7 +17,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Event, Outcome, Reject};
-use crate::hash::{Digest, IdMap};
+use crate::hash::{table_bytes, Digest, IdMap};
 
 /// Records per chunk: 16 Ki records of 48 bytes, 768 KiB. Copying one after a snapshot
 /// shared it costs tens of microseconds; a snapshot's copy of the history costs one handle
@@ -237,13 +237,8 @@ impl Transfers {
     /// Bytes held: the chunks' capacity and the map's table.
     pub(crate) fn memory(&self) -> usize {
         let chunks = self.chunks.iter().map(|chunk| chunk.capacity()).sum::<usize>();
-        let buckets = if self.unsorted.capacity() == 0 {
-            0
-        } else {
-            (self.unsorted.capacity() * 8 / 7).next_power_of_two()
-        };
         chunks * std::mem::size_of::<TransferRecord>()
-            + buckets * (std::mem::size_of::<(u64, TransferRecord)>() + 1)
+            + table_bytes(&self.unsorted)
             + self.chunks.capacity() * std::mem::size_of::<Arc<Vec<TransferRecord>>>()
     }
 
