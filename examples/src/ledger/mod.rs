@@ -11,7 +11,10 @@
 //! and pending alike; so the balances (credits minus debits) of each code sum to zero.
 //! [`Ledger::check_conservation`] checks it.
 
+pub mod client;
+pub mod server;
 mod transfers;
+pub mod wire;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};

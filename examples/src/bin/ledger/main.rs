@@ -1,8 +1,10 @@
 //! `ledger`: a double-entry ledger service on keel. With no arguments it runs the demo.
 
 mod demo;
+mod load;
 mod options;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -15,7 +17,7 @@ use keel_examples::ledger::Ledger;
     name = "ledger",
     version,
     about = "A double-entry ledger on keel: accounts, transfers, two-phase transfers, recovery.",
-    after_help = "With no subcommand, runs `demo`.\n\nExamples:\n  ledger\n  ledger run --data ./data --accounts 100000 --transfers 5000000\n  ledger balance --data ./data --account 1042 --at 2026-11-23T15:00:00Z\n  ledger verify --data ./data"
+    after_help = "With no subcommand, runs `demo`.\n\nExamples:\n  ledger\n  ledger run --data ./data --accounts 100000 --transfers 5000000\n  ledger balance --data ./data --account 1042 --at 2026-11-23T15:00:00Z\n  ledger verify --data ./data\n  ledger serve --data ./data --listen 127.0.0.1:7300\n  ledger load --connect 127.0.0.1:7300 --clients 4 --rate 100000 --duration 10"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +36,11 @@ enum Command {
         after_help = "Examples:\n  ledger balance --data ./data --account 1042\n  ledger balance --data ./data --account 1042 --at 2026-11-23T15:00:00Z --json"
     )]
     Balance(run::BalanceArgs),
+    /// Serve the ledger over TCP: length-prefixed binary requests, each answered with its
+    /// command's reply (docs/ledger-protocol.md).
+    Serve(serve::ServeArgs),
+    /// Drive a `ledger serve` at a fixed offered rate; print throughput and latency.
+    Load(load::LoadArgs),
     #[command(flatten)]
     Engine(EngineCommand),
     /// The demo's child engine process (not for people).
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::demo(args),
         Command::Run(args) => run::run(args),
         Command::Balance(args) => run::balance(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Load(args) => load::load(args),
         Command::Engine(command) => return keel_engine::cli::main(command, Ledger::new),
         Command::Child(args) => demo::child(args),
     };

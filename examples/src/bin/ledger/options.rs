@@ -249,6 +249,21 @@ impl Tally {
         }
     }
 
+    /// Adds another tally's counts.
+    pub fn merge(&mut self, other: &Tally) {
+        self.accounts += other.accounts;
+        self.transferred += other.transferred;
+        self.reserved += other.reserved;
+        self.posted += other.posted;
+        self.voided += other.voided;
+        self.expired += other.expired;
+        self.retries += other.retries;
+        self.rejected += other.rejected;
+        for (sum, count) in self.reasons.iter_mut().zip(other.reasons) {
+            *sum += count;
+        }
+    }
+
     /// The rejection reasons seen, most frequent first.
     pub fn reasons(&self) -> Vec<(Reject, u64)> {
         let mut reasons: Vec<(Reject, u64)> = Reject::ALL
