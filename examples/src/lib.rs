@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod driver;
+pub mod exchange;
 pub mod format;
 pub mod hash;
 pub mod ledger;

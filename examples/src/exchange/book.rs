@@ -1,0 +1,271 @@
+//! The order book's structures: resting orders in a slab of slots, each price level a queue of
+//! slots linked through the slots themselves, levels in a `BTreeMap` by price. A cancel is a
+//! lookup of the order's slot (by id, in the exchange's index), an unlink, and at most one
+//! level removal; matching walks the best levels from their heads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Side;
+
+/// "No slot": the end of a queue, or of the free list.
+pub(super) const NIL: u32 = u32::MAX;
+
+/// A slot of the slab: a resting order, or a free slot (`order_id == 0`) whose `next` is the
+/// next free slot.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(super) struct OrderSlot {
+    pub(super) order_id: u64,
+    pub(super) price: u64,
+    /// Above 0 while the order rests; 0 only between its last fill and its removal.
+    pub(super) remaining: u64,
+    /// The account's slot.
+    pub(super) account: u32,
+    /// The symbol's slot.
+    pub(super) symbol: u32,
+    pub(super) side: Side,
+    /// The neighbours in the level's queue (toward the head, toward the tail).
+    pub(super) prev: u32,
+    pub(super) next: u32,
+}
+
+/// The slab of order slots. Freed slots are reused, most recently freed first, so the slab's
+/// size is the most orders that ever rested at once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Orders {
+    slots: Vec<OrderSlot>,
+    free: u32,
+}
+
+impl Default for Orders {
+    fn default() -> Self {
+        Self { slots: Vec::new(), free: NIL }
+    }
+}
+
+impl Orders {
+    pub(super) fn reserve(&mut self, orders: usize) {
+        self.slots.reserve(orders);
+    }
+
+    pub(super) fn get(&self, slot: u32) -> &OrderSlot {
+        &self.slots[slot as usize]
+    }
+
+    pub(super) fn get_mut(&mut self, slot: u32) -> &mut OrderSlot {
+        &mut self.slots[slot as usize]
+    }
+
+    pub(super) fn allocate(
+        &mut self,
+        order_id: u64,
+        account: u32,
+        symbol: u32,
+        side: Side,
+        price: u64,
+        remaining: u64,
+    ) -> u32 {
+        debug_assert!(order_id != 0 && remaining > 0);
+        let order =
+            OrderSlot { order_id, price, remaining, account, symbol, side, prev: NIL, next: NIL };
+        if self.free == NIL {
+            self.slots.push(order);
+            return (self.slots.len() - 1) as u32;
+        }
+        let slot = self.free;
+        self.free = self.slots[slot as usize].next;
+        self.slots[slot as usize] = order;
+        slot
+    }
+
+    pub(super) fn free(&mut self, slot: u32) {
+        let order = &mut self.slots[slot as usize];
+        order.order_id = 0;
+        order.next = self.free;
+        self.free = slot;
+    }
+
+    /// The slots of resting orders.
+    pub(super) fn live(&self) -> impl Iterator<Item = (u32, &OrderSlot)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, order)| order.order_id != 0)
+            .map(|(slot, order)| (slot as u32, order))
+    }
+}
+
+/// A price level: a queue of order slots, oldest at the head.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(super) struct Level {
+    pub(super) head: u32,
+    pub(super) tail: u32,
+    /// The sum of the orders' remaining quantities.
+    pub(super) quantity: u64,
+    pub(super) orders: u32,
+}
+
+/// One fill of a planned match: the maker's slot, its price, the quantity.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Fill {
+    pub(super) slot: u32,
+    pub(super) price: u64,
+    pub(super) quantity: u64,
+}
+
+/// A symbol's book.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Book {
+    pub(super) bids: BTreeMap<u64, Level>,
+    pub(super) asks: BTreeMap<u64, Level>,
+}
+
+impl Book {
+    fn levels_mut(&mut self, side: Side) -> &mut BTreeMap<u64, Level> {
+        match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        }
+    }
+
+    /// The best price of a side: the highest bid, the lowest ask.
+    pub(super) fn best(&self, side: Side) -> Option<u64> {
+        match side {
+            Side::Buy => self.bids.last_key_value().map(|(&price, _)| price),
+            Side::Sell => self.asks.first_key_value().map(|(&price, _)| price),
+        }
+    }
+
+    /// A level's total, 0 if there is no such level.
+    pub(super) fn level_quantity(&self, side: Side, price: u64) -> u64 {
+        let levels = match side {
+            Side::Buy => &self.bids,
+            Side::Sell => &self.asks,
+        };
+        levels.get(&price).map_or(0, |level| level.quantity)
+    }
+
+    /// Appends a slot to the back of its level's queue.
+    pub(super) fn push(&mut self, orders: &mut Orders, slot: u32) {
+        let order = *orders.get(slot);
+        let level = self.levels_mut(order.side).entry(order.price).or_insert(Level {
+            head: NIL,
+            tail: NIL,
+            quantity: 0,
+            orders: 0,
+        });
+        let tail = level.tail;
+        level.tail = slot;
+        if tail == NIL {
+            level.head = slot;
+        } else {
+            orders.get_mut(tail).next = slot;
+        }
+        level.quantity += order.remaining;
+        level.orders += 1;
+        let order = orders.get_mut(slot);
+        order.prev = tail;
+        order.next = NIL;
+    }
+
+    /// Takes `quantity` off a level's total (its order's remaining changes with it).
+    pub(super) fn reduce(&mut self, price: u64, side: Side, quantity: u64) {
+        let level = self.levels_mut(side).get_mut(&price).expect("the order's level exists");
+        level.quantity -= quantity;
+    }
+
+    /// Unlinks a slot from its level's queue; removes the level when it empties. The order's
+    /// quantity must already be off the level's total.
+    pub(super) fn unlink(&mut self, orders: &mut Orders, slot: u32) {
+        let order = *orders.get(slot);
+        let levels = self.levels_mut(order.side);
+        let level = levels.get_mut(&order.price).expect("the order's level exists");
+        if order.prev == NIL {
+            level.head = order.next;
+        } else {
+            orders.get_mut(order.prev).next = order.next;
+        }
+        if order.next == NIL {
+            level.tail = order.prev;
+        } else {
+            orders.get_mut(order.next).prev = order.prev;
+        }
+        level.orders -= 1;
+        if level.orders == 0 {
+            debug_assert_eq!(level.quantity, 0, "an empty level holds nothing");
+            levels.remove(&order.price);
+        }
+    }
+
+    /// Plans the fills of an incoming order of `side` for `quantity`, without changing
+    /// anything: the opposite side's levels in priority order while they cross `limit` (any
+    /// price when `None`), each level's orders oldest first. With a `budget` (a market buy's
+    /// available quote) it fills only what the budget pays for. Returns whether the budget
+    /// stopped it.
+    pub(super) fn plan(
+        &self,
+        orders: &Orders,
+        side: Side,
+        limit: Option<u64>,
+        quantity: u64,
+        budget: Option<u64>,
+        fills: &mut Vec<Fill>,
+    ) -> bool {
+        debug_assert!(fills.is_empty());
+        match side {
+            Side::Buy => {
+                plan_levels(self.asks.iter(), orders, side, limit, quantity, budget, fills)
+            }
+            Side::Sell => {
+                plan_levels(self.bids.iter().rev(), orders, side, limit, quantity, budget, fills)
+            }
+        }
+    }
+}
+
+/// [`Book::plan`] over the opposite side's levels, given in priority order.
+fn plan_levels<'a>(
+    levels: impl Iterator<Item = (&'a u64, &'a Level)>,
+    orders: &Orders,
+    side: Side,
+    limit: Option<u64>,
+    quantity: u64,
+    mut budget: Option<u64>,
+    fills: &mut Vec<Fill>,
+) -> bool {
+    let mut left = quantity;
+    for (&price, level) in levels {
+        let crosses = match (side, limit) {
+            (_, None) => true,
+            (Side::Buy, Some(limit)) => price <= limit,
+            (Side::Sell, Some(limit)) => price >= limit,
+        };
+        if !crosses {
+            return false;
+        }
+        let mut slot = level.head;
+        while slot != NIL {
+            let order = orders.get(slot);
+            let mut take = order.remaining.min(left);
+            if let Some(budget) = budget.as_mut() {
+                let affordable = *budget / price;
+                if affordable < take {
+                    take = affordable;
+                    if take > 0 {
+                        fills.push(Fill { slot, price, quantity: take });
+                    }
+                    return true;
+                }
+                *budget -= take * price;
+            }
+            fills.push(Fill { slot, price, quantity: take });
+            left -= take;
+            if left == 0 {
+                return false;
+            }
+            slot = order.next;
+        }
+    }
+    false
+}
