@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod demo;
 pub mod driver;
 pub mod exchange;
 pub mod format;

@@ -2,23 +2,18 @@
 //! same data with SIGKILL, recover, and check that nothing acknowledged was lost and that the
 //! recovered state is the one a full replay of the journal gives.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use keel_engine::{
-    replay_from, Bincode, Engine, ReplayFrom, ReplayTarget, SnapshotPolicy, StateMachine,
-};
+use keel_engine::{replay_from, Bincode, ReplayFrom, ReplayTarget, SnapshotPolicy, StateMachine};
+use keel_examples::demo::{crash_child, default_directory, mark, row, take_snapshot};
 use keel_examples::driver::Pace;
 use keel_examples::format;
 use keel_examples::ledger::workload::{Mix, Workload};
 use keel_examples::ledger::Ledger;
-use keel_examples::rng::{seed_from_environment, SplitMix64};
+use keel_examples::rng::seed_from_environment;
 use keel_examples::system;
 
 use crate::options::{ensure_fresh, EngineOptions, Session};
@@ -87,22 +82,9 @@ impl Plan {
     }
 }
 
-/// A check's mark.
-fn mark(ok: bool) -> &'static str {
-    if ok {
-        "✓"
-    } else {
-        "✗"
-    }
-}
-
-fn row(label: &str, text: impl std::fmt::Display) {
-    println!("  {label:<11}{text}");
-}
-
 pub fn demo(args: DemoArgs) -> Result<()> {
     let plan = Plan::new(&args);
-    let data = args.data.clone().unwrap_or_else(default_directory);
+    let data = args.data.clone().unwrap_or_else(|| default_directory("ledger"));
     ensure_fresh(&data)?;
     let seed = args.seed.unwrap_or_else(seed_from_environment);
     let options = EngineOptions::default();
@@ -180,7 +162,22 @@ pub fn demo(args: DemoArgs) -> Result<()> {
 
     // 3. A child engine process on the same data, killed mid-stream.
     println!("3. crash");
-    let crash = crash_child(&data, &plan, seed, first_child_id)?;
+    let child_arguments = [
+        "child".to_owned(),
+        "--data".to_owned(),
+        data.display().to_string(),
+        "--accounts".to_owned(),
+        plan.accounts.to_string(),
+        "--seed".to_owned(),
+        seed.wrapping_add(1).to_string(),
+        "--first-id".to_owned(),
+        first_child_id.to_string(),
+        "--rate".to_owned(),
+        plan.child_rate.to_string(),
+        "--snapshot-every".to_owned(),
+        plan.child_snapshot_every.to_string(),
+    ];
+    let crash = crash_child(&child_arguments, plan.kill_after_ms, seed)?;
     row(
         "child",
         format!(
@@ -324,151 +321,6 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// `$TMPDIR/keel-ledger-demo-YYYYMMDDThhmmss-PID`.
-fn default_directory() -> PathBuf {
-    let stamp: String = keel_journal::time::rfc3339(SystemTime::now())
-        .chars()
-        .filter(|character| !matches!(character, '-' | ':' | 'Z'))
-        .collect();
-    std::env::temp_dir().join(format!("keel-ledger-demo-{stamp}-{}", std::process::id()))
-}
-
-struct Snapshot {
-    sequence: u64,
-    timestamp_ns: u64,
-    bytes: u64,
-    seconds: f64,
-    pause_ns: u64,
-}
-
-/// Asks the engine for a snapshot and waits for it to be written.
-fn take_snapshot(engine: &Engine<Ledger>, data: &Path) -> Result<Snapshot> {
-    let before = engine.stats().snapshots;
-    let started = Instant::now();
-    engine.snapshot();
-    let stats = loop {
-        let stats = engine.stats();
-        if stats.snapshots > before {
-            break stats;
-        }
-        if let Some(error) = stats.snapshot_error {
-            bail!("the snapshot failed: {error}");
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("the snapshot was not written within two minutes");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let store = keel_journal::SnapshotStore::open(data)?;
-    let file = store
-        .list()?
-        .into_iter()
-        .find(|file| file.sequence == stats.last_snapshot_sequence)
-        .context("the snapshot just written")?;
-    let header = keel_journal::snapshot::read_snapshot_header(&file.path)?;
-    Ok(Snapshot {
-        sequence: stats.last_snapshot_sequence,
-        timestamp_ns: header.timestamp_ns,
-        bytes: std::fs::metadata(&file.path)?.len(),
-        seconds,
-        pause_ns: stats.snapshot_pause_last_ns,
-    })
-}
-
-/// What the child said when its engine was open.
-#[derive(Clone, Copy, Debug, Default)]
-struct Ready {
-    last_sequence: u64,
-    snapshot: u64,
-    replayed: u64,
-}
-
-struct Crash {
-    pid: u32,
-    ready: Ready,
-    ran: Duration,
-    acknowledged: u64,
-}
-
-/// Starts `ledger child` on `data`, lets it publish for a random while, and kills it.
-fn crash_child(data: &Path, plan: &Plan, seed: u64, first_id: u64) -> Result<Crash> {
-    let executable = std::env::current_exe().context("finding this program")?;
-    let mut child = std::process::Command::new(executable)
-        .args(["child", "--data"])
-        .arg(data)
-        .args([
-            "--accounts",
-            &plan.accounts.to_string(),
-            "--seed",
-            &seed.wrapping_add(1).to_string(),
-            "--first-id",
-            &first_id.to_string(),
-            "--rate",
-            &plan.child_rate.to_string(),
-            "--snapshot-every",
-            &plan.child_snapshot_every.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting the child engine process")?;
-    let pid = child.id();
-    let result = watch_and_kill(&mut child, plan, seed);
-    // Whatever happened, the child does not outlive the demo.
-    let _ = child.kill();
-    let _ = child.wait();
-    let (ready, ran, acknowledged) = result?;
-    Ok(Crash { pid, ready, ran, acknowledged })
-}
-
-fn watch_and_kill(child: &mut Child, plan: &Plan, seed: u64) -> Result<(Ready, Duration, u64)> {
-    let stdout = child.stdout.take().context("the child's output")?;
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let (ready_sender, ready_receiver) = mpsc::channel();
-    let reader = {
-        let acknowledged = Arc::clone(&acknowledged);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let mut words = line.split_whitespace();
-                match (words.next(), words.next().and_then(|word| word.parse::<u64>().ok())) {
-                    (Some("ack"), Some(sequence)) => {
-                        acknowledged.fetch_max(sequence, Ordering::AcqRel);
-                    }
-                    (Some("ready"), Some(last_sequence)) => {
-                        let mut numbers = words.filter_map(|word| word.parse::<u64>().ok());
-                        let snapshot = numbers.next().unwrap_or(0);
-                        let replayed = numbers.next().unwrap_or(0);
-                        acknowledged.fetch_max(last_sequence, Ordering::AcqRel);
-                        let _ = ready_sender.send(Ready { last_sequence, snapshot, replayed });
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
-    let ready = match ready_receiver.recv_timeout(Duration::from_secs(120)) {
-        Ok(ready) => ready,
-        Err(_) => {
-            let status = child.try_wait().ok().flatten();
-            bail!("the child engine never became ready (exit status: {status:?})");
-        }
-    };
-    let started = Instant::now();
-    let (low, high) = plan.kill_after_ms;
-    let delay = low + SplitMix64::new(seed).below(high - low + 1);
-    std::thread::sleep(Duration::from_millis(delay));
-    if let Some(status) = child.try_wait()? {
-        bail!("the child engine stopped by itself before the kill: {status}");
-    }
-    child.kill().context("killing the child")?;
-    let ran = started.elapsed();
-    child.wait().context("waiting for the killed child")?;
-    reader.join().map_err(|_| anyhow::anyhow!("the child's reader panicked"))?;
-    Ok((ready, ran, acknowledged.load(Ordering::Acquire)))
-}
-
 #[derive(Debug, Args)]
 pub struct ChildArgs {
     #[arg(long)]
@@ -485,33 +337,11 @@ pub struct ChildArgs {
     snapshot_every: u64,
 }
 
-/// The demo's child: opens the engine on the demo's data, says so, then publishes the
-/// workload at a fixed rate until it is killed, printing the last acknowledged sequence
-/// (every command up to it has had its events received) about every 100 ms.
+/// The demo's child: publishes the workload at a fixed rate until it is killed
+/// (`keel_examples::demo::child`).
 pub fn child(args: ChildArgs) -> Result<()> {
-    let options = EngineOptions::default();
-    let snapshots =
-        SnapshotPolicy { every_commands: Some(args.snapshot_every), every_interval: None, keep: 0 };
-    let mut session = Session::open(&options, &args.data, Ledger::new(), snapshots)?;
-    let report = session.engine().recovery().clone();
-    let base = report.last_sequence;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(
-        stdout,
-        "ready {base} {} {}",
-        report.snapshot.as_ref().map_or(0, |(_, sequence)| *sequence),
-        report.replayed
-    )?;
-    stdout.flush()?;
     let mut workload = Workload::new(args.seed, args.accounts, CODES, Mix::PAYMENTS, args.first_id);
-    session.drive(
-        u64::MAX / 2,
-        Pace { rate: Some(args.rate), warm_up: 0 },
-        || workload.next_command(),
-        |answered| {
-            let _ = writeln!(stdout, "ack {}", base + answered);
-            let _ = stdout.flush();
-        },
-    )?;
-    Ok(())
+    keel_examples::demo::child(&args.data, Ledger::new(), args.snapshot_every, args.rate, || {
+        workload.next_command()
+    })
 }

@@ -1,0 +1,209 @@
+//! What the example binaries share on their command lines: the engine's settings, opening the
+//! engine with them, a fresh data directory, the progress line.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use keel_engine::{Durability, Engine, SnapshotPolicy, StateMachine, Topology, Wait};
+
+use crate::format;
+
+/// Journal segments of 64 MiB: a run of millions of transfers rolls a few times.
+pub const SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Input and output rings of 64 Ki slots.
+pub const RING_CAPACITY: usize = 64 * 1024;
+
+/// The durability tier on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Nothing is written (nothing survives).
+    Memory,
+    /// Survives a process crash.
+    PageCache,
+    /// Survives a power loss: every batch fdatasync'ed.
+    Fsync,
+}
+
+/// The topology on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopologyArg {
+    /// Journal then apply on one engine thread: two threads with the gateway.
+    Compact,
+    /// A journaller thread beside the engine thread: three threads.
+    Pipelined,
+}
+
+/// How idle threads wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WaitArg {
+    /// Spin without pause: the lowest latency, a whole core per waiting thread.
+    BusySpin,
+    /// Spin a little, then yield the core.
+    Yielding,
+    /// Spin, yield, then sleep briefly.
+    Sleeping,
+    /// Sleep on a condition variable until woken.
+    Blocking,
+}
+
+/// The engine's settings.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct EngineOptions {
+    /// What a command survives once applied.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::PageCache)]
+    pub durability: DurabilityArg,
+    /// How the engine's work is laid out on threads.
+    #[arg(long, value_enum, default_value_t = TopologyArg::Compact)]
+    pub topology: TopologyArg,
+    /// How idle threads wait.
+    #[arg(long, value_enum, default_value_t = WaitArg::Yielding)]
+    pub wait: WaitArg,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            durability: DurabilityArg::PageCache,
+            topology: TopologyArg::Compact,
+            wait: WaitArg::Yielding,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The engine's tier.
+    pub fn durability(&self) -> Durability {
+        match self.durability {
+            DurabilityArg::Memory => Durability::Memory,
+            DurabilityArg::PageCache => Durability::PageCache,
+            DurabilityArg::Fsync => Durability::Fsync,
+        }
+    }
+
+    /// The engine's topology.
+    pub fn topology(&self) -> Topology {
+        match self.topology {
+            TopologyArg::Compact => Topology::Compact,
+            TopologyArg::Pipelined => Topology::Pipelined,
+        }
+    }
+
+    /// The engine's wait strategy.
+    pub fn wait(&self) -> Wait {
+        match self.wait {
+            WaitArg::BusySpin => Wait::BusySpin,
+            WaitArg::Yielding => Wait::Yielding,
+            WaitArg::Sleeping => Wait::Sleeping,
+            WaitArg::Blocking => Wait::Blocking,
+        }
+    }
+
+    /// "PageCache tier, compact topology, yielding wait".
+    pub fn describe(&self) -> String {
+        format!(
+            "{:?} tier, {} topology, {} wait",
+            self.durability(),
+            self.topology.to_possible_value().expect("named").get_name(),
+            self.wait.to_possible_value().expect("named").get_name()
+        )
+    }
+
+    /// Opens (recovering) the engine on `data` with one output poller.
+    pub fn open<M: StateMachine>(
+        &self,
+        data: &Path,
+        initial: M,
+        snapshots: SnapshotPolicy,
+    ) -> Result<Engine<M>> {
+        Engine::builder(data)
+            .durability(self.durability())
+            .topology(self.topology())
+            .wait(self.wait())
+            .ring_capacity(RING_CAPACITY)
+            .output_capacity(RING_CAPACITY)
+            .segment_size(SEGMENT_SIZE)
+            .snapshots(snapshots)
+            .output_poller()
+            .open(initial)
+            .with_context(|| format!("opening the engine on {}", data.display()))
+    }
+}
+
+/// Fails unless `data` is absent or an empty directory: `run` and `demo` write a new
+/// journal, and would collide with an old one's ids.
+pub fn ensure_fresh(data: &Path) -> Result<()> {
+    match std::fs::read_dir(data) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not empty: this writes a new journal, so give it a new directory \
+                     (or remove that one)",
+                    data.display()
+                );
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("reading {}", data.display())),
+    }
+}
+
+/// A progress line on standard error, redrawn in place; only when it is a terminal.
+#[derive(Debug)]
+pub struct Progress {
+    label: &'static str,
+    total: u64,
+    started: Instant,
+    visible: bool,
+}
+
+impl Progress {
+    /// A progress line for `total` commands.
+    pub fn new(label: &'static str, total: u64) -> Self {
+        Self { label, total, started: Instant::now(), visible: std::io::stderr().is_terminal() }
+    }
+
+    /// Redraws the line with `done` commands answered.
+    pub fn update(&self, done: u64) {
+        if !self.visible {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r  {:<12} {} / {}  ({:.0}%)  {}   ",
+            self.label,
+            format::count(done),
+            format::count(self.total),
+            100.0 * done as f64 / self.total.max(1) as f64,
+            format::rate(done as f64 / elapsed, "commands"),
+        );
+        let _ = stderr.flush();
+    }
+
+    /// Clears the line.
+    pub fn finish(&self) {
+        if self.visible {
+            let _ = write!(std::io::stderr().lock(), "\r{:80}\r", "");
+        }
+    }
+}
+
+/// The bytes the journal's segment files take on disk.
+pub fn journal_bytes(data: &Path) -> u64 {
+    let directory = data.join(keel_journal::segment::JOURNAL_DIRECTORY);
+    keel_journal::segment::list_segments(&directory)
+        .map(|segments| {
+            segments
+                .iter()
+                .filter_map(|segment| std::fs::metadata(&segment.path).ok())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,234 @@
+//! What the example binaries' demos share: their rows and marks, a fresh directory, a snapshot
+//! on demand, and the crash: a child engine process on the demo's data, killed with SIGKILL at
+//! a random moment while it publishes, after telling the parent over a pipe what it had
+//! acknowledged.
+//!
+//! The child speaks two kinds of lines on its standard output: `ready LAST SNAPSHOT REPLAYED`
+//! once its engine is open (the last sequence it recovered, the snapshot's sequence or 0, the
+//! commands it replayed), then `ack N` about every 100 ms, N being the last sequence whose
+//! events it has received.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context as _, Result};
+use keel_engine::{Engine, SnapshotPolicy, StateMachine};
+
+use crate::cli::EngineOptions;
+use crate::driver::{drive, Pace};
+use crate::rng::SplitMix64;
+
+/// A check's mark.
+pub fn mark(ok: bool) -> &'static str {
+    if ok {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+/// A row of the demo's output: a label in a column, then the text.
+pub fn row(label: &str, text: impl std::fmt::Display) {
+    println!("  {label:<11}{text}");
+}
+
+/// `$TMPDIR/keel-NAME-demo-YYYYMMDDThhmmss-PID`.
+pub fn default_directory(name: &str) -> PathBuf {
+    let stamp: String = keel_journal::time::rfc3339(SystemTime::now())
+        .chars()
+        .filter(|character| !matches!(character, '-' | ':' | 'Z'))
+        .collect();
+    std::env::temp_dir().join(format!("keel-{name}-demo-{stamp}-{}", std::process::id()))
+}
+
+/// A snapshot the demo asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot {
+    /// The sequence it covers.
+    pub sequence: u64,
+    /// The engine time of that sequence.
+    pub timestamp_ns: u64,
+    /// The file's size.
+    pub bytes: u64,
+    /// From the request to the file written.
+    pub seconds: f64,
+    /// How long the engine thread paused for the copy.
+    pub pause_ns: u64,
+}
+
+/// Asks the engine for a snapshot and waits for it to be written.
+pub fn take_snapshot<M: StateMachine>(engine: &Engine<M>, data: &Path) -> Result<Snapshot> {
+    let before = engine.stats().snapshots;
+    let started = Instant::now();
+    engine.snapshot();
+    let stats = loop {
+        let stats = engine.stats();
+        if stats.snapshots > before {
+            break stats;
+        }
+        if let Some(error) = stats.snapshot_error {
+            bail!("the snapshot failed: {error}");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the snapshot was not written within two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let store = keel_journal::SnapshotStore::open(data)?;
+    let file = store
+        .list()?
+        .into_iter()
+        .find(|file| file.sequence == stats.last_snapshot_sequence)
+        .context("the snapshot just written")?;
+    let header = keel_journal::snapshot::read_snapshot_header(&file.path)?;
+    Ok(Snapshot {
+        sequence: stats.last_snapshot_sequence,
+        timestamp_ns: header.timestamp_ns,
+        bytes: std::fs::metadata(&file.path)?.len(),
+        seconds,
+        pause_ns: stats.snapshot_pause_last_ns,
+    })
+}
+
+/// What the child said when its engine was open.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ready {
+    /// The last sequence it recovered.
+    pub last_sequence: u64,
+    /// The snapshot it loaded (its sequence), or 0.
+    pub snapshot: u64,
+    /// Commands it replayed.
+    pub replayed: u64,
+}
+
+/// What a crash did.
+#[derive(Clone, Copy, Debug)]
+pub struct Crash {
+    /// The child's process id.
+    pub pid: u32,
+    /// What it recovered when it opened.
+    pub ready: Ready,
+    /// How long it ran after it was ready.
+    pub ran: Duration,
+    /// The last sequence it acknowledged.
+    pub acknowledged: u64,
+}
+
+/// Starts this program again with `arguments` (its hidden child subcommand), lets the child
+/// publish for a while drawn from `seed` within `kill_after_ms`, and kills it with SIGKILL.
+pub fn crash_child(arguments: &[String], kill_after_ms: (u64, u64), seed: u64) -> Result<Crash> {
+    let executable = std::env::current_exe().context("finding this program")?;
+    let mut child = std::process::Command::new(executable)
+        .args(arguments)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the child engine process")?;
+    let pid = child.id();
+    let result = watch_and_kill(&mut child, kill_after_ms, seed);
+    // Whatever happened, the child does not outlive the demo.
+    let _ = child.kill();
+    let _ = child.wait();
+    let (ready, ran, acknowledged) = result?;
+    Ok(Crash { pid, ready, ran, acknowledged })
+}
+
+fn watch_and_kill(
+    child: &mut Child,
+    kill_after_ms: (u64, u64),
+    seed: u64,
+) -> Result<(Ready, Duration, u64)> {
+    let stdout = child.stdout.take().context("the child's output")?;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let (ready_sender, ready_receiver) = mpsc::channel();
+    let reader = {
+        let acknowledged = Arc::clone(&acknowledged);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next().and_then(|word| word.parse::<u64>().ok())) {
+                    (Some("ack"), Some(sequence)) => {
+                        acknowledged.fetch_max(sequence, Ordering::AcqRel);
+                    }
+                    (Some("ready"), Some(last_sequence)) => {
+                        let mut numbers = words.filter_map(|word| word.parse::<u64>().ok());
+                        let snapshot = numbers.next().unwrap_or(0);
+                        let replayed = numbers.next().unwrap_or(0);
+                        acknowledged.fetch_max(last_sequence, Ordering::AcqRel);
+                        let _ = ready_sender.send(Ready { last_sequence, snapshot, replayed });
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let ready = match ready_receiver.recv_timeout(Duration::from_secs(120)) {
+        Ok(ready) => ready,
+        Err(_) => {
+            let status = child.try_wait().ok().flatten();
+            bail!("the child engine never became ready (exit status: {status:?})");
+        }
+    };
+    let started = Instant::now();
+    let (low, high) = kill_after_ms;
+    let delay = low + SplitMix64::new(seed).below(high - low + 1);
+    std::thread::sleep(Duration::from_millis(delay));
+    if let Some(status) = child.try_wait()? {
+        bail!("the child engine stopped by itself before the kill: {status}");
+    }
+    child.kill().context("killing the child")?;
+    let ran = started.elapsed();
+    child.wait().context("waiting for the killed child")?;
+    reader.join().map_err(|_| anyhow::anyhow!("the child's reader panicked"))?;
+    Ok((ready, ran, acknowledged.load(Ordering::Acquire)))
+}
+
+/// The child's side: opens the engine on `data` with the default settings and snapshots every
+/// `snapshot_every` commands, says `ready`, then publishes `next()` at `rate` until it is
+/// killed, saying `ack N` about every 100 ms.
+pub fn child<M: StateMachine>(
+    data: &Path,
+    initial: M,
+    snapshot_every: u64,
+    rate: u64,
+    next: impl FnMut() -> M::Command,
+) -> Result<()>
+where
+    M::Command: Clone,
+{
+    let options = EngineOptions::default();
+    let snapshots =
+        SnapshotPolicy { every_commands: Some(snapshot_every), every_interval: None, keep: 0 };
+    let mut engine = options.open(data, initial, snapshots)?;
+    let mut output = engine.take_output_poller().context("the output poller")?;
+    let mut publisher = engine.publisher();
+    let report = engine.recovery().clone();
+    let base = report.last_sequence;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "ready {base} {} {}",
+        report.snapshot.as_ref().map_or(0, |(_, sequence)| *sequence),
+        report.replayed
+    )?;
+    stdout.flush()?;
+    drive(
+        &mut publisher,
+        &mut output,
+        next,
+        u64::MAX / 2,
+        Pace { rate: Some(rate), warm_up: 0 },
+        |_, _| {},
+        |answered| {
+            let _ = writeln!(stdout, "ack {}", base + answered);
+            let _ = stdout.flush();
+        },
+    )?;
+    Ok(())
+}
