@@ -575,7 +575,9 @@ fn check_case(
         assert_eq!(exchange.asset_totals(), &model.totals, "seed {seed}");
         if rng.chance(20) {
             let hash = exchange.state_hash();
-            let bytes = bincode::serde::encode_to_vec(&exchange, config).expect("encodes");
+            let copy = exchange.copy_for_snapshot(&mut None);
+            assert_eq!(copy.state_hash(), hash, "seed {seed}: the snapshot copy's hash");
+            let bytes = bincode::serde::encode_to_vec(&copy, config).expect("encodes");
             let (decoded, _): (Exchange, _) =
                 bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
             assert_eq!(decoded.state_hash(), hash, "seed {seed}: the decoded state's hash");

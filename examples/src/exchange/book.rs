@@ -32,10 +32,23 @@ pub(super) struct OrderSlot {
 
 /// The slab of order slots. Freed slots are reused, most recently freed first, so the slab's
 /// size is the most orders that ever rested at once.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Orders {
     slots: Vec<OrderSlot>,
     free: u32,
+}
+
+impl Clone for Orders {
+    fn clone(&self) -> Self {
+        Self { slots: self.slots.clone(), free: self.free }
+    }
+
+    /// Copies into the existing allocation: the slots are `Copy`, so this is one `memcpy` when
+    /// the capacity suffices.
+    fn clone_from(&mut self, source: &Self) {
+        self.slots.clone_from(&source.slots);
+        self.free = source.free;
+    }
 }
 
 impl Default for Orders {

@@ -551,7 +551,12 @@ impl Exchange {
 
     /// A symbol's resting orders in priority order: bids, then asks.
     pub fn book_orders(&self, symbol: u32) -> Option<Vec<RestingOrder>> {
-        let book = &self.books[*self.symbol_index.get(&symbol)? as usize];
+        Some(self.orders_of(&self.books[*self.symbol_index.get(&symbol)? as usize]))
+    }
+
+    /// A book's resting orders in priority order: bids, then asks. Uses no index, so that it
+    /// works on a snapshot's copy too.
+    fn orders_of(&self, book: &Book) -> Vec<RestingOrder> {
         let mut orders = Vec::new();
         for level in book.bids.values().rev().chain(book.asks.values()) {
             let mut slot = level.head;
@@ -561,7 +566,7 @@ impl Exchange {
                 slot = order.next;
             }
         }
-        Some(orders)
+        orders
     }
 
     /// The best bid and best ask of a symbol.
@@ -1040,6 +1045,21 @@ impl StateMachine for Exchange {
         }
     }
 
+    /// The copy leaves out what is rebuilt on load (the indexes) and the scratch, and copies
+    /// the order slots into the previous copy's allocation.
+    fn copy_for_snapshot(&self, previous: &mut Option<Self>) -> Self {
+        let mut orders = previous.take().map(|copy| copy.orders).unwrap_or_default();
+        orders.clone_from(&self.orders);
+        Self {
+            symbols: self.symbols.clone(),
+            books: self.books.clone(),
+            accounts: self.accounts.clone(),
+            orders,
+            asset_totals: self.asset_totals.clone(),
+            ..Self::default()
+        }
+    }
+
     /// The logical state, independent of slot layout: symbols, accounts and their balances in
     /// their orders, each book's orders in priority order, the asset totals.
     fn state_hash(&self) -> u64 {
@@ -1055,8 +1075,8 @@ impl StateMachine for Exchange {
                 digest.words(&[u64::from(asset), balance.available, balance.held]);
             }
         }
-        for symbol in &self.symbols {
-            let orders = self.book_orders(symbol.id).expect("a listed symbol has a book");
+        for book in &self.books {
+            let orders = self.orders_of(book);
             digest.word(orders.len() as u64);
             for order in orders {
                 digest.words(&[

@@ -80,6 +80,11 @@ impl Workload {
         }
     }
 
+    /// The next order id the traffic will use.
+    pub fn next_order_id(&self) -> u64 {
+        self.next_order_id
+    }
+
     /// The base asset of symbol `symbol`.
     pub fn base_asset(symbol: u32) -> u32 {
         BASE_ASSET + symbol
@@ -147,15 +152,16 @@ impl Workload {
         let fill_or_kill = immediate + mix.fill_or_kill;
         let market = fill_or_kill + mix.market;
         if roll < cancel {
-            let (order_id, account, _, _) = self.recent_order();
-            return Command::Cancel { order_id, account };
-        }
-        if roll < amend {
-            let (order_id, account, symbol, side) = self.recent_order();
-            let ticks = self.rng.below(8);
-            let price = self.price(symbol.max(1), side, ticks, true);
-            let quantity = self.quantity();
-            return Command::Amend { order_id, account, price, quantity };
+            if let Some((order_id, account, _, _)) = self.recent_order(true) {
+                return Command::Cancel { order_id, account };
+            }
+        } else if roll < amend {
+            if let Some((order_id, account, symbol, side)) = self.recent_order(false) {
+                let ticks = self.rng.below(8);
+                let price = self.price(symbol, side, ticks, true);
+                let quantity = self.quantity();
+                return Command::Amend { order_id, account, price, quantity };
+            }
         }
         let account = FIRST_ACCOUNT + self.rng.below(self.accounts);
         let symbol = 1 + self.rng.below(u64::from(self.symbols)) as u32;
@@ -184,13 +190,15 @@ impl Workload {
         Command::Place { order_id, account, symbol, side, kind, price, quantity }
     }
 
-    /// A recent resting order (it may have filled or been cancelled since), or an order id
-    /// that was never used while there is none yet.
-    fn recent_order(&mut self) -> (u64, u64, u32, Side) {
+    /// A recent resting order (it may have filled or been cancelled since), forgotten when
+    /// `take` (a cancel: the workload does not cancel an order twice); `None` when the slot
+    /// drawn is empty, and the command becomes a new order instead.
+    fn recent_order(&mut self, take: bool) -> Option<(u64, u64, u32, Side)> {
         let index = self.rng.below(RECENT as u64) as usize;
-        match self.recent[index] {
-            (0, ..) => (u64::MAX, FIRST_ACCOUNT, 1, Side::Buy),
-            found => found,
+        let found = self.recent[index];
+        if take {
+            self.recent[index].0 = 0;
         }
+        (found.0 != 0).then_some(found)
     }
 }

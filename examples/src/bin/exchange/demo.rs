@@ -1,0 +1,314 @@
+//! `exchange demo`: load an exchange, measure it, snapshot it, crash a child engine process on
+//! the same data with SIGKILL, recover, and check that nothing acknowledged was lost, that the
+//! recovered state is the one a full replay of the journal gives, and that the invariants hold.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use keel_engine::{replay_from, Bincode, ReplayFrom, ReplayTarget, StateMachine};
+use keel_examples::cli::{ensure_fresh, EngineOptions};
+use keel_examples::demo::{crash_child, default_directory, mark, row, take_snapshot};
+use keel_examples::driver::Pace;
+use keel_examples::exchange::workload::{Mix, Workload};
+use keel_examples::exchange::Exchange;
+use keel_examples::format;
+use keel_examples::rng::seed_from_environment;
+use keel_examples::system;
+
+use crate::run::{latency_basis, setup, Session};
+
+/// Symbols in the demo.
+const SYMBOLS: u32 = 8;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  exchange demo\n  exchange demo --quick --data /tmp/exchange-demo"
+)]
+pub struct DemoArgs {
+    /// A new (absent or empty) directory for the data; by default a fresh one under the
+    /// system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Trading accounts.
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: u64,
+    /// Orders, cancels and amends in the load.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub orders: u64,
+    /// A short run (2 K accounts, 200 K orders), for a quick look and for CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// The workload's seed (default: `KEEL_SEED`, or the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// The demo's sizes.
+struct Plan {
+    accounts: u64,
+    orders: u64,
+    latency_rate: u64,
+    latency_commands: u64,
+    child_rate: u64,
+    kill_after_ms: (u64, u64),
+    child_snapshot_every: u64,
+}
+
+impl Plan {
+    fn new(args: &DemoArgs) -> Self {
+        if args.quick {
+            Self {
+                accounts: 2_000,
+                orders: 200_000,
+                latency_rate: 100_000,
+                latency_commands: 50_000,
+                child_rate: 200_000,
+                kill_after_ms: (150, 400),
+                child_snapshot_every: 40_000,
+            }
+        } else {
+            Self {
+                accounts: args.accounts,
+                orders: args.orders,
+                latency_rate: 1_000_000,
+                latency_commands: 2_000_000,
+                child_rate: 2_000_000,
+                kill_after_ms: (600, 1_500),
+                child_snapshot_every: 1_000_000,
+            }
+        }
+    }
+}
+
+pub fn demo(args: DemoArgs) -> Result<()> {
+    let plan = Plan::new(&args);
+    let data = args.data.clone().unwrap_or_else(|| default_directory("exchange"));
+    ensure_fresh(&data)?;
+    let seed = args.seed.unwrap_or_else(seed_from_environment);
+    let options = EngineOptions::default();
+    println!("keel exchange demo");
+    row("data", data.display());
+    row("machine", system::machine());
+    row("engine", format!("{}: a gateway thread and the engine thread", options.describe()));
+    row("workload", format!("seed {seed} (KEEL_SEED={seed} repeats it)"));
+    println!();
+
+    // 1. Load.
+    let mut workload = Workload::new(seed, plan.accounts, SYMBOLS, Mix::REALISTIC, 1);
+    let initial = Exchange::with_capacity(plan.accounts as usize, 1 << 20);
+    let mut session = Session::open(&options, &data, initial)?;
+    let setup = setup(&mut session, &workload)?;
+    println!("1. load");
+    row(
+        "setup",
+        format!(
+            "{SYMBOLS} symbols, {} accounts funded: {} commands in {}",
+            format::count(plan.accounts),
+            format::count(setup.commands),
+            format::seconds(setup.elapsed.as_secs_f64())
+        ),
+    );
+    let load = session.drive_shown(
+        "orders",
+        plan.orders,
+        Pace { rate: None, warm_up: plan.orders / 10 },
+        || workload.next_command(),
+    )?;
+    row(
+        "throughput",
+        format!(
+            "{} orders, cancels and amends in {}: {}",
+            format::count(load.commands),
+            format::seconds(load.elapsed.as_secs_f64()),
+            format::rate(load.rate(), "commands")
+        ),
+    );
+    let latency = session.drive_shown(
+        "latency",
+        plan.latency_commands,
+        Pace { rate: Some(plan.latency_rate), warm_up: plan.latency_commands / 10 },
+        || workload.next_command(),
+    )?;
+    row("latency", format::percentiles(&latency.latency));
+    row("", format!("({})", latency_basis(Some(plan.latency_rate))));
+    let [done, refused] = session.tally.lines();
+    row("outcomes", done);
+    row("", refused);
+    println!();
+
+    // 2. Snapshot.
+    println!("2. snapshot");
+    let snapshot = take_snapshot(&session.engine, &data)?;
+    row(
+        "written",
+        format!(
+            "sequence {}: {} in {}, engine paused {} for the copy",
+            format::count(snapshot.sequence),
+            format::bytes(snapshot.bytes),
+            format::seconds(snapshot.seconds),
+            format::nanos(snapshot.pause_ns)
+        ),
+    );
+    let (before_crash, _) = session.shutdown()?;
+    let first_child_id = workload.next_order_id();
+    println!();
+
+    // 3. A child engine process on the same data, killed mid-stream.
+    println!("3. crash");
+    let child_arguments: Vec<String> = [
+        "child",
+        "--data",
+        &data.display().to_string(),
+        "--accounts",
+        &plan.accounts.to_string(),
+        "--seed",
+        &seed.wrapping_add(1).to_string(),
+        "--first-id",
+        &first_child_id.to_string(),
+        "--rate",
+        &plan.child_rate.to_string(),
+        "--snapshot-every",
+        &plan.child_snapshot_every.to_string(),
+    ]
+    .iter()
+    .map(|word| word.to_string())
+    .collect();
+    let crash = crash_child(&child_arguments, plan.kill_after_ms, seed)?;
+    row(
+        "child",
+        format!(
+            "pid {} opened the data (snapshot of sequence {}, {} commands replayed), published at {}",
+            crash.pid,
+            format::count(crash.ready.snapshot),
+            format::count(crash.ready.replayed),
+            format::rate(plan.child_rate as f64, "commands")
+        ),
+    );
+    row(
+        "SIGKILL",
+        format!(
+            "after {}: {} commands acknowledged (their events received), the last at sequence {}",
+            format::seconds(crash.ran.as_secs_f64()),
+            format::count(crash.acknowledged - crash.ready.last_sequence),
+            format::count(crash.acknowledged)
+        ),
+    );
+    println!();
+
+    // 4. Recovery.
+    println!("4. recovery");
+    let started = Instant::now();
+    let engine = options.open(&data, Exchange::new(), Default::default())?;
+    let opened = started.elapsed();
+    let report = engine.recovery().clone();
+    let recovered = engine.shutdown().context("shutting the recovered engine down")?;
+    match &report.snapshot {
+        Some((path, sequence)) => {
+            row("snapshot", format!("sequence {} ({})", format::count(*sequence), path.display()))
+        }
+        None => row("snapshot", "none usable: replayed from the first record"),
+    }
+    row(
+        "replayed",
+        format!(
+            "{} commands in {} ({}); ready in {}",
+            format::count(report.replayed),
+            format::seconds(report.replay_seconds),
+            format::rate(report.replayed as f64 / report.replay_seconds.max(1e-9), "commands"),
+            format::seconds(opened.as_secs_f64())
+        ),
+    );
+    println!();
+
+    // 5. Checks.
+    println!("5. checks");
+    let kept = report.last_sequence >= crash.acknowledged;
+    row(
+        "durable",
+        format!(
+            "{} recovered to sequence {} ≥ {}, the last acknowledged",
+            mark(kept),
+            format::count(report.last_sequence),
+            format::count(crash.acknowledged)
+        ),
+    );
+    let started = Instant::now();
+    let full =
+        replay_from(&data, Bincode, Exchange::new(), ReplayFrom::Beginning, ReplayTarget::End)
+            .context("replaying the whole journal")?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let recovered_hash = recovered.state_hash();
+    let same = full.state_hash == recovered_hash && full.last_sequence == report.last_sequence;
+    row(
+        "state",
+        format!(
+            "{} hash {recovered_hash:#018x} after recovery = {:#018x} after replaying all {} \
+             commands from the first ({})",
+            mark(same),
+            full.state_hash,
+            format::count(full.replayed),
+            format::seconds(replay_seconds)
+        ),
+    );
+    let invariants = recovered.check_invariants();
+    match &invariants {
+        Ok(()) => row(
+            "books",
+            format!(
+                "{} no book crossed, every asset conserved, holds match their orders ({} resting \
+                 before the crash, {} after)",
+                mark(true),
+                format::count(before_crash.resting_count() as u64),
+                format::count(recovered.resting_count() as u64)
+            ),
+        ),
+        Err(error) => row("books", format!("{} {error}", mark(false))),
+    }
+    println!();
+
+    println!("The data stays in {}. Look at it with:", data.display());
+    let data = data.display();
+    for command in [
+        format!("cargo run --release --bin keel -- journal inspect {data}"),
+        format!("cargo run --release --bin exchange -- book --data {data} --symbol 1"),
+        format!(
+            "cargo run --release --bin exchange -- book --data {data} --symbol 1 --at {}",
+            keel_journal::time::rfc3339_nanos(snapshot.timestamp_ns)
+        ),
+        format!("cargo run --release --bin exchange -- verify --data {data}"),
+    ] {
+        println!("  {command}");
+    }
+    if !(kept && same && invariants.is_ok()) {
+        bail!("a check failed (marked ✗ above)");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ChildArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    accounts: u64,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    first_id: u64,
+    #[arg(long)]
+    rate: u64,
+    #[arg(long)]
+    snapshot_every: u64,
+}
+
+/// The demo's child: publishes the workload at a fixed rate until it is killed
+/// (`keel_examples::demo::child`).
+pub fn child(args: ChildArgs) -> Result<()> {
+    let mut workload =
+        Workload::new(args.seed, args.accounts, SYMBOLS, Mix::REALISTIC, args.first_id);
+    keel_examples::demo::child(&args.data, Exchange::new(), args.snapshot_every, args.rate, || {
+        workload.next_command()
+    })
+}
