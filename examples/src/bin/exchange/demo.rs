@@ -72,8 +72,10 @@ impl Plan {
             Self {
                 accounts: args.accounts,
                 orders: args.orders,
-                latency_rate: 1_000_000,
-                latency_commands: 2_000_000,
+                // Half the engine's capacity on the project's machine: an open-loop figure
+                // above capacity measures the queue, not the engine.
+                latency_rate: 500_000,
+                latency_commands: 1_000_000,
                 child_rate: 2_000_000,
                 kill_after_ms: (600, 1_500),
                 child_snapshot_every: 1_000_000,
