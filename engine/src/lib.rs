@@ -63,3 +63,9 @@ pub use publisher::Publisher;
 pub use recovery::{replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState};
 pub use responses::Requester;
 pub use stats::Stats;
+
+/// The README's examples (embedding the engine, and the ring on its own), compiled and run as
+/// doc tests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;

@@ -73,8 +73,3 @@ pub use sequence::Sequence;
 pub use sequencer::{MultiProducerSequencer, Sequencer, SingleProducerSequencer};
 pub use shared::RingControl;
 pub use wait::{Blocking, BusySpin, Interrupt, Sleeping, WaitStrategy, Yielding};
-
-/// The README's example, compiled and run as a doc test so it cannot drift from the API.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeExample;
