@@ -7,8 +7,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
-use keel_engine::{Durability, Engine, SnapshotPolicy, StateMachine, Topology, Wait};
+use keel_engine::{
+    Bincode, Durability, Engine, OutputPoller, Publisher, SnapshotPolicy, StateMachine, Topology,
+    Wait,
+};
 
+use crate::driver::{drive, Driven, Pace};
 use crate::format;
 
 /// Journal segments of 64 MiB: a run of millions of transfers rolls a few times.
@@ -130,6 +134,96 @@ impl EngineOptions {
             .output_poller()
             .open(initial)
             .with_context(|| format!("opening the engine on {}", data.display()))
+    }
+}
+
+/// What a run counts of its engine's events.
+pub trait Tally<E>: Default {
+    /// Counts one event.
+    fn add(&mut self, event: &E);
+}
+
+/// An open engine with the gateway's ends (its publisher and its output poller) and the tally
+/// of the events read so far: what a binary's `run` and `demo` drive.
+pub struct Session<M: StateMachine, T> {
+    engine: Engine<M>,
+    output: OutputPoller<M::Event>,
+    publisher: Publisher<M, Bincode>,
+    /// The events seen so far.
+    pub tally: T,
+}
+
+impl<M: StateMachine, T> std::fmt::Debug for Session<M, T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Session").field("publisher", &self.publisher).finish()
+    }
+}
+
+impl<M: StateMachine, T: Tally<M::Event>> Session<M, T>
+where
+    M::Command: Clone,
+{
+    /// Opens (recovering) the engine on `data`.
+    pub fn open(
+        options: &EngineOptions,
+        data: &Path,
+        initial: M,
+        snapshots: SnapshotPolicy,
+    ) -> Result<Self> {
+        let mut engine = options.open(data, initial, snapshots)?;
+        let output = engine.take_output_poller().context("the output poller")?;
+        let publisher = engine.publisher();
+        Ok(Self { engine, output, publisher, tally: T::default() })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<M> {
+        &self.engine
+    }
+
+    /// Publishes `count` commands from `next`, tallying their events; `progress` is called
+    /// about every 100 ms with the count answered.
+    pub fn drive(
+        &mut self,
+        count: u64,
+        pace: Pace,
+        next: impl FnMut() -> M::Command,
+        progress: impl FnMut(u64),
+    ) -> Result<Driven> {
+        let tally = &mut self.tally;
+        drive(
+            &mut self.publisher,
+            &mut self.output,
+            next,
+            count,
+            pace,
+            |_, event| tally.add(event),
+            progress,
+        )
+    }
+
+    /// [`drive`](Self::drive) with a progress line named `label`.
+    pub fn drive_shown(
+        &mut self,
+        label: &'static str,
+        count: u64,
+        pace: Pace,
+        next: impl FnMut() -> M::Command,
+    ) -> Result<Driven> {
+        let progress = Progress::new(label, count);
+        let driven = self.drive(count, pace, next, |done| progress.update(done));
+        progress.finish();
+        driven
+    }
+
+    /// Waits for everything published to be applied, stops the engine, returns the state and
+    /// the tally.
+    pub fn shutdown(self) -> Result<(M, T)> {
+        let Self { engine, output, publisher, tally } = self;
+        drop(publisher);
+        drop(output);
+        let state = engine.shutdown().context("shutting the engine down")?;
+        Ok((state, tally))
     }
 }
 

@@ -16,10 +16,14 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _, Result};
-use keel_engine::{Engine, SnapshotPolicy, StateMachine};
+use keel_engine::{
+    replay_from, Bincode, Engine, RecoveryReport, ReplayFrom, ReplayTarget, SnapshotPolicy,
+    StateMachine,
+};
 
 use crate::cli::EngineOptions;
 use crate::driver::{drive, Pace};
+use crate::format;
 use crate::rng::SplitMix64;
 
 /// A check's mark.
@@ -231,4 +235,148 @@ where
         },
     )?;
     Ok(())
+}
+
+/// Prints the snapshot's row.
+pub fn show_snapshot(snapshot: &Snapshot) {
+    row(
+        "written",
+        format!(
+            "sequence {}: {} in {}, engine paused {} for the copy",
+            format::count(snapshot.sequence),
+            format::bytes(snapshot.bytes),
+            format::seconds(snapshot.seconds),
+            format::nanos(snapshot.pause_ns)
+        ),
+    );
+}
+
+/// The demo's third step: starts the child with `arguments`, kills it, prints what happened.
+/// `unit` names the commands ("transfers", "commands").
+pub fn crash(
+    arguments: &[String],
+    kill_after_ms: (u64, u64),
+    seed: u64,
+    rate: u64,
+    unit: &str,
+) -> Result<Crash> {
+    let crash = crash_child(arguments, kill_after_ms, seed)?;
+    row(
+        "child",
+        format!(
+            "pid {} opened the data (snapshot of sequence {}, {} commands replayed), published at {}",
+            crash.pid,
+            format::count(crash.ready.snapshot),
+            format::count(crash.ready.replayed),
+            format::rate(rate as f64, unit)
+        ),
+    );
+    row(
+        "SIGKILL",
+        format!(
+            "after {}: {} {unit} acknowledged (their events received), the last at sequence {}",
+            format::seconds(crash.ran.as_secs_f64()),
+            format::count(crash.acknowledged - crash.ready.last_sequence),
+            format::count(crash.acknowledged)
+        ),
+    );
+    Ok(crash)
+}
+
+/// The demo's fourth step: opens the engine on `data` (recovering), prints what recovery did,
+/// stops the engine; returns the report and the recovered state.
+pub fn recover<M: StateMachine>(
+    options: &EngineOptions,
+    data: &Path,
+    initial: M,
+) -> Result<(RecoveryReport, M)> {
+    let started = Instant::now();
+    let engine = options.open(data, initial, SnapshotPolicy::default())?;
+    let opened = started.elapsed();
+    let report = engine.recovery().clone();
+    let recovered = engine.shutdown().context("shutting the recovered engine down")?;
+    if let Some(journal) = &report.journal {
+        if let Some(truncation) = &journal.truncated {
+            row(
+                "journal",
+                format!(
+                    "torn tail at byte {} of {}: {} bytes cut ({})",
+                    format::count(truncation.offset),
+                    truncation.segment.display(),
+                    format::count(truncation.bytes),
+                    truncation.damage
+                ),
+            );
+        } else {
+            row("journal", "ended cleanly: the kill fell between batches");
+        }
+    }
+    match &report.snapshot {
+        Some((path, sequence)) => {
+            row("snapshot", format!("sequence {} ({})", format::count(*sequence), path.display()))
+        }
+        None => row("snapshot", "none usable: replayed from the first record"),
+    }
+    for (path, reason) in &report.skipped_snapshots {
+        row("skipped", format!("{}: {reason}", path.display()));
+    }
+    row(
+        "replayed",
+        format!(
+            "{} commands in {} ({}); ready in {}",
+            format::count(report.replayed),
+            format::seconds(report.replay_seconds),
+            format::rate(report.replayed as f64 / report.replay_seconds.max(1e-9), "commands"),
+            format::seconds(opened.as_secs_f64())
+        ),
+    );
+    Ok((report, recovered))
+}
+
+/// The two checks every demo makes after a crash: recovery reached the last acknowledged
+/// sequence, and its state hash equals the one a replay of the whole journal from its first
+/// record gives. Prints both rows; returns whether each passed.
+pub fn check_recovery<M: StateMachine>(
+    data: &Path,
+    report: &RecoveryReport,
+    recovered: &M,
+    acknowledged: u64,
+    initial: M,
+) -> Result<(bool, bool)> {
+    let kept = report.last_sequence >= acknowledged;
+    row(
+        "durable",
+        format!(
+            "{} recovered to sequence {} ≥ {}, the last acknowledged",
+            mark(kept),
+            format::count(report.last_sequence),
+            format::count(acknowledged)
+        ),
+    );
+    let started = Instant::now();
+    let full = replay_from(data, Bincode, initial, ReplayFrom::Beginning, ReplayTarget::End)
+        .context("replaying the whole journal")?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let recovered_hash = recovered.state_hash();
+    let same = full.state_hash == recovered_hash && full.last_sequence == report.last_sequence;
+    row(
+        "state",
+        format!(
+            "{} hash {recovered_hash:#018x} after recovery = {:#018x} after replaying all {} \
+             commands from the first ({})",
+            mark(same),
+            full.state_hash,
+            format::count(full.replayed),
+            format::seconds(replay_seconds)
+        ),
+    );
+    Ok((kept, same))
+}
+
+/// The demo's last lines: where the data is, and commands to look at it.
+pub fn show_inspection(data: &Path, commands: &[String]) {
+    println!("The data stays in {}. Look at it with:", data.display());
+    for command in commands {
+        println!("  {command}");
+    }
 }

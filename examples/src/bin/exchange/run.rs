@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use keel_engine::StateMachine;
-use keel_engine::{Bincode, Engine, OutputPoller, Publisher, ReplayTarget, SnapshotPolicy};
-use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions, Progress};
-use keel_examples::driver::{drive, Driven, Pace, SATURATION_SAMPLE};
+use keel_engine::{Bincode, ReplayTarget, SnapshotPolicy};
+use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions};
+use keel_examples::driver::{Driven, Pace, SATURATION_SAMPLE};
 use keel_examples::exchange::workload::{Mix, Workload};
-use keel_examples::exchange::{CancelReason, Command, Event, Exchange, Reject};
+use keel_examples::exchange::{CancelReason, Event, Exchange, Reject};
 use keel_examples::format;
 use keel_examples::rng::seed_from_environment;
 use keel_examples::system;
@@ -33,9 +33,9 @@ pub struct Tally {
     pub levels: u64,
 }
 
-impl Tally {
+impl keel_examples::cli::Tally<Event> for Tally {
     #[inline]
-    pub fn add(&mut self, event: &Event) {
+    fn add(&mut self, event: &Event) {
         match *event {
             Event::Accepted { .. } => self.accepted += 1,
             Event::Traded { quantity, .. } => {
@@ -61,7 +61,9 @@ impl Tally {
             Event::SymbolAdded { .. } | Event::Deposited { .. } | Event::Withdrawn { .. } => {}
         }
     }
+}
 
+impl Tally {
     /// Two lines: what was done, and what was refused.
     pub fn lines(&self) -> [String; 2] {
         let done = format!(
@@ -115,57 +117,8 @@ impl Tally {
     }
 }
 
-/// An open engine with the gateway's ends.
-pub struct Session {
-    pub engine: Engine<Exchange>,
-    output: OutputPoller<Event>,
-    publisher: Publisher<Exchange, Bincode>,
-    pub tally: Tally,
-}
-
-impl Session {
-    pub fn open(
-        options: &EngineOptions,
-        data: &std::path::Path,
-        initial: Exchange,
-    ) -> Result<Self> {
-        let mut engine = options.open(data, initial, SnapshotPolicy::default())?;
-        let output = engine.take_output_poller().context("the output poller")?;
-        let publisher = engine.publisher();
-        Ok(Self { engine, output, publisher, tally: Tally::default() })
-    }
-
-    /// Publishes `count` commands from `next` with a progress line named `label`.
-    pub fn drive_shown(
-        &mut self,
-        label: &'static str,
-        count: u64,
-        pace: Pace,
-        next: impl FnMut() -> Command,
-    ) -> Result<Driven> {
-        let progress = Progress::new(label, count);
-        let tally = &mut self.tally;
-        let driven = drive(
-            &mut self.publisher,
-            &mut self.output,
-            next,
-            count,
-            pace,
-            |_, event| tally.add(event),
-            |done| progress.update(done),
-        );
-        progress.finish();
-        driven
-    }
-
-    /// Waits for everything published to be applied, stops the engine, returns the state.
-    pub fn shutdown(self) -> Result<(Exchange, Tally)> {
-        let Self { engine, output, publisher, tally } = self;
-        drop(publisher);
-        drop(output);
-        Ok((engine.shutdown().context("shutting the engine down")?, tally))
-    }
-}
+/// The exchange's engine with the gateway's ends and its tally.
+pub type Session = keel_examples::cli::Session<Exchange, Tally>;
 
 #[derive(Debug, Args)]
 #[command(
@@ -226,7 +179,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(seed_from_environment);
     let mut workload = Workload::new(seed, args.accounts, args.symbols, Mix::REALISTIC, 1);
     let initial = Exchange::with_capacity(args.accounts as usize, 1 << 20);
-    let mut session = Session::open(&args.engine, &args.data, initial)?;
+    let mut session = Session::open(&args.engine, &args.data, initial, SnapshotPolicy::default())?;
     let setup = setup(&mut session, &workload)?;
     let traffic = session.drive_shown(
         "orders",

@@ -3,12 +3,14 @@
 //! recovered state is the one a full replay of the journal gives.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use keel_engine::{replay_from, Bincode, ReplayFrom, ReplayTarget, SnapshotPolicy, StateMachine};
-use keel_examples::demo::{crash_child, default_directory, mark, row, take_snapshot};
+use keel_engine::SnapshotPolicy;
+use keel_examples::demo::{
+    check_recovery, crash, default_directory, mark, recover, row, show_inspection, show_snapshot,
+    take_snapshot,
+};
 use keel_examples::driver::Pace;
 use keel_examples::format;
 use keel_examples::ledger::workload::{Mix, Workload};
@@ -146,16 +148,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     // 2. Snapshot.
     println!("2. snapshot");
     let snapshot = take_snapshot(session.engine(), &data)?;
-    row(
-        "written",
-        format!(
-            "sequence {}: {} in {}, engine paused {} for the copy",
-            format::count(snapshot.sequence),
-            format::bytes(snapshot.bytes),
-            format::seconds(snapshot.seconds),
-            format::nanos(snapshot.pause_ns)
-        ),
-    );
+    show_snapshot(&snapshot);
     let (before_crash, _) = session.shutdown()?;
     let first_child_id = workload.next_transfer_id();
     println!();
@@ -177,101 +170,18 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         "--snapshot-every".to_owned(),
         plan.child_snapshot_every.to_string(),
     ];
-    let crash = crash_child(&child_arguments, plan.kill_after_ms, seed)?;
-    row(
-        "child",
-        format!(
-            "pid {} opened the data (snapshot of sequence {}, {} commands replayed), published at {}",
-            crash.pid,
-            format::count(crash.ready.snapshot),
-            format::count(crash.ready.replayed),
-            format::rate(plan.child_rate as f64, "transfers")
-        ),
-    );
-    row(
-        "SIGKILL",
-        format!(
-            "after {}: {} transfers acknowledged (their events received), the last at sequence {}",
-            format::seconds(crash.ran.as_secs_f64()),
-            format::count(crash.acknowledged - crash.ready.last_sequence),
-            format::count(crash.acknowledged)
-        ),
-    );
+    let crash = crash(&child_arguments, plan.kill_after_ms, seed, plan.child_rate, "transfers")?;
     println!();
 
     // 4. Recovery.
     println!("4. recovery");
-    let started = Instant::now();
-    let engine = options.open(&data, initial(), SnapshotPolicy::default())?;
-    let opened = started.elapsed();
-    let report = engine.recovery().clone();
-    let recovered = engine.shutdown().context("shutting the recovered engine down")?;
-    if let Some(journal) = &report.journal {
-        if let Some(truncation) = &journal.truncated {
-            row(
-                "journal",
-                format!(
-                    "torn tail at byte {} of {}: {} bytes cut ({})",
-                    format::count(truncation.offset),
-                    truncation.segment.display(),
-                    format::count(truncation.bytes),
-                    truncation.damage
-                ),
-            );
-        } else {
-            row("journal", "ended cleanly: the kill fell between batches");
-        }
-    }
-    match &report.snapshot {
-        Some((path, sequence)) => {
-            row("snapshot", format!("sequence {} ({})", format::count(*sequence), path.display()))
-        }
-        None => row("snapshot", "none usable: replayed from the first record"),
-    }
-    for (path, reason) in &report.skipped_snapshots {
-        row("skipped", format!("{}: {reason}", path.display()));
-    }
-    row(
-        "replayed",
-        format!(
-            "{} commands in {} ({}); ready in {}",
-            format::count(report.replayed),
-            format::seconds(report.replay_seconds),
-            format::rate(report.replayed as f64 / report.replay_seconds.max(1e-9), "commands"),
-            format::seconds(opened.as_secs_f64())
-        ),
-    );
+    let (report, recovered) = recover(&options, &data, initial())?;
     println!();
 
     // 5. Checks.
     println!("5. checks");
-    let kept = report.last_sequence >= crash.acknowledged;
-    row(
-        "durable",
-        format!(
-            "{} recovered to sequence {} ≥ {}, the last acknowledged",
-            mark(kept),
-            format::count(report.last_sequence),
-            format::count(crash.acknowledged)
-        ),
-    );
-    let started = Instant::now();
-    let full = replay_from(&data, Bincode, Ledger::new(), ReplayFrom::Beginning, ReplayTarget::End)
-        .context("replaying the whole journal")?;
-    let replay_seconds = started.elapsed().as_secs_f64();
-    let recovered_hash = recovered.state_hash();
-    let same = full.state_hash == recovered_hash && full.last_sequence == report.last_sequence;
-    row(
-        "state",
-        format!(
-            "{} hash {recovered_hash:#018x} after recovery = {:#018x} after replaying all {} \
-             commands from the first ({})",
-            mark(same),
-            full.state_hash,
-            format::count(full.replayed),
-            format::seconds(replay_seconds)
-        ),
-    );
+    let (kept, same) =
+        check_recovery(&data, &report, &recovered, crash.acknowledged, Ledger::new())?;
     let conserved = recovered.check_conservation();
     match &conserved {
         Ok(totals) => row(
@@ -297,24 +207,24 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     );
     println!();
 
-    println!("The data stays in {}. Look at it with:", data.display());
-    let data = data.display();
     let account = Workload::customer(42);
-    for command in [
-        format!("cargo run --release --bin keel -- journal inspect {data}"),
-        format!("cargo run --release --bin ledger -- balance --data {data} --account {account}"),
-        format!(
-            "cargo run --release --bin ledger -- balance --data {data} --account {account} --at {}",
-            keel_journal::time::rfc3339_nanos(snapshot.timestamp_ns)
-        ),
-        format!(
-            "cargo run --release --bin ledger -- replay --data {data} --to-seq {}",
-            snapshot.sequence
-        ),
-        format!("cargo run --release --bin ledger -- verify --data {data}"),
-    ] {
-        println!("  {command}");
-    }
+    let shown = data.display();
+    show_inspection(
+        &data,
+        &[
+            format!("cargo run --release --bin keel -- journal inspect {shown}"),
+            format!("cargo run --release --bin ledger -- balance --data {shown} --account {account}"),
+            format!(
+                "cargo run --release --bin ledger -- balance --data {shown} --account {account} --at {}",
+                keel_journal::time::rfc3339_nanos(snapshot.timestamp_ns)
+            ),
+            format!(
+                "cargo run --release --bin ledger -- replay --data {shown} --to-seq {}",
+                snapshot.sequence
+            ),
+            format!("cargo run --release --bin ledger -- verify --data {shown}"),
+        ],
+    );
     if !(kept && same && conserved.is_ok() && grew) {
         bail!("a check failed (marked ✗ above)");
     }

@@ -19,6 +19,8 @@ use keel_examples::ledger::Event;
 use keel_examples::rng::seed_from_environment;
 use serde_json::json;
 
+use keel_examples::cli::Tally as _;
+
 use crate::options::Tally;
 use crate::run::MixArg;
 

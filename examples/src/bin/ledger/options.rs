@@ -1,87 +1,13 @@
 //! What the ledger's subcommands share: an open engine with the gateway's ends, and the tally
 //! of its events. The engine's settings and the progress line are `keel_examples::cli`'s.
 
-use std::path::Path;
-
-use anyhow::{Context as _, Result};
-use keel_engine::{Bincode, Engine, OutputPoller, Publisher, SnapshotPolicy};
-use keel_examples::driver::{drive, Driven, Pace};
 use keel_examples::format;
-use keel_examples::ledger::{Command, Event, Ledger, Reject};
+use keel_examples::ledger::{Event, Ledger, Reject};
 
-pub use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions, Progress};
+pub use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions};
 
-/// An open engine with the gateway's ends: its publisher and its output poller.
-pub struct Session {
-    engine: Engine<Ledger>,
-    output: OutputPoller<Event>,
-    publisher: Publisher<Ledger, Bincode>,
-    /// The events seen so far.
-    pub tally: Tally,
-}
-
-impl Session {
-    /// Opens (recovering) the engine on `data`.
-    pub fn open(
-        options: &EngineOptions,
-        data: &Path,
-        initial: Ledger,
-        snapshots: SnapshotPolicy,
-    ) -> Result<Self> {
-        let mut engine = options.open(data, initial, snapshots)?;
-        let output = engine.take_output_poller().context("the output poller")?;
-        let publisher = engine.publisher();
-        Ok(Self { engine, output, publisher, tally: Tally::default() })
-    }
-
-    pub fn engine(&self) -> &Engine<Ledger> {
-        &self.engine
-    }
-
-    /// Publishes `count` commands from `next`, tallying their events; `progress` is called
-    /// about every 100 ms with the count answered.
-    pub fn drive(
-        &mut self,
-        count: u64,
-        pace: Pace,
-        next: impl FnMut() -> Command,
-        progress: impl FnMut(u64),
-    ) -> Result<Driven> {
-        let tally = &mut self.tally;
-        drive(
-            &mut self.publisher,
-            &mut self.output,
-            next,
-            count,
-            pace,
-            |_, event| tally.add(event),
-            progress,
-        )
-    }
-
-    /// [`drive`](Self::drive) with a progress line named `label`.
-    pub fn drive_shown(
-        &mut self,
-        label: &'static str,
-        count: u64,
-        pace: Pace,
-        next: impl FnMut() -> Command,
-    ) -> Result<Driven> {
-        let progress = Progress::new(label, count);
-        let driven = self.drive(count, pace, next, |done| progress.update(done));
-        progress.finish();
-        driven
-    }
-
-    /// Waits for everything published to be applied, stops the engine, returns the state.
-    pub fn shutdown(self) -> Result<(Ledger, Tally)> {
-        let Self { engine, output, publisher, tally } = self;
-        drop(publisher);
-        drop(output);
-        let ledger = engine.shutdown().context("shutting the engine down")?;
-        Ok((ledger, tally))
-    }
-}
+/// The ledger's engine with the gateway's ends and its tally.
+pub type Session = keel_examples::cli::Session<Ledger, Tally>;
 
 /// Counts of the events seen, by kind and by rejection reason.
 #[derive(Clone, Debug, Default)]
@@ -97,9 +23,9 @@ pub struct Tally {
     pub reasons: [u64; Reject::ALL.len()],
 }
 
-impl Tally {
+impl keel_examples::cli::Tally<Event> for Tally {
     #[inline]
-    pub fn add(&mut self, event: &Event) {
+    fn add(&mut self, event: &Event) {
         match event {
             Event::AccountCreated { .. } => self.accounts += 1,
             Event::Transferred { .. } => self.transferred += 1,
@@ -114,7 +40,9 @@ impl Tally {
             }
         }
     }
+}
 
+impl Tally {
     /// Adds another tally's counts.
     pub fn merge(&mut self, other: &Tally) {
         self.accounts += other.accounts;
