@@ -21,8 +21,10 @@ use keel_engine::{
     StateMachine,
 };
 
-use crate::cli::EngineOptions;
-use crate::driver::{drive, Pace};
+use clap::Args;
+
+use crate::cli::{EngineOptions, Session, Tally};
+use crate::driver::{drive, latency_basis, Pace};
 use crate::format;
 use crate::rng::SplitMix64;
 
@@ -378,5 +380,85 @@ pub fn show_inspection(data: &Path, commands: &[String]) {
     println!("The data stays in {}. Look at it with:", data.display());
     for command in commands {
         println!("  {command}");
+    }
+}
+
+/// The demo's first measurements: `count` commands at saturation (the throughput row), then
+/// `latency_commands` at `latency_rate` offered (the latency rows, from intended send times).
+/// `what` names the traffic in the throughput row ("transfers"), `unit` its rate's unit.
+#[allow(clippy::too_many_arguments)]
+pub fn measure<M, T>(
+    session: &mut Session<M, T>,
+    what: &str,
+    unit: &str,
+    count: u64,
+    latency_rate: u64,
+    latency_commands: u64,
+    mut next: impl FnMut() -> M::Command,
+) -> Result<()>
+where
+    M: StateMachine,
+    M::Command: Clone,
+    T: Tally<M::Event>,
+{
+    let load =
+        session.drive_shown("load", count, Pace { rate: None, warm_up: count / 10 }, &mut next)?;
+    row(
+        "throughput",
+        format!(
+            "{} {what} in {}: {}",
+            format::count(load.commands),
+            format::seconds(load.elapsed.as_secs_f64()),
+            format::rate(load.rate(), unit)
+        ),
+    );
+    let pace = Pace { rate: Some(latency_rate), warm_up: latency_commands / 10 };
+    let latency = session.drive_shown("latency", latency_commands, pace, next)?;
+    row("latency", format::percentiles(&latency.latency));
+    row("", format!("({})", latency_basis(Some(latency_rate), unit)));
+    Ok(())
+}
+
+/// The flags of a demo's hidden `child` subcommand: where, what and how fast to publish.
+#[derive(Clone, Debug, Args)]
+pub struct ChildArgs {
+    /// The demo's data.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The accounts the workload uses.
+    #[arg(long)]
+    pub accounts: u64,
+    /// The workload's seed.
+    #[arg(long)]
+    pub seed: u64,
+    /// The first id the workload gives out (above every id the demo used).
+    #[arg(long)]
+    pub first_id: u64,
+    /// Commands per second offered.
+    #[arg(long)]
+    pub rate: u64,
+    /// A snapshot every this many commands.
+    #[arg(long)]
+    pub snapshot_every: u64,
+}
+
+impl ChildArgs {
+    /// The command line that starts the child with these flags.
+    pub fn arguments(&self) -> Vec<String> {
+        vec![
+            "child".into(),
+            "--data".into(),
+            self.data.display().to_string(),
+            "--accounts".into(),
+            self.accounts.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+            "--first-id".into(),
+            self.first_id.to_string(),
+            "--rate".into(),
+            self.rate.to_string(),
+            "--snapshot-every".into(),
+            self.snapshot_every.to_string(),
+        ]
     }
 }

@@ -54,6 +54,19 @@ impl Driven {
     }
 }
 
+/// How a run's latency figures were measured, in words: "at 1.00 M transfers/s offered, open
+/// loop", or at saturation with the sampling said.
+pub fn latency_basis(rate: Option<u64>, unit: &str) -> String {
+    match rate {
+        Some(rate) => {
+            format!("at {} offered, open loop", crate::format::rate(rate as f64, unit))
+        }
+        None => format!(
+            "at saturation: 1 in {SATURATION_SAMPLE} timed, queueing behind the others included"
+        ),
+    }
+}
+
 /// Publishes `count` commands from `commands`, reading every event; `on_event` sees each event
 /// with its command's sequence, `progress` is called about every 100 ms with the commands
 /// answered so far.

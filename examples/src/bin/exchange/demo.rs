@@ -10,17 +10,16 @@ use clap::Args;
 use keel_engine::SnapshotPolicy;
 use keel_examples::cli::{ensure_fresh, EngineOptions};
 use keel_examples::demo::{
-    check_recovery, crash, default_directory, mark, recover, row, show_inspection, show_snapshot,
-    take_snapshot,
+    check_recovery, crash, default_directory, mark, measure, recover, row, show_inspection,
+    show_snapshot, take_snapshot, ChildArgs,
 };
-use keel_examples::driver::Pace;
 use keel_examples::exchange::workload::{Mix, Workload};
 use keel_examples::exchange::Exchange;
 use keel_examples::format;
 use keel_examples::rng::seed_from_environment;
 use keel_examples::system;
 
-use crate::run::{latency_basis, setup, Session};
+use crate::run::{setup, Session};
 
 /// Symbols in the demo.
 const SYMBOLS: u32 = 8;
@@ -115,29 +114,15 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             format::seconds(setup.elapsed.as_secs_f64())
         ),
     );
-    let load = session.drive_shown(
-        "orders",
+    measure(
+        &mut session,
+        "orders, cancels and amends",
+        "commands",
         plan.orders,
-        Pace { rate: None, warm_up: plan.orders / 10 },
-        || workload.next_command(),
-    )?;
-    row(
-        "throughput",
-        format!(
-            "{} orders, cancels and amends in {}: {}",
-            format::count(load.commands),
-            format::seconds(load.elapsed.as_secs_f64()),
-            format::rate(load.rate(), "commands")
-        ),
-    );
-    let latency = session.drive_shown(
-        "latency",
+        plan.latency_rate,
         plan.latency_commands,
-        Pace { rate: Some(plan.latency_rate), warm_up: plan.latency_commands / 10 },
         || workload.next_command(),
     )?;
-    row("latency", format::percentiles(&latency.latency));
-    row("", format!("({})", latency_basis(Some(plan.latency_rate))));
     let [done, refused] = session.tally.lines();
     row("outcomes", done);
     row("", refused);
@@ -153,25 +138,15 @@ pub fn demo(args: DemoArgs) -> Result<()> {
 
     // 3. A child engine process on the same data, killed mid-stream.
     println!("3. crash");
-    let child_arguments: Vec<String> = [
-        "child",
-        "--data",
-        &data.display().to_string(),
-        "--accounts",
-        &plan.accounts.to_string(),
-        "--seed",
-        &seed.wrapping_add(1).to_string(),
-        "--first-id",
-        &first_child_id.to_string(),
-        "--rate",
-        &plan.child_rate.to_string(),
-        "--snapshot-every",
-        &plan.child_snapshot_every.to_string(),
-    ]
-    .iter()
-    .map(|word| word.to_string())
-    .collect();
-    let crash = crash(&child_arguments, plan.kill_after_ms, seed, plan.child_rate, "commands")?;
+    let child = ChildArgs {
+        data: data.clone(),
+        accounts: plan.accounts,
+        seed: seed.wrapping_add(1),
+        first_id: first_child_id,
+        rate: plan.child_rate,
+        snapshot_every: plan.child_snapshot_every,
+    };
+    let crash = crash(&child.arguments(), plan.kill_after_ms, seed, plan.child_rate, "commands")?;
     println!();
 
     // 4. Recovery.
@@ -216,22 +191,6 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         bail!("a check failed (marked ✗ above)");
     }
     Ok(())
-}
-
-#[derive(Debug, Args)]
-pub struct ChildArgs {
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long)]
-    accounts: u64,
-    #[arg(long)]
-    seed: u64,
-    #[arg(long)]
-    first_id: u64,
-    #[arg(long)]
-    rate: u64,
-    #[arg(long)]
-    snapshot_every: u64,
 }
 
 /// The demo's child: publishes the workload at a fixed rate until it is killed

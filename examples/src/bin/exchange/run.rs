@@ -8,7 +8,7 @@ use clap::Args;
 use keel_engine::StateMachine;
 use keel_engine::{Bincode, ReplayTarget, SnapshotPolicy};
 use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions};
-use keel_examples::driver::{Driven, Pace, SATURATION_SAMPLE};
+use keel_examples::driver::{latency_basis, Driven, Pace};
 use keel_examples::exchange::workload::{Mix, Workload};
 use keel_examples::exchange::{CancelReason, Event, Exchange, Reject};
 use keel_examples::format;
@@ -151,16 +151,6 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-/// "at saturation (1 in 64 timed, queueing included)" or "at 1 M/s offered".
-pub fn latency_basis(rate: Option<u64>) -> String {
-    match rate {
-        Some(rate) => format!("at {} offered, open loop", format::rate(rate as f64, "commands")),
-        None => format!(
-            "at saturation: 1 in {SATURATION_SAMPLE} timed, queueing behind the others included"
-        ),
-    }
-}
-
 /// Publishes the workload's setup: the symbols and the deposits.
 pub fn setup(session: &mut Session, workload: &Workload) -> Result<Driven> {
     let setup = workload.setup();
@@ -211,7 +201,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "per_second": traffic.rate(),
                 "offered_per_second": args.rate,
                 "latency": format::percentiles_json(&traffic.latency),
-                "latency_basis": latency_basis(args.rate),
+                "latency_basis": latency_basis(args.rate, "commands"),
             },
             "outcomes": tally.json(),
             "state": {
@@ -246,7 +236,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             format::rate(traffic.rate(), "orders")
         );
         println!("  latency      {}", format::percentiles(&traffic.latency));
-        println!("               ({})", latency_basis(args.rate));
+        println!("               ({})", latency_basis(args.rate, "commands"));
         let [done, refused] = tally.lines();
         println!("  outcomes     {done}");
         println!("               {refused}");

@@ -45,7 +45,7 @@ enum Command {
     Engine(EngineCommand),
     /// The demo's child engine process (not for people).
     #[command(hide = true)]
-    Child(demo::ChildArgs),
+    Child(keel_examples::demo::ChildArgs),
 }
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 use keel_engine::{Bincode, ReplayTarget, SnapshotPolicy, StateMachine};
-use keel_examples::driver::{Driven, Pace, SATURATION_SAMPLE};
+use keel_examples::driver::{latency_basis, Driven, Pace};
 use keel_examples::format;
 use keel_examples::ledger::workload::{Mix, Workload};
 use keel_examples::ledger::Ledger;
@@ -114,16 +114,6 @@ pub fn setup_accounts(session: &mut Session, workload: &mut Workload) -> Result<
     })
 }
 
-/// "at saturation (1 in 64 timed, queueing included)" or "at 1 M/s offered".
-pub fn latency_basis(rate: Option<u64>) -> String {
-    match rate {
-        Some(rate) => format!("at {} offered, open loop", format::rate(rate as f64, "transfers")),
-        None => format!(
-            "at saturation: 1 in {SATURATION_SAMPLE} timed, queueing behind the others included"
-        ),
-    }
-}
-
 pub fn run(args: RunArgs) -> Result<()> {
     ensure_fresh(&args.data)?;
     let seed = args.seed.unwrap_or_else(seed_from_environment);
@@ -153,7 +143,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "per_second": traffic.rate(),
                 "offered_per_second": args.rate,
                 "latency": format::percentiles_json(&traffic.latency),
-                "latency_basis": latency_basis(args.rate),
+                "latency_basis": latency_basis(args.rate, "transfers"),
             },
             "outcomes": tally.json(),
             "state": {
@@ -194,7 +184,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             format::rate(traffic.rate(), "transfers")
         );
         println!("  latency      {}", format::percentiles(&traffic.latency));
-        println!("               ({})", latency_basis(args.rate));
+        println!("               ({})", latency_basis(args.rate, "transfers"));
         println!("  outcomes     {done}");
         println!("               {refused}");
         println!(
