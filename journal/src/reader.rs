@@ -47,6 +47,21 @@ impl Cursor {
     fn open(directory: &Path, sequence: Option<u64>, tailing: bool) -> Result<Self, JournalError> {
         let journal_directory = directory.join(JOURNAL_DIRECTORY);
         let segments = list_segments(&journal_directory)?;
+        // A directory without a journal reads as an empty one (a fresh engine's, or one that
+        // only ever ran in memory). But one that holds segments itself is a journal folder
+        // given in place of its data directory: read as empty, it would hide every record.
+        if segments.is_empty() && !list_segments(directory)?.is_empty() {
+            return Err(JournalError::Io {
+                path: directory.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "this is a journal's `{JOURNAL_DIRECTORY}` folder: give the data \
+                         directory that holds it"
+                    ),
+                ),
+            });
+        }
         let first = segments.first().map(|first| first.first_sequence);
         let target = sequence.or(first).unwrap_or(1);
         let mut cursor = Self {

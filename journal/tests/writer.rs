@@ -46,6 +46,21 @@ fn records_round_trip_across_segment_rolls_in_both_tiers() {
 }
 
 #[test]
+fn a_reader_given_the_journal_folder_instead_of_its_data_directory_says_so() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    append_batches(&mut writer, 2, 3);
+    drop(writer);
+    let journal_folder = directory.path().join(keel_journal::segment::JOURNAL_DIRECTORY);
+    let error = JournalReader::open(&journal_folder).unwrap_err();
+    assert!(error.to_string().contains("give the data directory that holds it"), "{error}");
+    assert!(Tailer::open(&journal_folder, 1).is_err());
+    // A directory with no journal at all still reads as empty.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(JournalReader::open(empty.path()).unwrap().next().unwrap().is_none());
+}
+
+#[test]
 fn a_reader_starts_at_every_sequence() {
     let directory = tempfile::tempdir().unwrap();
     let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
