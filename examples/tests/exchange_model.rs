@@ -562,7 +562,7 @@ fn check_case(
             );
         }
         for account in exchange.accounts() {
-            for &(asset, balance) in account.balances() {
+            for (asset, balance) in exchange.balances(account) {
                 let expected = model.balances.get(&(account.id, asset)).copied().unwrap_or((0, 0));
                 assert_eq!(
                     (balance.available, balance.held),

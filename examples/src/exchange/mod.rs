@@ -340,34 +340,24 @@ pub struct Balance {
 pub struct Account {
     /// Its id.
     pub id: u64,
-    /// Its balances by asset, in ascending asset order. Accounts hold few assets, so a short
-    /// sorted vector beats a map.
-    balances: Vec<(u32, Balance)>,
+    /// Its balances by asset slot (the exchange numbers the assets it has seen, in the order it
+    /// saw them), as long as the highest slot the account has touched. A symbol knows its two
+    /// assets' slots, so a trade finds the four balances it moves by index, with no search.
+    balances: Vec<Balance>,
 }
 
 impl Account {
-    /// The balance of `asset` (zero if the account never held it).
-    pub fn balance(&self, asset: u32) -> Balance {
-        match self.balances.binary_search_by_key(&asset, |&(id, _)| id) {
-            Ok(index) => self.balances[index].1,
-            Err(_) => Balance::default(),
+    /// The balance in asset slot `slot` (zero if the account never held it).
+    fn at(&self, slot: u32) -> Balance {
+        self.balances.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    fn at_mut(&mut self, slot: u32) -> &mut Balance {
+        let slot = slot as usize;
+        if slot >= self.balances.len() {
+            self.balances.resize(slot + 1, Balance::default());
         }
-    }
-
-    /// Every balance, in ascending asset order.
-    pub fn balances(&self) -> &[(u32, Balance)] {
-        &self.balances
-    }
-
-    fn balance_mut(&mut self, asset: u32) -> &mut Balance {
-        let index = match self.balances.binary_search_by_key(&asset, |&(id, _)| id) {
-            Ok(index) => index,
-            Err(index) => {
-                self.balances.insert(index, (asset, Balance::default()));
-                index
-            }
-        };
-        &mut self.balances[index].1
+        &mut self.balances[slot]
     }
 }
 
@@ -420,7 +410,15 @@ pub struct Exchange {
     /// What was deposited minus what was withdrawn, per asset: the conservation invariant's
     /// right side. Keeping every asset's total within 64 bits keeps every balance within them.
     asset_totals: BTreeMap<u32, u64>,
+    /// The assets seen, by slot: a symbol's two when it is listed, any other at its first
+    /// deposit.
+    assets: Vec<u32>,
     /// Rebuilt from the above: not part of the snapshot.
+    #[serde(skip)]
+    asset_slots: BTreeMap<u32, u32>,
+    /// Each symbol's (base, quote) asset slots, by symbol slot.
+    #[serde(skip)]
+    symbol_assets: Vec<(u32, u32)>,
     #[serde(skip)]
     symbol_index: BTreeMap<u32, u32>,
     #[serde(skip)]
@@ -447,6 +445,7 @@ struct ExchangeData {
     accounts: Vec<Account>,
     orders: Orders,
     asset_totals: BTreeMap<u32, u64>,
+    assets: Vec<u32>,
 }
 
 impl From<ExchangeData> for Exchange {
@@ -457,10 +456,16 @@ impl From<ExchangeData> for Exchange {
             accounts: data.accounts,
             orders: data.orders,
             asset_totals: data.asset_totals,
+            assets: data.assets,
             ..Self::default()
         };
+        for (slot, &asset) in exchange.assets.iter().enumerate() {
+            exchange.asset_slots.insert(asset, slot as u32);
+        }
         for (slot, symbol) in exchange.symbols.iter().enumerate() {
             exchange.symbol_index.insert(symbol.id, slot as u32);
+            let assets = (exchange.asset_slots[&symbol.base], exchange.asset_slots[&symbol.quote]);
+            exchange.symbol_assets.push(assets);
         }
         exchange.account_index.reserve(exchange.accounts.len());
         for (slot, account) in exchange.accounts.iter().enumerate() {
@@ -575,6 +580,20 @@ impl Exchange {
         Some((book.best(Side::Buy), book.best(Side::Sell)))
     }
 
+    /// The balance of `asset` in `account`: `None` if there is no such account, zero if it
+    /// never held the asset.
+    pub fn balance(&self, account: u64, asset: u32) -> Option<Balance> {
+        let account = self.account(account)?;
+        Some(self.asset_slots.get(&asset).map_or_else(Balance::default, |&slot| account.at(slot)))
+    }
+
+    /// Every balance an account has held, by asset id.
+    pub fn balances(&self, account: &Account) -> BTreeMap<u32, Balance> {
+        (0..account.balances.len())
+            .map(|slot| (self.assets[slot], account.balances[slot]))
+            .collect()
+    }
+
     /// What was deposited minus what was withdrawn, per asset.
     pub fn asset_totals(&self) -> &BTreeMap<u32, u64> {
         &self.asset_totals
@@ -585,8 +604,8 @@ impl Exchange {
         let mut sums = BTreeMap::<u32, u128>::new();
         let mut holds = BTreeMap::<(u32, u32), u64>::new();
         for account in &self.accounts {
-            for &(asset, balance) in &account.balances {
-                *sums.entry(asset).or_default() +=
+            for (slot, balance) in account.balances.iter().enumerate() {
+                *sums.entry(self.assets[slot]).or_default() +=
                     u128::from(balance.available) + u128::from(balance.held);
             }
         }
@@ -601,6 +620,7 @@ impl Exchange {
         }
         for (slot, book) in self.books.iter().enumerate() {
             let symbol = self.symbols[slot];
+            let (base, quote) = self.symbol_assets[slot];
             if let (Some(bid), Some(ask)) = (book.best(Side::Buy), book.best(Side::Sell)) {
                 if bid >= ask {
                     return Err(format!("symbol {}: crossed, bid {bid} ≥ ask {ask}", symbol.id));
@@ -616,7 +636,7 @@ impl Exchange {
                         }
                         quantity += order.remaining;
                         count += 1;
-                        let asset = if side == Side::Buy { symbol.quote } else { symbol.base };
+                        let asset = if side == Side::Buy { quote } else { base };
                         *holds.entry((order.account, asset)).or_default() +=
                             hold_for(side, price, order.remaining).expect("checked when placed");
                         slot = order.next;
@@ -628,17 +648,18 @@ impl Exchange {
             }
         }
         for (slot, account) in self.accounts.iter().enumerate() {
-            for &(asset, balance) in &account.balances {
-                let held = holds.remove(&(slot as u32, asset)).unwrap_or(0);
+            for (asset, balance) in account.balances.iter().enumerate() {
+                let held = holds.remove(&(slot as u32, asset as u32)).unwrap_or(0);
                 if held != balance.held {
                     return Err(format!(
-                        "account {} asset {asset}: {} held, its orders hold {held}",
-                        account.id, balance.held
+                        "account {} asset {}: {} held, its orders hold {held}",
+                        account.id, self.assets[asset], balance.held
                     ));
                 }
             }
         }
         if let Some(((slot, asset), held)) = holds.into_iter().next() {
+            let asset = self.assets[asset as usize];
             return Err(format!("slot {slot} asset {asset}: orders hold {held}, no balance"));
         }
         Ok(())
@@ -646,6 +667,17 @@ impl Exchange {
 
     fn account_slot(&self, id: u64) -> Option<u32> {
         self.account_index.get(&id).copied()
+    }
+
+    /// The asset's slot, given one if it is new.
+    fn asset_slot(&mut self, asset: u32) -> u32 {
+        if let Some(&slot) = self.asset_slots.get(&asset) {
+            return slot;
+        }
+        let slot = self.assets.len() as u32;
+        self.assets.push(asset);
+        self.asset_slots.insert(asset, slot);
+        slot
     }
 
     fn add_symbol(&mut self, symbol: u32, base: u32, quote: u32) -> Event {
@@ -661,6 +693,8 @@ impl Exchange {
         }
         self.symbol_index.insert(symbol, self.symbols.len() as u32);
         self.symbols.push(Symbol { id: symbol, base, quote });
+        let assets = (self.asset_slot(base), self.asset_slot(quote));
+        self.symbol_assets.push(assets);
         self.books.push(Book::default());
         Event::SymbolAdded { symbol }
     }
@@ -686,7 +720,8 @@ impl Exchange {
             }
         };
         // The asset's total fits in 64 bits, and this balance is part of it.
-        self.accounts[slot as usize].balance_mut(asset).available += amount;
+        let asset_slot = self.asset_slot(asset);
+        self.accounts[slot as usize].at_mut(asset_slot).available += amount;
         Event::Deposited { account, asset, amount }
     }
 
@@ -699,11 +734,13 @@ impl Exchange {
             return reject(Reject::ZeroQuantity);
         }
         let Some(slot) = self.account_slot(account) else { return reject(Reject::UnknownAccount) };
-        let balance = self.accounts[slot as usize].balance(asset);
-        if balance.available < amount {
+        let account_balances = &self.accounts[slot as usize];
+        let asset_slot = self.asset_slots.get(&asset).copied();
+        let available = asset_slot.map_or(0, |asset| account_balances.at(asset).available);
+        let Some(asset_slot) = asset_slot.filter(|_| available >= amount) else {
             return reject(Reject::InsufficientFunds);
-        }
-        self.accounts[slot as usize].balance_mut(asset).available -= amount;
+        };
+        self.accounts[slot as usize].at_mut(asset_slot).available -= amount;
         *self.asset_totals.get_mut(&asset).expect("a held asset was deposited") -= amount;
         Event::Withdrawn { account, asset, amount }
     }
@@ -734,12 +771,12 @@ impl Exchange {
         if self.order_index.contains_key(&order_id) {
             return Err(Reject::OrderIdInUse);
         }
-        let symbol = self.symbols[symbol_slot as usize];
+        let (base, quote) = self.symbol_assets[symbol_slot as usize];
         // A market buy holds nothing up front: it pays from its available quote as it fills.
         if !(kind == OrderKind::Market && side == Side::Buy) {
             let hold = hold_for(side, price, quantity).ok_or(Reject::Overflow)?;
-            let asset = if side == Side::Buy { symbol.quote } else { symbol.base };
-            if self.accounts[account_slot as usize].balance(asset).available < hold {
+            let asset = if side == Side::Buy { quote } else { base };
+            if self.accounts[account_slot as usize].at(asset).available < hold {
                 return Err(Reject::InsufficientFunds);
             }
         }
@@ -761,11 +798,12 @@ impl Exchange {
         output: &mut Output<Event>,
     ) {
         let symbol = self.symbols[symbol_slot as usize];
+        let (base, quote) = self.symbol_assets[symbol_slot as usize];
         let taker_account = self.accounts[account_slot as usize].id;
         let mut fills = std::mem::take(&mut self.scratch.fills);
         // A market buy may fill only what its available quote pays for.
         let budget = (kind == OrderKind::Market && side == Side::Buy)
-            .then(|| self.accounts[account_slot as usize].balance(symbol.quote).available);
+            .then(|| self.accounts[account_slot as usize].at(quote).available);
         let limit = (kind != OrderKind::Market).then_some(price);
         let stopped_by_funds = self.books[symbol_slot as usize].plan(
             &self.orders,
@@ -788,7 +826,7 @@ impl Exchange {
         }
         // Every check is done: from here on nothing can fail.
         for fill in &fills {
-            self.trade(symbol, symbol_slot, account_slot, side, fill);
+            self.trade(symbol_slot, account_slot, side, fill);
             let maker = self.orders.get(fill.slot);
             output.emit(Event::Traded {
                 symbol: symbol.id,
@@ -817,8 +855,8 @@ impl Exchange {
         match kind {
             OrderKind::GoodTillCancelled => {
                 let hold = hold_for(side, price, remaining).expect("checked in validation");
-                let asset = if side == Side::Buy { symbol.quote } else { symbol.base };
-                let balance = self.accounts[account_slot as usize].balance_mut(asset);
+                let asset = if side == Side::Buy { quote } else { base };
+                let balance = self.accounts[account_slot as usize].at_mut(asset);
                 balance.available -= hold;
                 balance.held += hold;
                 let slot = self.orders.allocate(
@@ -846,7 +884,7 @@ impl Exchange {
     }
 
     /// Settles one fill between the taker (not resting, its hold not taken) and a maker.
-    fn trade(&mut self, symbol: Symbol, symbol_slot: u32, taker: u32, side: Side, fill: &Fill) {
+    fn trade(&mut self, symbol_slot: u32, taker: u32, side: Side, fill: &Fill) {
         let quantity = fill.quantity;
         let cost = fill.price * quantity;
         let maker_slot = fill.slot;
@@ -855,26 +893,27 @@ impl Exchange {
         let maker_account = maker.account;
         let maker_price = maker.price;
         self.books[symbol_slot as usize].reduce(maker_price, side.opposite(), quantity);
+        let (base, quote) = self.symbol_assets[symbol_slot as usize];
         match side {
             Side::Buy => {
                 // The taker buys: pays `cost` quote from available, gets base. The maker sold:
                 // its base hold shrinks, it gets the quote.
                 let taker_account = &mut self.accounts[taker as usize];
-                taker_account.balance_mut(symbol.quote).available -= cost;
-                taker_account.balance_mut(symbol.base).available += quantity;
+                taker_account.at_mut(quote).available -= cost;
+                taker_account.at_mut(base).available += quantity;
                 let maker_account = &mut self.accounts[maker_account as usize];
-                maker_account.balance_mut(symbol.base).held -= quantity;
-                maker_account.balance_mut(symbol.quote).available += cost;
+                maker_account.at_mut(base).held -= quantity;
+                maker_account.at_mut(quote).available += cost;
             }
             Side::Sell => {
                 // The taker sells: gives base from available, gets the quote. The maker bought
                 // at its own price: its quote hold shrinks by exactly the cost.
                 let taker_account = &mut self.accounts[taker as usize];
-                taker_account.balance_mut(symbol.base).available -= quantity;
-                taker_account.balance_mut(symbol.quote).available += cost;
+                taker_account.at_mut(base).available -= quantity;
+                taker_account.at_mut(quote).available += cost;
                 let maker_account = &mut self.accounts[maker_account as usize];
-                maker_account.balance_mut(symbol.quote).held -= cost;
-                maker_account.balance_mut(symbol.base).available += quantity;
+                maker_account.at_mut(quote).held -= cost;
+                maker_account.at_mut(base).available += quantity;
             }
         }
     }
@@ -918,10 +957,10 @@ impl Exchange {
     fn remove(&mut self, slot: u32) -> u32 {
         let order = *self.orders.get(slot);
         let symbol_slot = self.symbol_of(slot);
-        let symbol = self.symbols[symbol_slot as usize];
+        let (base, quote) = self.symbol_assets[symbol_slot as usize];
         let hold = hold_for(order.side, order.price, order.remaining).expect("checked when placed");
-        let asset = if order.side == Side::Buy { symbol.quote } else { symbol.base };
-        let balance = self.accounts[order.account as usize].balance_mut(asset);
+        let asset = if order.side == Side::Buy { quote } else { base };
+        let balance = self.accounts[order.account as usize].at_mut(asset);
         balance.held -= hold;
         balance.available += hold;
         self.books[symbol_slot as usize].reduce(order.price, order.side, order.remaining);
@@ -968,13 +1007,13 @@ impl Exchange {
         }
         let order = *self.orders.get(slot);
         let symbol_slot = order.symbol;
-        let symbol = self.symbols[symbol_slot as usize];
+        let (base, quote) = self.symbol_assets[symbol_slot as usize];
         let Some(hold) = hold_for(order.side, price, quantity) else {
             return output.emit(reject(Reject::Overflow));
         };
-        let asset = if order.side == Side::Buy { symbol.quote } else { symbol.base };
+        let asset = if order.side == Side::Buy { quote } else { base };
         let held = hold_for(order.side, order.price, order.remaining).expect("checked when placed");
-        let balance = self.accounts[order.account as usize].balance(asset);
+        let balance = self.accounts[order.account as usize].at(asset);
         // The order's own hold is released before the new one is taken.
         if balance.available + held < hold {
             return output.emit(reject(Reject::InsufficientFunds));
@@ -983,7 +1022,7 @@ impl Exchange {
         if price == order.price && quantity <= order.remaining {
             // Smaller at the same price: it keeps its place.
             let released = held - hold;
-            let balance = self.accounts[order.account as usize].balance_mut(asset);
+            let balance = self.accounts[order.account as usize].at_mut(asset);
             balance.held -= released;
             balance.available += released;
             self.books[symbol_slot as usize].reduce(price, order.side, order.remaining - quantity);
@@ -1056,6 +1095,7 @@ impl StateMachine for Exchange {
             accounts: self.accounts.clone(),
             orders,
             asset_totals: self.asset_totals.clone(),
+            assets: self.assets.clone(),
             ..Self::default()
         }
     }
@@ -1071,8 +1111,8 @@ impl StateMachine for Exchange {
         digest.word(self.accounts.len() as u64);
         for account in &self.accounts {
             digest.words(&[account.id, account.balances.len() as u64]);
-            for &(asset, balance) in &account.balances {
-                digest.words(&[u64::from(asset), balance.available, balance.held]);
+            for (slot, balance) in account.balances.iter().enumerate() {
+                digest.words(&[u64::from(self.assets[slot]), balance.available, balance.held]);
             }
         }
         for book in &self.books {
