@@ -87,7 +87,8 @@ impl Default for Limits {
 pub struct ServeReport {
     /// Connections accepted.
     pub connections: u64,
-    /// Connections closed at once because [`Limits::connections`] were open.
+    /// Connections closed at once: [`Limits::connections`] were open, or the socket could not
+    /// be set up.
     pub connections_refused: u64,
     /// Requests decoded and published.
     pub published: u64,
@@ -326,7 +327,7 @@ impl Server {
                 }
             }
             if accept {
-                self.accept()?;
+                self.accept();
             }
             let mut progress = false;
             if engine_running {
@@ -364,12 +365,13 @@ impl Server {
         }
     }
 
-    fn accept(&mut self) -> io::Result<()> {
-        let Some(listener) = &self.listener else { return Ok(()) };
+    /// Accepts every connection waiting; one that cannot be taken is closed.
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else { return };
         loop {
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 // A connection that failed before we took it, or a signal: try the next.
                 Err(error)
                     if matches!(
@@ -382,7 +384,7 @@ impl Server {
                     continue
                 }
                 // Out of file descriptors, say: leave the rest in the backlog for later.
-                Err(_) => return Ok(()),
+                Err(_) => return,
             };
             if self.open >= self.limits.connections {
                 self.report.connections_refused += 1;
@@ -394,13 +396,17 @@ impl Server {
                 self.slots.len() - 1
             });
             let mut stream = stream;
-            // Replies are small and each is awaited: do not let Nagle hold them back.
-            stream.set_nodelay(true)?;
-            self.poll.registry().register(
-                &mut stream,
-                Token(index + 1),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
+            // Replies are small and each is awaited: do not let Nagle hold them back. A
+            // connection that cannot be set up is closed; the service goes on.
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            let set_up = stream.set_nodelay(true).and_then(|()| {
+                self.poll.registry().register(&mut stream, Token(index + 1), interest)
+            });
+            if set_up.is_err() {
+                self.free.push(index);
+                self.report.connections_refused += 1;
+                continue;
+            }
             let slot = &mut self.slots[index];
             slot.generation = slot.generation.wrapping_add(1);
             slot.connection = Some(Connection::new(stream));
