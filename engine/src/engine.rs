@@ -490,6 +490,8 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             last_snapshot: (base, Instant::now()),
             batch_limit: self.ring_capacity,
             output_capacity,
+            batch_events: Vec::new(),
+            batch_commands: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("keel-engine".into())
@@ -765,7 +767,15 @@ struct Processor<M: StateMachine> {
     /// cloned its control handle, an atomic increment and decrement of a shared count that
     /// took a third of the engine's per-command overhead under the exchange.
     output_capacity: usize,
+    /// The events of the input batch being applied, published together when it is done (one
+    /// claim and one cursor store per batch, not per command): every command's events...
+    batch_events: Vec<M::Event>,
+    /// ... and, per command, its sequence and how many of them are its.
+    batch_commands: Vec<(u64, usize)>,
 }
+
+/// Deliveries (commands and their events) at most that wait to be published together.
+const EVENTS_PER_PUBLISH: usize = 256;
 
 type InputPoller<M> =
     EventPoller<InputSlot<<M as StateMachine>::Command>, MultiProducerSequencer, AnyWait>;
@@ -802,6 +812,8 @@ impl<M: StateMachine> Processor<M> {
                 }
                 Ok(())
             });
+            // The events of every command applied, the batch's last before a failure included.
+            let outcome = self.publish_events().and(outcome);
             drop(batch);
             if let Err(halt) = outcome {
                 self.shared.stop(halt);
@@ -843,6 +855,7 @@ impl<M: StateMachine> Processor<M> {
                     break;
                 }
             }
+            let outcome = self.publish_events().and(outcome);
             drop(batch);
             if let Err(halt) = outcome {
                 self.shared.stop(halt);
@@ -866,35 +879,63 @@ impl<M: StateMachine> Processor<M> {
         }
     }
 
-    /// Applies one command and publishes its events.
+    /// Applies one command; its events wait for [`publish_events`](Self::publish_events).
     fn apply(&mut self, context: &Context, command: &M::Command) -> Result<(), Halt> {
         self.output.clear();
         apply_guarded(&mut self.machine, context, command, &mut self.output)?;
         Counters::set(&self.shared.counters.applied, context.sequence);
+        if self.events.is_some() {
+            self.batch_commands.push((context.sequence, self.output.len()));
+            self.batch_events.extend(self.output.drain());
+            // Published at the end of the input batch, or sooner once this many are waiting,
+            // so that the waiting events stay in the core's cache between being emitted and
+            // being copied into the ring.
+            if self.batch_commands.len() + self.batch_events.len() >= EVENTS_PER_PUBLISH {
+                self.publish_events()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the events of the commands applied since the last call, in order, each
+    /// command's last delivery marked (a command without events gets one empty delivery): as
+    /// one batch on the output ring, or in chunks of its capacity when there are more.
+    fn publish_events(&mut self) -> Result<(), Halt> {
         let Some(events) = self.events.as_mut() else {
             return Ok(());
         };
-        // In chunks of at most the ring's capacity: a command may emit more events than the
-        // output ring holds.
-        let capacity = self.output_capacity;
-        let mut left = self.output.len();
-        let mut drained = self.output.drain();
-        loop {
+        let Some(&(last_sequence, _)) = self.batch_commands.last() else {
+            return Ok(());
+        };
+        let deliveries: usize = self.batch_commands.iter().map(|&(_, count)| count.max(1)).sum();
+        let mut commands = self.batch_commands.iter();
+        let mut drained = self.batch_events.drain(..);
+        // The command being delivered: its sequence and its deliveries still to come.
+        let mut current = (0, 0);
+        let mut left = deliveries;
+        while left > 0 {
+            let size = left.min(self.output_capacity);
             events
-                .publish_batch(left.clamp(1, capacity), |slot, _| {
-                    slot.sequence = context.sequence;
-                    slot.event = drained.next();
-                    left = left.saturating_sub(1);
-                    slot.last = left == 0;
+                .publish_batch(size, |slot, _| {
+                    if current.1 == 0 {
+                        let &(sequence, count) = commands.next().expect("one entry per command");
+                        current = (sequence, count.max(1));
+                        slot.event = if count == 0 { None } else { drained.next() };
+                    } else {
+                        slot.event = drained.next();
+                    }
+                    slot.sequence = current.0;
+                    current.1 -= 1;
+                    slot.last = current.1 == 0;
                 })
                 .map_err(|error| Halt::Subscriber {
-                    sequence: context.sequence,
+                    sequence: last_sequence,
                     message: error.to_string(),
                 })?;
-            if left == 0 {
-                break;
-            }
+            left -= size;
         }
+        drop(drained);
+        self.batch_commands.clear();
         Ok(())
     }
 
