@@ -767,8 +767,9 @@ struct Processor<M: StateMachine> {
     /// cloned its control handle, an atomic increment and decrement of a shared count that
     /// took a third of the engine's per-command overhead under the exchange.
     output_capacity: usize,
-    /// The events of the input batch being applied, published together when it is done (one
-    /// claim and one cursor store per batch, not per command): every command's events...
+    /// The events of the commands applied and not yet published: published together at the
+    /// end of the input batch, or once [`EVENTS_PER_PUBLISH`] deliveries wait (one claim and
+    /// one cursor store for many commands, not one per command). Every command's events...
     batch_events: Vec<M::Event>,
     /// ... and, per command, its sequence and how many of them are its.
     batch_commands: Vec<(u64, usize)>,
