@@ -336,7 +336,7 @@ pub struct Balance {
 }
 
 /// An account and its balances.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     /// Its id.
     pub id: u64,
@@ -344,6 +344,19 @@ pub struct Account {
     /// saw them), as long as the highest slot the account has touched. A symbol knows its two
     /// assets' slots, so a trade finds the four balances it moves by index, with no search.
     balances: Vec<Balance>,
+}
+
+impl Clone for Account {
+    fn clone(&self) -> Self {
+        Self { id: self.id, balances: self.balances.clone() }
+    }
+
+    /// Copies into the existing balances' allocation: a snapshot's copy of every account then
+    /// allocates nothing once the previous copy is handed back.
+    fn clone_from(&mut self, source: &Self) {
+        self.id = source.id;
+        self.balances.clone_from(&source.balances);
+    }
 }
 
 impl Account {
@@ -1085,14 +1098,18 @@ impl StateMachine for Exchange {
     }
 
     /// The copy leaves out what is rebuilt on load (the indexes) and the scratch, and copies
-    /// the order slots into the previous copy's allocation.
+    /// the order slots and the accounts into the previous copy's allocations.
     fn copy_for_snapshot(&self, previous: &mut Option<Self>) -> Self {
-        let mut orders = previous.take().map(|copy| copy.orders).unwrap_or_default();
+        let (mut orders, mut accounts) = previous
+            .take()
+            .map(|copy| (copy.orders, copy.accounts))
+            .unwrap_or_default();
         orders.clone_from(&self.orders);
+        accounts.clone_from(&self.accounts);
         Self {
             symbols: self.symbols.clone(),
             books: self.books.clone(),
-            accounts: self.accounts.clone(),
+            accounts,
             orders,
             asset_totals: self.asset_totals.clone(),
             assets: self.assets.clone(),
