@@ -1100,10 +1100,8 @@ impl StateMachine for Exchange {
     /// The copy leaves out what is rebuilt on load (the indexes) and the scratch, and copies
     /// the order slots and the accounts into the previous copy's allocations.
     fn copy_for_snapshot(&self, previous: &mut Option<Self>) -> Self {
-        let (mut orders, mut accounts) = previous
-            .take()
-            .map(|copy| (copy.orders, copy.accounts))
-            .unwrap_or_default();
+        let (mut orders, mut accounts) =
+            previous.take().map(|copy| (copy.orders, copy.accounts)).unwrap_or_default();
         orders.clone_from(&self.orders);
         accounts.clone_from(&self.accounts);
         Self {
