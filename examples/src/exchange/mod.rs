@@ -969,7 +969,7 @@ impl Exchange {
     /// Takes a resting order out of its book and releases its hold; returns its symbol slot.
     fn remove(&mut self, slot: u32) -> u32 {
         let order = *self.orders.get(slot);
-        let symbol_slot = self.symbol_of(slot);
+        let symbol_slot = order.symbol;
         let (base, quote) = self.symbol_assets[symbol_slot as usize];
         let hold = hold_for(order.side, order.price, order.remaining).expect("checked when placed");
         let asset = if order.side == Side::Buy { quote } else { base };
@@ -982,10 +982,6 @@ impl Exchange {
         self.order_index.remove(&order.order_id);
         self.scratch.touched.push((order.side, order.price));
         symbol_slot
-    }
-
-    fn symbol_of(&self, slot: u32) -> u32 {
-        self.orders.get(slot).symbol
     }
 
     fn cancel(&mut self, order_id: u64, account: u64, output: &mut Output<Event>) {

@@ -105,7 +105,7 @@ pub struct ServeReport {
 impl ServeReport {
     /// Error responses of `code`.
     pub fn errors(&self, code: ErrorCode) -> u64 {
-        self.errors[code as usize - 1]
+        self.errors[code.index()]
     }
 }
 
@@ -226,7 +226,7 @@ impl Connection {
 
     fn error(&mut self, request_id: u64, code: ErrorCode, message: &str, report: &mut ServeReport) {
         wire::encode_error(request_id, code, message, &mut self.output);
-        report.errors[code as usize - 1] += 1;
+        report.errors[code.index()] += 1;
     }
 }
 

@@ -98,6 +98,11 @@ impl ErrorCode {
     pub const ALL: [ErrorCode; 4] =
         [Self::Malformed, Self::Oversized, Self::Truncated, Self::Unavailable];
 
+    /// The code's place in [`ALL`](Self::ALL): where per-code counts keep it.
+    pub fn index(self) -> usize {
+        self as usize - 1
+    }
+
     /// A short snake_case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -607,6 +612,7 @@ mod tests {
             }
         }
         for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::ALL[code.index()], code);
             let mut frame = Vec::new();
             encode_error(3, code, "bad", &mut frame);
             assert_eq!(

@@ -157,8 +157,8 @@ pub fn load(args: LoadArgs) -> Result<()> {
     let throughput = answered as f64 / elapsed.max(1e-9);
     let error_names: serde_json::Map<String, serde_json::Value> = ErrorCode::ALL
         .iter()
-        .filter(|&&code| errors[code as usize - 1] > 0)
-        .map(|&code| (code.name().to_owned(), errors[code as usize - 1].into()))
+        .filter(|&&code| errors[code.index()] > 0)
+        .map(|&code| (code.name().to_owned(), errors[code.index()].into()))
         .collect();
     if args.json {
         let value = json!({
@@ -336,7 +336,7 @@ fn receive(stream: TcpStream, schedule: Schedule, count: u64) -> ClientResult {
         }
         match response {
             Response::Reply { event, .. } => result.tally.add(&event),
-            Response::Error { code, .. } => result.errors[code as usize - 1] += 1,
+            Response::Error { code, .. } => result.errors[code.index()] += 1,
         }
         result.answered += 1;
     }
