@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use keel_journal::format::{Checkpoint, CHECKPOINT_VERSION, KIND_CHECKPOINT};
 use keel_journal::storage::Storage;
 use keel_journal::{
     Durability as JournalDurability, JournalOptions, JournalWriter, OpenReport, Repair, RepairPlan,
@@ -22,6 +23,7 @@ use crate::codec::{Bincode, Codec};
 use crate::config::{AnyWait, Durability, SnapshotPolicy, Topology, Wait};
 use crate::error::{EngineError, Halt};
 use crate::machine::{Context, Output, StateMachine};
+use crate::numbering::Numbering;
 use crate::publisher::{InputSlot, Publisher};
 use crate::recovery::{
     apply_guarded, load_snapshot, panic_message, replay, Skipped, Start, KIND_COMMAND,
@@ -130,6 +132,9 @@ pub(crate) struct Shared {
     snapshot_requested: AtomicBool,
     /// Set by the pipelined journaller before it releases a batch it could not make durable.
     journal_failed: AtomicBool,
+    /// The pipelined topology's hand-over of a checkpoint: the sequence the engine thread
+    /// applied last before a checkpoint position, and the state's hash after it.
+    checkpoint: Mutex<(u64, u64)>,
 }
 
 impl Shared {
@@ -172,6 +177,7 @@ pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
     output_capacity: usize,
     segment_size: u64,
     snapshots: SnapshotPolicy,
+    checkpoint_every: Option<u64>,
     stop_before: Option<u64>,
     subscribers: Vec<(String, Subscriber<M::Event>)>,
     output_pollers: usize,
@@ -191,6 +197,7 @@ impl<M: StateMachine, C: Codec> std::fmt::Debug for EngineBuilder<M, C> {
             .field("wait", &self.wait)
             .field("ring_capacity", &self.ring_capacity)
             .field("snapshots", &self.snapshots)
+            .field("checkpoint_every", &self.checkpoint_every)
             .field("stop_before", &self.stop_before)
             .field("subscribers", &self.subscribers.len())
             .finish()
@@ -212,6 +219,7 @@ impl<M: StateMachine> Engine<M, Bincode> {
             output_capacity: 1 << 16,
             segment_size: keel_journal::DEFAULT_SEGMENT_SIZE,
             snapshots: SnapshotPolicy::default(),
+            checkpoint_every: None,
             stop_before: None,
             subscribers: Vec::new(),
             output_pollers: 0,
@@ -270,6 +278,19 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
     /// When to take snapshots (besides [`Engine::snapshot`]).
     pub fn snapshots(mut self, policy: SnapshotPolicy) -> Self {
         self.snapshots = policy;
+        self
+    }
+
+    /// Writes a checkpoint record into the journal after every `commands` commands: the state
+    /// hash at that sequence, which every replay of the journal and every replica compares with
+    /// its own, halting with [`Halt::Diverged`] at the first that differs. So non-determinism
+    /// in `apply` is caught by the next checkpoint after it, by replay alone. The checkpoints
+    /// take journal sequences (every `commands + 1`-th), so with them a command's sequence
+    /// skips the checkpoints'. Computing the hash pauses the engine thread for as long as
+    /// [`StateMachine::state_hash`] takes; keep it cheap or the interval long. Off by default,
+    /// and in the `Memory` tier, which has no journal.
+    pub fn checkpoints(mut self, commands: u64) -> Self {
+        self.checkpoint_every = Some(commands).filter(|&commands| commands > 0);
         self
     }
 
@@ -347,6 +368,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             output_capacity: self.output_capacity,
             segment_size: self.segment_size,
             snapshots: self.snapshots,
+            checkpoint_every: self.checkpoint_every,
             stop_before: self.stop_before,
             subscribers: self.subscribers,
             output_pollers: self.output_pollers,
@@ -370,6 +392,10 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         let shared = Arc::new(Shared::default());
         let (machine, journal, report) = self.recover(initial)?;
         let base = report.last_sequence;
+        let numbering = Numbering::new(
+            base,
+            self.checkpoint_every.filter(|_| self.durability != Durability::Memory),
+        );
         // Timestamps never decrease, across restarts too, whatever the wall clock does.
         let last_timestamp_ns = journal.as_ref().map_or(0, JournalWriter::last_timestamp_ns);
         Counters::set(&shared.counters.applied, base);
@@ -465,6 +491,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                         &shared,
                         last_timestamp_ns,
                         limit,
+                        numbering,
                     )
                 })
                 .map_err(|error| EngineError::Spawn {
@@ -480,7 +507,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         let processor = Processor {
             machine,
             journal,
-            base,
+            numbering,
             last_timestamp_ns,
             output: Output::new(),
             events,
@@ -503,7 +530,8 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                 thread: "engine".into(),
                 message: error.to_string(),
             })?;
-        let publisher = Publisher::new(producer, self.codec.clone(), Arc::clone(&shared), base);
+        let publisher =
+            Publisher::new(producer, self.codec.clone(), Arc::clone(&shared), numbering);
         Ok(Engine {
             publisher: Some(publisher),
             thread: Some(thread),
@@ -675,8 +703,11 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
 
     /// The engine's counters now.
     pub fn stats(&self) -> Stats {
-        let base = self.publisher.as_ref().map_or(0, |publisher| publisher.base);
-        self.shared.counters.read(base + self.input_control.cursor())
+        let published = self
+            .publisher
+            .as_ref()
+            .map_or(0, |publisher| publisher.numbering.command(self.input_control.cursor()));
+        self.shared.counters.read(published)
     }
 
     /// Why the engine stopped, if it did.
@@ -753,7 +784,8 @@ impl<M: StateMachine, C: Codec> std::fmt::Debug for Engine<M, C> {
 struct Processor<M: StateMachine> {
     machine: M,
     journal: Option<JournalWriter>,
-    base: u64,
+    /// Which journal sequence each ring sequence is.
+    numbering: Numbering,
     last_timestamp_ns: u64,
     output: Output<M::Event>,
     events: Option<SingleProducer<OutputSlot<M::Event>, AnyWait>>,
@@ -780,6 +812,8 @@ const EVENTS_PER_PUBLISH: usize = 256;
 
 type InputPoller<M> =
     EventPoller<InputSlot<<M as StateMachine>::Command>, MultiProducerSequencer, AnyWait>;
+type InputBatch<'a, M> =
+    keel_ring::Batch<'a, InputSlot<<M as StateMachine>::Command>, MultiProducerSequencer, AnyWait>;
 
 impl<M: StateMachine> Processor<M> {
     /// The compact topology: take every available command, journal the batch, make it durable,
@@ -799,20 +833,7 @@ impl<M: StateMachine> Processor<M> {
             // One clock read per batch: the timestamp of every command in it.
             let timestamp_ns = now_ns().max(self.last_timestamp_ns);
             self.last_timestamp_ns = timestamp_ns;
-            let journaled = match self.journal.as_mut() {
-                Some(journal) => {
-                    journal_batch::<M>(journal, &self.shared, batch.iter(), timestamp_ns)
-                }
-                None => Ok(()),
-            };
-            let outcome = journaled.and_then(|()| {
-                // Durable per the tier: now, and only now, apply.
-                for (sequence, slot) in batch.iter() {
-                    let command = slot.command.as_ref().expect("a published slot holds a command");
-                    self.apply(&Context { sequence: self.base + sequence, timestamp_ns }, command)?;
-                }
-                Ok(())
-            });
+            let outcome = self.journal_and_apply(&batch, timestamp_ns);
             // The events of every command applied, the batch's last before a failure included.
             let outcome = self.publish_events().and(outcome);
             drop(batch);
@@ -827,10 +848,44 @@ impl<M: StateMachine> Processor<M> {
         self.machine
     }
 
+    /// The compact topology's batch: journaled and made durable, then applied, a run of
+    /// consecutive sequences at a time. Before a run that follows a checkpoint position, the
+    /// checkpoint is written with the state's hash now, when every command before it is
+    /// applied.
+    fn journal_and_apply(
+        &mut self,
+        batch: &InputBatch<'_, M>,
+        timestamp_ns: u64,
+    ) -> Result<(), Halt> {
+        for (offset, first, count) in self.numbering.runs(batch.first_sequence(), batch.len()) {
+            let slots = || batch.iter().skip(offset).take(count).map(|(_, slot)| slot);
+            if let Some(journal) = self.journal.as_mut() {
+                if journal.next_sequence() < first {
+                    let covered = journal.next_sequence() - 1;
+                    debug_assert!(
+                        self.numbering.is_checkpoint(covered + 1) && covered + 2 == first
+                    );
+                    let checkpoint =
+                        Checkpoint { sequence: covered, state_hash: self.machine.state_hash() };
+                    append_checkpoint(journal, checkpoint, timestamp_ns)?;
+                }
+                journal_batch::<M>(journal, &self.shared, slots(), timestamp_ns)?;
+            }
+            // Durable per the tier: now, and only now, apply.
+            for (sequence, slot) in (first..).zip(slots()) {
+                let command = slot.command.as_ref().expect("a published slot holds a command");
+                self.apply(&Context { sequence, timestamp_ns }, command)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The pipelined topology: the journaller thread journals each batch and makes it
-    /// durable; this thread applies what it has passed, with the timestamps it assigned.
+    /// durable; this thread applies what it has passed, with the timestamps it assigned, and
+    /// hands it the state's hash wherever a checkpoint follows.
     fn run_pipelined(mut self, mut poller: InputPoller<M>) -> M {
         let mut snapshot_wanted = self.snapshot_wanted();
+        self.hand_over_checkpoint(self.numbering.command(0));
         loop {
             let batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
                 Ok(Some(batch)) => batch,
@@ -846,15 +901,19 @@ impl<M: StateMachine> Processor<M> {
                 break;
             }
             let mut outcome = Ok(());
-            for (sequence, slot) in batch.iter() {
-                let command = slot.command.as_ref().expect("a published slot holds a command");
-                let timestamp_ns = slot.timestamp_ns.load(Ordering::Relaxed);
-                self.last_timestamp_ns = timestamp_ns;
-                outcome =
-                    self.apply(&Context { sequence: self.base + sequence, timestamp_ns }, command);
-                if outcome.is_err() {
-                    break;
+            'runs: for (offset, first, count) in
+                self.numbering.runs(batch.first_sequence(), batch.len())
+            {
+                for (sequence, (_, slot)) in (first..).zip(batch.iter().skip(offset).take(count)) {
+                    let command = slot.command.as_ref().expect("a published slot holds a command");
+                    let timestamp_ns = slot.timestamp_ns.load(Ordering::Relaxed);
+                    self.last_timestamp_ns = timestamp_ns;
+                    outcome = self.apply(&Context { sequence, timestamp_ns }, command);
+                    if outcome.is_err() {
+                        break 'runs;
+                    }
                 }
+                self.hand_over_checkpoint(first + count as u64 - 1);
             }
             let outcome = self.publish_events().and(outcome);
             drop(batch);
@@ -867,6 +926,14 @@ impl<M: StateMachine> Processor<M> {
         }
         self.finish();
         self.machine
+    }
+
+    /// Pipelined: when a checkpoint follows `applied`, the last sequence applied, hands the
+    /// journaller the state's hash for it.
+    fn hand_over_checkpoint(&self, applied: u64) {
+        if self.numbering.is_checkpoint(applied + 1) {
+            *self.shared.checkpoint.lock() = (applied, self.machine.state_hash());
+        }
     }
 
     /// Whether a snapshot request should wake the engine thread: once no snapshot is being
@@ -985,39 +1052,80 @@ impl<M: StateMachine> Processor<M> {
 fn journal_batch<'a, M: StateMachine>(
     journal: &mut JournalWriter,
     shared: &Shared,
-    slots: impl Iterator<Item = (u64, &'a InputSlot<M::Command>)>,
+    slots: impl Iterator<Item = &'a InputSlot<M::Command>>,
     timestamp_ns: u64,
 ) -> Result<(), Halt>
 where
     M::Command: 'a,
 {
-    let failed = |journal: &JournalWriter, error: keel_journal::JournalError| Halt::Journal {
-        sequence: journal.durable_sequence() + 1,
-        message: error.to_string(),
-    };
-    for (_, slot) in slots {
+    for slot in slots {
         journal
             .append(timestamp_ns, KIND_COMMAND, M::COMMAND_VERSION, &slot.bytes)
-            .map_err(|error| failed(journal, error))?;
+            .map_err(|error| journal_failed(journal, error))?;
     }
+    commit(journal, shared)
+}
+
+/// Makes what was appended durable per the tier, and counts it.
+fn commit(journal: &mut JournalWriter, shared: &Shared) -> Result<(), Halt> {
     Counters::set(&shared.counters.journaled, journal.next_sequence() - 1);
-    let durable = journal.commit().map_err(|error| failed(journal, error))?;
+    let durable = journal.commit().map_err(|error| journal_failed(journal, error))?;
     Counters::set(&shared.counters.durable, durable);
     Ok(())
 }
 
+/// Appends a checkpoint record (made durable by the next commit).
+fn append_checkpoint(
+    journal: &mut JournalWriter,
+    checkpoint: Checkpoint,
+    timestamp_ns: u64,
+) -> Result<(), Halt> {
+    journal
+        .append(timestamp_ns, KIND_CHECKPOINT, CHECKPOINT_VERSION, &checkpoint.encode())
+        .map(drop)
+        .map_err(|error| journal_failed(journal, error))
+}
+
+/// The halt for a journal error: at the first sequence not made durable.
+fn journal_failed(journal: &JournalWriter, error: keel_journal::JournalError) -> Halt {
+    Halt::Journal { sequence: journal.durable_sequence() + 1, message: error.to_string() }
+}
+
 /// The pipelined topology's journaller: stamps each batch with one clock read, journals it,
 /// makes it durable, and only then releases it to the engine thread. In the `Memory` tier it
-/// only stamps.
+/// only stamps. A batch never runs past a checkpoint position: at one, the journaller waits
+/// for the engine thread to apply what it released and hand over the state's hash, and
+/// writes the checkpoint before it takes more input.
 fn run_journaller<M: StateMachine>(
     mut poller: InputPoller<M>,
     mut journal: Option<JournalWriter>,
     shared: &Shared,
     mut last_timestamp_ns: u64,
     limit: usize,
+    numbering: Numbering,
 ) {
     let control = poller.control();
-    while let Ok(batch) = poller.wait(limit) {
+    loop {
+        let mut limit = limit;
+        if let Some(journal) = journal.as_mut() {
+            let next = journal.next_sequence();
+            if numbering.is_checkpoint(next) {
+                let Some(state_hash) = checkpoint_handed_over(shared, next - 1) else {
+                    break;
+                };
+                let checkpoint = Checkpoint { sequence: next - 1, state_hash };
+                let written = append_checkpoint(journal, checkpoint, last_timestamp_ns)
+                    .and_then(|()| commit(journal, shared));
+                if let Err(halt) = written {
+                    shared.journal_failed.store(true, Ordering::Release);
+                    shared.stop(halt);
+                    control.halt();
+                    break;
+                }
+            }
+            limit = limit.min(numbering.commands_from(journal.next_sequence()) as usize);
+        }
+        let Ok(batch) = poller.wait(limit) else { break };
         shared.counters.count_batch(batch.len() as u64);
         let timestamp_ns = now_ns().max(last_timestamp_ns);
         last_timestamp_ns = timestamp_ns;
@@ -1027,7 +1135,12 @@ fn run_journaller<M: StateMachine>(
             slot.timestamp_ns.store(timestamp_ns, Ordering::Relaxed);
         }
         let outcome = match journal.as_mut() {
-            Some(journal) => journal_batch::<M>(journal, shared, batch.iter(), timestamp_ns),
+            Some(journal) => journal_batch::<M>(
+                journal,
+                shared,
+                batch.iter().map(|(_, slot)| slot),
+                timestamp_ns,
+            ),
             None => Ok(()),
         };
         if let Err(halt) = outcome {
@@ -1039,6 +1152,22 @@ fn run_journaller<M: StateMachine>(
             break;
         }
         drop(batch);
+    }
+}
+
+/// Waits for the engine thread to hand over the state's hash after `sequence`; `None` if the
+/// engine stopped first. The engine thread applies `sequence` soon after the journaller
+/// releases it, once per checkpoint interval, so yielding costs nothing worth a wake-up.
+fn checkpoint_handed_over(shared: &Shared, sequence: u64) -> Option<u64> {
+    loop {
+        let (covered, state_hash) = *shared.checkpoint.lock();
+        if covered == sequence {
+            return Some(state_hash);
+        }
+        if shared.halted().is_some() {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 

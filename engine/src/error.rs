@@ -42,6 +42,24 @@ pub enum Halt {
         /// The output ring's error.
         message: String,
     },
+    /// The state at a checkpoint record does not hash to what the journal's writer recorded
+    /// there: `apply` is not deterministic, the state's code changed, or a snapshot is wrong.
+    /// Named by the first checkpoint that differs.
+    #[error(
+        "the state diverged at the checkpoint of sequence {checkpoint}: after sequence \
+         {covered} the journal records hash {recorded:#018x}, this state hashes to \
+         {computed:#018x}"
+    )]
+    Diverged {
+        /// The checkpoint record's sequence.
+        checkpoint: u64,
+        /// The last sequence its hash covers.
+        covered: u64,
+        /// The hash in the journal.
+        recorded: u64,
+        /// This state's hash.
+        computed: u64,
+    },
     /// Halted on request.
     #[error("halted on request")]
     Requested,

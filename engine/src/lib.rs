@@ -49,6 +49,7 @@ mod config;
 mod engine;
 mod error;
 mod machine;
+mod numbering;
 mod publisher;
 mod recovery;
 mod responses;

@@ -10,6 +10,7 @@ use crate::config::AnyWait;
 use crate::engine::Shared;
 use crate::error::EngineError;
 use crate::machine::StateMachine;
+use crate::numbering::Numbering;
 
 /// An input ring slot: the command, and its encoding for the journal, made by the publisher on
 /// its own thread. Both are reused: the encoding's buffer is swapped with the publisher's, so
@@ -35,9 +36,9 @@ pub struct Publisher<M: StateMachine, C: Codec> {
     pub(crate) producer: MultiProducer<InputSlot<M::Command>, AnyWait>,
     pub(crate) codec: C,
     pub(crate) shared: Arc<Shared>,
-    /// The sequence before the ring's first: the journal's last sequence when the engine
-    /// opened. A command's sequence is `base` plus its ring sequence.
-    pub(crate) base: u64,
+    /// Which journal sequence each ring sequence is: the journal's last sequence when the
+    /// engine opened plus the ring sequence, and one more for each checkpoint between.
+    pub(crate) numbering: Numbering,
     scratch: Vec<u8>,
     batch_scratch: Vec<Vec<u8>>,
 }
@@ -47,9 +48,9 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
         producer: MultiProducer<InputSlot<M::Command>, AnyWait>,
         codec: C,
         shared: Arc<Shared>,
-        base: u64,
+        numbering: Numbering,
     ) -> Self {
-        Self { producer, codec, shared, base, scratch: Vec::new(), batch_scratch: Vec::new() }
+        Self { producer, codec, shared, numbering, scratch: Vec::new(), batch_scratch: Vec::new() }
     }
 
     /// Publishes a command, waiting while the input ring is full; returns its sequence. The
@@ -89,16 +90,16 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
         let scratch = &mut self.scratch;
         let mut command = Some(command);
         let mut claimed = Some(claimed);
-        let base = self.base;
+        let numbering = self.numbering;
         let sequence = publish(&self.producer, &mut |slot, sequence| {
             std::mem::swap(&mut slot.bytes, scratch);
             slot.command = command.take();
             if let Some(claimed) = claimed.take() {
-                claimed(base + sequence);
+                claimed(numbering.command(sequence));
             }
         })
         .map_err(|error| self.shared.ring_error(error))?;
-        Ok(self.base + sequence)
+        Ok(self.numbering.command(sequence))
     }
 
     /// Publishes several commands as consecutive sequences, made visible together; returns the
@@ -124,18 +125,19 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
                 slot.command = commands.next();
             })
             .map_err(|error| self.shared.ring_error(error))?;
-        Ok(self.base + last)
+        Ok(self.numbering.command(last))
     }
 }
 
 impl<M: StateMachine, C: Codec> Clone for Publisher<M, C> {
     fn clone(&self) -> Self {
-        Self::new(self.producer.clone(), self.codec.clone(), Arc::clone(&self.shared), self.base)
+        let numbering = self.numbering;
+        Self::new(self.producer.clone(), self.codec.clone(), Arc::clone(&self.shared), numbering)
     }
 }
 
 impl<M: StateMachine, C: Codec> std::fmt::Debug for Publisher<M, C> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Publisher").field("base", &self.base).finish()
+        formatter.debug_struct("Publisher").field("numbering", &self.numbering).finish()
     }
 }

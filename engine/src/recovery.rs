@@ -5,7 +5,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use keel_journal::format::{SnapshotHeader, KIND_APPLICATION_MAX};
+use keel_journal::format::{
+    Checkpoint, RecordView, SnapshotHeader, CHECKPOINT_VERSION, KIND_APPLICATION_MAX,
+    KIND_CHECKPOINT,
+};
 use keel_journal::{JournalError, JournalReader, SnapshotStore};
 
 use crate::codec::Codec;
@@ -132,13 +135,15 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
                 apply_guarded(machine, &context, &command, &mut output)
                     .map_err(EngineError::Halted)?;
                 sink(record.sequence, output.events());
+            } else if record.kind == KIND_CHECKPOINT {
+                check_checkpoint(&record, machine).map_err(EngineError::Halted)?;
             } else if record.kind <= KIND_APPLICATION_MAX {
                 return Err(EngineError::Halted(Halt::Decode {
                     sequence: record.sequence,
                     message: format!("record kind {} is not a command of this engine", record.kind),
                 }));
             }
-            // Kinds of keel's own (checkpoints, epochs) carry no command.
+            // Other kinds of keel's own (epochs) carry nothing to apply or check.
             last_sequence = record.sequence;
             last_timestamp_ns = record.timestamp_ns;
             records += 1;
@@ -150,6 +155,40 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
     progress(records);
     let seconds = began.elapsed().as_secs_f64();
     Ok(Replayed { records, last_sequence, last_timestamp_ns, seconds })
+}
+
+/// Compares the state's hash with a checkpoint record's: the state must be the one after the
+/// record before the checkpoint.
+pub(crate) fn check_checkpoint<M: StateMachine>(
+    record: &RecordView<'_>,
+    machine: &M,
+) -> Result<(), Halt> {
+    let invalid = |message: String| Halt::Decode { sequence: record.sequence, message };
+    if record.version != CHECKPOINT_VERSION {
+        return Err(invalid(format!(
+            "checkpoint records of version {} cannot be read: this build reads version \
+             {CHECKPOINT_VERSION}",
+            record.version
+        )));
+    }
+    let checkpoint =
+        Checkpoint::decode(record.payload).map_err(|error| invalid(error.to_string()))?;
+    if checkpoint.sequence + 1 != record.sequence {
+        return Err(invalid(format!(
+            "a checkpoint covers the sequence before it, this one says {}",
+            checkpoint.sequence
+        )));
+    }
+    let computed = machine.state_hash();
+    if computed != checkpoint.state_hash {
+        return Err(Halt::Diverged {
+            checkpoint: record.sequence,
+            covered: checkpoint.sequence,
+            recorded: checkpoint.state_hash,
+            computed,
+        });
+    }
+    Ok(())
 }
 
 /// Decodes a journaled command of `version`: directly when it is this build's, through the

@@ -93,6 +93,16 @@ pub enum JournalError {
         /// The error that stopped it.
         cause: String,
     },
+    /// The journal in the directory is not the one asked for: another journal's id.
+    #[error("{path} holds journal {found}, not journal {expected}")]
+    ForeignJournal {
+        /// The journal directory.
+        path: PathBuf,
+        /// The id asked for, in hexadecimal.
+        expected: String,
+        /// The id found, in hexadecimal.
+        found: String,
+    },
     /// Bytes on disk that the format refuses.
     #[error("{path} at offset {offset}: {source}")]
     Format {

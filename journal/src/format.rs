@@ -62,6 +62,11 @@ pub const KIND_CHECKPOINT: u16 = 0x8001;
 /// keel's epoch-change record (promotion of a replica).
 pub const KIND_EPOCH: u16 = 0x8002;
 
+/// The version of the checkpoint record's encoding ([`Checkpoint`]).
+pub const CHECKPOINT_VERSION: u16 = 1;
+/// Bytes of a checkpoint record's payload.
+pub const CHECKPOINT_SIZE: usize = 16;
+
 /// Bytes of a snapshot header.
 pub const SNAPSHOT_HEADER_SIZE: usize = 64;
 /// Snapshot codec: bincode 2 through serde.
@@ -181,6 +186,42 @@ fn verify(structure: &'static str, stored: u32, computed: u32) -> Result<(), For
         return Err(FormatError::ChecksumMismatch { structure, stored, computed });
     }
     Ok(())
+}
+
+/// The payload of a checkpoint record ([`KIND_CHECKPOINT`], version [`CHECKPOINT_VERSION`]):
+/// the state machine's hash after every record before the checkpoint was applied (format
+/// document, section 3). Every replay and every replica compares its own hash there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Checkpoint {
+    /// The last sequence the hash covers: the record before the checkpoint.
+    pub sequence: u64,
+    /// The state hash after applying it.
+    pub state_hash: u64,
+}
+
+impl Checkpoint {
+    /// The payload: `sequence` then `state_hash`, little-endian.
+    pub fn encode(&self) -> [u8; CHECKPOINT_SIZE] {
+        let mut bytes = [0u8; CHECKPOINT_SIZE];
+        bytes[0..8].copy_from_slice(&self.sequence.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.state_hash.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a checkpoint record's payload, which must be exactly [`CHECKPOINT_SIZE`] bytes.
+    pub fn decode(payload: &[u8]) -> Result<Self, FormatError> {
+        const STRUCTURE: &str = "checkpoint";
+        require_length(STRUCTURE, payload, CHECKPOINT_SIZE)?;
+        if payload.len() != CHECKPOINT_SIZE {
+            return Err(FormatError::InvalidField {
+                structure: STRUCTURE,
+                field: "length",
+                value: payload.len() as u64,
+                rule: "a checkpoint is 16 bytes",
+            });
+        }
+        Ok(Self { sequence: read_u64(payload, 0), state_hash: read_u64(payload, 8) })
+    }
 }
 
 /// The header of a segment file (format document, section 2).

@@ -374,6 +374,11 @@ impl JournalReader {
     pub fn next_sequence(&self) -> u64 {
         self.cursor.next_sequence
     }
+
+    /// The journal's id, once a segment was read (`None` for a directory without one).
+    pub fn journal_id(&self) -> Option<[u8; 16]> {
+        self.cursor.journal_id
+    }
 }
 
 /// Follows a live journal: yields each record exactly once, in order, once the group commit it
@@ -397,6 +402,11 @@ impl Tailer {
     /// The sequence of the next record to be yielded.
     pub fn next_sequence(&self) -> u64 {
         self.cursor.next_sequence
+    }
+
+    /// The journal's id, once its first segment was read (`None` while it has none).
+    pub fn journal_id(&self) -> Option<[u8; 16]> {
+        self.cursor.journal_id
     }
 
     /// The next complete record, or `None` if there is none yet.

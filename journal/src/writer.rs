@@ -17,7 +17,7 @@ use crate::lock::WriterLock;
 use crate::mmap::{ReadableMap, WritableMap};
 use crate::scan::{scan_segment, SegmentEnd, SegmentScan};
 use crate::segment::{
-    check_torn_roll, classify_spare, create_directory, list_segments, missing_segment,
+    check_torn_roll, classify_spare, create_directory, hex, list_segments, missing_segment,
     open_read_write, parse_segment_file_name, prepare_spare, read_header, remove_if_present,
     segment_file_name, Preparer, SegmentFile, Spare, SpareState, JOURNAL_DIRECTORY,
     SNAPSHOT_DIRECTORY, SPARE_NAME, SPARE_TEMPORARY_NAME, TORN_ROLL,
@@ -46,6 +46,7 @@ pub struct JournalOptions {
     durability: Durability,
     first_sequence: u64,
     epoch: u64,
+    journal_id: Option<[u8; 16]>,
     storage: Arc<dyn Storage>,
 }
 
@@ -56,6 +57,7 @@ impl Default for JournalOptions {
             durability: Durability::default(),
             first_sequence: 1,
             epoch: 0,
+            journal_id: None,
             storage: Arc::new(FileStorage),
         }
     }
@@ -90,6 +92,15 @@ impl JournalOptions {
     /// The writer's epoch, stored in the header of each segment it creates.
     pub fn epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
+        self
+    }
+
+    /// The journal's id: a journal created by this open takes it (a replica's journal is the
+    /// same journal as its primary's, and says so), and an existing journal must already have
+    /// it, or `open` fails with [`JournalError::ForeignJournal`]. By default a new journal gets
+    /// a random id and an existing one is opened whatever its id.
+    pub fn journal_id(mut self, id: [u8; 16]) -> Self {
+        self.journal_id = Some(id);
         self
     }
 
@@ -287,6 +298,19 @@ impl JournalWriter {
             report.created = true;
             create_first_segment(&*storage, &journal_directory, &options)?
         } else {
+            // Checked before recovery changes anything: a foreign journal is left as it is.
+            if let Some(expected) = options.journal_id {
+                let first = &segments[0];
+                let file = File::open(&first.path).map_err(JournalError::io(&first.path))?;
+                let found = read_header(&file, first, None)?.journal_id;
+                if found != expected {
+                    return Err(JournalError::ForeignJournal {
+                        path: directory,
+                        expected: hex(&expected),
+                        found: hex(&found),
+                    });
+                }
+            }
             recover_tail(&*storage, &segments, &mut report)?
         };
         let Recovered {
@@ -354,6 +378,11 @@ impl JournalWriter {
     /// The durability tier.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// The journal's id, the same in every segment header.
+    pub fn journal_id(&self) -> [u8; 16] {
+        self.journal_id
     }
 
     /// The sequence the next append gets.
@@ -685,7 +714,7 @@ fn create_first_segment(
     options: &JournalOptions,
 ) -> Result<Recovered, JournalError> {
     let spare = prepare_spare(storage, journal_directory, options.segment_size, false)?;
-    let journal_id = new_journal_id();
+    let journal_id = options.journal_id.unwrap_or_else(new_journal_id);
     let header = SegmentHeader {
         first_sequence: options.first_sequence,
         segment_size: options.segment_size,
