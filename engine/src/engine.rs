@@ -2,16 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use keel_journal::format::{Checkpoint, CHECKPOINT_VERSION, KIND_CHECKPOINT};
 use keel_journal::storage::Storage;
 use keel_journal::{
     Durability as JournalDurability, JournalOptions, JournalWriter, OpenReport, Repair, RepairPlan,
-    SnapshotMeta, SnapshotStore,
 };
 use keel_ring::{
     EventPoller, Interrupt, MultiProducerSequencer, ProcessorHandle, RingBuilder, RingControl,
@@ -29,6 +27,7 @@ use crate::recovery::{
     apply_guarded, load_snapshot, panic_message, replay, Skipped, Start, KIND_COMMAND,
 };
 use crate::responses::{Requester, Router, RouterHandler};
+use crate::snapshots::Snapshots;
 use crate::stats::{Counters, Stats};
 
 /// An event as a subscriber sees it.
@@ -129,7 +128,7 @@ pub(crate) struct Shared {
     /// The first failure: the engine stopped.
     halt: Mutex<Option<Halt>>,
     pub(crate) counters: Counters,
-    snapshot_requested: AtomicBool,
+    pub(crate) snapshot_requested: AtomicBool,
     /// Set by the pipelined journaller before it releases a batch it could not make durable.
     journal_failed: AtomicBool,
     /// The pipelined topology's hand-over of a checkpoint: the sequence the engine thread
@@ -139,7 +138,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Records the first failure; later ones are consequences.
-    fn stop(&self, halt: Halt) {
+    pub(crate) fn stop(&self, halt: Halt) {
         let mut first = self.halt.lock();
         if first.is_none() {
             *first = Some(halt);
@@ -464,14 +463,15 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         let input_control = input.control();
         let producer = input.build().map_err(|error| shared.ring_error(error))?;
 
-        let snapshotter = match self.durability {
-            Durability::Memory => None,
-            _ => Some(Snapshotter::start(
+        let snapshots = match self.durability {
+            Durability::Memory => Snapshots::none(),
+            _ => Snapshots::start(
                 &self.directory,
                 self.codec.clone(),
                 Arc::clone(&shared),
-                self.snapshots.keep,
-            )?),
+                self.snapshots,
+                base,
+            )?,
         };
         let topology = self.topology;
         // Pipelined: the journal belongs to the journaller's thread.
@@ -512,9 +512,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             output: Output::new(),
             events,
             shared: Arc::clone(&shared),
-            snapshotter,
-            policy: self.snapshots,
-            last_snapshot: (base, Instant::now()),
+            snapshots,
             batch_limit: self.ring_capacity,
             output_capacity,
             batch_events: Vec::new(),
@@ -563,38 +561,13 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             Durability::PageCache => JournalDurability::PageCache,
             Durability::Fsync => JournalDurability::Fsync,
         };
-        let mut report = RecoveryReport::default();
-        if let Some(sequence) = self.stop_before {
-            report.stopped_before = stop_before(&self.directory, sequence)?;
-        }
+        let stopped_before = match self.stop_before {
+            Some(sequence) => stop_before(&self.directory, sequence)?,
+            None => None,
+        };
         let mut options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
         if let Some(storage) = &self.storage {
             options = options.storage(Arc::clone(storage));
-        }
-        let writer = JournalWriter::open(&self.directory, options)?;
-        let opened = writer.open_report().clone();
-        let (first, last) = (opened.first_sequence, opened.last_sequence);
-        let start = load_snapshot(&self.directory, &self.codec, initial, false, |sequence, _| {
-            if sequence > last {
-                Err(format!(
-                    "it covers sequence {sequence}, past the journal's end ({last}): the journal \
-                     lost records it had (a power loss in the PageCache tier, or a repair)"
-                ))
-            } else if sequence + 1 < first {
-                Err(format!(
-                    "the journal no longer holds the commands after it (it starts at {first})"
-                ))
-            } else {
-                Ok(())
-            }
-        })?;
-        let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
-        if snapshot.is_none() && first > 1 {
-            return Err(EngineError::Recovery(format!(
-                "the journal starts at sequence {first} and no usable snapshot covers the \
-                 commands before it{}",
-                skipped_in_words(&skipped)
-            )));
         }
         let sink = &mut |sequence: u64, events: &[M::Event]| {
             if let Some(sink) = self.replay_sink.as_mut() {
@@ -606,30 +579,72 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             Some(progress) => progress,
             None => &mut no_progress,
         };
-        let replayed = replay(
-            &self.directory,
-            &self.codec,
-            &mut machine,
-            (sequence, timestamp_ns),
-            |_, _| true,
-            sink,
-            progress,
-        )?;
-        if replayed.last_sequence != last {
-            return Err(EngineError::Recovery(format!(
-                "replay ended at sequence {} but the journal's last record is {last}",
-                replayed.last_sequence
-            )));
-        }
-        report.journal = Some(opened);
-        report.snapshot = snapshot;
-        report.skipped_snapshots = skipped;
-        report.replayed = replayed.records;
-        report.replay_seconds = replayed.seconds;
-        report.last_sequence = last;
-        report.state_hash = machine.state_hash();
-        Ok((machine, Some(writer), report))
+        let (machine, writer, recovered) =
+            recover_journal(&self.directory, &self.codec, initial, options, sink, progress)?;
+        Ok((machine, Some(writer), RecoveryReport { stopped_before, ..recovered }))
     }
+}
+
+/// Opens the journal in `directory` for writing (which recovers its tail), loads the newest
+/// snapshot the journal can continue from, and replays every command after it: the recovery
+/// of an engine and of a replica.
+pub(crate) fn recover_journal<M: StateMachine, C: Codec>(
+    directory: &Path,
+    codec: &C,
+    initial: M,
+    options: JournalOptions,
+    sink: &mut dyn FnMut(u64, &[M::Event]),
+    progress: &mut dyn FnMut(u64),
+) -> Result<(M, JournalWriter, RecoveryReport), EngineError> {
+    let writer = JournalWriter::open(directory, options)?;
+    let opened = writer.open_report().clone();
+    let (first, last) = (opened.first_sequence, opened.last_sequence);
+    let start = load_snapshot(directory, codec, initial, false, |sequence, _| {
+        if sequence > last {
+            Err(format!(
+                "it covers sequence {sequence}, past the journal's end ({last}): the journal \
+                 lost records it had (a power loss in the PageCache tier, or a repair)"
+            ))
+        } else if sequence + 1 < first {
+            Err(format!("the journal no longer holds the commands after it (it starts at {first})"))
+        } else {
+            Ok(())
+        }
+    })?;
+    let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
+    if snapshot.is_none() && first > 1 {
+        return Err(EngineError::Recovery(format!(
+            "the journal starts at sequence {first} and no usable snapshot covers the commands \
+             before it{}",
+            skipped_in_words(&skipped)
+        )));
+    }
+    let replayed = replay(
+        directory,
+        codec,
+        &mut machine,
+        (sequence, timestamp_ns),
+        |_, _| true,
+        sink,
+        progress,
+    )?;
+    if replayed.last_sequence != last {
+        return Err(EngineError::Recovery(format!(
+            "replay ended at sequence {} but the journal's last record is {last}",
+            replayed.last_sequence
+        )));
+    }
+    let report = RecoveryReport {
+        journal: Some(opened),
+        stopped_before: None,
+        snapshot,
+        skipped_snapshots: skipped,
+        replayed: replayed.records,
+        replay_seconds: replayed.seconds,
+        last_sequence: last,
+        state_hash: machine.state_hash(),
+    };
+    Ok((machine, writer, report))
 }
 
 /// Truncates the journal after `sequence - 1` if it holds `sequence`; returns what was cut.
@@ -790,10 +805,7 @@ struct Processor<M: StateMachine> {
     output: Output<M::Event>,
     events: Option<SingleProducer<OutputSlot<M::Event>, AnyWait>>,
     shared: Arc<Shared>,
-    snapshotter: Option<Snapshotter<M>>,
-    policy: SnapshotPolicy,
-    /// The sequence and time of the last snapshot taken (or of the start).
-    last_snapshot: (u64, Instant),
+    snapshots: Snapshots<M>,
     batch_limit: usize,
     /// The output ring's capacity, read once: asking the producer for it on every command
     /// cloned its control handle, an atomic increment and decrement of a shared count that
@@ -819,7 +831,7 @@ impl<M: StateMachine> Processor<M> {
     /// The compact topology: take every available command, journal the batch, make it durable,
     /// apply it, publish its events; between batches, take a snapshot when one is due.
     fn run_compact(mut self, mut poller: InputPoller<M>) -> M {
-        let mut snapshot_wanted = self.snapshot_wanted();
+        let mut snapshot_wanted = self.snapshots.wanted(&self.shared);
         loop {
             let batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
                 Ok(Some(batch)) => batch,
@@ -884,7 +896,7 @@ impl<M: StateMachine> Processor<M> {
     /// durable; this thread applies what it has passed, with the timestamps it assigned, and
     /// hands it the state's hash wherever a checkpoint follows.
     fn run_pipelined(mut self, mut poller: InputPoller<M>) -> M {
-        let mut snapshot_wanted = self.snapshot_wanted();
+        let mut snapshot_wanted = self.snapshots.wanted(&self.shared);
         self.hand_over_checkpoint(self.numbering.command(0));
         loop {
             let batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
@@ -933,17 +945,6 @@ impl<M: StateMachine> Processor<M> {
     fn hand_over_checkpoint(&self, applied: u64) {
         if self.numbering.is_checkpoint(applied + 1) {
             *self.shared.checkpoint.lock() = (applied, self.machine.state_hash());
-        }
-    }
-
-    /// Whether a snapshot request should wake the engine thread: once no snapshot is being
-    /// written (the one being written finishes first), so a waiting request does not spin it.
-    fn snapshot_wanted(&self) -> impl FnMut() -> bool + use<M> {
-        let shared = Arc::clone(&self.shared);
-        let writing = self.snapshotter.as_ref().map(|snapshotter| Arc::clone(&snapshotter.busy));
-        move || {
-            shared.snapshot_requested.load(Ordering::Acquire)
-                && !writing.as_ref().is_some_and(|busy| busy.load(Ordering::Acquire))
         }
     }
 
@@ -1009,42 +1010,14 @@ impl<M: StateMachine> Processor<M> {
 
     /// Takes a snapshot when one is asked for or due and none is being written.
     fn snapshot_if_due(&mut self) {
-        let Some(snapshotter) = self.snapshotter.as_ref() else {
-            self.shared.snapshot_requested.store(false, Ordering::Relaxed);
-            return;
-        };
         let applied = self.shared.counters.applied.load(Ordering::Relaxed);
-        let (last_sequence, last_time) = self.last_snapshot;
-        let requested = self.shared.snapshot_requested.load(Ordering::Acquire);
-        let due = requested
-            || self.policy.every_commands.is_some_and(|every| applied - last_sequence >= every)
-            || self
-                .policy
-                .every_interval
-                .is_some_and(|every| applied > last_sequence && last_time.elapsed() >= every);
-        if !due || snapshotter.busy() {
-            return;
-        }
-        self.shared.snapshot_requested.store(false, Ordering::Release);
-        let mut previous = snapshotter.recycled();
-        let began = Instant::now();
-        let copy = self.machine.copy_for_snapshot(&mut previous);
-        let pause = began.elapsed().as_nanos() as u64;
-        let counters = &self.shared.counters;
-        Counters::set(&counters.snapshot_pause_last_ns, pause);
-        if pause > counters.snapshot_pause_max_ns.load(Ordering::Relaxed) {
-            Counters::set(&counters.snapshot_pause_max_ns, pause);
-        }
-        snapshotter.take(copy, previous, applied, self.last_timestamp_ns);
-        self.last_snapshot = (applied, Instant::now());
+        self.snapshots.take_if_due(&self.machine, applied, self.last_timestamp_ns, &self.shared);
     }
 
     /// Closes the output ring (subscribers drain it) and the snapshot thread.
     fn finish(&mut self) {
         self.events = None;
-        if let Some(snapshotter) = self.snapshotter.take() {
-            snapshotter.finish();
-        }
+        self.snapshots.finish();
     }
 }
 
@@ -1174,131 +1147,4 @@ fn checkpoint_handed_over(shared: &Shared, sequence: u64) -> Option<u64> {
 /// The wall clock in nanoseconds since the Unix epoch (0 before it).
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
-}
-
-/// A copy of the state to write as a snapshot, an earlier copy to free, the sequence and the
-/// timestamp.
-type SnapshotRequest<M> = (M, Option<M>, u64, u64);
-
-/// The background thread that encodes and writes snapshots from copies of the state, and
-/// hands each copy back for the next snapshot to reuse.
-struct Snapshotter<M> {
-    requests: Option<SyncSender<SnapshotRequest<M>>>,
-    returned: Receiver<M>,
-    busy: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl<M: StateMachine> Snapshotter<M> {
-    fn start<C: Codec>(
-        directory: &Path,
-        codec: C,
-        shared: Arc<Shared>,
-        keep: usize,
-    ) -> Result<Self, EngineError> {
-        let store = SnapshotStore::open(directory)?;
-        let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
-            mpsc::sync_channel(1);
-        let (give_back, returned) = mpsc::sync_channel(1);
-        let busy = Arc::new(AtomicBool::new(false));
-        let done = Arc::clone(&busy);
-        let thread = std::thread::Builder::new()
-            .name("keel-snapshot".into())
-            .spawn(move || {
-                let mut payload = Vec::new();
-                for (machine, unused, sequence, timestamp_ns) in received {
-                    drop(unused);
-                    let outcome = write_snapshot(
-                        &store,
-                        &codec,
-                        &machine,
-                        sequence,
-                        timestamp_ns,
-                        &mut payload,
-                        keep,
-                    );
-                    let counters = &shared.counters;
-                    match outcome {
-                        Ok(()) => {
-                            // The sequence first, and the count released after it: a reader
-                            // that sees the count go up sees this snapshot's sequence.
-                            Counters::set(&counters.last_snapshot_sequence, sequence);
-                            *counters.snapshot_error.lock() = None;
-                            counters.snapshots.store(
-                                counters.snapshots.load(Ordering::Relaxed) + 1,
-                                Ordering::Release,
-                            );
-                        }
-                        Err(error) => {
-                            *counters.snapshot_error.lock() =
-                                Some(format!("snapshot at {sequence}: {error}"))
-                        }
-                    }
-                    // Handed back for the next snapshot's copy; freed here if one is waiting.
-                    let _ = give_back.try_send(machine);
-                    done.store(false, Ordering::Release);
-                }
-            })
-            .map_err(|error| EngineError::Spawn {
-                thread: "snapshot".into(),
-                message: error.to_string(),
-            })?;
-        Ok(Self { requests: Some(requests), returned, busy, thread: Some(thread) })
-    }
-
-    fn busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
-    }
-
-    /// The copy of an earlier snapshot, written and handed back, if there is one.
-    fn recycled(&self) -> Option<M> {
-        self.returned.try_recv().ok()
-    }
-
-    fn take(&self, machine: M, unused: Option<M>, sequence: u64, timestamp_ns: u64) {
-        self.busy.store(true, Ordering::Release);
-        if let Some(requests) = &self.requests {
-            match requests.try_send((machine, unused, sequence, timestamp_ns)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.busy.store(false, Ordering::Release);
-                }
-            }
-        }
-    }
-
-    /// Waits for the snapshot being written, then stops the thread.
-    fn finish(mut self) {
-        self.requests = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Encodes `machine` and writes it as the snapshot of `sequence`, then removes all but the
-/// newest `keep` snapshots (0: keep all).
-fn write_snapshot<M: StateMachine, C: Codec>(
-    store: &SnapshotStore,
-    codec: &C,
-    machine: &M,
-    sequence: u64,
-    timestamp_ns: u64,
-    payload: &mut Vec<u8>,
-    keep: usize,
-) -> Result<(), EngineError> {
-    payload.clear();
-    codec.encode(machine, payload)?;
-    let meta = SnapshotMeta {
-        schema_version: M::SCHEMA_VERSION,
-        codec: C::ID,
-        sequence,
-        timestamp_ns,
-        state_hash: machine.state_hash(),
-    };
-    store.write(&meta, payload)?;
-    if keep > 0 {
-        store.remove_all_but_newest(keep)?;
-    }
-    Ok(())
 }

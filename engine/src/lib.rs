@@ -53,6 +53,7 @@ mod numbering;
 mod publisher;
 mod recovery;
 mod responses;
+mod snapshots;
 mod stats;
 
 pub use codec::{Bincode, Codec, CodecError};

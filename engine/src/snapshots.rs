@@ -1,0 +1,229 @@
+//! Snapshots: when they are due, the copy of the state the engine thread makes, and the
+//! thread that encodes and writes it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use keel_journal::{SnapshotMeta, SnapshotStore};
+
+use crate::codec::Codec;
+use crate::config::SnapshotPolicy;
+use crate::engine::Shared;
+use crate::error::EngineError;
+use crate::machine::StateMachine;
+use crate::stats::Counters;
+
+/// The snapshot policy, the last snapshot taken, and the thread that writes them (none in the
+/// `Memory` tier).
+pub(crate) struct Snapshots<M> {
+    snapshotter: Option<Snapshotter<M>>,
+    policy: SnapshotPolicy,
+    /// The sequence and time of the last snapshot taken (or of the start).
+    last: (u64, Instant),
+}
+
+impl<M: StateMachine> Snapshots<M> {
+    /// No snapshots: requests are forgotten.
+    pub(crate) fn none() -> Self {
+        Self { snapshotter: None, policy: SnapshotPolicy::default(), last: (0, Instant::now()) }
+    }
+
+    /// Snapshots into `directory` per `policy`, counting from `sequence`, the state's now.
+    pub(crate) fn start<C: Codec>(
+        directory: &Path,
+        codec: C,
+        shared: Arc<Shared>,
+        policy: SnapshotPolicy,
+        sequence: u64,
+    ) -> Result<Self, EngineError> {
+        let snapshotter = Snapshotter::start(directory, codec, shared, policy.keep)?;
+        Ok(Self { snapshotter: Some(snapshotter), policy, last: (sequence, Instant::now()) })
+    }
+
+    /// Whether a snapshot request should wake the engine thread: once no snapshot is being
+    /// written (the one being written finishes first), so a waiting request does not spin it.
+    pub(crate) fn wanted(&self, shared: &Arc<Shared>) -> impl FnMut() -> bool + use<M> {
+        let shared = Arc::clone(shared);
+        let writing = self.snapshotter.as_ref().map(|snapshotter| Arc::clone(&snapshotter.busy));
+        move || {
+            shared.snapshot_requested.load(Ordering::Acquire)
+                && !writing.as_ref().is_some_and(|busy| busy.load(Ordering::Acquire))
+        }
+    }
+
+    /// Takes a snapshot of `machine`, the state after `applied`, when one is asked for or due
+    /// and none is being written: this thread pauses for the copy only.
+    pub(crate) fn take_if_due(
+        &mut self,
+        machine: &M,
+        applied: u64,
+        timestamp_ns: u64,
+        shared: &Shared,
+    ) {
+        let Some(snapshotter) = self.snapshotter.as_ref() else {
+            shared.snapshot_requested.store(false, Ordering::Relaxed);
+            return;
+        };
+        let (last_sequence, last_time) = self.last;
+        let requested = shared.snapshot_requested.load(Ordering::Acquire);
+        let due = requested
+            || self.policy.every_commands.is_some_and(|every| applied - last_sequence >= every)
+            || self
+                .policy
+                .every_interval
+                .is_some_and(|every| applied > last_sequence && last_time.elapsed() >= every);
+        if !due || snapshotter.busy() {
+            return;
+        }
+        shared.snapshot_requested.store(false, Ordering::Release);
+        let mut previous = snapshotter.recycled();
+        let began = Instant::now();
+        let copy = machine.copy_for_snapshot(&mut previous);
+        let pause = began.elapsed().as_nanos() as u64;
+        let counters = &shared.counters;
+        Counters::set(&counters.snapshot_pause_last_ns, pause);
+        if pause > counters.snapshot_pause_max_ns.load(Ordering::Relaxed) {
+            Counters::set(&counters.snapshot_pause_max_ns, pause);
+        }
+        snapshotter.take(copy, previous, applied, timestamp_ns);
+        self.last = (applied, Instant::now());
+    }
+
+    /// Waits for the snapshot being written, then stops the thread.
+    pub(crate) fn finish(&mut self) {
+        if let Some(snapshotter) = self.snapshotter.take() {
+            snapshotter.finish();
+        }
+    }
+}
+
+/// A copy of the state to write as a snapshot, an earlier copy to free, the sequence and the
+/// timestamp.
+type SnapshotRequest<M> = (M, Option<M>, u64, u64);
+
+/// The background thread that encodes and writes snapshots from copies of the state, and
+/// hands each copy back for the next snapshot to reuse.
+struct Snapshotter<M> {
+    requests: Option<SyncSender<SnapshotRequest<M>>>,
+    returned: Receiver<M>,
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<M: StateMachine> Snapshotter<M> {
+    fn start<C: Codec>(
+        directory: &Path,
+        codec: C,
+        shared: Arc<Shared>,
+        keep: usize,
+    ) -> Result<Self, EngineError> {
+        let store = SnapshotStore::open(directory)?;
+        let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
+            mpsc::sync_channel(1);
+        let (give_back, returned) = mpsc::sync_channel(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&busy);
+        let thread = std::thread::Builder::new()
+            .name("keel-snapshot".into())
+            .spawn(move || {
+                let mut payload = Vec::new();
+                for (machine, unused, sequence, timestamp_ns) in received {
+                    drop(unused);
+                    let outcome = write_snapshot(
+                        &store,
+                        &codec,
+                        &machine,
+                        sequence,
+                        timestamp_ns,
+                        &mut payload,
+                        keep,
+                    );
+                    let counters = &shared.counters;
+                    match outcome {
+                        Ok(()) => {
+                            // The sequence first, and the count released after it: a reader
+                            // that sees the count go up sees this snapshot's sequence.
+                            Counters::set(&counters.last_snapshot_sequence, sequence);
+                            *counters.snapshot_error.lock() = None;
+                            counters.snapshots.store(
+                                counters.snapshots.load(Ordering::Relaxed) + 1,
+                                Ordering::Release,
+                            );
+                        }
+                        Err(error) => {
+                            *counters.snapshot_error.lock() =
+                                Some(format!("snapshot at {sequence}: {error}"))
+                        }
+                    }
+                    // Handed back for the next snapshot's copy; freed here if one is waiting.
+                    let _ = give_back.try_send(machine);
+                    done.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|error| EngineError::Spawn {
+                thread: "snapshot".into(),
+                message: error.to_string(),
+            })?;
+        Ok(Self { requests: Some(requests), returned, busy, thread: Some(thread) })
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// The copy of an earlier snapshot, written and handed back, if there is one.
+    fn recycled(&self) -> Option<M> {
+        self.returned.try_recv().ok()
+    }
+
+    fn take(&self, machine: M, unused: Option<M>, sequence: u64, timestamp_ns: u64) {
+        self.busy.store(true, Ordering::Release);
+        if let Some(requests) = &self.requests {
+            match requests.try_send((machine, unused, sequence, timestamp_ns)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.busy.store(false, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Waits for the snapshot being written, then stops the thread.
+    fn finish(mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Encodes `machine` and writes it as the snapshot of `sequence`, then removes all but the
+/// newest `keep` snapshots (0: keep all).
+pub(crate) fn write_snapshot<M: StateMachine, C: Codec>(
+    store: &SnapshotStore,
+    codec: &C,
+    machine: &M,
+    sequence: u64,
+    timestamp_ns: u64,
+    payload: &mut Vec<u8>,
+    keep: usize,
+) -> Result<(), EngineError> {
+    payload.clear();
+    codec.encode(machine, payload)?;
+    let meta = SnapshotMeta {
+        schema_version: M::SCHEMA_VERSION,
+        codec: C::ID,
+        sequence,
+        timestamp_ns,
+        state_hash: machine.state_hash(),
+    };
+    store.write(&meta, payload)?;
+    if keep > 0 {
+        store.remove_all_but_newest(keep)?;
+    }
+    Ok(())
+}
