@@ -879,7 +879,7 @@ impl<M: StateMachine> Processor<M> {
                     );
                     let checkpoint =
                         Checkpoint { sequence: covered, state_hash: self.machine.state_hash() };
-                    append_checkpoint(journal, checkpoint, timestamp_ns)?;
+                    append_checkpoint(journal, &self.shared, checkpoint, timestamp_ns)?;
                 }
                 journal_batch::<M>(journal, &self.shared, slots(), timestamp_ns)?;
             }
@@ -1047,20 +1047,22 @@ fn commit(journal: &mut JournalWriter, shared: &Shared) -> Result<(), Halt> {
     Ok(())
 }
 
-/// Appends a checkpoint record (made durable by the next commit).
+/// Appends a checkpoint record (made durable by the next commit), and counts it.
 fn append_checkpoint(
     journal: &mut JournalWriter,
+    shared: &Shared,
     checkpoint: Checkpoint,
     timestamp_ns: u64,
 ) -> Result<(), Halt> {
-    journal
+    let sequence = journal
         .append(timestamp_ns, KIND_CHECKPOINT, CHECKPOINT_VERSION, &checkpoint.encode())
-        .map(drop)
-        .map_err(|error| journal_failed(journal, error))
+        .map_err(|error| journal_failed(journal, error))?;
+    shared.counters.count_checkpoint(sequence);
+    Ok(())
 }
 
 /// The halt for a journal error: at the first sequence not made durable.
-fn journal_failed(journal: &JournalWriter, error: keel_journal::JournalError) -> Halt {
+pub(crate) fn journal_failed(journal: &JournalWriter, error: keel_journal::JournalError) -> Halt {
     Halt::Journal { sequence: journal.durable_sequence() + 1, message: error.to_string() }
 }
 
@@ -1087,7 +1089,7 @@ fn run_journaller<M: StateMachine>(
                     break;
                 };
                 let checkpoint = Checkpoint { sequence: next - 1, state_hash };
-                let written = append_checkpoint(journal, checkpoint, last_timestamp_ns)
+                let written = append_checkpoint(journal, shared, checkpoint, last_timestamp_ns)
                     .and_then(|()| commit(journal, shared));
                 if let Err(halt) = written {
                     shared.journal_failed.store(true, Ordering::Release);

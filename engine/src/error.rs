@@ -60,6 +60,15 @@ pub enum Halt {
         /// This state's hash.
         computed: u64,
     },
+    /// A replica could not read the journal it follows: its primary's is damaged, or no
+    /// longer holds the records the replica needs.
+    #[error("the followed journal failed at sequence {sequence}: {message}")]
+    Primary {
+        /// The sequence the replica was waiting for.
+        sequence: u64,
+        /// What went wrong.
+        message: String,
+    },
     /// Halted on request.
     #[error("halted on request")]
     Requested,

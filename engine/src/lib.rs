@@ -52,6 +52,7 @@ mod machine;
 mod numbering;
 mod publisher;
 mod recovery;
+mod replica;
 mod responses;
 mod snapshots;
 mod stats;
@@ -63,6 +64,7 @@ pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;
 pub use recovery::{replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState};
+pub use replica::{Replica, ReplicaBuilder};
 pub use responses::Requester;
 pub use stats::Stats;
 

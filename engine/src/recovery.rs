@@ -124,26 +124,13 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
             if !keep_going(record.sequence, record.timestamp_ns) {
                 break 'batches;
             }
-            if record.kind == KIND_COMMAND {
-                let command = decode_command::<M, C>(codec, record.version, record.payload)
-                    .map_err(|message| {
-                        EngineError::Halted(Halt::Decode { sequence: record.sequence, message })
-                    })?;
-                let context =
-                    Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
-                output.clear();
-                apply_guarded(machine, &context, &command, &mut output)
-                    .map_err(EngineError::Halted)?;
+            let decoded = decode_record::<M, C>(codec, &record).map_err(EngineError::Halted)?;
+            let context = Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
+            output.clear();
+            apply_record(machine, &context, &decoded, &mut output).map_err(EngineError::Halted)?;
+            if let Decoded::Command(_) = decoded {
                 sink(record.sequence, output.events());
-            } else if record.kind == KIND_CHECKPOINT {
-                check_checkpoint(&record, machine).map_err(EngineError::Halted)?;
-            } else if record.kind <= KIND_APPLICATION_MAX {
-                return Err(EngineError::Halted(Halt::Decode {
-                    sequence: record.sequence,
-                    message: format!("record kind {} is not a command of this engine", record.kind),
-                }));
             }
-            // Other kinds of keel's own (epochs) carry nothing to apply or check.
             last_sequence = record.sequence;
             last_timestamp_ns = record.timestamp_ns;
             records += 1;
@@ -157,38 +144,79 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
     Ok(Replayed { records, last_sequence, last_timestamp_ns, seconds })
 }
 
-/// Compares the state's hash with a checkpoint record's: the state must be the one after the
-/// record before the checkpoint.
-pub(crate) fn check_checkpoint<M: StateMachine>(
+/// A journal record decoded: what applying it means.
+#[derive(Debug)]
+pub(crate) enum Decoded<C> {
+    /// An application command.
+    Command(C),
+    /// A checkpoint to compare the state's hash with.
+    Checkpoint(Checkpoint),
+    /// A record of keel's own that carries nothing to apply or check (an epoch change).
+    Other,
+}
+
+/// Decodes a record: a command (upcast when older), a checkpoint, or another of keel's kinds.
+/// A kind of the application's range that is not this engine's command is an error.
+pub(crate) fn decode_record<M: StateMachine, C: Codec>(
+    codec: &C,
     record: &RecordView<'_>,
-    machine: &M,
-) -> Result<(), Halt> {
+) -> Result<Decoded<M::Command>, Halt> {
     let invalid = |message: String| Halt::Decode { sequence: record.sequence, message };
-    if record.version != CHECKPOINT_VERSION {
-        return Err(invalid(format!(
-            "checkpoint records of version {} cannot be read: this build reads version \
-             {CHECKPOINT_VERSION}",
-            record.version
-        )));
+    match record.kind {
+        KIND_COMMAND => decode_command::<M, C>(codec, record.version, record.payload)
+            .map(Decoded::Command)
+            .map_err(invalid),
+        KIND_CHECKPOINT => {
+            if record.version != CHECKPOINT_VERSION {
+                return Err(invalid(format!(
+                    "checkpoint records of version {} cannot be read: this build reads version \
+                     {CHECKPOINT_VERSION}",
+                    record.version
+                )));
+            }
+            let checkpoint =
+                Checkpoint::decode(record.payload).map_err(|error| invalid(error.to_string()))?;
+            if checkpoint.sequence + 1 != record.sequence {
+                return Err(invalid(format!(
+                    "a checkpoint covers the sequence before it, this one says {}",
+                    checkpoint.sequence
+                )));
+            }
+            Ok(Decoded::Checkpoint(checkpoint))
+        }
+        kind if kind <= KIND_APPLICATION_MAX => {
+            Err(invalid(format!("record kind {kind} is not a command of this engine")))
+        }
+        _ => Ok(Decoded::Other),
     }
-    let checkpoint =
-        Checkpoint::decode(record.payload).map_err(|error| invalid(error.to_string()))?;
-    if checkpoint.sequence + 1 != record.sequence {
-        return Err(invalid(format!(
-            "a checkpoint covers the sequence before it, this one says {}",
-            checkpoint.sequence
-        )));
+}
+
+/// Applies a decoded record: a command through `apply` (its events left in `output`), a
+/// checkpoint compared with the state's hash, which must be the one after the record before
+/// it.
+pub(crate) fn apply_record<M: StateMachine>(
+    machine: &mut M,
+    context: &Context,
+    record: &Decoded<M::Command>,
+    output: &mut Output<M::Event>,
+) -> Result<(), Halt> {
+    match record {
+        Decoded::Command(command) => apply_guarded(machine, context, command, output),
+        Decoded::Checkpoint(checkpoint) => {
+            let computed = machine.state_hash();
+            if computed == checkpoint.state_hash {
+                Ok(())
+            } else {
+                Err(Halt::Diverged {
+                    checkpoint: context.sequence,
+                    covered: checkpoint.sequence,
+                    recorded: checkpoint.state_hash,
+                    computed,
+                })
+            }
+        }
+        Decoded::Other => Ok(()),
     }
-    let computed = machine.state_hash();
-    if computed != checkpoint.state_hash {
-        return Err(Halt::Diverged {
-            checkpoint: record.sequence,
-            covered: checkpoint.sequence,
-            recorded: checkpoint.state_hash,
-            computed,
-        });
-    }
-    Ok(())
 }
 
 /// Decodes a journaled command of `version`: directly when it is this build's, through the

@@ -31,6 +31,10 @@ pub struct Stats {
     pub snapshot_pause_last_ns: u64,
     /// The longest such pause.
     pub snapshot_pause_max_ns: u64,
+    /// Checkpoint records written (an engine) or whose hash was matched (a replica).
+    pub checkpoints: u64,
+    /// The sequence of the last of them.
+    pub last_checkpoint: u64,
     /// The last snapshot failure, if the last attempt failed. Snapshots are not the journal:
     /// a failed one stops nothing.
     pub snapshot_error: Option<String>,
@@ -48,6 +52,8 @@ pub(crate) struct Counters {
     pub(crate) last_snapshot_sequence: AtomicU64,
     pub(crate) snapshot_pause_last_ns: AtomicU64,
     pub(crate) snapshot_pause_max_ns: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) last_checkpoint: AtomicU64,
     pub(crate) snapshot_error: Mutex<Option<String>>,
 }
 
@@ -64,6 +70,12 @@ impl Counters {
         if size > self.largest_batch.load(Ordering::Relaxed) {
             Self::set(&self.largest_batch, size);
         }
+    }
+
+    /// Counts a checkpoint written or matched at `sequence`.
+    pub(crate) fn count_checkpoint(&self, sequence: u64) {
+        Self::set(&self.checkpoints, self.checkpoints.load(Ordering::Relaxed) + 1);
+        Self::set(&self.last_checkpoint, sequence);
     }
 
     pub(crate) fn read(&self, published: u64) -> Stats {
@@ -84,6 +96,8 @@ impl Counters {
             last_snapshot_sequence: load(&self.last_snapshot_sequence),
             snapshot_pause_last_ns: load(&self.snapshot_pause_last_ns),
             snapshot_pause_max_ns: load(&self.snapshot_pause_max_ns),
+            checkpoints: load(&self.checkpoints),
+            last_checkpoint: load(&self.last_checkpoint),
             snapshot_error: self.snapshot_error.lock().clone(),
         }
     }
@@ -92,7 +106,8 @@ impl Counters {
 #[cfg(feature = "metrics")]
 impl Stats {
     /// Records these figures through the `metrics` facade: counters `keel_published`,
-    /// `keel_journaled`, `keel_durable`, `keel_applied`, `keel_batches`, `keel_snapshots`, and
+    /// `keel_journaled`, `keel_durable`, `keel_applied`, `keel_batches`, `keel_snapshots`,
+    /// `keel_checkpoints`, and
     /// gauges `keel_largest_batch`, `keel_ring_occupancy`, `keel_last_snapshot_sequence`,
     /// `keel_snapshot_pause_last_seconds`, `keel_snapshot_pause_max_seconds`,
     /// `keel_snapshot_failing` (1 while the last snapshot failed).
@@ -103,6 +118,7 @@ impl Stats {
         metrics::counter!("keel_applied").absolute(self.applied);
         metrics::counter!("keel_batches").absolute(self.batches);
         metrics::counter!("keel_snapshots").absolute(self.snapshots);
+        metrics::counter!("keel_checkpoints").absolute(self.checkpoints);
         metrics::gauge!("keel_largest_batch").set(self.largest_batch as f64);
         metrics::gauge!("keel_ring_occupancy").set(self.ring_occupancy as f64);
         metrics::gauge!("keel_last_snapshot_sequence").set(self.last_snapshot_sequence as f64);
