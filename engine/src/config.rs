@@ -17,6 +17,10 @@ pub enum Durability {
     /// Applied once its batch is written and `fdatasync`ed (one sync per batch): survives a
     /// power loss.
     Fsync,
+    /// Applied once its record is in the mapped journal segment (as `PageCache`) and a quorum
+    /// of replicas acknowledged holding it durably in their own journals: survives the loss
+    /// of this machine. Needs [`EngineBuilder::replicate`](crate::EngineBuilder::replicate).
+    Replicated,
 }
 
 /// How the work is laid out on threads.

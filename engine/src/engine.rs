@@ -26,6 +26,7 @@ use crate::publisher::{InputSlot, Publisher};
 use crate::recovery::{
     apply_guarded, load_snapshot, panic_message, replay, Skipped, Start, KIND_COMMAND,
 };
+use crate::replicator::{Replication, ReplicationStatus, Replicator};
 use crate::responses::{Requester, Router, RouterHandler};
 use crate::snapshots::Snapshots;
 use crate::stats::{Counters, Stats};
@@ -177,6 +178,7 @@ pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
     segment_size: u64,
     snapshots: SnapshotPolicy,
     checkpoint_every: Option<u64>,
+    replication: Option<Replication>,
     stop_before: Option<u64>,
     subscribers: Vec<(String, Subscriber<M::Event>)>,
     output_pollers: usize,
@@ -197,6 +199,7 @@ impl<M: StateMachine, C: Codec> std::fmt::Debug for EngineBuilder<M, C> {
             .field("ring_capacity", &self.ring_capacity)
             .field("snapshots", &self.snapshots)
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("replication", &self.replication)
             .field("stop_before", &self.stop_before)
             .field("subscribers", &self.subscribers.len())
             .finish()
@@ -219,6 +222,7 @@ impl<M: StateMachine> Engine<M, Bincode> {
             segment_size: keel_journal::DEFAULT_SEGMENT_SIZE,
             snapshots: SnapshotPolicy::default(),
             checkpoint_every: None,
+            replication: None,
             stop_before: None,
             subscribers: Vec::new(),
             output_pollers: 0,
@@ -290,6 +294,15 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
     /// and in the `Memory` tier, which has no journal.
     pub fn checkpoints(mut self, commands: u64) -> Self {
         self.checkpoint_every = Some(commands).filter(|&commands| commands > 0);
+        self
+    }
+
+    /// Serves replicas over TCP ([`Replica::remote`](crate::Replica::remote)): each is
+    /// streamed the journal from where it stands, live. In the `Replicated` tier the engine
+    /// applies an input only once the quorum of replicas acknowledged it; in the others
+    /// replication runs beside the engine and waits for no one.
+    pub fn replicate(mut self, replication: Replication) -> Self {
+        self.replication = Some(replication);
         self
     }
 
@@ -368,6 +381,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             segment_size: self.segment_size,
             snapshots: self.snapshots,
             checkpoint_every: self.checkpoint_every,
+            replication: self.replication,
             stop_before: self.stop_before,
             subscribers: self.subscribers,
             output_pollers: self.output_pollers,
@@ -388,6 +402,24 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                 self.ring_capacity, self.output_capacity
             )));
         }
+        match (&self.replication, self.durability) {
+            (None, Durability::Replicated) => {
+                return Err(EngineError::Configuration(
+                    "the Replicated tier needs replicate(..): whom to replicate to".into(),
+                ))
+            }
+            (Some(replication), Durability::Replicated) if replication.quorum == 0 => {
+                return Err(EngineError::Configuration(
+                    "the Replicated tier needs a quorum of at least one replica".into(),
+                ))
+            }
+            (Some(_), Durability::Memory) => {
+                return Err(EngineError::Configuration(
+                    "the Memory tier has no journal to replicate".into(),
+                ))
+            }
+            _ => {}
+        }
         let shared = Arc::new(Shared::default());
         let (machine, journal, report) = self.recover(initial)?;
         let base = report.last_sequence;
@@ -398,6 +430,21 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         // Timestamps never decrease, across restarts too, whatever the wall clock does.
         let last_timestamp_ns = journal.as_ref().map_or(0, JournalWriter::last_timestamp_ns);
         Counters::set(&shared.counters.applied, base);
+        let replicator = match (&self.replication, journal.as_ref()) {
+            (Some(replication), Some(journal)) => Some(Arc::new(Replicator::start(
+                &self.directory,
+                journal.journal_id(),
+                journal.epoch(),
+                base,
+                replication,
+            )?)),
+            _ => None,
+        };
+        // The tier the engine waits for: replicas' acknowledgements, or none.
+        let replicated = replicator
+            .as_ref()
+            .filter(|_| self.durability == Durability::Replicated)
+            .map(Arc::clone);
         Counters::set(&shared.counters.durable, base);
         Counters::set(&shared.counters.journaled, base);
 
@@ -461,6 +508,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             }
         };
         let input_control = input.control();
+        let processor_control = input.control();
         let producer = input.build().map_err(|error| shared.ring_error(error))?;
 
         let snapshots = match self.durability {
@@ -482,6 +530,8 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         if let Some(journaller) = journaller {
             let shared = Arc::clone(&shared);
             let limit = self.ring_capacity;
+            let replication =
+                Replicating { replicator: replicator.clone(), replicated: replicated.clone() };
             let thread = std::thread::Builder::new()
                 .name("keel-journaller".into())
                 .spawn(move || {
@@ -492,6 +542,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                         last_timestamp_ns,
                         limit,
                         numbering,
+                        &replication,
                     )
                 })
                 .map_err(|error| EngineError::Spawn {
@@ -504,9 +555,16 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         }
         let output_capacity =
             events.as_ref().map_or(usize::MAX, |events| events.control().capacity());
+        let replicating = match topology {
+            Topology::Compact => Replicating { replicator: replicator.clone(), replicated },
+            // The journaller replicates.
+            Topology::Pipelined => Replicating { replicator: None, replicated: None },
+        };
         let processor = Processor {
             machine,
             journal,
+            replicating,
+            input_control: processor_control,
             numbering,
             last_timestamp_ns,
             output: Output::new(),
@@ -540,6 +598,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             input_control,
             shared,
             recovery: report,
+            replicator,
         })
     }
 
@@ -558,7 +617,9 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                     RecoveryReport { state_hash, ..RecoveryReport::default() },
                 ));
             }
-            Durability::PageCache => JournalDurability::PageCache,
+            // The replicas make the input durable beyond this machine; locally it is in the
+            // page cache, which a process crash does not lose.
+            Durability::PageCache | Durability::Replicated => JournalDurability::PageCache,
             Durability::Fsync => JournalDurability::Fsync,
         };
         let stopped_before = match self.stop_before {
@@ -686,6 +747,7 @@ pub struct Engine<M: StateMachine, C: Codec = Bincode> {
     input_control: RingControl,
     shared: Arc<Shared>,
     recovery: RecoveryReport,
+    replicator: Option<Arc<Replicator>>,
 }
 
 impl<M: StateMachine, C: Codec> Engine<M, C> {
@@ -730,6 +792,16 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
         self.shared.halted()
     }
 
+    /// The address replicas connect to, when the engine replicates.
+    pub fn replication_address(&self) -> Option<std::net::SocketAddr> {
+        self.replicator.as_ref().map(|replicator| replicator.address())
+    }
+
+    /// The replicas as the engine sees them now, when it replicates.
+    pub fn replication_status(&self) -> Option<ReplicationStatus> {
+        self.replicator.as_ref().map(|replicator| replicator.status())
+    }
+
     /// Asks for a snapshot now: the engine thread copies the state at the next command
     /// boundary (at once if it is idle) and a background thread writes it.
     pub fn snapshot(&self) {
@@ -765,6 +837,9 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
         for join in self.joiners.drain(..) {
             join();
         }
+        if let Some(replicator) = self.replicator.take() {
+            replicator.stop();
+        }
         let machine = machine.map_err(|panic| EngineError::Spawn {
             thread: "engine".into(),
             message: format!("the engine thread panicked: {}", panic_message(panic.as_ref())),
@@ -799,6 +874,10 @@ impl<M: StateMachine, C: Codec> std::fmt::Debug for Engine<M, C> {
 struct Processor<M: StateMachine> {
     machine: M,
     journal: Option<JournalWriter>,
+    /// Compact: the replication of what this thread journals.
+    replicating: Replicating,
+    /// The input ring's state, to tell a shutdown from a wait for replicas.
+    input_control: RingControl,
     /// Which journal sequence each ring sequence is.
     numbering: Numbering,
     last_timestamp_ns: u64,
@@ -882,6 +961,7 @@ impl<M: StateMachine> Processor<M> {
                     append_checkpoint(journal, &self.shared, checkpoint, timestamp_ns)?;
                 }
                 journal_batch::<M>(journal, &self.shared, slots(), timestamp_ns)?;
+                self.replicating.committed(journal, &self.shared, &self.input_control)?;
             }
             // Durable per the tier: now, and only now, apply.
             for (sequence, slot) in (first..).zip(slots()) {
@@ -1078,6 +1158,7 @@ fn run_journaller<M: StateMachine>(
     mut last_timestamp_ns: u64,
     limit: usize,
     numbering: Numbering,
+    replicating: &Replicating,
 ) {
     let control = poller.control();
     loop {
@@ -1090,7 +1171,8 @@ fn run_journaller<M: StateMachine>(
                 };
                 let checkpoint = Checkpoint { sequence: next - 1, state_hash };
                 let written = append_checkpoint(journal, shared, checkpoint, last_timestamp_ns)
-                    .and_then(|()| commit(journal, shared));
+                    .and_then(|()| commit(journal, shared))
+                    .and_then(|()| replicating.committed(journal, shared, &control));
                 if let Err(halt) = written {
                     shared.journal_failed.store(true, Ordering::Release);
                     shared.stop(halt);
@@ -1115,7 +1197,8 @@ fn run_journaller<M: StateMachine>(
                 shared,
                 batch.iter().map(|(_, slot)| slot),
                 timestamp_ns,
-            ),
+            )
+            .and_then(|()| replicating.committed(journal, shared, &control)),
             None => Ok(()),
         };
         if let Err(halt) = outcome {
@@ -1127,6 +1210,42 @@ fn run_journaller<M: StateMachine>(
             break;
         }
         drop(batch);
+    }
+}
+
+/// The replication of what a thread journals: the replicator to tell of each commit, and in
+/// the `Replicated` tier the same replicator to wait for.
+struct Replicating {
+    replicator: Option<Arc<Replicator>>,
+    replicated: Option<Arc<Replicator>>,
+}
+
+impl Replicating {
+    /// Tells the replicas' senders that the journal holds everything appended; in the
+    /// `Replicated` tier, then waits for the quorum to acknowledge it. A shutdown that cannot
+    /// get the acknowledgements within the timeout stops the engine with what is not
+    /// replicated unapplied.
+    fn committed(
+        &self,
+        journal: &JournalWriter,
+        shared: &Shared,
+        input: &RingControl,
+    ) -> Result<(), Halt> {
+        let Some(replicator) = self.replicator.as_ref() else { return Ok(()) };
+        let sequence = journal.next_sequence() - 1;
+        replicator.committed(sequence)?;
+        let Some(replicated) = self.replicated.as_ref() else { return Ok(()) };
+        replicated.wait_replicated(sequence, |overdue| {
+            if let Some(halt) = shared.halted() {
+                return Some(halt);
+            }
+            (overdue && input.is_closed()).then(|| Halt::Replication {
+                sequence,
+                message: "the engine is shutting down and the quorum of replicas did not \
+                          acknowledge it in time"
+                    .into(),
+            })
+        })
     }
 }
 

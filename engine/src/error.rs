@@ -69,6 +69,22 @@ pub enum Halt {
         /// What went wrong.
         message: String,
     },
+    /// The `Replicated` tier could not get an input acknowledged by enough replicas before
+    /// the engine was asked to stop: the input is in the primary's journal, not applied.
+    #[error("sequence {sequence} was not replicated: {message}")]
+    Replication {
+        /// The first sequence not acknowledged by the quorum.
+        sequence: u64,
+        /// Why.
+        message: String,
+    },
+    /// A replica told this primary of a newer primary's epoch: this one was replaced, and
+    /// applies nothing more.
+    #[error("this primary is fenced: a replica follows a newer primary, of epoch {epoch}")]
+    Fenced {
+        /// The newer epoch.
+        epoch: u64,
+    },
     /// Halted on request.
     #[error("halted on request")]
     Requested,

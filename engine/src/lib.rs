@@ -53,9 +53,11 @@ mod numbering;
 mod publisher;
 mod recovery;
 mod replica;
+mod replicator;
 mod responses;
 mod snapshots;
 mod stats;
+mod wire;
 
 pub use codec::{Bincode, Codec, CodecError};
 pub use config::{Durability, SnapshotPolicy, Topology, Wait};
@@ -65,6 +67,7 @@ pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;
 pub use recovery::{replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState};
 pub use replica::{Replica, ReplicaBuilder};
+pub use replicator::{Replication, ReplicationStatus};
 pub use responses::Requester;
 pub use stats::Stats;
 

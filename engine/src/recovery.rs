@@ -161,22 +161,34 @@ pub(crate) fn decode_record<M: StateMachine, C: Codec>(
     codec: &C,
     record: &RecordView<'_>,
 ) -> Result<Decoded<M::Command>, Halt> {
-    let invalid = |message: String| Halt::Decode { sequence: record.sequence, message };
-    match record.kind {
-        KIND_COMMAND => decode_command::<M, C>(codec, record.version, record.payload)
-            .map(Decoded::Command)
-            .map_err(invalid),
+    decode_fields::<M, C>(codec, record.sequence, record.kind, record.version, record.payload)
+}
+
+/// [`decode_record`] of a record's fields, however they were received.
+pub(crate) fn decode_fields<M: StateMachine, C: Codec>(
+    codec: &C,
+    sequence: u64,
+    kind: u16,
+    version: u16,
+    payload: &[u8],
+) -> Result<Decoded<M::Command>, Halt> {
+    let invalid = |message: String| Halt::Decode { sequence, message };
+    let record = (sequence, version, payload);
+    match kind {
+        KIND_COMMAND => {
+            decode_command::<M, C>(codec, version, payload).map(Decoded::Command).map_err(invalid)
+        }
         KIND_CHECKPOINT => {
-            if record.version != CHECKPOINT_VERSION {
+            let (sequence, version, payload) = record;
+            if version != CHECKPOINT_VERSION {
                 return Err(invalid(format!(
-                    "checkpoint records of version {} cannot be read: this build reads version \
-                     {CHECKPOINT_VERSION}",
-                    record.version
+                    "checkpoint records of version {version} cannot be read: this build reads \
+                     version {CHECKPOINT_VERSION}"
                 )));
             }
             let checkpoint =
-                Checkpoint::decode(record.payload).map_err(|error| invalid(error.to_string()))?;
-            if checkpoint.sequence + 1 != record.sequence {
+                Checkpoint::decode(payload).map_err(|error| invalid(error.to_string()))?;
+            if checkpoint.sequence + 1 != sequence {
                 return Err(invalid(format!(
                     "a checkpoint covers the sequence before it, this one says {}",
                     checkpoint.sequence

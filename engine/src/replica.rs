@@ -4,16 +4,19 @@
 //! the primary's sequence and timestamp, compares its state's hash at every checkpoint, and
 //! keeps snapshots of its own.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keel_journal::format::SnapshotHeader;
 use keel_journal::segment::{list_segments, JOURNAL_DIRECTORY};
+use keel_journal::snapshot::check_snapshot;
 use keel_journal::{
     Durability as JournalDurability, JournalError, JournalOptions, JournalReader, JournalWriter,
-    SnapshotStore, Tailer,
+    SnapshotMeta, SnapshotStore, Tailer,
 };
 
 use crate::codec::{Bincode, Codec};
@@ -21,19 +24,56 @@ use crate::config::{Durability, SnapshotPolicy, Wait};
 use crate::engine::{journal_failed, recover_journal, RecoveryReport, Shared};
 use crate::error::{EngineError, Halt};
 use crate::machine::{Context, Output, StateMachine};
-use crate::recovery::{apply_record, decode_record, load_snapshot, Decoded, Start};
+use crate::recovery::{apply_record, decode_fields, load_snapshot, Decoded, Start};
 use crate::snapshots::{write_snapshot, Snapshots};
 use crate::stats::{Counters, Stats};
+use crate::wire::{
+    self, expect, mac, nonce, verify_mac, write_frame, Challenge, Fields, FrameReader, Hello, Kind,
+    WireError, HANDSHAKE_TIMEOUT, PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+};
 
 /// Records at most that a replica takes from the followed journal before it makes them
 /// durable and applies them: a bound on the work between two looks at `stop`.
 const RECEIVE_MAX: usize = 4096;
 
 type EventSink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
+/// A replica's recovered state, its journal, what recovery did, and where its input comes from.
+type Opened<M> = (M, JournalWriter, RecoveryReport, Source);
+
+/// How long a connected replica waits for a frame before it looks at its stop flag again.
+const READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// A primary heard nothing from for this long is taken for gone, and reconnected to.
+const SILENCE: Duration = Duration::from_secs(2);
+/// The longest wait between two attempts to reconnect.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// What a replica follows.
+#[derive(Clone)]
+enum Upstream {
+    /// The journal in a directory on this host.
+    Directory(PathBuf),
+    /// A primary's replication listener.
+    Remote { address: String, secret: Vec<u8> },
+}
+
+impl Upstream {
+    fn describe(&self) -> String {
+        match self {
+            Self::Directory(directory) => directory.display().to_string(),
+            Self::Remote { address, .. } => format!("tcp://{address}"),
+        }
+    }
+}
+
+/// Where a replica's records come from.
+enum Source {
+    Tail(Tailer),
+    Stream(Box<Stream>),
+}
 
 /// Configures and opens a [`Replica`].
 pub struct ReplicaBuilder<M: StateMachine, C: Codec = Bincode> {
-    primary: PathBuf,
+    primary: Upstream,
     directory: PathBuf,
     codec: C,
     durability: Durability,
@@ -47,7 +87,7 @@ impl<M: StateMachine, C: Codec> std::fmt::Debug for ReplicaBuilder<M, C> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("ReplicaBuilder")
-            .field("primary", &self.primary)
+            .field("primary", &self.primary.describe())
             .field("directory", &self.directory)
             .field("durability", &self.durability)
             .field("wait", &self.wait)
@@ -112,64 +152,27 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
     /// thread of its own (`keel-replica`).
     pub fn open(mut self, initial: M) -> Result<Replica<M, C>, EngineError> {
         let tier = match self.durability {
-            Durability::Memory => {
+            Durability::Memory | Durability::Replicated => {
                 return Err(EngineError::Configuration(
-                    "a replica keeps a journal of its own: PageCache or Fsync".into(),
+                    "a replica keeps a journal of its own, in the PageCache or Fsync tier".into(),
                 ))
             }
             Durability::PageCache => JournalDurability::PageCache,
             Durability::Fsync => JournalDurability::Fsync,
         };
-        if same_directory(&self.primary, &self.directory) {
-            return Err(EngineError::Configuration(format!(
-                "the replica's directory {} is its primary's",
-                self.directory.display()
-            )));
-        }
-        let primary = JournalReader::open(&self.primary)?;
-        let journal_id = primary.journal_id().ok_or_else(|| {
-            EngineError::Recovery(format!(
-                "{} holds no journal to follow yet: open the primary first",
-                self.primary.display()
-            ))
-        })?;
-        let primary_first = primary.next_sequence();
-        drop(primary);
-
-        let mut options = JournalOptions::new()
-            .durability(tier)
-            .segment_size(self.segment_size)
-            .journal_id(journal_id);
-        let has_journal = !list_segments(&self.directory.join(JOURNAL_DIRECTORY))?.is_empty();
-        let initial = if !has_journal && primary_first > 1 {
-            let (machine, sequence) = self.seed(initial, primary_first)?;
-            options = options.first_sequence(sequence + 1);
-            machine
-        } else {
-            initial
-        };
         let shared = Arc::new(Shared::default());
-        let sink = &mut |_: u64, _: &[M::Event]| {};
-        let (machine, journal, report) =
-            recover_journal(&self.directory, &self.codec, initial, options, sink, &mut |_| {})?;
-        let last = report.last_sequence;
-        if last + 1 < primary_first {
-            return Err(EngineError::Recovery(format!(
-                "this replica holds up to sequence {last}, and the primary's journal now starts \
-                 at {primary_first}: the records between are gone from it. Start the replica \
-                 afresh in an empty directory, to be seeded from the primary's snapshot"
-            )));
-        }
-        let tailer = Tailer::open(&self.primary, last + 1).map_err(|error| match error {
-            JournalError::SequenceNotFound { last: primary_last, .. } => {
-                EngineError::Recovery(format!(
-                    "this replica holds up to sequence {last}, past the end of the primary's \
-                     journal ({primary_last}): it holds records the primary does not (the \
-                     primary lost them, or was restored from a copy)"
-                ))
+        let options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
+        let (machine, journal, report, source) = match &self.primary {
+            Upstream::Directory(primary) => {
+                let primary = primary.clone();
+                self.open_local(&primary, initial, options)?
             }
-            other => other.into(),
-        })?;
+            Upstream::Remote { address, secret } => {
+                let (address, secret) = (address.clone(), secret.clone());
+                self.open_remote(address, secret, initial, options)?
+            }
+        };
+        let last = report.last_sequence;
         for counter in [&shared.counters.journaled, &shared.counters.durable] {
             Counters::set(counter, last);
         }
@@ -186,7 +189,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             machine,
             codec: self.codec,
             journal,
-            tailer,
+            source,
             shared: Arc::clone(&shared),
             stopping: Arc::clone(&stopping),
             snapshots,
@@ -212,10 +215,127 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         })
     }
 
+    /// Recovers the replica's state and positions a tailer on the primary's journal after it.
+    fn open_local(
+        &mut self,
+        primary: &Path,
+        initial: M,
+        options: JournalOptions,
+    ) -> Result<Opened<M>, EngineError> {
+        if same_directory(primary, &self.directory) {
+            return Err(EngineError::Configuration(format!(
+                "the replica's directory {} is its primary's",
+                self.directory.display()
+            )));
+        }
+        let reader = JournalReader::open(primary)?;
+        let journal_id = reader.journal_id().ok_or_else(|| {
+            EngineError::Recovery(format!(
+                "{} holds no journal to follow yet: open the primary first",
+                primary.display()
+            ))
+        })?;
+        let primary_first = reader.next_sequence();
+        drop(reader);
+
+        let mut options = options.journal_id(journal_id);
+        let initial = if !self.has_journal()? && primary_first > 1 {
+            let (machine, sequence) = self.seed(primary, initial, primary_first)?;
+            options = options.first_sequence(sequence + 1);
+            machine
+        } else {
+            initial
+        };
+        let (machine, journal, report) = self.recover(initial, options)?;
+        let last = report.last_sequence;
+        if last + 1 < primary_first {
+            return Err(EngineError::Recovery(format!(
+                "this replica holds up to sequence {last}, and the primary's journal now starts \
+                 at {primary_first}: the records between are gone from it. Start the replica \
+                 afresh in an empty directory, to be seeded from the primary's snapshot"
+            )));
+        }
+        let tailer = Tailer::open(primary, last + 1).map_err(|error| match error {
+            JournalError::SequenceNotFound { last: primary_last, .. } => {
+                EngineError::Recovery(format!(
+                    "this replica holds up to sequence {last}, past the end of the primary's \
+                     journal ({primary_last}): it holds records the primary does not (the \
+                     primary lost them, or was restored from a copy)"
+                ))
+            }
+            other => other.into(),
+        })?;
+        Ok((machine, journal, report, Source::Tail(tailer)))
+    }
+
+    /// Connects to the primary (the handshake proves the secret both ways and checks the
+    /// journal and epoch), receives its snapshot if the replica has no journal and the
+    /// primary's no longer starts at 1, and recovers the replica's state.
+    fn open_remote(
+        &mut self,
+        address: String,
+        secret: Vec<u8>,
+        initial: M,
+        options: JournalOptions,
+    ) -> Result<Opened<M>, EngineError> {
+        let refused = |error: WireError| {
+            EngineError::Recovery(format!("replication from {address}: {error}"))
+        };
+        if self.has_journal()? {
+            let (machine, journal, report) = self.recover(initial, options)?;
+            let next = report.last_sequence + 1;
+            let connection =
+                connect(&address, &secret, Some(journal.journal_id()), journal.epoch(), next)
+                    .map_err(refused)?;
+            if connection.start != next || connection.snapshot {
+                return Err(refused(WireError::malformed(format!(
+                    "the primary starts the stream at {}, this replica needs {next}",
+                    connection.start
+                ))));
+            }
+            let stream = Stream::new(address.clone(), secret, connection, journal.journal_id());
+            return Ok((machine, journal, report, Source::Stream(Box::new(stream))));
+        }
+        let mut connection = connect(&address, &secret, None, 0, 1).map_err(refused)?;
+        if connection.snapshot {
+            let store = SnapshotStore::open(&self.directory)?;
+            receive_snapshot(&mut connection, &store).map_err(refused)?;
+        }
+        let journal_id = connection.journal_id;
+        let options = options.journal_id(journal_id).first_sequence(connection.start);
+        let (machine, journal, report) = self.recover(initial, options)?;
+        if report.last_sequence + 1 != connection.start {
+            return Err(EngineError::Recovery(format!(
+                "the replica recovered up to {}, the primary streams from {}",
+                report.last_sequence, connection.start
+            )));
+        }
+        let stream = Stream::new(address, secret, connection, journal_id);
+        Ok((machine, journal, report, Source::Stream(Box::new(stream))))
+    }
+
+    fn has_journal(&self) -> Result<bool, EngineError> {
+        Ok(!list_segments(&self.directory.join(JOURNAL_DIRECTORY))?.is_empty())
+    }
+
+    fn recover(
+        &mut self,
+        initial: M,
+        options: JournalOptions,
+    ) -> Result<(M, JournalWriter, RecoveryReport), EngineError> {
+        let sink = &mut |_: u64, _: &[M::Event]| {};
+        recover_journal(&self.directory, &self.codec, initial, options, sink, &mut |_| {})
+    }
+
     /// Writes the primary's newest snapshot that its journal continues from into the replica's
     /// own snapshot folder; returns that state and its sequence.
-    fn seed(&self, initial: M, primary_first: u64) -> Result<(M, u64), EngineError> {
-        let start = load_snapshot(&self.primary, &self.codec, initial, false, |sequence, _| {
+    fn seed(
+        &self,
+        primary: &Path,
+        initial: M,
+        primary_first: u64,
+    ) -> Result<(M, u64), EngineError> {
+        let start = load_snapshot(primary, &self.codec, initial, false, |sequence, _| {
             if sequence + 1 >= primary_first {
                 Ok(())
             } else {
@@ -272,8 +392,36 @@ impl<M: StateMachine> Replica<M, Bincode> {
         primary: impl AsRef<Path>,
         directory: impl AsRef<Path>,
     ) -> ReplicaBuilder<M, Bincode> {
+        Self::with_upstream(Upstream::Directory(primary.as_ref().to_owned()), directory)
+    }
+
+    /// Connects to the primary at `address` (`host:port`) and follows it over TCP; the
+    /// `secret` is the primary's [`Replication`](crate::Replication) secret.
+    pub fn connect(
+        address: impl Into<String>,
+        secret: impl Into<Vec<u8>>,
+        directory: impl AsRef<Path>,
+        initial: M,
+    ) -> Result<Self, EngineError> {
+        Self::remote(address, secret, directory).open(initial)
+    }
+
+    /// A builder for a replica of the primary at `address`, over TCP.
+    pub fn remote(
+        address: impl Into<String>,
+        secret: impl Into<Vec<u8>>,
+        directory: impl AsRef<Path>,
+    ) -> ReplicaBuilder<M, Bincode> {
+        let upstream = Upstream::Remote { address: address.into(), secret: secret.into() };
+        Self::with_upstream(upstream, directory)
+    }
+
+    fn with_upstream(
+        upstream: Upstream,
+        directory: impl AsRef<Path>,
+    ) -> ReplicaBuilder<M, Bincode> {
         ReplicaBuilder {
-            primary: primary.as_ref().to_owned(),
+            primary: upstream,
             directory: directory.as_ref().to_owned(),
             codec: Bincode,
             durability: Durability::PageCache,
@@ -368,7 +516,7 @@ struct Follower<M: StateMachine, C: Codec> {
     machine: M,
     codec: C,
     journal: JournalWriter,
-    tailer: Tailer,
+    source: Source,
     shared: Arc<Shared>,
     stopping: Arc<AtomicBool>,
     snapshots: Snapshots<M>,
@@ -405,35 +553,53 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
     }
 
     /// Receives what the followed journal holds (up to [`RECEIVE_MAX`] records), journals it,
-    /// makes it durable, then applies it. A record that cannot be read stops the replica after
-    /// those before it are applied; a record that cannot be decoded is journaled (the
-    /// replica's journal is a copy of the primary's) and stops it there.
+    /// makes it durable (and acknowledges it, over TCP), then applies it. A record that cannot
+    /// be read stops the replica after those before it are applied; a record that cannot be
+    /// decoded is journaled (the replica's journal is a copy of the primary's) and stops it
+    /// there.
     fn step(&mut self) -> Result<usize, Halt> {
-        let mut failure = None;
-        while self.received.len() < RECEIVE_MAX {
-            let record = match self.tailer.poll() {
-                Ok(Some(record)) => record,
-                Ok(None) => break,
-                Err(error) => {
-                    let sequence = self.tailer.next_sequence();
-                    failure = Some(Halt::Primary { sequence, message: error.to_string() });
-                    break;
-                }
-            };
-            let appended = self
-                .journal
-                .append(record.timestamp_ns, record.kind, record.version, record.payload)
-                .map_err(|error| journal_failed(&self.journal, error))?;
-            debug_assert_eq!(appended, record.sequence, "the tailer starts after the journal");
-            let context = Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
-            match decode_record::<M, C>(&self.codec, &record) {
-                Ok(decoded) => self.received.push((context, decoded)),
-                Err(halt) => {
-                    failure = Some(halt);
-                    break;
-                }
-            }
+        if let Source::Stream(stream) = &mut self.source {
+            stream.reconnect(self.journal.next_sequence())?;
         }
+        let journal = &mut self.journal;
+        let (codec, received) = (&self.codec, &mut self.received);
+        let mut take = |sequence, timestamp_ns, kind, version, payload: &[u8]| {
+            take_record::<M, C>(
+                journal,
+                codec,
+                received,
+                sequence,
+                timestamp_ns,
+                kind,
+                version,
+                payload,
+            )
+        };
+        let failure = match &mut self.source {
+            Source::Tail(tailer) => (0..RECEIVE_MAX)
+                .find_map(|_| {
+                    match tailer.poll() {
+                        Ok(Some(record)) => {
+                            let taken = take(
+                                record.sequence,
+                                record.timestamp_ns,
+                                record.kind,
+                                record.version,
+                                record.payload,
+                            );
+                            taken.err().map(Some)
+                        }
+                        // Nothing more for now: stop looking.
+                        Ok(None) => Some(None),
+                        Err(error) => {
+                            let sequence = tailer.next_sequence();
+                            Some(Some(Halt::Primary { sequence, message: error.to_string() }))
+                        }
+                    }
+                })
+                .flatten(),
+            Source::Stream(stream) => stream.receive(&mut take).err(),
+        };
         let received = self.received.len();
         if self.journal.next_sequence() - 1 > self.journal.durable_sequence() {
             let counters = &self.shared.counters;
@@ -441,6 +607,9 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
             let durable =
                 self.journal.commit().map_err(|error| journal_failed(&self.journal, error))?;
             Counters::set(&counters.durable, durable);
+        }
+        if let Source::Stream(stream) = &mut self.source {
+            stream.acknowledge(self.journal.durable_sequence());
         }
         for (context, decoded) in self.received.drain(..) {
             self.output.clear();
@@ -465,6 +634,10 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
 
     /// Waits a little while the followed journal has nothing new, per the wait strategy.
     fn idle(&self, idle: &mut u32) {
+        if let Source::Stream(_) = self.source {
+            // Its reads wait, with a timeout.
+            return;
+        }
         *idle = idle.saturating_add(1);
         match self.wait {
             Wait::BusySpin => std::hint::spin_loop(),
@@ -480,4 +653,365 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
             }
         }
     }
+}
+
+/// Journals a received record (it must be the next sequence) and decodes it for applying.
+#[allow(clippy::too_many_arguments)]
+fn take_record<M: StateMachine, C: Codec>(
+    journal: &mut JournalWriter,
+    codec: &C,
+    received: &mut Vec<(Context, Decoded<M::Command>)>,
+    sequence: u64,
+    timestamp_ns: u64,
+    kind: u16,
+    version: u16,
+    payload: &[u8],
+) -> Result<(), Halt> {
+    let expected = journal.next_sequence();
+    if sequence != expected {
+        return Err(Halt::Primary {
+            sequence: expected,
+            message: format!("the primary sent sequence {sequence} where {expected} was due"),
+        });
+    }
+    journal
+        .append(timestamp_ns, kind, version, payload)
+        .map_err(|error| journal_failed(journal, error))?;
+    let decoded = decode_fields::<M, C>(codec, sequence, kind, version, payload)?;
+    received.push((Context { sequence, timestamp_ns }, decoded));
+    Ok(())
+}
+
+/// A replica's connection to its primary, and how to get it back.
+struct Stream {
+    address: String,
+    secret: Vec<u8>,
+    journal_id: [u8; 16],
+    /// The primary's epoch: a primary of an older one is refused.
+    epoch: u64,
+    connection: Option<(TcpStream, FrameReader)>,
+    /// When the primary was last heard from.
+    heard: Instant,
+    /// The last sequence acknowledged, and whether a heartbeat asks for an acknowledgement.
+    acknowledged: u64,
+    heartbeat: bool,
+    scratch: Vec<u8>,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl Stream {
+    fn new(address: String, secret: Vec<u8>, connection: Connection, journal_id: [u8; 16]) -> Self {
+        let _ = connection.stream.set_read_timeout(Some(READ_TIMEOUT));
+        Self {
+            address,
+            secret,
+            journal_id,
+            epoch: connection.epoch,
+            connection: Some((connection.stream, connection.reader)),
+            heard: Instant::now(),
+            acknowledged: 0,
+            heartbeat: false,
+            scratch: Vec::new(),
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(20),
+        }
+    }
+
+    /// Hands each record received to `take`: what arrived by the end of the read timeout,
+    /// then whatever whole frames arrived with it. A broken, silent or misbehaving connection
+    /// is dropped (and reconnected to later); a refusal stops the replica.
+    fn receive(
+        &mut self,
+        take: &mut impl FnMut(u64, u64, u16, u16, &[u8]) -> Result<(), Halt>,
+    ) -> Result<usize, Halt> {
+        let Some((connection, reader)) = self.connection.as_mut() else {
+            return Ok(0);
+        };
+        let mut taken = 0;
+        let mut first = true;
+        let mut broken = None;
+        while taken < RECEIVE_MAX {
+            let frame = if first { reader.next(connection) } else { reader.buffered() };
+            first = false;
+            match frame {
+                Ok(None) => break,
+                Ok(Some((Kind::Records, body))) => {
+                    self.heard = Instant::now();
+                    for record in wire::records(body) {
+                        match record {
+                            Ok(record) => {
+                                take(
+                                    record.sequence,
+                                    record.timestamp_ns,
+                                    record.kind,
+                                    record.version,
+                                    record.payload,
+                                )?;
+                                taken += 1;
+                            }
+                            Err(error) => {
+                                broken = Some(error.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(Some((Kind::Heartbeat, _))) => {
+                    self.heard = Instant::now();
+                    self.heartbeat = true;
+                }
+                Ok(Some((Kind::Refused, body))) => {
+                    return Err(Halt::Primary {
+                        sequence: self.acknowledged + 1,
+                        message: format!("the primary refused: {}", String::from_utf8_lossy(body)),
+                    });
+                }
+                Ok(Some((kind, _))) => broken = Some(format!("a primary does not send {kind:?}")),
+                Err(error) => broken = Some(error.to_string()),
+            }
+            if broken.is_some() {
+                break;
+            }
+        }
+        if broken.is_none() && self.heard.elapsed() >= SILENCE {
+            broken = Some(format!("nothing from the primary for {SILENCE:?}"));
+        }
+        if let Some(reason) = broken {
+            self.disconnect(&reason);
+        }
+        Ok(taken)
+    }
+
+    /// Tells the primary the replica holds `durable`, when that is news or a heartbeat asked.
+    fn acknowledge(&mut self, durable: u64) {
+        if durable <= self.acknowledged && !self.heartbeat {
+            return;
+        }
+        let Some((connection, _)) = self.connection.as_mut() else { return };
+        match write_frame(connection, Kind::Ack, &durable.to_le_bytes(), &mut self.scratch) {
+            Ok(()) => {
+                self.acknowledged = durable;
+                self.heartbeat = false;
+            }
+            Err(error) => self.disconnect(&error.to_string()),
+        }
+    }
+
+    fn disconnect(&mut self, reason: &str) {
+        if let Some((connection, _)) = self.connection.take() {
+            tracing::warn!(primary = %self.address, "replication connection lost: {reason}");
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+            self.retry_at = Instant::now();
+        }
+    }
+
+    /// When disconnected, tries to connect again (backing off up to a second between tries),
+    /// asking for `next`. A primary that refuses this replica stops it.
+    fn reconnect(&mut self, next: u64) -> Result<(), Halt> {
+        if self.connection.is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now < self.retry_at {
+            std::thread::sleep((self.retry_at - now).min(READ_TIMEOUT));
+            return Ok(());
+        }
+        match connect(&self.address, &self.secret, Some(self.journal_id), self.epoch, next) {
+            Ok(connection) if connection.start == next && !connection.snapshot => {
+                tracing::info!(primary = %self.address, from = next, "replication reconnected");
+                let _ = connection.stream.set_read_timeout(Some(READ_TIMEOUT));
+                self.epoch = connection.epoch;
+                self.connection = Some((connection.stream, connection.reader));
+                self.heard = Instant::now();
+                self.acknowledged = next - 1;
+                self.heartbeat = true;
+                self.backoff = Duration::from_millis(20);
+                Ok(())
+            }
+            Ok(connection) => Err(Halt::Primary {
+                sequence: next,
+                message: format!(
+                    "the primary streams from {} (a snapshot: {}), this replica needs {next}",
+                    connection.start, connection.snapshot
+                ),
+            }),
+            Err(WireError::Refused(reason)) => {
+                Err(Halt::Primary { sequence: next, message: format!("refused: {reason}") })
+            }
+            Err(error) => {
+                tracing::debug!(primary = %self.address, "reconnecting: {error}");
+                self.retry_at = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A connection through the handshake.
+struct Connection {
+    stream: TcpStream,
+    reader: FrameReader,
+    journal_id: [u8; 16],
+    epoch: u64,
+    /// The sequence the stream starts at.
+    start: u64,
+    /// Whether a snapshot comes first.
+    snapshot: bool,
+}
+
+/// Connects to a primary and goes through the handshake, replica side: each side proves the
+/// secret; the primary must be of `journal_id` (when the replica has a journal) and of an
+/// epoch at least `epoch`.
+fn connect(
+    address: &str,
+    secret: &[u8],
+    journal_id: Option<[u8; 16]>,
+    epoch: u64,
+    next: u64,
+) -> Result<Connection, WireError> {
+    let target = address.to_socket_addrs()?.next().ok_or_else(|| {
+        WireError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{address} resolves to no address"),
+        ))
+    })?;
+    let mut stream = TcpStream::connect_timeout(&target, HANDSHAKE_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut reader = FrameReader::default();
+    let mut scratch = Vec::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        journal_id: journal_id.unwrap_or([0; 16]),
+        epoch,
+        next_sequence: next,
+        nonce: nonce()?,
+    };
+    write_frame(&mut stream, Kind::Hello, &hello.encode(), &mut scratch)?;
+    let challenge = Challenge::decode(expect(&mut reader, &mut stream, Kind::Challenge)?)?;
+    let refuse = |stream: &mut TcpStream, reason: String| {
+        let _ = write_frame(stream, Kind::Refused, reason.as_bytes(), &mut Vec::new());
+        WireError::Refused(reason)
+    };
+    if challenge.version != PROTOCOL_VERSION {
+        let reason = format!("the primary speaks protocol version {}", challenge.version);
+        return Err(refuse(&mut stream, reason));
+    }
+    let proven = verify_mac(
+        secret,
+        &[
+            PRIMARY_PROOF,
+            &hello.nonce,
+            &challenge.nonce,
+            &challenge.journal_id,
+            &challenge.epoch.to_le_bytes(),
+        ],
+        &challenge.mac,
+    );
+    if !proven {
+        return Err(refuse(&mut stream, "the primary did not prove the shared secret".into()));
+    }
+    if let Some(journal_id) = journal_id.filter(|&id| id != challenge.journal_id) {
+        let reason = format!(
+            "the primary's journal is {}, this replica's is {}",
+            wire::hex(&challenge.journal_id),
+            wire::hex(&journal_id)
+        );
+        return Err(refuse(&mut stream, reason));
+    }
+    let proof = mac(
+        secret,
+        &[
+            REPLICA_PROOF,
+            &challenge.nonce,
+            &hello.nonce,
+            &hello.journal_id,
+            &hello.epoch.to_le_bytes(),
+            &hello.next_sequence.to_le_bytes(),
+        ],
+    );
+    write_frame(&mut stream, Kind::Auth, &proof, &mut scratch)?;
+    // Checked after the replica proved itself, so that the primary believes the replica's
+    // newer epoch and learns it is fenced.
+    if challenge.epoch < epoch {
+        let reason = format!(
+            "the primary's epoch {} is older than this replica's {epoch}: it was replaced",
+            challenge.epoch
+        );
+        return Err(refuse(&mut stream, reason));
+    }
+    let mut accepted =
+        Fields::exact(expect(&mut reader, &mut stream, Kind::Accepted)?, 9, "accept")?;
+    let start = accepted.u64()?;
+    let snapshot = accepted.array::<1>()?[0] == 1;
+    Ok(Connection {
+        stream,
+        reader,
+        journal_id: challenge.journal_id,
+        epoch: challenge.epoch,
+        start,
+        snapshot,
+    })
+}
+
+/// Receives the primary's snapshot into `store`, checked against the header it was sent with.
+fn receive_snapshot(connection: &mut Connection, store: &SnapshotStore) -> Result<(), WireError> {
+    let (stream, reader) = (&mut connection.stream, &mut connection.reader);
+    let begin = expect(reader, stream, Kind::SnapshotBegin)?;
+    let header =
+        SnapshotHeader::decode(begin).map_err(|error| WireError::malformed(error.to_string()))?;
+    if header.sequence + 1 != connection.start {
+        return Err(WireError::malformed(format!(
+            "a snapshot of sequence {} for a stream from {}",
+            header.sequence, connection.start
+        )));
+    }
+    let meta = SnapshotMeta {
+        schema_version: header.schema_version,
+        codec: header.codec,
+        sequence: header.sequence,
+        timestamp_ns: header.timestamp_ns,
+        state_hash: header.state_hash,
+    };
+    let mut failure = None;
+    let written = store.write_streaming(&meta, |writer| loop {
+        match reader.next(stream) {
+            Ok(Some((Kind::SnapshotChunk, body))) => writer.write_all(body)?,
+            Ok(Some((Kind::SnapshotEnd, _))) => return Ok(()),
+            Ok(Some((kind, _))) => {
+                failure = Some(WireError::malformed(format!("{kind:?} inside a snapshot")));
+                return Err(std::io::Error::other("an unexpected frame"));
+            }
+            Ok(None) => {
+                failure = Some(WireError::malformed("the snapshot stopped arriving"));
+                return Err(std::io::Error::other("a timeout"));
+            }
+            Err(error) => {
+                let message = error.to_string();
+                failure = Some(error);
+                return Err(std::io::Error::other(message));
+            }
+        }
+    });
+    let file = match written {
+        Ok(file) => file,
+        Err(error) => {
+            return Err(
+                failure.unwrap_or_else(|| WireError::Io(std::io::Error::other(error.to_string())))
+            )
+        }
+    };
+    let stored =
+        check_snapshot(&file.path).map_err(|error| WireError::malformed(error.to_string()))?;
+    if (stored.payload_length, stored.payload_checksum)
+        != (header.payload_length, header.payload_checksum)
+    {
+        let _ = std::fs::remove_file(&file.path);
+        return Err(WireError::malformed(
+            "the snapshot received differs from the one the primary described",
+        ));
+    }
+    Ok(())
 }

@@ -31,7 +31,8 @@ fn stats_are_recorded_through_the_metrics_facade() {
     assert_eq!(value("keel_applied"), Some(&DebugValue::Counter(500)));
     assert_eq!(value("keel_durable"), Some(&DebugValue::Counter(500)));
     assert!(matches!(value("keel_snapshot_failing"), Some(DebugValue::Gauge(_))));
-    assert_eq!(recorded.len(), 12, "{recorded:?}");
+    assert_eq!(value("keel_checkpoints"), Some(&DebugValue::Counter(0)));
+    assert_eq!(recorded.len(), 13, "{recorded:?}");
     drop(publisher);
     engine.shutdown().unwrap();
 }

@@ -89,7 +89,8 @@ impl JournalOptions {
         self
     }
 
-    /// The writer's epoch, stored in the header of each segment it creates.
+    /// The writer's epoch, stored in the header of each segment it creates; an existing
+    /// journal whose segments carry a higher one keeps that.
     pub fn epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
         self
@@ -316,6 +317,7 @@ impl JournalWriter {
         let Recovered {
             segment,
             journal_id,
+            epoch,
             first_sequence,
             position,
             last_sequence,
@@ -346,7 +348,8 @@ impl JournalWriter {
             storage,
             durability: options.durability,
             segment_size: options.segment_size,
-            epoch: options.epoch,
+            // Epochs never go back: a writer opened with an older one keeps the journal's.
+            epoch: epoch.max(options.epoch),
             journal_id,
             segment: ActiveSegment { path: segment.path, file, size, map },
             position,
@@ -383,6 +386,12 @@ impl JournalWriter {
     /// The journal's id, the same in every segment header.
     pub fn journal_id(&self) -> [u8; 16] {
         self.journal_id
+    }
+
+    /// The writer's epoch: the highest in the journal's segment headers, or the one it was
+    /// opened with if that is higher. New segments carry it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The sequence the next append gets.
@@ -645,6 +654,8 @@ pub enum Retention {
 struct Recovered {
     segment: SegmentFile,
     journal_id: [u8; 16],
+    /// The highest epoch in the segments' headers.
+    epoch: u64,
     first_sequence: u64,
     position: usize,
     last_sequence: u64,
@@ -732,6 +743,7 @@ fn create_first_segment(
     Ok(Recovered {
         segment: SegmentFile { first_sequence: options.first_sequence, path },
         journal_id,
+        epoch: options.epoch,
         first_sequence: options.first_sequence,
         position: SEGMENT_HEADER_SIZE,
         last_sequence: options.first_sequence - 1,
@@ -747,10 +759,12 @@ fn recover_tail(
     report: &mut OpenReport,
 ) -> Result<Recovered, JournalError> {
     let first_file = File::open(&segments[0].path).map_err(JournalError::io(&segments[0].path))?;
-    let journal_id = read_header(&first_file, &segments[0], None)?.journal_id;
+    let first_header = read_header(&first_file, &segments[0], None)?;
+    let journal_id = first_header.journal_id;
+    let mut epoch = first_header.epoch;
     for segment in &segments[1..] {
         let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;
-        read_header(&file, segment, Some(journal_id))?;
+        epoch = epoch.max(read_header(&file, segment, Some(journal_id))?.epoch);
     }
     let last = segments.last().expect("segments is not empty");
     let scan = scan_file(last, true)?;
@@ -778,6 +792,7 @@ fn recover_tail(
     Ok(Recovered {
         segment: last.clone(),
         journal_id,
+        epoch,
         first_sequence: segments[0].first_sequence,
         position: scan.end_offset as usize,
         last_sequence,

@@ -1,0 +1,644 @@
+//! The primary's side of replication: a listener that authenticates replicas, and for each
+//! replica a thread that streams it the journal's records from where it stands (its catch-up
+//! and its live stream are the same reader) and a thread that reads its acknowledgements. In
+//! the `Replicated` tier the engine applies a batch only once enough replicas acknowledged it.
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keel_journal::format::SNAPSHOT_HEADER_SIZE;
+use keel_journal::snapshot::read_snapshot;
+use keel_journal::{JournalReader, SnapshotStore, Tailer};
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{EngineError, Halt};
+use crate::wire::{
+    begin_frame, expect, frame_body_len, hex, mac, nonce, push_record, seal_frame, verify_mac,
+    write_frame, Challenge, Fields, FrameReader, Hello, Kind, WireError, FRAME_RECORDS_TARGET,
+    HANDSHAKE_TIMEOUT, PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+};
+
+/// How often an idle sender tells its replica it is alive.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+/// Snapshot payload bytes per frame.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// How an engine serves replicas over TCP: [`EngineBuilder::replicate`](crate::EngineBuilder::replicate).
+#[derive(Clone)]
+pub struct Replication {
+    pub(crate) listen: SocketAddr,
+    pub(crate) secret: Vec<u8>,
+    pub(crate) quorum: usize,
+    pub(crate) ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        formatter
+            .debug_struct("Replication")
+            .field("listen", &self.listen)
+            .field("quorum", &self.quorum)
+            .field("ack_timeout", &self.ack_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replication {
+    /// Replication authenticated by `secret`, which every replica must know (it is never sent:
+    /// each side proves it with an HMAC over both sides' random nonces). Listens on
+    /// `127.0.0.1` on a port the system picks (see [`Engine::replication_address`](
+    /// crate::Engine::replication_address)); in the `Replicated` tier one replica must
+    /// acknowledge each input; a replica that does not within a second is dropped.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            secret: secret.into(),
+            quorum: 1,
+            ack_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The address to listen on. Loopback by default: listening on another interface is a
+    /// decision to make, not a default.
+    pub fn listen(mut self, address: SocketAddr) -> Self {
+        self.listen = address;
+        self
+    }
+
+    /// `Replicated` tier: how many replicas must hold an input durably before it is applied.
+    pub fn quorum(mut self, replicas: usize) -> Self {
+        self.quorum = replicas;
+        self
+    }
+
+    /// `Replicated` tier: how long a replica in the quorum may take to acknowledge an input
+    /// before it is dropped from the quorum (loudly: a warning through `tracing`, and
+    /// [`ReplicationStatus::dropped`] counts it).
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+}
+
+/// The replicas of a primary, as it sees them now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    /// The address replicas connect to.
+    pub address: Option<SocketAddr>,
+    /// The last sequence committed to the primary's journal.
+    pub committed: u64,
+    /// The connected replicas: their address, the highest sequence each acknowledged, and
+    /// whether it is caught up and counts towards the quorum.
+    pub replicas: Vec<(SocketAddr, u64, bool)>,
+    /// Replicas dropped from the quorum for not acknowledging in time.
+    pub dropped: u64,
+    /// Connections refused at the handshake (a wrong secret, another journal, a stale epoch,
+    /// a malformed frame).
+    pub refused: u64,
+}
+
+/// A connected replica.
+struct Peer {
+    address: SocketAddr,
+    stream: TcpStream,
+    acked: AtomicU64,
+    /// Caught up once (acknowledged what the primary had committed): counts for the quorum.
+    in_quorum: AtomicBool,
+    alive: AtomicBool,
+}
+
+impl Peer {
+    /// Closes the connection; the peer's threads see it and end.
+    fn close(&self, reason: &str) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            tracing::warn!(replica = %self.address, "replica connection closed: {reason}");
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// What the listener, the replicas' threads and the engine share.
+struct Inner {
+    directory: PathBuf,
+    journal_id: [u8; 16],
+    epoch: u64,
+    secret: Vec<u8>,
+    quorum: usize,
+    ack_timeout: Duration,
+    stopping: AtomicBool,
+    /// The last sequence committed to the journal, for the senders.
+    committed: AtomicU64,
+    /// Senders asleep waiting for records, and where they sleep.
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+    peers: Mutex<Vec<Arc<Peer>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The epoch of a newer primary a replica told of (0: none): this primary is fenced.
+    fenced_by: AtomicU64,
+    dropped: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// The primary's replication: see the module's documentation.
+pub(crate) struct Replicator {
+    inner: Arc<Inner>,
+    address: SocketAddr,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Replicator {
+    /// Binds the listener and starts accepting replicas of the journal in `directory`.
+    pub(crate) fn start(
+        directory: &Path,
+        journal_id: [u8; 16],
+        epoch: u64,
+        committed: u64,
+        options: &Replication,
+    ) -> Result<Self, EngineError> {
+        if options.secret.is_empty() {
+            return Err(EngineError::Configuration("the replication secret is empty".into()));
+        }
+        let listener = TcpListener::bind(options.listen).map_err(|error| {
+            EngineError::Configuration(format!(
+                "the replication listener cannot bind {}: {error}",
+                options.listen
+            ))
+        })?;
+        let address = listener.local_addr().map_err(|error| {
+            EngineError::Configuration(format!("the replication listener's address: {error}"))
+        })?;
+        listener.set_nonblocking(true).map_err(|error| {
+            EngineError::Configuration(format!("the replication listener: {error}"))
+        })?;
+        let inner = Arc::new(Inner {
+            directory: directory.to_owned(),
+            journal_id,
+            epoch,
+            secret: options.secret.clone(),
+            quorum: options.quorum,
+            ack_timeout: options.ack_timeout,
+            stopping: AtomicBool::new(false),
+            committed: AtomicU64::new(committed),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            peers: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            fenced_by: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        });
+        let accepting = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("keel-replication".into())
+            .spawn(move || accept(&accepting, &listener))
+            .map_err(|error| EngineError::Spawn {
+                thread: "replication".into(),
+                message: error.to_string(),
+            })?;
+        tracing::info!(%address, "replication listening");
+        Ok(Self { inner, address, listener: Mutex::new(Some(thread)) })
+    }
+
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The journal holds everything up to `sequence`: senders may send it. Fails once a
+    /// replica proved that a newer primary exists: this one must apply nothing more.
+    #[inline]
+    pub(crate) fn committed(&self, sequence: u64) -> Result<(), Halt> {
+        self.inner.committed.store(sequence, Ordering::Release);
+        if self.inner.sleepers.load(Ordering::Acquire) > 0 {
+            let _guard = self.inner.lock.lock();
+            self.inner.wake.notify_all();
+        }
+        self.inner.fenced()
+    }
+
+    /// Waits until `quorum` replicas in the quorum acknowledged `sequence`. A replica in the
+    /// quorum that has not within the acknowledgement timeout is dropped, loudly; while fewer
+    /// than `quorum` remain, nothing is applied and the wait goes on (the input ring fills and
+    /// publishers wait), until a replica catches up again, `give_up` returns a reason, or the
+    /// primary learns it is fenced.
+    pub(crate) fn wait_replicated(
+        &self,
+        sequence: u64,
+        mut give_up: impl FnMut(bool) -> Option<Halt>,
+    ) -> Result<(), Halt> {
+        let inner = &self.inner;
+        let began = Instant::now();
+        let mut rounds = 0u32;
+        let mut warned = false;
+        loop {
+            let (acknowledged, in_quorum) = inner.count(sequence);
+            if acknowledged >= inner.quorum {
+                return Ok(());
+            }
+            inner.fenced()?;
+            let overdue = began.elapsed() >= inner.ack_timeout;
+            if let Some(halt) = give_up(overdue) {
+                return Err(halt);
+            }
+            if overdue {
+                for peer in inner.peers.lock().iter() {
+                    if peer.alive.load(Ordering::Acquire)
+                        && peer.in_quorum.load(Ordering::Acquire)
+                        && peer.acked.load(Ordering::Acquire) < sequence
+                    {
+                        inner.dropped.fetch_add(1, Ordering::Relaxed);
+                        peer.close(&format!(
+                            "dropped from the quorum: sequence {sequence} not acknowledged \
+                             within {:?}",
+                            inner.ack_timeout
+                        ));
+                    }
+                }
+                if !warned && in_quorum < inner.quorum {
+                    tracing::warn!(
+                        sequence,
+                        replicas = in_quorum,
+                        quorum = inner.quorum,
+                        "fewer replicas than the quorum hold the input: nothing is applied \
+                         until enough catch up"
+                    );
+                    warned = true;
+                }
+            }
+            rounds = rounds.saturating_add(1);
+            if rounds < 256 {
+                std::hint::spin_loop();
+            } else if rounds < 4096 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// The primary's view of its replicas.
+    pub(crate) fn status(&self) -> ReplicationStatus {
+        let inner = &self.inner;
+        ReplicationStatus {
+            address: Some(self.address),
+            committed: inner.committed.load(Ordering::Acquire),
+            replicas: inner
+                .peers
+                .lock()
+                .iter()
+                .filter(|peer| peer.alive.load(Ordering::Acquire))
+                .map(|peer| {
+                    (
+                        peer.address,
+                        peer.acked.load(Ordering::Acquire),
+                        peer.in_quorum.load(Ordering::Acquire),
+                    )
+                })
+                .collect(),
+            dropped: inner.dropped.load(Ordering::Relaxed),
+            refused: inner.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting, closes every replica's connection and joins the threads.
+    pub(crate) fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        {
+            let _guard = self.inner.lock.lock();
+            self.inner.wake.notify_all();
+        }
+        if let Some(listener) = self.listener.lock().take() {
+            let _ = listener.join();
+        }
+        for peer in self.inner.peers.lock().iter() {
+            if peer.alive.swap(false, Ordering::AcqRel) {
+                let _ = peer.stream.shutdown(Shutdown::Both);
+            }
+        }
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    fn fenced(&self) -> Result<(), Halt> {
+        match self.fenced_by.load(Ordering::Acquire) {
+            0 => Ok(()),
+            epoch => Err(Halt::Fenced { epoch }),
+        }
+    }
+
+    /// Replicas in the quorum that acknowledged `sequence`, and replicas in the quorum.
+    fn count(&self, sequence: u64) -> (usize, usize) {
+        let peers = self.peers.lock();
+        let mut acknowledged = 0;
+        let mut in_quorum = 0;
+        for peer in peers.iter() {
+            if peer.alive.load(Ordering::Acquire) && peer.in_quorum.load(Ordering::Acquire) {
+                in_quorum += 1;
+                if peer.acked.load(Ordering::Acquire) >= sequence {
+                    acknowledged += 1;
+                }
+            }
+        }
+        (acknowledged, in_quorum)
+    }
+
+    fn spawn(self: &Arc<Self>, name: &str, work: impl FnOnce() + Send + 'static) {
+        match std::thread::Builder::new().name(name.into()).spawn(work) {
+            Ok(thread) => self.threads.lock().push(thread),
+            Err(error) => tracing::error!("could not start a replication thread: {error}"),
+        }
+    }
+
+    /// Waits until the journal holds `next` (or `timeout` passes, or replication stops).
+    fn wait_for_records(&self, next: u64, timeout: Duration) {
+        for round in 0..256 {
+            if self.committed.load(Ordering::Acquire) >= next
+                || self.stopping.load(Ordering::Acquire)
+            {
+                return;
+            }
+            if round < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.sleepers.fetch_add(1, Ordering::AcqRel);
+        let mut guard = self.lock.lock();
+        if self.committed.load(Ordering::Acquire) < next && !self.stopping.load(Ordering::Acquire) {
+            self.wake.wait_for(&mut guard, timeout);
+        }
+        drop(guard);
+        self.sleepers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The listener's loop: each connection gets a thread of its own for its handshake, so that a
+/// slow or hostile peer holds up no one else.
+fn accept(inner: &Arc<Inner>, listener: &TcpListener) {
+    while !inner.stopping.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((stream, address)) => {
+                let connection = Arc::clone(inner);
+                inner.spawn("keel-replica-peer", move || serve(&connection, stream, address));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => {
+                tracing::warn!("replication listener: {error}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// One replica's connection: the handshake, then its stream of records on this thread and its
+/// acknowledgements on another.
+fn serve(inner: &Arc<Inner>, mut stream: TcpStream, address: SocketAddr) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_nodelay(true);
+    let mut reader = FrameReader::default();
+    let start = match handshake(inner, &mut stream, &mut reader) {
+        Ok(start) => start,
+        Err(error) => {
+            inner.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(replica = %address, "replica refused: {error}");
+            if let WireError::Refused(reason) = &error {
+                let _ = write_frame(&mut stream, Kind::Refused, reason.as_bytes(), &mut Vec::new());
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    let Ok(clone) = stream.try_clone() else { return };
+    let peer = Arc::new(Peer {
+        address,
+        stream: clone,
+        acked: AtomicU64::new(start.saturating_sub(1)),
+        in_quorum: AtomicBool::new(false),
+        alive: AtomicBool::new(true),
+    });
+    inner.peers.lock().push(Arc::clone(&peer));
+    tracing::info!(replica = %address, from = start, "replica connected");
+    let acknowledging = Arc::clone(&peer);
+    let acks = Arc::clone(inner);
+    inner.spawn("keel-replica-acks", move || read_acks(&acks, &acknowledging, reader));
+    let outcome = send(inner, &peer, &mut stream, start);
+    peer.close(&match outcome {
+        Ok(()) => "replication stopped".to_owned(),
+        Err(error) => error.to_string(),
+    });
+    inner.peers.lock().retain(|other| !Arc::ptr_eq(other, &peer));
+}
+
+/// The handshake, primary side; returns the sequence the stream starts at (after sending a
+/// snapshot when the replica needs one).
+fn handshake(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+) -> Result<u64, WireError> {
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let hello = Hello::decode(expect(reader, stream, Kind::Hello)?)?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(WireError::Refused(format!(
+            "protocol version {} (this primary speaks {PROTOCOL_VERSION})",
+            hello.version
+        )));
+    }
+    let primary_nonce = nonce()?;
+    let challenge = Challenge {
+        version: PROTOCOL_VERSION,
+        journal_id: inner.journal_id,
+        epoch: inner.epoch,
+        nonce: primary_nonce,
+        mac: mac(
+            &inner.secret,
+            &[
+                PRIMARY_PROOF,
+                &hello.nonce,
+                &primary_nonce,
+                &inner.journal_id,
+                &inner.epoch.to_le_bytes(),
+            ],
+        ),
+    };
+    let mut scratch = Vec::new();
+    write_frame(stream, Kind::Challenge, &challenge.encode(), &mut scratch)?;
+    let auth = Fields::exact(expect(reader, stream, Kind::Auth)?, 32, "auth")?.array::<32>()?;
+    let proven = verify_mac(
+        &inner.secret,
+        &[
+            REPLICA_PROOF,
+            &primary_nonce,
+            &hello.nonce,
+            &hello.journal_id,
+            &hello.epoch.to_le_bytes(),
+            &hello.next_sequence.to_le_bytes(),
+        ],
+        &auth,
+    );
+    // Nothing the peer says is believed before it proves the secret.
+    if !proven {
+        return Err(WireError::Refused("authentication failed: not the shared secret".into()));
+    }
+    if hello.journal_id != [0; 16] && hello.journal_id != inner.journal_id {
+        return Err(WireError::Refused(format!(
+            "the replica holds journal {}, this primary's is {}",
+            hex(&hello.journal_id),
+            hex(&inner.journal_id)
+        )));
+    }
+    if hello.epoch > inner.epoch {
+        // A replica has followed a newer primary: this one was replaced.
+        inner.fenced_by.fetch_max(hello.epoch, Ordering::AcqRel);
+        tracing::error!(
+            epoch = inner.epoch,
+            newer = hello.epoch,
+            "a replica knows a newer primary's epoch: this primary is fenced"
+        );
+        return Err(WireError::Refused(format!(
+            "this primary's epoch {} is older than the replica's {}: it is fenced",
+            inner.epoch, hello.epoch
+        )));
+    }
+    let committed = inner.committed.load(Ordering::Acquire);
+    if hello.next_sequence > committed + 1 {
+        return Err(WireError::Refused(format!(
+            "the replica holds up to sequence {}, past this primary's journal ({committed})",
+            hello.next_sequence - 1
+        )));
+    }
+    let first = JournalReader::open(&inner.directory).map_err(io_error)?.next_sequence();
+    if hello.next_sequence >= first {
+        let accepted = [hello.next_sequence.to_le_bytes().as_slice(), &[0]].concat();
+        write_frame(stream, Kind::Accepted, &accepted, &mut scratch)?;
+        stream.set_read_timeout(None)?;
+        return Ok(hello.next_sequence);
+    }
+    if hello.journal_id != [0; 16] {
+        return Err(WireError::Refused(format!(
+            "the replica needs sequence {}, which this primary's journal no longer holds (it \
+             starts at {first}): start the replica afresh in an empty directory",
+            hello.next_sequence
+        )));
+    }
+    let start = send_snapshot(inner, stream, first, &mut scratch)?;
+    stream.set_read_timeout(None)?;
+    Ok(start)
+}
+
+/// Sends a fresh replica the newest snapshot the journal continues from; returns the sequence
+/// after it.
+fn send_snapshot(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    first: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<u64, WireError> {
+    let store = SnapshotStore::open(&inner.directory).map_err(io_error)?;
+    let files = store.list().map_err(io_error)?;
+    let file = files.iter().find(|file| file.sequence + 1 >= first).ok_or_else(|| {
+        WireError::Refused(format!(
+            "the primary's journal starts at {first} and no snapshot covers the commands before \
+             it"
+        ))
+    })?;
+    // Read and checked whole (checksums): a damaged snapshot is not sent.
+    let (header, payload) = read_snapshot(&file.path).map_err(io_error)?;
+    let start = header.sequence + 1;
+    let accepted = [start.to_le_bytes().as_slice(), &[1]].concat();
+    write_frame(stream, Kind::Accepted, &accepted, scratch)?;
+    let encoded = header.encode();
+    debug_assert_eq!(encoded.len(), SNAPSHOT_HEADER_SIZE);
+    write_frame(stream, Kind::SnapshotBegin, &encoded, scratch)?;
+    for chunk in payload.chunks(SNAPSHOT_CHUNK) {
+        write_frame(stream, Kind::SnapshotChunk, chunk, scratch)?;
+    }
+    write_frame(stream, Kind::SnapshotEnd, &[], scratch)?;
+    tracing::info!(sequence = header.sequence, "snapshot sent to a new replica");
+    Ok(start)
+}
+
+fn io_error(error: keel_journal::JournalError) -> WireError {
+    WireError::Io(std::io::Error::other(error.to_string()))
+}
+
+/// Streams the journal from `start` to the replica, as it grows, until the connection or
+/// replication ends.
+fn send(inner: &Inner, peer: &Peer, stream: &mut TcpStream, start: u64) -> Result<(), WireError> {
+    let mut tailer = Tailer::open(&inner.directory, start).map_err(io_error)?;
+    let mut frame = Vec::with_capacity(FRAME_RECORDS_TARGET * 2);
+    let mut scratch = Vec::new();
+    let mut last_sent = Instant::now();
+    while peer.alive.load(Ordering::Acquire) && !inner.stopping.load(Ordering::Acquire) {
+        begin_frame(&mut frame, Kind::Records);
+        while frame_body_len(&frame) < FRAME_RECORDS_TARGET {
+            match tailer.poll().map_err(io_error)? {
+                Some(record) => push_record(
+                    &mut frame,
+                    record.sequence,
+                    record.timestamp_ns,
+                    record.kind,
+                    record.version,
+                    record.payload,
+                ),
+                None => break,
+            }
+        }
+        if frame_body_len(&frame) > 1 {
+            seal_frame(&mut frame);
+            stream.write_all(&frame)?;
+            last_sent = Instant::now();
+            continue;
+        }
+        if last_sent.elapsed() >= HEARTBEAT {
+            let committed = inner.committed.load(Ordering::Acquire);
+            write_frame(stream, Kind::Heartbeat, &committed.to_le_bytes(), &mut scratch)?;
+            last_sent = Instant::now();
+        }
+        inner.wait_for_records(tailer.next_sequence(), HEARTBEAT);
+    }
+    Ok(())
+}
+
+/// Reads a replica's acknowledgements until its connection ends.
+fn read_acks(inner: &Inner, peer: &Peer, mut reader: FrameReader) {
+    let Ok(mut stream) = peer.stream.try_clone() else {
+        peer.close("could not read its acknowledgements");
+        return;
+    };
+    let reason = loop {
+        match reader.next(&mut stream) {
+            Ok(Some((Kind::Ack, body))) => {
+                let durable = match Fields::exact(body, 8, "ack").and_then(|mut ack| ack.u64()) {
+                    Ok(durable) => durable,
+                    Err(error) => break error.to_string(),
+                };
+                peer.acked.fetch_max(durable, Ordering::AcqRel);
+                if !peer.in_quorum.load(Ordering::Acquire)
+                    && durable >= inner.committed.load(Ordering::Acquire)
+                {
+                    peer.in_quorum.store(true, Ordering::Release);
+                    tracing::info!(replica = %peer.address, sequence = durable, "replica caught up: it counts towards the quorum");
+                }
+            }
+            Ok(Some((kind, _))) => break format!("a replica does not send {kind:?}"),
+            Ok(None) => {}
+            Err(error) => break error.to_string(),
+        }
+    };
+    peer.close(&reason);
+}

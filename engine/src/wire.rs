@@ -1,0 +1,577 @@
+//! The replication protocol (`docs/replication-protocol.md`): checksummed frames over TCP, a
+//! handshake in which each side proves it knows the shared secret (HMAC-SHA256 over both
+//! sides' nonces), then journal records one way and acknowledgements the other.
+
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The protocol's version, exchanged in the handshake.
+pub(crate) const PROTOCOL_VERSION: u16 = 1;
+/// Bytes before a frame's body: its length (u32), its checksum (u32).
+const FRAME_HEADER: usize = 8;
+/// The largest frame body: a record of the largest size (512 KiB) fits with room to spare.
+pub(crate) const FRAME_BODY_MAX: usize = 2 << 20;
+/// Record bytes a sender gathers into one frame before it writes it.
+pub(crate) const FRAME_RECORDS_TARGET: usize = 256 << 10;
+/// The bytes of a record's header in a `Records` frame.
+const WIRE_RECORD_HEADER: usize = 24;
+/// How long each step of a handshake may take before the connection is closed.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of a nonce and of a MAC.
+pub(crate) const NONCE: usize = 16;
+const MAC: usize = 32;
+
+/// What a frame is: its body's first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// Replica → primary: who it is and where it stands.
+    Hello = 1,
+    /// Primary → replica: who the primary is, and its proof of the secret.
+    Challenge = 2,
+    /// Replica → primary: the replica's proof of the secret.
+    Auth = 3,
+    /// Primary → replica: the stream starts at a sequence, after a snapshot or not.
+    Accepted = 4,
+    /// Either way: the connection is refused, with the reason.
+    Refused = 5,
+    /// Primary → replica: journal records, consecutive.
+    Records = 6,
+    /// Replica → primary: the highest sequence it holds durably.
+    Ack = 7,
+    /// Primary → replica: a snapshot file's header; its payload follows in chunks.
+    SnapshotBegin = 8,
+    /// Primary → replica: a piece of the snapshot's payload.
+    SnapshotChunk = 9,
+    /// Primary → replica: the snapshot's payload is complete.
+    SnapshotEnd = 10,
+    /// Primary → replica, when idle: its journal's last sequence, so the replica knows the
+    /// connection lives.
+    Heartbeat = 11,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Hello,
+            2 => Self::Challenge,
+            3 => Self::Auth,
+            4 => Self::Accepted,
+            5 => Self::Refused,
+            6 => Self::Records,
+            7 => Self::Ack,
+            8 => Self::SnapshotBegin,
+            9 => Self::SnapshotChunk,
+            10 => Self::SnapshotEnd,
+            11 => Self::Heartbeat,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a connection ended or was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("a malformed frame: {0}")]
+    Malformed(String),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl WireError {
+    pub(crate) fn malformed(message: impl Into<String>) -> Self {
+        Self::Malformed(message.into())
+    }
+}
+
+/// Writes one frame: length, CRC32C of the body, the body (its kind, then `body`).
+pub(crate) fn write_frame(
+    writer: &mut impl Write,
+    kind: Kind,
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    scratch.clear();
+    scratch.extend_from_slice(&[0; FRAME_HEADER]);
+    scratch.push(kind as u8);
+    scratch.extend_from_slice(body);
+    seal_frame(scratch);
+    writer.write_all(scratch)
+}
+
+/// Fills in the header of a frame built in `frame` (header space, kind byte, body).
+pub(crate) fn seal_frame(frame: &mut [u8]) {
+    let length = (frame.len() - FRAME_HEADER) as u32;
+    let checksum = crc32c::crc32c(&frame[FRAME_HEADER..]);
+    frame[0..4].copy_from_slice(&length.to_le_bytes());
+    frame[4..8].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// Reads frames from a stream, keeping a partly received frame across reads that time out
+/// (a replica reads with a timeout, to look at its stop flag between frames).
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    /// The next complete frame: its kind and body. `Ok(None)` when a read timed out (or would
+    /// block) first. A length out of bounds, a checksum mismatch or an unknown kind is
+    /// `Malformed`; the end of the stream between frames is `Closed`, inside one `Malformed`.
+    pub(crate) fn next(
+        &mut self,
+        reader: &mut impl Read,
+    ) -> Result<Option<(Kind, &[u8])>, WireError> {
+        self.frame(Some(reader))
+    }
+
+    /// The next frame if it is already received whole, without reading: for draining what
+    /// arrived together without waiting for more.
+    pub(crate) fn buffered(&mut self) -> Result<Option<(Kind, &[u8])>, WireError> {
+        self.frame(None::<&mut io::Empty>)
+    }
+
+    fn frame(
+        &mut self,
+        mut reader: Option<&mut impl Read>,
+    ) -> Result<Option<(Kind, &[u8])>, WireError> {
+        loop {
+            let available = self.end - self.start;
+            if available >= FRAME_HEADER {
+                let header = &self.buffer[self.start..self.start + FRAME_HEADER];
+                let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+                let checksum = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+                if length == 0 || length > FRAME_BODY_MAX + 1 {
+                    return Err(WireError::malformed(format!(
+                        "a frame of {length} bytes (at most {} are allowed)",
+                        FRAME_BODY_MAX + 1
+                    )));
+                }
+                if available >= FRAME_HEADER + length {
+                    let body_start = self.start + FRAME_HEADER;
+                    self.start = body_start + length;
+                    let body = &self.buffer[body_start..body_start + length];
+                    let computed = crc32c::crc32c(body);
+                    if computed != checksum {
+                        return Err(WireError::malformed(format!(
+                            "frame checksum mismatch: stored {checksum:#010x}, computed \
+                             {computed:#010x}"
+                        )));
+                    }
+                    let kind = Kind::from_byte(body[0]).ok_or_else(|| {
+                        WireError::malformed(format!("unknown frame kind {}", body[0]))
+                    })?;
+                    return Ok(Some((kind, &body[1..])));
+                }
+                self.make_room(FRAME_HEADER + length);
+            } else {
+                self.make_room(FRAME_HEADER);
+            }
+            let Some(reader) = reader.as_mut() else { return Ok(None) };
+            match reader.read(&mut self.buffer[self.end..]) {
+                Ok(0) if self.end == self.start => return Err(WireError::Closed),
+                Ok(0) => return Err(WireError::malformed("the stream ended inside a frame")),
+                Ok(read) => self.end += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Makes room after the buffered bytes for a frame of `needed` bytes in all, and for more
+    /// (reads take what is there, up to 64 KiB beyond).
+    fn make_room(&mut self, needed: usize) {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let wanted = needed.max(self.end + (64 << 10));
+        if self.buffer.len() < wanted {
+            self.buffer.resize(wanted, 0);
+        }
+    }
+}
+
+/// The next frame during a handshake, which must be of `kind`: a `Refused` frame is the
+/// peer's refusal, with its reason.
+pub(crate) fn expect<'a>(
+    reader: &'a mut FrameReader,
+    stream: &mut impl Read,
+    kind: Kind,
+) -> Result<&'a [u8], WireError> {
+    match reader.next(stream)? {
+        Some((found, body)) if found == kind => Ok(body),
+        Some((Kind::Refused, body)) => {
+            Err(WireError::Refused(format!("the peer refused: {}", String::from_utf8_lossy(body))))
+        }
+        Some((found, _)) => Err(WireError::malformed(format!("expected {kind:?}, got {found:?}"))),
+        None => Err(WireError::malformed(format!("no {kind:?} within {HANDSHAKE_TIMEOUT:?}"))),
+    }
+}
+
+/// A journal id as text.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Reads the fixed-width fields of a message body, refusing one of any other length.
+pub(crate) struct Fields<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    /// The body of a `what` message, which must be exactly `length` bytes.
+    pub(crate) fn exact(
+        bytes: &'a [u8],
+        length: usize,
+        what: &'static str,
+    ) -> Result<Self, WireError> {
+        if bytes.len() != length {
+            return Err(WireError::malformed(format!(
+                "a {what} of {} bytes, expected {length}",
+                bytes.len()
+            )));
+        }
+        Ok(Self { bytes, what })
+    }
+
+    /// The body of a `what` message of at least `length` bytes.
+    pub(crate) fn at_least(
+        bytes: &'a [u8],
+        length: usize,
+        what: &'static str,
+    ) -> Result<Self, WireError> {
+        if bytes.len() < length {
+            return Err(WireError::malformed(format!(
+                "a {what} of {} bytes, expected at least {length}",
+                bytes.len()
+            )));
+        }
+        Ok(Self { bytes, what })
+    }
+
+    fn take(&mut self, length: usize) -> Result<&'a [u8], WireError> {
+        if self.bytes.len() < length {
+            return Err(WireError::malformed(format!("a truncated {}", self.what)));
+        }
+        let (taken, rest) = self.bytes.split_at(length);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+/// Replica → primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub(crate) version: u16,
+    /// The replica's journal's id; zeros when it has none yet.
+    pub(crate) journal_id: [u8; 16],
+    /// The highest epoch the replica has seen.
+    pub(crate) epoch: u64,
+    /// The sequence it needs next.
+    pub(crate) next_sequence: u64,
+    pub(crate) nonce: [u8; NONCE],
+}
+
+impl Hello {
+    const SIZE: usize = 2 + 16 + 8 + 8 + NONCE;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(Self::SIZE);
+        body.extend_from_slice(&self.version.to_le_bytes());
+        body.extend_from_slice(&self.journal_id);
+        body.extend_from_slice(&self.epoch.to_le_bytes());
+        body.extend_from_slice(&self.next_sequence.to_le_bytes());
+        body.extend_from_slice(&self.nonce);
+        body
+    }
+
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut fields = Fields::exact(body, Self::SIZE, "hello")?;
+        Ok(Self {
+            version: fields.u16()?,
+            journal_id: fields.array()?,
+            epoch: fields.u64()?,
+            next_sequence: fields.u64()?,
+            nonce: fields.array()?,
+        })
+    }
+}
+
+/// Primary → replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    pub(crate) version: u16,
+    pub(crate) journal_id: [u8; 16],
+    pub(crate) epoch: u64,
+    pub(crate) nonce: [u8; NONCE],
+    /// The primary's proof: [`mac`] of the secret over both nonces, the journal id and epoch.
+    pub(crate) mac: [u8; MAC],
+}
+
+impl Challenge {
+    const SIZE: usize = 2 + 16 + 8 + NONCE + MAC;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(Self::SIZE);
+        body.extend_from_slice(&self.version.to_le_bytes());
+        body.extend_from_slice(&self.journal_id);
+        body.extend_from_slice(&self.epoch.to_le_bytes());
+        body.extend_from_slice(&self.nonce);
+        body.extend_from_slice(&self.mac);
+        body
+    }
+
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut fields = Fields::exact(body, Self::SIZE, "challenge")?;
+        Ok(Self {
+            version: fields.u16()?,
+            journal_id: fields.array()?,
+            epoch: fields.u64()?,
+            nonce: fields.array()?,
+            mac: fields.array()?,
+        })
+    }
+}
+
+/// The roles' labels in what each side's MAC covers, so that one side's proof can never be
+/// replayed as the other's.
+pub(crate) const PRIMARY_PROOF: &[u8] = b"keel-replication-primary";
+pub(crate) const REPLICA_PROOF: &[u8] = b"keel-replication-replica";
+
+/// HMAC-SHA256 of `secret` over `parts`, in order.
+pub(crate) fn mac(secret: &[u8], parts: &[&[u8]]) -> [u8; MAC] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether `proof` is the HMAC of `secret` over `parts`, compared in constant time.
+pub(crate) fn verify_mac(secret: &[u8], parts: &[&[u8]], proof: &[u8]) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(proof).is_ok()
+}
+
+/// A fresh nonce: 16 bytes from the operating system's random source.
+pub(crate) fn nonce() -> io::Result<[u8; NONCE]> {
+    let mut nonce = [0u8; NONCE];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut nonce)?;
+    Ok(nonce)
+}
+
+/// Appends a record to a `Records` frame being built.
+pub(crate) fn push_record(
+    frame: &mut Vec<u8>,
+    sequence: u64,
+    timestamp_ns: u64,
+    kind: u16,
+    version: u16,
+    payload: &[u8],
+) {
+    frame.extend_from_slice(&sequence.to_le_bytes());
+    frame.extend_from_slice(&timestamp_ns.to_le_bytes());
+    frame.extend_from_slice(&kind.to_le_bytes());
+    frame.extend_from_slice(&version.to_le_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(payload);
+}
+
+/// A record read from a `Records` frame.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WireRecord<'a> {
+    pub(crate) sequence: u64,
+    pub(crate) timestamp_ns: u64,
+    pub(crate) kind: u16,
+    pub(crate) version: u16,
+    pub(crate) payload: &'a [u8],
+}
+
+/// The records of a `Records` frame's body, each checked to lie within it.
+pub(crate) fn records(body: &[u8]) -> impl Iterator<Item = Result<WireRecord<'_>, WireError>> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let record = (|| {
+            let mut fields = Fields::at_least(rest, WIRE_RECORD_HEADER, "record")?;
+            let sequence = fields.u64()?;
+            let timestamp_ns = fields.u64()?;
+            let kind = fields.u16()?;
+            let version = fields.u16()?;
+            let length = fields.u32()? as usize;
+            let after = fields.rest();
+            if after.len() < length {
+                return Err(WireError::malformed("a record longer than its frame"));
+            }
+            let (payload, remaining) = after.split_at(length);
+            Ok((WireRecord { sequence, timestamp_ns, kind, version, payload }, remaining))
+        })();
+        Some(match record {
+            Ok((record, remaining)) => {
+                rest = remaining;
+                Ok(record)
+            }
+            Err(error) => {
+                rest = &[];
+                Err(error)
+            }
+        })
+    })
+}
+
+/// The frame's space for a header and its kind byte, for a frame built in place.
+pub(crate) fn begin_frame(frame: &mut Vec<u8>, kind: Kind) {
+    frame.clear();
+    frame.extend_from_slice(&[0; FRAME_HEADER]);
+    frame.push(kind as u8);
+}
+
+/// Bytes of a frame built in place so far, without its header.
+pub(crate) fn frame_body_len(frame: &[u8]) -> usize {
+    frame.len() - FRAME_HEADER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_any_flipped_bit_is_refused() {
+        let mut frame = Vec::new();
+        begin_frame(&mut frame, Kind::Records);
+        push_record(&mut frame, 7, 1_000, 1, 1, b"open 42");
+        push_record(&mut frame, 8, 1_001, 0x8001, 1, &[9; 16]);
+        seal_frame(&mut frame);
+        let mut reader = FrameReader::default();
+        let (kind, body) = reader.next(&mut &frame[..]).unwrap().unwrap();
+        assert_eq!(kind, Kind::Records);
+        let records: Vec<_> = records(body).map(Result::unwrap).collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!((records[0].sequence, records[0].payload), (7, &b"open 42"[..]));
+        assert_eq!((records[1].kind, records[1].payload.len()), (0x8001, 16));
+        for byte in 0..frame.len() {
+            for bit in 0..8 {
+                let mut damaged = frame.clone();
+                damaged[byte] ^= 1 << bit;
+                assert!(
+                    FrameReader::default().next(&mut &damaged[..]).is_err(),
+                    "bit {bit} of byte {byte}"
+                );
+            }
+        }
+        assert!(matches!(FrameReader::default().next(&mut &[][..]), Err(WireError::Closed)));
+        assert!(FrameReader::default().next(&mut &frame[..frame.len() - 1]).is_err());
+        // Two frames back to back, received a byte at a time, with timeouts between bytes.
+        let mut twice = frame.clone();
+        twice.extend_from_slice(&frame);
+        let mut trickle = Trickle { bytes: &twice, turn: 0 };
+        let mut reader = FrameReader::default();
+        let mut frames = 0;
+        while frames < 2 {
+            if let Some((kind, _)) = reader.next(&mut trickle).unwrap() {
+                assert_eq!(kind, Kind::Records);
+                frames += 1;
+            }
+        }
+        let end = loop {
+            match reader.next(&mut trickle) {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("only two frames were sent"),
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(end, WireError::Closed));
+    }
+
+    /// Hands out one byte per read, and a timeout every other read.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        turn: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
+            self.turn += 1;
+            if self.turn.is_multiple_of(2) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let Some((&first, rest)) = self.bytes.split_first() else { return Ok(0) };
+            into[0] = first;
+            self.bytes = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_record_past_its_frame_is_refused() {
+        let mut body = Vec::new();
+        push_record(&mut body, 1, 1, 1, 1, b"abc");
+        body.truncate(body.len() - 1);
+        assert!(records(&body).any(|record| record.is_err()));
+    }
+
+    #[test]
+    fn each_side_proves_the_secret_and_one_proof_cannot_stand_for_the_other() {
+        let (replica_nonce, primary_nonce) = (nonce().unwrap(), nonce().unwrap());
+        assert_ne!(replica_nonce, primary_nonce);
+        let parts: [&[u8]; 3] = [PRIMARY_PROOF, &replica_nonce, &primary_nonce];
+        let proof = mac(b"secret", &parts);
+        assert!(verify_mac(b"secret", &parts, &proof));
+        assert!(!verify_mac(b"another secret", &parts, &proof));
+        assert!(!verify_mac(b"secret", &[REPLICA_PROOF, &replica_nonce, &primary_nonce], &proof));
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            journal_id: [3; 16],
+            epoch: 2,
+            next_sequence: 99,
+            nonce: replica_nonce,
+        };
+        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+        assert!(Hello::decode(&hello.encode()[1..]).is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! Replication over TCP on loopback: a remote replica reaches the primary's state and journal;
+//! the `Replicated` tier applies only what a replica holds durably, waits when no replica
+//! does, and drops a replica that stops acknowledging; a fault proxy that delays, freezes,
+//! cuts and corrupts the stream causes no divergence and no crash; a wrong secret and another
+//! journal are refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{commands, Bank, Command};
+use keel_engine::{Durability, Engine, EngineError, Replica, Replication, StateMachine};
+use keel_journal::format::KIND_CHECKPOINT;
+use keel_journal::JournalReader;
+
+const SECRET: &[u8] = b"correct horse battery staple";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+type Record = (u64, u64, u16, u16, Vec<u8>);
+
+fn records(directory: &Path) -> Vec<Record> {
+    let mut reader = JournalReader::open(directory).unwrap();
+    let mut records = Vec::new();
+    while let Some(record) = reader.next().unwrap() {
+        records.push((
+            record.sequence,
+            record.timestamp_ns,
+            record.kind,
+            record.version,
+            record.payload.to_vec(),
+        ));
+    }
+    records
+}
+
+fn primary(directory: &Path, durability: Durability, replication: Replication) -> Engine<Bank> {
+    Engine::builder(directory)
+        .durability(durability)
+        .segment_size(1 << 20)
+        .ring_capacity(256)
+        .checkpoints(100)
+        .replicate(replication)
+        .open(Bank::default())
+        .unwrap()
+}
+
+fn replica(address: SocketAddr, directory: &Path) -> Replica<Bank> {
+    Replica::remote(address.to_string(), SECRET, directory)
+        .segment_size(1 << 20)
+        .open(Bank::default())
+        .unwrap()
+}
+
+/// Publishes `commands` in batches of up to 20; returns the last sequence.
+fn publish(engine: &Engine<Bank>, commands: &[Command]) -> u64 {
+    let mut publisher = engine.publisher();
+    commands
+        .chunks(20)
+        .map(|chunk| publisher.publish_batch(chunk.to_vec()).unwrap())
+        .last()
+        .unwrap()
+}
+
+/// Waits for the primary to apply everything published and the replica to hold all of it (the
+/// primary must be running: the replica gets it from the primary), stops both, and checks that
+/// the replica holds the same records and reaches the same state.
+fn assert_caught_up(
+    engine: Engine<Bank>,
+    replica: Replica<Bank>,
+    replica_directory: &Path,
+    primary_directory: &Path,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    while engine.stats().applied < engine.stats().published {
+        assert!(Instant::now() < deadline, "the primary applied {:?}", engine.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let last = engine.stats().journaled;
+    assert!(replica.wait_for(last, PATIENCE).unwrap(), "the replica reached {last}");
+    let primary_state = engine.shutdown().unwrap();
+    let primary_records = records(primary_directory);
+    let checkpoints = primary_records.iter().filter(|record| record.2 == KIND_CHECKPOINT).count();
+    let stats = replica.stats();
+    assert_eq!(stats.checkpoints, checkpoints as u64, "every checkpoint was compared");
+    let state = replica.stop().unwrap();
+    assert_eq!(state, primary_state);
+    assert_eq!(state.state_hash(), primary_state.state_hash());
+    assert_eq!(records(replica_directory), primary_records, "the same journal");
+}
+
+#[test]
+fn a_remote_replica_reaches_the_primarys_state_and_journal() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let engine = primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
+    let address = engine.replication_address().unwrap();
+    assert!(address.ip().is_loopback(), "loopback unless told otherwise");
+    let input = commands(8_000, 40, 21);
+    // Some before the replica connects (it catches up from the journal), the rest live.
+    publish(&engine, &input[..3_000]);
+    let follower = replica(address, replica_directory.path());
+    publish(&engine, &input[3_000..]);
+    let status = engine.replication_status().unwrap();
+    assert_eq!(status.replicas.len(), 1, "{status:?}");
+    assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+}
+
+#[test]
+fn the_replicated_tier_applies_only_what_a_replica_holds_and_waits_without_one() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let replication = Replication::new(SECRET).quorum(1).ack_timeout(Duration::from_millis(500));
+    let engine = primary(primary_directory.path(), Durability::Replicated, replication);
+    let address = engine.replication_address().unwrap();
+    let input = commands(3_000, 20, 5);
+
+    // No replica: a command is journaled but not applied.
+    let mut publisher = engine.publisher();
+    let first = publisher.publish(input[0].clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = engine.stats();
+    assert_eq!((stats.journaled, stats.applied), (first, 0), "{stats:?}");
+
+    // A replica connects and catches up: it joins the quorum and the engine goes on. Every
+    // command the engine applies, the replica held durably before.
+    let follower = Arc::new(replica(address, replica_directory.path()));
+    assert!(follower.wait_for(first, PATIENCE).unwrap());
+    let last = publish(&engine, &input[1..]);
+    let deadline = Instant::now() + PATIENCE;
+    while engine.stats().applied < last {
+        assert!(Instant::now() < deadline, "the engine applied {:?}", engine.stats());
+        let (applied, held) = (engine.stats().applied, follower.stats().durable);
+        assert!(held >= applied, "applied {applied} before the replica held it ({held})");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop(publisher);
+    let follower = Arc::into_inner(follower).unwrap();
+    assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+}
+
+/// What the fault proxy does to the bytes it forwards.
+const PASS: u8 = 0;
+const FREEZE: u8 = 1;
+const CORRUPT: u8 = 2;
+const DELAY: u8 = 3;
+
+/// A TCP proxy on loopback between a replica and its primary, whose behaviour the test sets:
+/// forward, freeze (hold everything, keep the connection), corrupt (flip a bit in the next
+/// chunk), delay (sleep before each chunk); `cut` closes every connection it carries.
+struct FaultProxy {
+    address: SocketAddr,
+    mode: Arc<AtomicU8>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let proxy = Self {
+            address,
+            mode: Arc::new(AtomicU8::new(PASS)),
+            connections: Arc::default(),
+            accepted: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (mode, connections, accepted, stop) = (
+            Arc::clone(&proxy.mode),
+            Arc::clone(&proxy.connections),
+            Arc::clone(&proxy.accepted),
+            Arc::clone(&proxy.stop),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                accepted.fetch_add(1, Ordering::Relaxed);
+                connections
+                    .lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (from, to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    let mode = Arc::clone(&mode);
+                    std::thread::spawn(move || forward(from, to, &mode));
+                }
+            }
+        });
+        proxy
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::Relaxed);
+    }
+
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+fn forward(mut from: TcpStream, mut to: TcpStream, mode: &AtomicU8) {
+    let mut buffer = vec![0u8; 16 << 10];
+    let mut flips = 0usize;
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        loop {
+            match mode.load(Ordering::Relaxed) {
+                FREEZE => std::thread::sleep(Duration::from_millis(5)),
+                CORRUPT => {
+                    flips += 1;
+                    buffer[flips * 7919 % read] ^= 1 << (flips % 8);
+                    mode.store(PASS, Ordering::Relaxed);
+                    break;
+                }
+                DELAY => {
+                    std::thread::sleep(Duration::from_millis(3));
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if to.write_all(&buffer[..read]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+#[test]
+fn a_replica_behind_a_faulty_link_reconnects_and_never_diverges() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let engine = primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
+    let proxy = FaultProxy::start(engine.replication_address().unwrap());
+    let follower = replica(proxy.address, replica_directory.path());
+    let input = commands(20_000, 50, 17);
+    let faults = [CORRUPT, DELAY, PASS, CORRUPT, FREEZE, PASS, DELAY, CORRUPT, PASS];
+    for (round, chunk) in input.chunks(2_000).enumerate() {
+        publish(&engine, chunk);
+        match faults[round % faults.len()] {
+            FREEZE => {
+                proxy.set(FREEZE);
+                std::thread::sleep(Duration::from_millis(100));
+                proxy.set(PASS);
+            }
+            fault => proxy.set(fault),
+        }
+        if round % 3 == 2 {
+            proxy.cut();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(follower.halted().is_none(), "{:?}", follower.halted());
+    }
+    proxy.set(PASS);
+    assert!(proxy.accepted.load(Ordering::Relaxed) >= 4, "the replica reconnected");
+    assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+}
+
+#[test]
+fn a_replica_that_stops_acknowledging_is_dropped_from_the_quorum() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let replication = Replication::new(SECRET).ack_timeout(Duration::from_millis(200));
+    let engine = primary(primary_directory.path(), Durability::Replicated, replication);
+    let proxy = FaultProxy::start(engine.replication_address().unwrap());
+    let follower = replica(proxy.address, replica_directory.path());
+    let input = commands(600, 10, 3);
+    let first = publish(&engine, &input[..200]);
+    let deadline = Instant::now() + PATIENCE;
+    while engine.stats().applied < first {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The link freezes: acknowledgements stop; after the timeout the replica is dropped, and
+    // nothing more is applied.
+    proxy.set(FREEZE);
+    let frozen = publish(&engine, &input[200..400]);
+    std::thread::sleep(Duration::from_millis(600));
+    let status = engine.replication_status().unwrap();
+    assert!(status.dropped >= 1, "{status:?}");
+    assert!(engine.stats().applied < frozen, "nothing unacknowledged is applied");
+    // The link heals: the replica reconnects, catches up, and the engine goes on.
+    proxy.set(PASS);
+    proxy.cut();
+    let last = publish(&engine, &input[400..]);
+    while engine.stats().applied < last {
+        assert!(Instant::now() < deadline, "{:?}", engine.replication_status());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+}
+
+#[test]
+fn a_wrong_secret_and_another_journal_are_refused() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let engine = primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
+    let address = engine.replication_address().unwrap();
+    publish(&engine, &commands(100, 5, 1));
+
+    let directory = tempfile::tempdir().unwrap();
+    match Replica::remote(address.to_string(), "not the secret", directory.path())
+        .open(Bank::default())
+    {
+        Err(EngineError::Recovery(message)) => assert!(message.contains("secret"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another journal in the replica's directory.
+    let other = Engine::builder(directory.path()).segment_size(1 << 20).open(Bank::default());
+    other.unwrap().shutdown().unwrap();
+    match Replica::remote(address.to_string(), SECRET, directory.path()).open(Bank::default()) {
+        Err(EngineError::Recovery(message)) => assert!(message.contains("journal"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while engine.replication_status().unwrap().refused < 2 {
+        assert!(Instant::now() < deadline, "{:?}", engine.replication_status());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Garbage instead of a handshake closes that connection and nothing else.
+    let mut garbage = TcpStream::connect(address).unwrap();
+    garbage.write_all(&[0xAB; 4096]).unwrap();
+    let mut end = Vec::new();
+    let _ = garbage.read_to_end(&mut end);
+    assert!(engine.halted().is_none());
+    let replica_directory = tempfile::tempdir().unwrap();
+    let follower = replica(address, replica_directory.path());
+    assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+}
+
+#[test]
+fn the_replicated_tier_is_refused_without_replication_and_memory_with_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let refused =
+        Engine::builder(directory.path()).durability(Durability::Replicated).open(Bank::default());
+    assert!(matches!(refused, Err(EngineError::Configuration(_))));
+    let refused = Engine::builder(directory.path())
+        .durability(Durability::Memory)
+        .replicate(Replication::new(SECRET))
+        .open(Bank::default());
+    assert!(matches!(refused, Err(EngineError::Configuration(_))));
+    let refused = Engine::builder(directory.path())
+        .replicate(Replication::new(Vec::new()))
+        .open(Bank::default());
+    assert!(matches!(refused, Err(EngineError::Configuration(_))));
+}
