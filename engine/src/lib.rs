@@ -66,7 +66,7 @@ pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;
 pub use recovery::{replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState};
-pub use replica::{Replica, ReplicaBuilder};
+pub use replica::{Promotion, Replica, ReplicaBuilder};
 pub use replicator::{Replication, ReplicationStatus};
 pub use responses::Requester;
 pub use stats::Stats;

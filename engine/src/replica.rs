@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_journal::format::SnapshotHeader;
+use keel_journal::format::{EpochChange, SnapshotHeader, EPOCH_VERSION, KIND_EPOCH};
 use keel_journal::segment::{list_segments, JOURNAL_DIRECTORY};
 use keel_journal::snapshot::check_snapshot;
 use keel_journal::{
@@ -38,7 +38,7 @@ const RECEIVE_MAX: usize = 4096;
 
 type EventSink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
 /// A replica's recovered state, its journal, what recovery did, and where its input comes from.
-type Opened<M> = (M, JournalWriter, RecoveryReport, Source);
+type Opened<M> = (M, JournalWriter, RecoveryReport, Source, u64);
 
 /// How long a connected replica waits for a frame before it looks at its stop flag again.
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
@@ -162,7 +162,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         };
         let shared = Arc::new(Shared::default());
         let options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
-        let (machine, journal, report, source) = match &self.primary {
+        let (machine, journal, report, source, primary_epoch) = match &self.primary {
             Upstream::Directory(primary) => {
                 let primary = primary.clone();
                 self.open_local(&primary, initial, options)?
@@ -187,7 +187,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         let stopping = Arc::new(AtomicBool::new(false));
         let follower = Follower {
             machine,
-            codec: self.codec,
+            codec: self.codec.clone(),
             journal,
             source,
             shared: Arc::clone(&shared),
@@ -198,6 +198,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             received: Vec::with_capacity(RECEIVE_MAX),
             last_timestamp_ns: report.journal.as_ref().map_or(0, |opened| opened.last_timestamp_ns),
             wait: self.wait,
+            primary_epoch,
         };
         let thread = std::thread::Builder::new()
             .name("keel-replica".into())
@@ -211,7 +212,8 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             shared,
             stopping,
             recovery: report,
-            _codec: std::marker::PhantomData,
+            codec: self.codec,
+            directory: self.directory.clone(),
         })
     }
 
@@ -237,8 +239,10 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         })?;
         let primary_first = reader.next_sequence();
         drop(reader);
+        let epoch = journal_epoch(primary)?;
 
-        let mut options = options.journal_id(journal_id);
+        // A new journal starts at the primary's epoch.
+        let mut options = options.journal_id(journal_id).epoch(epoch);
         let initial = if !self.has_journal()? && primary_first > 1 {
             let (machine, sequence) = self.seed(primary, initial, primary_first)?;
             options = options.first_sequence(sequence + 1);
@@ -265,7 +269,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             }
             other => other.into(),
         })?;
-        Ok((machine, journal, report, Source::Tail(tailer)))
+        Ok((machine, journal, report, Source::Tail(tailer), epoch))
     }
 
     /// Connects to the primary (the handshake proves the secret both ways and checks the
@@ -293,8 +297,9 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
                     connection.start
                 ))));
             }
+            let epoch = connection.epoch;
             let stream = Stream::new(address.clone(), secret, connection, journal.journal_id());
-            return Ok((machine, journal, report, Source::Stream(Box::new(stream))));
+            return Ok((machine, journal, report, Source::Stream(Box::new(stream)), epoch));
         }
         let mut connection = connect(&address, &secret, None, 0, 1).map_err(refused)?;
         if connection.snapshot {
@@ -302,7 +307,8 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             receive_snapshot(&mut connection, &store).map_err(refused)?;
         }
         let journal_id = connection.journal_id;
-        let options = options.journal_id(journal_id).first_sequence(connection.start);
+        let epoch = connection.epoch;
+        let options = options.journal_id(journal_id).first_sequence(connection.start).epoch(epoch);
         let (machine, journal, report) = self.recover(initial, options)?;
         if report.last_sequence + 1 != connection.start {
             return Err(EngineError::Recovery(format!(
@@ -311,7 +317,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             )));
         }
         let stream = Stream::new(address, secret, connection, journal_id);
-        Ok((machine, journal, report, Source::Stream(Box::new(stream))))
+        Ok((machine, journal, report, Source::Stream(Box::new(stream)), epoch))
     }
 
     fn has_journal(&self) -> Result<bool, EngineError> {
@@ -358,6 +364,23 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
     }
 }
 
+/// The epoch of the journal in `directory`: its newest segment's header's (segments are
+/// created in order, each with its writer's epoch, which never goes down).
+fn journal_epoch(directory: &Path) -> Result<u64, EngineError> {
+    let segments = list_segments(&directory.join(JOURNAL_DIRECTORY))?;
+    let Some(last) = segments.last() else { return Ok(0) };
+    let mut header = [0u8; keel_journal::format::SEGMENT_HEADER_USED];
+    let read = std::fs::File::open(&last.path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header));
+    read.map_err(|source| {
+        EngineError::Journal(JournalError::Io { path: last.path.clone(), source })
+    })?;
+    let header = keel_journal::format::SegmentHeader::decode(&header).map_err(|source| {
+        EngineError::Journal(JournalError::Format { path: last.path.clone(), offset: 0, source })
+    })?;
+    Ok(header.epoch)
+}
+
 /// Whether two paths name the same directory (both existing), or are the same path.
 fn same_directory(first: &Path, second: &Path) -> bool {
     match (first.canonicalize(), second.canonicalize()) {
@@ -369,11 +392,12 @@ fn same_directory(first: &Path, second: &Path) -> bool {
 /// A replica following a primary's journal. Stop it with [`stop`](Self::stop), which returns
 /// its state; dropping it stops it too.
 pub struct Replica<M: StateMachine, C: Codec = Bincode> {
-    thread: Option<JoinHandle<M>>,
+    thread: Option<JoinHandle<Stopped<M>>>,
     shared: Arc<Shared>,
     stopping: Arc<AtomicBool>,
     recovery: RecoveryReport,
-    _codec: std::marker::PhantomData<C>,
+    codec: C,
+    directory: PathBuf,
 }
 
 impl<M: StateMachine> Replica<M, Bincode> {
@@ -477,13 +501,46 @@ impl<M: StateMachine, C: Codec> Replica<M, C> {
     /// Stops following (after the records being applied), and returns the state. Fails with
     /// the reason if the replica had stopped on a failure.
     pub fn stop(mut self) -> Result<M, EngineError> {
-        self.join()
+        self.join().map(|stopped| stopped.machine)
     }
 
-    fn join(&mut self) -> Result<M, EngineError> {
+    /// Turns the replica into the next primary: stops following, and writes an epoch-change
+    /// record (an epoch above both its own and its primary's) into its journal, durably. Open
+    /// an [`Engine`](crate::Engine) on its directory next: it recovers this state and goes on
+    /// numbering after the epoch record, and its segments carry the new epoch. A replica of
+    /// the new primary receives the record and takes the epoch too; the old primary, should it
+    /// come back, is refused by such a replica and, once one proves it the newer epoch, fenced
+    /// (it applies nothing more).
+    ///
+    /// Promotion is an explicit call, by an operator or a coordinator that knows the old
+    /// primary is gone: keel elects no one. Everything the old primary applied in the
+    /// `Replicated` tier, this replica (if in the quorum) held durably; what it applied in
+    /// another tier may not have reached the replica (`docs/ARCHITECTURE.md`).
+    pub fn promote(mut self) -> Result<Promotion<M>, EngineError> {
+        let Stopped { machine, mut journal, primary_epoch } = self.join()?;
+        // A snapshot of the state now, so that the engine opened next loads it instead of
+        // replaying the whole journal.
+        let store = SnapshotStore::open(&self.directory)?;
+        let applied = journal.next_sequence() - 1;
+        let timestamp_ns = journal.last_timestamp_ns();
+        write_snapshot(&store, &self.codec, &machine, applied, timestamp_ns, &mut Vec::new(), 0)?;
+        let epoch = journal.epoch().max(primary_epoch) + 1;
+        let change = EpochChange { epoch };
+        let sequence = journal.append(
+            journal.last_timestamp_ns(),
+            KIND_EPOCH,
+            EPOCH_VERSION,
+            &change.encode(),
+        )?;
+        journal.commit()?;
+        tracing::info!(epoch, sequence, "replica promoted");
+        Ok(Promotion { machine, epoch, sequence })
+    }
+
+    fn join(&mut self) -> Result<Stopped<M>, EngineError> {
         self.stopping.store(true, Ordering::Release);
         let thread = self.thread.take().expect("joined once");
-        let machine = thread.join().map_err(|panic| EngineError::Spawn {
+        let stopped = thread.join().map_err(|panic| EngineError::Spawn {
             thread: "replica".into(),
             message: format!(
                 "the replica thread panicked: {}",
@@ -491,10 +548,29 @@ impl<M: StateMachine, C: Codec> Replica<M, C> {
             ),
         })?;
         match self.shared.halted() {
-            None | Some(Halt::Requested) => Ok(machine),
+            None | Some(Halt::Requested) => Ok(stopped),
             Some(halt) => Err(EngineError::Halted(halt)),
         }
     }
+}
+
+/// What [`Replica::promote`] did.
+#[derive(Debug)]
+pub struct Promotion<M> {
+    /// The replica's state, at the epoch record.
+    pub machine: M,
+    /// The new primary's epoch.
+    pub epoch: u64,
+    /// The epoch-change record's sequence: the new primary's commands follow it.
+    pub sequence: u64,
+}
+
+/// What the replica's thread hands back when it stops.
+struct Stopped<M> {
+    machine: M,
+    journal: JournalWriter,
+    /// The epoch of the primary it followed.
+    primary_epoch: u64,
 }
 
 impl<M: StateMachine, C: Codec> Drop for Replica<M, C> {
@@ -526,10 +602,13 @@ struct Follower<M: StateMachine, C: Codec> {
     received: Vec<(Context, Decoded<M::Command>)>,
     last_timestamp_ns: u64,
     wait: Wait,
+    /// Same host: the epoch of the primary's journal when the replica opened (records that
+    /// change it arrive through the replica's journal, whose epoch follows them).
+    primary_epoch: u64,
 }
 
 impl<M: StateMachine, C: Codec> Follower<M, C> {
-    fn run(mut self) -> M {
+    fn run(mut self) -> Stopped<M> {
         let mut idle = 0u32;
         while !self.stopping.load(Ordering::Acquire) {
             match self.step() {
@@ -549,7 +628,11 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
             );
         }
         self.snapshots.finish();
-        self.machine
+        let primary_epoch = match &self.source {
+            Source::Tail(_) => self.primary_epoch,
+            Source::Stream(stream) => stream.epoch,
+        };
+        Stopped { machine: self.machine, journal: self.journal, primary_epoch }
     }
 
     /// Receives what the followed journal holds (up to [`RECEIVE_MAX`] records), journals it,

@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{commands, Bank, Command};
-use keel_engine::{Durability, Engine, EngineError, Replica, Replication, StateMachine};
+use keel_engine::{
+    replay_to, Bincode, Durability, Engine, EngineError, Halt, ReplayTarget, Replica, Replication,
+    StateMachine,
+};
 use keel_journal::format::KIND_CHECKPOINT;
 use keel_journal::JournalReader;
 
@@ -368,4 +371,89 @@ fn the_replicated_tier_is_refused_without_replication_and_memory_with_it() {
         .replicate(Replication::new(Vec::new()))
         .open(Bank::default());
     assert!(matches!(refused, Err(EngineError::Configuration(_))));
+}
+
+#[test]
+fn a_promoted_replica_holds_every_acknowledged_command_and_fences_the_old_primary() {
+    let old_directory = tempfile::tempdir().unwrap();
+    let promoted_directory = tempfile::tempdir().unwrap();
+    let replication = || Replication::new(SECRET).ack_timeout(Duration::from_millis(500));
+    let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&acknowledged);
+    let old = Engine::builder(old_directory.path())
+        .durability(Durability::Replicated)
+        .segment_size(1 << 20)
+        .ring_capacity(256)
+        .checkpoints(100)
+        .replicate(replication())
+        .subscriber("acknowledged", move |delivery| {
+            seen.fetch_max(delivery.sequence, Ordering::Relaxed);
+        })
+        .open(Bank::default())
+        .unwrap();
+    let follower = replica(old.replication_address().unwrap(), promoted_directory.path());
+    let input = commands(6_000, 30, 77);
+    let mut publisher = old.publisher();
+    for command in &input[..4_000] {
+        publisher.publish(command.clone()).unwrap();
+    }
+    drop(publisher);
+    // The primary dies with commands in flight: what it applied, a replica acknowledged.
+    old.halt().unwrap();
+    let acknowledged = acknowledged.load(Ordering::Relaxed);
+    assert!(acknowledged > 0);
+
+    let promotion = follower.promote().unwrap();
+    assert_eq!(promotion.epoch, 1);
+    assert!(promotion.sequence > acknowledged);
+    let at = ReplayTarget::Sequence(acknowledged);
+    let before = replay_to(old_directory.path(), Bincode, Bank::default(), at).unwrap();
+    let after = replay_to(promoted_directory.path(), Bincode, Bank::default(), at).unwrap();
+    assert_eq!(after.machine, before.machine, "every acknowledged command survived");
+    let old_records = records(old_directory.path());
+    let new_records = records(promoted_directory.path());
+    let held = new_records.iter().take_while(|record| record.0 <= acknowledged).count();
+    assert_eq!(new_records[..held], old_records[..held]);
+
+    // The new primary goes on after the epoch record, at the new epoch.
+    let primary = Engine::builder(promoted_directory.path())
+        .durability(Durability::Replicated)
+        .segment_size(1 << 20)
+        .ring_capacity(256)
+        .checkpoints(100)
+        .replicate(replication())
+        .open(Bank::default())
+        .unwrap();
+    assert_eq!(primary.recovery().last_sequence, promotion.sequence);
+    let snapshot = primary.recovery().snapshot.as_ref().map(|(_, sequence)| *sequence);
+    assert_eq!(snapshot, Some(promotion.sequence - 1), "promotion leaves a snapshot");
+    assert_eq!(primary.recovery().replayed, 1, "the epoch record only");
+    assert_eq!(primary.recovery().state_hash, promotion.machine.state_hash());
+    let second_directory = tempfile::tempdir().unwrap();
+    let second = replica(primary.replication_address().unwrap(), second_directory.path());
+    let last = publish(&primary, &input[4_000..]);
+    assert!(last > promotion.sequence);
+    assert!(second.wait_for(last, PATIENCE).unwrap());
+    second.stop().unwrap();
+
+    // The old primary comes back. The new primary's replica refuses it, and proves the newer
+    // epoch to it: it is fenced, and applies nothing more.
+    let revenant = Engine::builder(old_directory.path())
+        .segment_size(1 << 20)
+        .replicate(Replication::new(SECRET))
+        .open(Bank::default())
+        .unwrap();
+    let address = revenant.replication_address().unwrap();
+    match Replica::remote(address.to_string(), SECRET, second_directory.path())
+        .open(Bank::default())
+    {
+        Err(EngineError::Recovery(message)) => assert!(message.contains("epoch"), "{message}"),
+        other => panic!("expected the stale primary to be refused, got {other:?}"),
+    }
+    revenant.publisher().publish(input[0].clone()).unwrap();
+    match revenant.shutdown() {
+        Err(EngineError::Halted(Halt::Fenced { epoch: 1 })) => {}
+        other => panic!("expected the old primary to be fenced, got {other:?}"),
+    }
+    primary.shutdown().unwrap();
 }

@@ -66,6 +66,8 @@ pub const KIND_EPOCH: u16 = 0x8002;
 pub const CHECKPOINT_VERSION: u16 = 1;
 /// Bytes of a checkpoint record's payload.
 pub const CHECKPOINT_SIZE: usize = 16;
+/// The version of the epoch-change record's encoding ([`EpochChange`]).
+pub const EPOCH_VERSION: u16 = 1;
 
 /// Bytes of a snapshot header.
 pub const SNAPSHOT_HEADER_SIZE: usize = 64;
@@ -221,6 +223,36 @@ impl Checkpoint {
             });
         }
         Ok(Self { sequence: read_u64(payload, 0), state_hash: read_u64(payload, 8) })
+    }
+}
+
+/// The payload of an epoch-change record ([`KIND_EPOCH`], version [`EPOCH_VERSION`]): from
+/// this record on, the journal is written by a primary of `epoch` (a replica promoted). Format
+/// document, section 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EpochChange {
+    /// The new epoch, above every earlier one.
+    pub epoch: u64,
+}
+
+impl EpochChange {
+    /// The payload: `epoch`, little-endian.
+    pub fn encode(&self) -> [u8; 8] {
+        self.epoch.to_le_bytes()
+    }
+
+    /// Decodes an epoch-change record's payload, which must be exactly 8 bytes.
+    pub fn decode(payload: &[u8]) -> Result<Self, FormatError> {
+        require_length("epoch change", payload, 8)?;
+        if payload.len() != 8 {
+            return Err(FormatError::InvalidField {
+                structure: "epoch change",
+                field: "length",
+                value: payload.len() as u64,
+                rule: "an epoch change is 8 bytes",
+            });
+        }
+        Ok(Self { epoch: read_u64(payload, 0) })
     }
 }
 

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use crate::error::JournalError;
 use crate::format::{
-    check_batch, padded, read_u32, read_u64, BatchCheck, BatchView, FLAG_START_OF_BATCH,
-    GROUP_COMMIT_BYTES_MAX, RECORD_ALIGNMENT, RECORD_HEADER_SIZE, RECORD_SIZE_MAX,
-    SEGMENT_HEADER_SIZE,
+    check_batch, padded, read_u32, read_u64, BatchCheck, BatchView, EpochChange,
+    FLAG_START_OF_BATCH, GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_ALIGNMENT, RECORD_HEADER_SIZE,
+    RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
 };
 
 /// How a segment's data ends.
@@ -50,6 +50,8 @@ pub struct SegmentScan {
     pub last_timestamp_ns: u64,
     /// Where the next batch would start.
     pub end_offset: u64,
+    /// The highest epoch an epoch-change record in the segment names (0 if none).
+    pub epoch: u64,
     /// How the data ends.
     pub end: SegmentEnd,
 }
@@ -69,6 +71,7 @@ pub fn scan_segment(
     let mut expected = first_sequence;
     let mut first_timestamp_ns = 0;
     let mut last_timestamp_ns = 0;
+    let mut epoch = 0;
     let mut next_progress = PROGRESS_STEP;
     let damage = loop {
         if position >= next_progress {
@@ -83,6 +86,13 @@ pub fn scan_segment(
                 }
                 expected = batch.last_sequence + 1;
                 last_timestamp_ns = batch.last_timestamp_ns;
+                // A promotion's epoch must outlive the process even before a segment header
+                // carries it: the writer's epoch is the highest of the headers and of these.
+                for record in batch.iter().filter(|record| record.kind == KIND_EPOCH) {
+                    if let Ok(change) = EpochChange::decode(record.payload) {
+                        epoch = epoch.max(change.epoch);
+                    }
+                }
                 position += batch.size();
             }
             BatchCheck::Batch(batch) => {
@@ -107,6 +117,7 @@ pub fn scan_segment(
         first_timestamp_ns,
         last_timestamp_ns,
         end_offset: position as u64,
+        epoch,
         end,
     };
     let damage = match damage {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::error::JournalError;
 use crate::format::{
     record_size_padded, seal_batch, validate_record, validate_segment_size, write_record,
-    RecordFields, SegmentHeader, FLAG_START_OF_BATCH, GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE,
-    SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
+    EpochChange, RecordFields, SegmentHeader, FLAG_START_OF_BATCH, GROUP_COMMIT_BYTES_MAX,
+    KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
 };
 use crate::lock::WriterLock;
 use crate::mmap::{ReadableMap, WritableMap};
@@ -426,6 +426,13 @@ impl JournalWriter {
         let fields = RecordFields { sequence, timestamp_ns, kind, version };
         validate_record(&fields, payload.len())
             .map_err(JournalError::format(&self.segment.path, self.position as u64))?;
+        let epoch = if kind == KIND_EPOCH {
+            let change = EpochChange::decode(payload)
+                .map_err(JournalError::format(&self.segment.path, self.position as u64))?;
+            Some(change.epoch)
+        } else {
+            None
+        };
         if timestamp_ns < self.last_timestamp_ns {
             return Err(JournalError::TimestampRegression {
                 sequence,
@@ -450,6 +457,10 @@ impl JournalWriter {
         self.pending_bytes += padded;
         self.next_sequence += 1;
         self.last_timestamp_ns = timestamp_ns;
+        if let Some(epoch) = epoch {
+            // Segments created from now on carry it.
+            self.epoch = self.epoch.max(epoch);
+        }
         Ok(sequence)
     }
 
@@ -768,12 +779,14 @@ fn recover_tail(
     }
     let last = segments.last().expect("segments is not empty");
     let scan = scan_file(last, true)?;
+    epoch = epoch.max(scan.epoch);
     let (last_sequence, last_timestamp_ns) = if scan.records == 0 && segments.len() > 1 {
         let previous = &segments[segments.len() - 2];
         let previous_scan = scan_file(previous, false)?;
         if previous_scan.last_sequence + 1 != last.first_sequence {
             return Err(missing_segment(&previous.path, previous_scan.last_sequence, last));
         }
+        epoch = epoch.max(previous_scan.epoch);
         (previous_scan.last_sequence, previous_scan.last_timestamp_ns)
     } else {
         (scan.last_sequence, scan.last_timestamp_ns)

@@ -545,3 +545,37 @@ fn a_failed_rename_at_a_roll_stops_the_writer_and_open_finishes_it() {
     drop(writer);
     assert!(check_journal(directory.path(), 1) >= acknowledged);
 }
+
+#[test]
+fn an_epoch_record_outlives_the_writer_and_new_segments_carry_it() {
+    use keel_journal::format::{EpochChange, EPOCH_VERSION, KIND_EPOCH};
+    use keel_journal::JournalOptions;
+
+    let directory = tempfile::tempdir().unwrap();
+    let options = || JournalOptions::new().segment_size(1 << 20);
+    let mut writer = JournalWriter::open(directory.path(), options()).unwrap();
+    assert_eq!(writer.epoch(), 0);
+    writer.append(1, 1, 1, b"before").unwrap();
+    writer.append(1, KIND_EPOCH, EPOCH_VERSION, &EpochChange { epoch: 3 }.encode()).unwrap();
+    writer.commit().unwrap();
+    assert_eq!(writer.epoch(), 3);
+    // A malformed epoch record is refused and changes nothing.
+    assert!(writer.append(1, KIND_EPOCH, EPOCH_VERSION, &[1, 2, 3]).is_err());
+    drop(writer);
+
+    // Reopened, even asked for an older epoch, the writer keeps the record's: no segment header
+    // carries it yet, the record does.
+    let mut writer = JournalWriter::open(directory.path(), options().epoch(1)).unwrap();
+    assert_eq!(writer.epoch(), 3);
+    // Rolled over, the next segment's header carries it.
+    let payload = vec![7u8; 200 << 10];
+    for _ in 0..8 {
+        writer.append(2, 1, 1, &payload).unwrap();
+        writer.commit().unwrap();
+    }
+    drop(writer);
+    let segments = keel_journal::segment::list_segments(&directory.path().join("journal")).unwrap();
+    assert!(segments.len() >= 2);
+    let last = std::fs::read(&segments.last().unwrap().path).unwrap();
+    assert_eq!(SegmentHeader::decode(&last).unwrap().epoch, 3);
+}
