@@ -80,6 +80,7 @@ pub struct ReplicaBuilder<M: StateMachine, C: Codec = Bincode> {
     wait: Wait,
     segment_size: u64,
     snapshots: SnapshotPolicy,
+    snapshots_for: Option<PathBuf>,
     events: Option<EventSink<M::Event>>,
 }
 
@@ -125,6 +126,16 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         self
     }
 
+    /// Also writes every snapshot the replica takes into the data directory `primary` (the
+    /// primary's, on this host), where the primary's recovery finds it: the primary need take
+    /// none of its own, and never pauses to copy its state. A snapshot is a replica's state at
+    /// a sequence the primary's journal holds, checked against the checkpoints on the way, and
+    /// recovery checks its hash when it loads it.
+    pub fn snapshots_for(mut self, primary: impl AsRef<Path>) -> Self {
+        self.snapshots_for = Some(primary.as_ref().to_owned());
+        self
+    }
+
     /// Receives the events of every command the replica applies, with its sequence, on the
     /// replica's thread: a read model kept beside the replica's state.
     pub fn on_events(mut self, sink: impl FnMut(u64, &[M::Event]) + Send + 'static) -> Self {
@@ -142,6 +153,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             wait: self.wait,
             segment_size: self.segment_size,
             snapshots: self.snapshots,
+            snapshots_for: self.snapshots_for,
             events: None,
         }
     }
@@ -177,8 +189,10 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             Counters::set(counter, last);
         }
         Counters::set(&shared.counters.applied, last);
+        let mut directories = vec![self.directory.as_path()];
+        directories.extend(self.snapshots_for.as_deref());
         let snapshots = Snapshots::start(
-            &self.directory,
+            &directories,
             self.codec.clone(),
             Arc::clone(&shared),
             self.snapshots,
@@ -359,7 +373,15 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             )));
         }
         let store = SnapshotStore::open(&self.directory)?;
-        write_snapshot(&store, &self.codec, &machine, sequence, timestamp_ns, &mut Vec::new(), 0)?;
+        write_snapshot(
+            &[&store],
+            &self.codec,
+            &machine,
+            sequence,
+            timestamp_ns,
+            &mut Vec::new(),
+            0,
+        )?;
         Ok((machine, sequence))
     }
 }
@@ -452,6 +474,7 @@ impl<M: StateMachine> Replica<M, Bincode> {
             wait: Wait::Sleeping,
             segment_size: keel_journal::DEFAULT_SEGMENT_SIZE,
             snapshots: SnapshotPolicy::default(),
+            snapshots_for: None,
             events: None,
         }
     }
@@ -523,7 +546,15 @@ impl<M: StateMachine, C: Codec> Replica<M, C> {
         let store = SnapshotStore::open(&self.directory)?;
         let applied = journal.next_sequence() - 1;
         let timestamp_ns = journal.last_timestamp_ns();
-        write_snapshot(&store, &self.codec, &machine, applied, timestamp_ns, &mut Vec::new(), 0)?;
+        write_snapshot(
+            &[&store],
+            &self.codec,
+            &machine,
+            applied,
+            timestamp_ns,
+            &mut Vec::new(),
+            0,
+        )?;
         let epoch = journal.epoch().max(primary_epoch) + 1;
         let change = EpochChange { epoch };
         let sequence = journal.append(

@@ -32,15 +32,16 @@ impl<M: StateMachine> Snapshots<M> {
         Self { snapshotter: None, policy: SnapshotPolicy::default(), last: (0, Instant::now()) }
     }
 
-    /// Snapshots into `directory` per `policy`, counting from `sequence`, the state's now.
+    /// Snapshots into each of `directories` per `policy`, counting from `sequence`, the
+    /// state's now.
     pub(crate) fn start<C: Codec>(
-        directory: &Path,
+        directories: &[&Path],
         codec: C,
         shared: Arc<Shared>,
         policy: SnapshotPolicy,
         sequence: u64,
     ) -> Result<Self, EngineError> {
-        let snapshotter = Snapshotter::start(directory, codec, shared, policy.keep)?;
+        let snapshotter = Snapshotter::start(directories, codec, shared, policy.keep)?;
         Ok(Self { snapshotter: Some(snapshotter), policy, last: (sequence, Instant::now()) })
     }
 
@@ -116,12 +117,12 @@ struct Snapshotter<M> {
 
 impl<M: StateMachine> Snapshotter<M> {
     fn start<C: Codec>(
-        directory: &Path,
+        directories: &[&Path],
         codec: C,
         shared: Arc<Shared>,
         keep: usize,
     ) -> Result<Self, EngineError> {
-        let store = SnapshotStore::open(directory)?;
+        let stores = directories.iter().map(SnapshotStore::open).collect::<Result<Vec<_>, _>>()?;
         let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
             mpsc::sync_channel(1);
         let (give_back, returned) = mpsc::sync_channel(1);
@@ -133,8 +134,9 @@ impl<M: StateMachine> Snapshotter<M> {
                 let mut payload = Vec::new();
                 for (machine, unused, sequence, timestamp_ns) in received {
                     drop(unused);
+                    let stores: Vec<&SnapshotStore> = stores.iter().collect();
                     let outcome = write_snapshot(
-                        &store,
+                        &stores,
                         &codec,
                         &machine,
                         sequence,
@@ -201,10 +203,10 @@ impl<M: StateMachine> Snapshotter<M> {
     }
 }
 
-/// Encodes `machine` and writes it as the snapshot of `sequence`, then removes all but the
-/// newest `keep` snapshots (0: keep all).
+/// Encodes `machine` and writes it as the snapshot of `sequence` into each store, then removes
+/// all but the newest `keep` snapshots of each (0: keep all).
 pub(crate) fn write_snapshot<M: StateMachine, C: Codec>(
-    store: &SnapshotStore,
+    stores: &[&SnapshotStore],
     codec: &C,
     machine: &M,
     sequence: u64,
@@ -221,9 +223,11 @@ pub(crate) fn write_snapshot<M: StateMachine, C: Codec>(
         timestamp_ns,
         state_hash: machine.state_hash(),
     };
-    store.write(&meta, payload)?;
-    if keep > 0 {
-        store.remove_all_but_newest(keep)?;
+    for store in stores {
+        store.write(&meta, payload)?;
+        if keep > 0 {
+            store.remove_all_but_newest(keep)?;
+        }
     }
     Ok(())
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{commands, Bank, Command, Event};
 use keel_engine::{
-    Context, Durability, Engine, EngineError, Halt, Output, Replica, StateMachine, Topology,
+    Context, Durability, Engine, EngineError, Halt, Output, Replica, SnapshotPolicy, StateMachine,
+    Topology,
 };
 use keel_journal::format::KIND_CHECKPOINT;
 use keel_journal::{JournalOptions, JournalReader, JournalWriter, Retention};
@@ -297,4 +298,33 @@ fn a_replica_in_the_memory_tier_is_refused() {
         .durability(Durability::Memory)
         .open(Bank::default());
     assert!(matches!(refused, Err(EngineError::Configuration(_))));
+}
+
+#[test]
+fn a_replica_takes_the_snapshots_its_primarys_recovery_uses() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    // The primary takes no snapshot of its own.
+    let engine = primary(primary_directory.path(), Topology::Compact, 100);
+    let replica = Replica::builder(primary_directory.path(), replica_directory.path())
+        .segment_size(1 << 20)
+        .snapshots(SnapshotPolicy { every_commands: Some(1_000), ..SnapshotPolicy::default() })
+        .snapshots_for(primary_directory.path())
+        .open(Bank::default())
+        .unwrap();
+    let last = publish(&engine, &commands(5_000, 30, 6));
+    assert!(replica.wait_for(last, PATIENCE).unwrap());
+    while replica.stats().last_snapshot_sequence < 4_000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let taken = replica.stats().last_snapshot_sequence;
+    replica.stop().unwrap();
+    assert_eq!(engine.stats().snapshots, 0, "the primary serialized nothing");
+    let state = engine.shutdown().unwrap();
+
+    let reopened = primary(primary_directory.path(), Topology::Compact, 100);
+    let snapshot = reopened.recovery().snapshot.as_ref().map(|(_, sequence)| *sequence);
+    assert_eq!(snapshot, Some(taken), "recovery loaded the replica's snapshot");
+    assert!(reopened.recovery().replayed < 1_100);
+    assert_eq!(reopened.shutdown().unwrap(), state);
 }
