@@ -216,3 +216,38 @@ fn every_command_explains_itself_with_an_example() {
     }
     assert_eq!(code(&keel(&["journal", "verify"])), 2, "a usage error");
 }
+
+#[test]
+fn status_shows_the_id_the_epoch_the_last_sequence_and_the_last_checkpoint() {
+    use keel_journal::format::{
+        Checkpoint, EpochChange, EPOCH_VERSION, KIND_CHECKPOINT, KIND_EPOCH,
+    };
+
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    let id: String = writer.journal_id().iter().map(|byte| format!("{byte:02x}")).collect();
+    writer.append(5, 1, 1, b"a").unwrap();
+    let checkpoint = Checkpoint { sequence: 1, state_hash: 0xfeed };
+    writer.append(5, KIND_CHECKPOINT, 1, &checkpoint.encode()).unwrap();
+    writer.append(6, KIND_EPOCH, EPOCH_VERSION, &EpochChange { epoch: 2 }.encode()).unwrap();
+    writer.append(7, 1, 1, b"b").unwrap();
+    writer.commit().unwrap();
+    // A writer holds the journal: status reads beside it.
+    let path = directory.path().to_str().unwrap();
+    let output = keel(&["journal", "status", path, "--json"]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    let status: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(status["journal_id"], id.as_str());
+    assert_eq!(status["epoch"], 2);
+    assert_eq!(
+        (status["first_sequence"].as_u64(), status["last_sequence"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(status["last_checkpoint"]["sequence"], 2);
+    assert_eq!(status["last_checkpoint"]["state_hash"], "0x000000000000feed");
+    let text = stdout(&keel(&["journal", "status", path]));
+    assert!(text.contains("epoch      2") && text.contains("1 ..= 4"), "{text}");
+    drop(writer);
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(code(&keel(&["journal", "status", empty.path().to_str().unwrap()])), 1);
+}

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use keel_journal::format::{
+    Checkpoint, EpochChange, SegmentHeader, KIND_CHECKPOINT, KIND_EPOCH, SEGMENT_HEADER_USED,
+};
+use keel_journal::segment::{list_segments, JOURNAL_DIRECTORY};
 use keel_journal::time::rfc3339_nanos;
 use keel_journal::{
     verify_journal, JournalError, JournalReader, Repair, SegmentSummary, Verdict, Verification,
@@ -23,6 +27,21 @@ pub enum JournalCommand {
         after_help = "Example:\n  keel journal inspect ./data\n  keel journal inspect ./data --json | jq .segments"
     )]
     Inspect {
+        /// The journal's directory (the one holding `journal/`).
+        directory: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a journal stands, for replication: its id, first and last sequence, epoch, and
+    /// the last checkpoint (its state hash), read without a lock beside a live writer.
+    ///
+    /// Compare a primary's and a replica's: the same id, and the replica's last sequence and
+    /// checkpoint catching up with the primary's. Reads the last segment's records.
+    #[command(
+        after_help = "Example:\n  keel journal status ./primary\n  keel journal status ./replica --json"
+    )]
+    Status {
         /// The journal's directory (the one holding `journal/`).
         directory: PathBuf,
         /// Print one JSON object instead of text.
@@ -107,6 +126,7 @@ pub fn run(command: JournalCommand) -> Result<u8> {
             }
             Ok(exit_code(&verification.verdict))
         }
+        JournalCommand::Status { directory, json } => status(&directory, json),
         JournalCommand::Dump { directory, from, count, payload_bytes, json } => {
             dump(&directory, from, count, payload_bytes, json)
         }
@@ -272,6 +292,98 @@ fn error_json(error: &JournalError) -> Value {
         "found_sequence": found,
         "detail": error.to_string(),
     })
+}
+
+/// `keel journal status`.
+fn status(directory: &Path, json: bool) -> Result<u8> {
+    let segments = list_segments(&directory.join(JOURNAL_DIRECTORY))
+        .with_context(|| format!("listing the segments of {}", directory.display()))?;
+    let Some(last) = segments.last() else {
+        bail!("{} holds no journal", directory.display());
+    };
+    let mut epoch = 0;
+    let mut journal_id = [0u8; 16];
+    for segment in &segments {
+        let bytes = read_prefix(&segment.path, SEGMENT_HEADER_USED)?;
+        let header = SegmentHeader::decode(&bytes)
+            .with_context(|| format!("the header of {}", segment.path.display()))?;
+        epoch = epoch.max(header.epoch);
+        journal_id = header.journal_id;
+    }
+    // The last segment's records: the last sequence, epoch changes, the last checkpoint. A
+    // torn tail (a writer mid-batch, or a crash) ends the walk: it is not data.
+    let mut reader = JournalReader::open_at(directory, last.first_sequence)
+        .with_context(|| format!("opening the journal in {}", directory.display()))?;
+    let mut last_record = None;
+    let mut checkpoint = None;
+    loop {
+        match reader.next() {
+            Ok(Some(record)) => {
+                if record.kind == KIND_EPOCH {
+                    if let Ok(change) = EpochChange::decode(record.payload) {
+                        epoch = epoch.max(change.epoch);
+                    }
+                }
+                if record.kind == KIND_CHECKPOINT {
+                    checkpoint = Checkpoint::decode(record.payload).ok();
+                }
+                last_record = Some((record.sequence, record.timestamp_ns));
+            }
+            Ok(None) | Err(JournalError::TornTail { .. }) => break,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let first = segments[0].first_sequence;
+    let (last_sequence, last_timestamp_ns) = last_record.unwrap_or((last.first_sequence - 1, 0));
+    let id: String = journal_id.iter().map(|byte| format!("{byte:02x}")).collect();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "directory": directory.display().to_string(),
+                "journal_id": id,
+                "epoch": epoch,
+                "first_sequence": first,
+                "last_sequence": last_sequence,
+                "last_timestamp_ns": last_timestamp_ns,
+                "segments": segments.len(),
+                "last_checkpoint": checkpoint.map(|checkpoint| json!({
+                    "sequence": checkpoint.sequence + 1,
+                    "covers": checkpoint.sequence,
+                    "state_hash": format!("{:#018x}", checkpoint.state_hash),
+                })),
+            })
+        );
+    } else {
+        println!("journal      {}", directory.display());
+        println!("  id         {id}");
+        println!("  epoch      {epoch}");
+        println!("  sequences  {first} ..= {last_sequence}");
+        if last_timestamp_ns > 0 {
+            println!("  last       {}", rfc3339_nanos(last_timestamp_ns));
+        }
+        println!("  segments   {}", segments.len());
+        match checkpoint {
+            Some(checkpoint) => println!(
+                "  checkpoint at {}: state hash {:#018x} after {}",
+                checkpoint.sequence + 1,
+                checkpoint.state_hash,
+                checkpoint.sequence
+            ),
+            None => println!("  checkpoint none in the last segment"),
+        }
+    }
+    Ok(0)
+}
+
+/// The first `length` bytes of a file.
+fn read_prefix(path: &Path, length: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; length];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
 }
 
 fn dump(
