@@ -302,17 +302,28 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         if self.has_journal()? {
             let (machine, journal, report) = self.recover(initial, options)?;
             let next = report.last_sequence + 1;
-            let connection =
-                connect(&address, &secret, Some(journal.journal_id()), journal.epoch(), next)
-                    .map_err(refused)?;
-            if connection.start != next || connection.snapshot {
-                return Err(refused(WireError::malformed(format!(
-                    "the primary starts the stream at {}, this replica needs {next}",
-                    connection.start
-                ))));
-            }
-            let epoch = connection.epoch;
-            let stream = Stream::new(address.clone(), secret, connection, journal.journal_id());
+            let journal_id = journal.journal_id();
+            let stream = match connect(&address, &secret, Some(journal_id), journal.epoch(), next) {
+                Ok(connection) if connection.start != next || connection.snapshot => {
+                    return Err(refused(WireError::malformed(format!(
+                        "the primary starts the stream at {}, this replica needs {next}",
+                        connection.start
+                    ))));
+                }
+                Ok(connection) => {
+                    Stream::new(address.clone(), secret, Some(connection), journal_id)
+                }
+                // A replica that holds a journal starts without its primary, and connects when
+                // it can: it can be stopped, or promoted, meanwhile. A refusal is final.
+                Err(WireError::Io(error)) => {
+                    tracing::warn!(primary = %address, "the primary is unreachable, for now: {error}");
+                    let mut stream = Stream::new(address.clone(), secret, None, journal_id);
+                    stream.epoch = journal.epoch();
+                    stream
+                }
+                Err(error) => return Err(refused(error)),
+            };
+            let epoch = stream.epoch;
             return Ok((machine, journal, report, Source::Stream(Box::new(stream)), epoch));
         }
         let mut connection = connect(&address, &secret, None, 0, 1).map_err(refused)?;
@@ -330,7 +341,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
                 report.last_sequence, connection.start
             )));
         }
-        let stream = Stream::new(address, secret, connection, journal_id);
+        let stream = Stream::new(address, secret, Some(connection), journal_id);
         Ok((machine, journal, report, Source::Stream(Box::new(stream)), epoch))
     }
 
@@ -815,14 +826,24 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(address: String, secret: Vec<u8>, connection: Connection, journal_id: [u8; 16]) -> Self {
-        let _ = connection.stream.set_read_timeout(Some(READ_TIMEOUT));
+    /// A stream over `connection`, or one that connects when it can.
+    fn new(
+        address: String,
+        secret: Vec<u8>,
+        connection: Option<Connection>,
+        journal_id: [u8; 16],
+    ) -> Self {
+        let epoch = connection.as_ref().map_or(0, |connection| connection.epoch);
+        let connection = connection.map(|connection| {
+            let _ = connection.stream.set_read_timeout(Some(READ_TIMEOUT));
+            (connection.stream, connection.reader)
+        });
         Self {
             address,
             secret,
             journal_id,
-            epoch: connection.epoch,
-            connection: Some((connection.stream, connection.reader)),
+            epoch,
+            connection,
             heard: Instant::now(),
             acknowledged: 0,
             heartbeat: false,

@@ -87,7 +87,12 @@ fn assert_caught_up(
     assert!(replica.wait_for(last, PATIENCE).unwrap(), "the replica reached {last}");
     let primary_state = engine.shutdown().unwrap();
     let primary_records = records(primary_directory);
-    let checkpoints = primary_records.iter().filter(|record| record.2 == KIND_CHECKPOINT).count();
+    // The checkpoints this replica received since it opened.
+    let since = replica.recovery().last_sequence;
+    let checkpoints = primary_records
+        .iter()
+        .filter(|record| record.0 > since && record.2 == KIND_CHECKPOINT)
+        .count();
     let stats = replica.stats();
     assert_eq!(stats.checkpoints, checkpoints as u64, "every checkpoint was compared");
     let state = replica.stop().unwrap();
@@ -456,4 +461,33 @@ fn a_promoted_replica_holds_every_acknowledged_command_and_fences_the_old_primar
         other => panic!("expected the old primary to be fenced, got {other:?}"),
     }
     primary.shutdown().unwrap();
+}
+
+#[test]
+fn a_replica_with_a_journal_starts_while_its_primary_is_down_and_catches_up_when_it_returns() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = {
+        // A port that is free now, to listen on again after a restart.
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let replication = || Replication::new(SECRET).listen(listen);
+    let input = commands(3_000, 20, 8);
+    let engine = primary(primary_directory.path(), Durability::PageCache, replication());
+    let follower = replica(listen, replica_directory.path());
+    let first = publish(&engine, &input[..1_000]);
+    assert!(follower.wait_for(first, PATIENCE).unwrap());
+    follower.stop().unwrap();
+    engine.shutdown().unwrap();
+
+    // The primary is down: the replica opens anyway, from its own journal.
+    let follower = replica(listen, replica_directory.path());
+    assert_eq!(follower.recovery().last_sequence, first);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(follower.halted().is_none());
+    // The primary returns; the replica connects and follows.
+    let engine = primary(primary_directory.path(), Durability::PageCache, replication());
+    publish(&engine, &input[1_000..]);
+    assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
 }

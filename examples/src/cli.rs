@@ -2,14 +2,15 @@
 //! engine with them, a fresh data directory, the progress line.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 use keel_engine::{
-    Bincode, Durability, Engine, OutputPoller, Publisher, SnapshotPolicy, StateMachine, Topology,
-    Wait,
+    Bincode, Durability, Engine, OutputPoller, Publisher, Replication, SnapshotPolicy,
+    StateMachine, Topology, Wait,
 };
 
 use crate::driver::{drive, Driven, Pace};
@@ -30,6 +31,9 @@ pub enum DurabilityArg {
     PageCache,
     /// Survives a power loss: every batch fdatasync'ed.
     Fsync,
+    /// Survives the loss of this machine: applied once a quorum of replicas holds it (needs
+    /// `--replicate`).
+    Replicated,
 }
 
 /// The topology on the command line.
@@ -85,6 +89,7 @@ impl EngineOptions {
             DurabilityArg::Memory => Durability::Memory,
             DurabilityArg::PageCache => Durability::PageCache,
             DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Replicated => Durability::Replicated,
         }
     }
 
@@ -123,7 +128,23 @@ impl EngineOptions {
         initial: M,
         snapshots: SnapshotPolicy,
     ) -> Result<Engine<M>> {
-        Engine::builder(data)
+        self.open_replicating(data, initial, snapshots, None)
+    }
+
+    /// [`open`](Self::open), serving replicas when `replication` says so.
+    pub fn open_replicating<M: StateMachine>(
+        &self,
+        data: &Path,
+        initial: M,
+        snapshots: SnapshotPolicy,
+        replication: Option<Replication>,
+    ) -> Result<Engine<M>> {
+        let builder = Engine::builder(data);
+        let builder = match replication {
+            Some(replication) => builder.replicate(replication),
+            None => builder,
+        };
+        builder
             .durability(self.durability())
             .topology(self.topology())
             .wait(self.wait())
@@ -135,6 +156,70 @@ impl EngineOptions {
             .open(initial)
             .with_context(|| format!("opening the engine on {}", data.display()))
     }
+}
+
+/// Serving replicas, on the command line.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ReplicationArgs {
+    /// Serve replicas on this address: they connect with `replica --primary ADDR` and are
+    /// streamed the journal from where they stand.
+    #[arg(long, value_name = "ADDR")]
+    pub replicate: Option<SocketAddr>,
+    /// The replicated tier: replicas that must hold each command before it is applied.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub quorum: usize,
+    /// The replicated tier: milliseconds a replica may take to acknowledge before it is
+    /// dropped from the quorum.
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
+    pub ack_timeout_ms: u64,
+    /// A file holding the shared replication secret (by default the environment variable
+    /// KEEL_REPLICATION_SECRET). Never on the command line, where `ps` would show it.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl ReplicationArgs {
+    /// The engine's replication, if asked for.
+    pub fn replication(&self) -> Result<Option<Replication>> {
+        let Some(address) = self.replicate else { return Ok(None) };
+        Ok(Some(
+            Replication::new(replication_secret(self.secret_file.as_deref())?)
+                .listen(address)
+                .quorum(self.quorum)
+                .ack_timeout(std::time::Duration::from_millis(self.ack_timeout_ms)),
+        ))
+    }
+}
+
+/// The replication secret: the file's contents without a final line break, or the
+/// environment variable `KEEL_REPLICATION_SECRET`.
+pub fn replication_secret(file: Option<&Path>) -> Result<Vec<u8>> {
+    let mut secret = match file {
+        Some(file) => std::fs::read(file)
+            .with_context(|| format!("reading the replication secret from {}", file.display()))?,
+        None => std::env::var_os("KEEL_REPLICATION_SECRET")
+            .map(|secret| secret.into_encoded_bytes())
+            .context(
+                "no replication secret: give --secret-file FILE or set KEEL_REPLICATION_SECRET",
+            )?,
+    };
+    while secret.last().is_some_and(|byte| matches!(byte, b'\n' | b'\r')) {
+        secret.pop();
+    }
+    if secret.is_empty() {
+        bail!("the replication secret is empty");
+    }
+    Ok(secret)
+}
+
+/// Sends the engine's `tracing` events (replicas connecting, caught up, dropped) to standard
+/// error, from `INFO` up, for the commands that run as services.
+pub fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false)
+        .try_init();
 }
 
 /// What a run counts of its engine's events.

@@ -3,6 +3,7 @@
 mod demo;
 mod load;
 mod options;
+mod replica;
 mod run;
 mod serve;
 
@@ -17,7 +18,7 @@ use keel_examples::ledger::Ledger;
     name = "ledger",
     version,
     about = "A double-entry ledger on keel: accounts, transfers, two-phase transfers, recovery.",
-    after_help = "With no subcommand, runs `demo`.\n\nExamples:\n  ledger\n  ledger run --data ./data --accounts 100000 --transfers 5000000\n  ledger balance --data ./data --account 1042 --at 2026-11-23T15:00:00Z\n  ledger verify --data ./data\n  ledger serve --data ./data --listen 127.0.0.1:7300\n  ledger load --connect 127.0.0.1:7300 --clients 4 --rate 100000 --duration 10"
+    after_help = "With no subcommand, runs `demo`.\n\nExamples:\n  ledger\n  ledger run --data ./data --accounts 100000 --transfers 5000000\n  ledger balance --data ./data --account 1042 --at 2026-11-23T15:00:00Z\n  ledger verify --data ./data\n  ledger serve --data ./data --listen 127.0.0.1:7300\n  ledger load --connect 127.0.0.1:7300 --clients 4 --rate 100000 --duration 10\n  ledger replica --primary 127.0.0.1:7400 --data ./replica"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Drive a `ledger serve` at a fixed offered rate; print throughput and latency.
     Load(load::LoadArgs),
+    /// Follow a primary (`serve --replicate`, or a journal on this host) as a replica, until
+    /// SIGINT or SIGTERM; then stop, or promote it to be the next primary.
+    Replica(replica::ReplicaArgs),
     #[command(flatten)]
     Engine(EngineCommand),
     /// The demo's child engine process (not for people).
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Balance(args) => run::balance(args),
         Command::Serve(args) => serve::serve(args),
         Command::Load(args) => load::load(args),
+        Command::Replica(args) => replica::replica(args),
         Command::Engine(command) => return keel_engine::cli::main(command, Ledger::new),
         Command::Child(args) => demo::child(args),
     };

@@ -4,7 +4,7 @@
 use keel_examples::format;
 use keel_examples::ledger::{Event, Ledger, Reject};
 
-pub use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions};
+pub use keel_examples::cli::{ensure_fresh, journal_bytes, EngineOptions, ReplicationArgs};
 
 /// The ledger's engine with the gateway's ends and its tally.
 pub type Session = keel_examples::cli::Session<Ledger, Tally>;

@@ -8,19 +8,21 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use keel_engine::{SnapshotPolicy, StateMachine};
+use keel_engine::{Durability, SnapshotPolicy, StateMachine};
 use keel_examples::format;
 use keel_examples::ledger::server::{Limits, Server};
 use keel_examples::ledger::wire::ErrorCode;
 use keel_examples::ledger::Ledger;
 
-use crate::options::EngineOptions;
+use crate::options::{EngineOptions, ReplicationArgs};
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Stops cleanly on SIGINT (Ctrl-C) or SIGTERM: what is in flight is answered \
                   first.\n\nExamples:\n  ledger serve --data ./data --listen 127.0.0.1:7300\n  \
-                  ledger load --connect 127.0.0.1:7300 --clients 4 --rate 100000 --duration 10"
+                  ledger load --connect 127.0.0.1:7300 --clients 4 --rate 100000 --duration 10\n  \
+                  KEEL_REPLICATION_SECRET=s3cret ledger serve --data ./primary --replicate \
+                  127.0.0.1:7400 --durability replicated"
 )]
 pub struct ServeArgs {
     /// The data directory: recovered if it holds a journal, started fresh if not.
@@ -37,6 +39,8 @@ pub struct ServeArgs {
     pub max_connections: usize,
     #[command(flatten)]
     pub engine: EngineOptions,
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -50,7 +54,16 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         every_interval: None,
         keep: 3,
     };
-    let mut engine = args.engine.open(&args.data, Ledger::new(), snapshots)?;
+    let replication = args.replication.replication()?;
+    if args.engine.durability() == Durability::Replicated && replication.is_none() {
+        bail!("--durability replicated needs --replicate ADDR: where replicas connect");
+    }
+    if replication.is_some() {
+        // Replication speaks through `tracing`: a replica connecting, caught up, dropped.
+        keel_examples::cli::log_to_stderr();
+    }
+    let mut engine =
+        args.engine.open_replicating(&args.data, Ledger::new(), snapshots, replication)?;
     let server = Server::bind(
         args.listen,
         Limits { connections: args.max_connections, ..Limits::default() },
@@ -62,6 +75,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let recovery = engine.recovery().clone();
     println!("  data        {}", args.data.display());
     println!("  engine      {}", args.engine.describe());
+    if let Some(address) = engine.replication_address() {
+        let waits = if args.engine.durability() == Durability::Replicated {
+            format!("each command waits for {} of them", args.replication.quorum)
+        } else {
+            "none waited for".to_owned()
+        };
+        println!("  replicas    connect to {address}; {waits}");
+    }
     println!(
         "  recovered   sequence {}: {} commands replayed in {}{}",
         format::count(recovery.last_sequence),
