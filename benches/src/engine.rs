@@ -9,12 +9,15 @@
 //! on two threads; the pipelined one needs three, one more than this machine's cores.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context as _, Result};
 use hdrhistogram::Histogram;
-use keel_engine::{Context, Durability, Engine, Output, StateMachine, Topology, Wait};
+use keel_engine::{
+    Context, Durability, Engine, EngineBuilder, Output, Replica, Replication, StateMachine,
+    Topology, Wait,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::report::Latency;
@@ -24,7 +27,7 @@ use crate::ring::{isolated, Outcome};
 const SLOTS: usize = 1024;
 
 /// The benchmark's state machine: adds each command's amount to one slot of a `Vec`, and
-/// emits the command's send time (for the latency runs).
+/// emits the command's send time and journal time (for the latency and lag runs).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Slots {
     values: Vec<u64>,
@@ -45,17 +48,25 @@ pub struct Add {
     sent_ns: u64,
 }
 
+/// A timed command's event: when it was meant to be sent (ns from the run's start) and when
+/// the primary journaled it (its `Context` timestamp, ns since the Unix epoch).
+#[derive(Clone, Copy, Debug)]
+pub struct Applied {
+    sent_ns: u64,
+    journaled_ns: u64,
+}
+
 impl StateMachine for Slots {
     type Command = Add;
-    type Event = u64;
+    type Event = Applied;
 
     #[inline]
-    fn apply(&mut self, _: &Context, add: &Add, output: &mut Output<u64>) {
+    fn apply(&mut self, context: &Context, add: &Add, output: &mut Output<Applied>) {
         let length = self.values.len();
         let slot = &mut self.values[add.slot as usize % length];
         *slot = slot.wrapping_add(add.amount);
         if add.sent_ns != 0 {
-            output.emit(add.sent_ns);
+            output.emit(Applied { sent_ns: add.sent_ns, journaled_ns: context.timestamp_ns });
         }
     }
 
@@ -106,23 +117,90 @@ impl Drop for Scratch {
 /// next segment allocated in the background meanwhile, as in production.
 const SEGMENT_SIZE: u64 = 64 << 20;
 
+/// The replication secret of the runs with a replica.
+const SECRET: &[u8] = b"keel-bench";
+
+/// An engine on `directory` in `durability`, serving replicas when `replicated`.
+fn builder(
+    directory: &std::path::Path,
+    topology: Topology,
+    durability: Durability,
+    replicated: bool,
+) -> EngineBuilder<Slots> {
+    let builder = Engine::builder(directory)
+        .durability(durability)
+        .topology(topology)
+        .wait(Wait::Yielding)
+        .ring_capacity(64 * 1024)
+        .output_capacity(64 * 1024)
+        .segment_size(SEGMENT_SIZE);
+    if replicated {
+        builder.replicate(Replication::new(SECRET))
+    } else {
+        builder
+    }
+}
+
+/// A replica over loopback TCP, in this process, of the engine; it records, for each timed
+/// command after `warm_up`, its lag: from the primary journaling it to the replica applying it
+/// (both clocks are this host's).
+struct Follower {
+    replica: Replica<Slots>,
+    lag: Arc<Mutex<Histogram<u64>>>,
+    _scratch: Scratch,
+}
+
+impl Follower {
+    fn attach(root: &std::path::Path, engine: &Engine<Slots>, warm_up: u64) -> Result<Self> {
+        let scratch = Scratch::new(root, "replica")?;
+        let address = engine.replication_address().context("the engine replicates")?;
+        let lag = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?));
+        let record = Arc::clone(&lag);
+        let replica = Replica::remote(address.to_string(), SECRET, &scratch.0)
+            .segment_size(SEGMENT_SIZE)
+            .on_events(move |sequence, events: &[Applied]| {
+                if sequence <= warm_up {
+                    return;
+                }
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as u64);
+                let mut lag = record.lock().expect("the lag histogram");
+                for event in events {
+                    let _ = lag.record(now.saturating_sub(event.journaled_ns).max(1));
+                }
+            })
+            .open(Slots::default())?;
+        Ok(Self { replica, lag, _scratch: scratch })
+    }
+
+    /// Waits for the replica to apply `sequence`, stops it, and returns its lag.
+    fn finish(self, sequence: u64) -> Result<Histogram<u64>> {
+        ensure!(
+            self.replica.wait_for(sequence, Duration::from_secs(60))?,
+            "the replica never reached {sequence}"
+        );
+        self.replica.stop()?;
+        let lag = self.lag.lock().expect("the lag histogram").clone();
+        Ok(lag)
+    }
+}
+
 /// Publishes `commands` commands one at a time as fast as the engine takes them; the time is
-/// from the first publish to the last command applied.
+/// from the first publish to the last command applied. `replicated`: with a replica over
+/// loopback TCP (in the `Replicated` tier, every command waits for its acknowledgement).
 pub fn saturation(
     root: &std::path::Path,
     topology: Topology,
     durability: Durability,
+    replicated: bool,
     commands: u64,
 ) -> Result<Outcome> {
     let scratch = Scratch::new(root, "saturation")?;
     isolated(|| {
-        let engine = Engine::builder(&scratch.0)
-            .durability(durability)
-            .topology(topology)
-            .wait(Wait::Yielding)
-            .ring_capacity(64 * 1024)
-            .segment_size(SEGMENT_SIZE)
-            .open(Slots::default())?;
+        let engine = builder(&scratch.0, topology, durability, replicated).open(Slots::default())?;
+        let follower =
+            if replicated { Some(Follower::attach(root, &engine, commands)?) } else { None };
         let mut publisher = engine.publisher();
         let started = Instant::now();
         for value in 1..=commands {
@@ -132,6 +210,9 @@ pub fn saturation(
             std::thread::yield_now();
         }
         let elapsed = started.elapsed();
+        if let Some(follower) = follower {
+            follower.finish(engine.stats().journaled)?;
+        }
         drop(publisher);
         let state = engine.shutdown()?;
         Ok(Outcome { elapsed, events: commands, sum: state.sum() })
@@ -222,28 +303,26 @@ pub fn expected_sum(commands: u64) -> u64 {
 /// too (coordinated omission corrected). The sender is a gateway thread: it publishes and,
 /// between sends, polls the engine's output (an output poller), so the run takes two threads
 /// in the compact topology, which is what two cores hold. The first tenth of the run is
-/// warm-up and is not recorded. Returns the outcome, the percentiles and the histogram.
+/// warm-up and is not recorded. Returns the outcome, the percentiles and the histogram, and
+/// with `replicated` (a replica over loopback TCP in this process) the replica's lag.
 pub fn open_loop(
     root: &std::path::Path,
     topology: Topology,
     durability: Durability,
+    replicated: bool,
     rate: u64,
     duration: Duration,
-) -> Result<(Outcome, Latency, Histogram<u64>)> {
+) -> Result<OpenLoop> {
     let scratch = Scratch::new(root, "latency")?;
     let commands = (rate as f64 * duration.as_secs_f64()) as u64;
     let warm_up = commands / 10;
     isolated(|| {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-        let mut engine = Engine::builder(&scratch.0)
-            .durability(durability)
-            .topology(topology)
-            .wait(Wait::Yielding)
-            .ring_capacity(64 * 1024)
-            .output_capacity(64 * 1024)
-            .segment_size(SEGMENT_SIZE)
+        let mut engine = builder(&scratch.0, topology, durability, replicated)
             .output_poller()
             .open(Slots::default())?;
+        let follower =
+            if replicated { Some(Follower::attach(root, &engine, warm_up)?) } else { None };
         let mut output = engine.take_output_poller().context("the output poller")?;
         let mut publisher = engine.publisher();
         let epoch = Instant::now();
@@ -252,7 +331,7 @@ pub fn open_loop(
         let mut receive = |histogram: &mut Histogram<u64>| -> Result<u64> {
             let mut events = 0;
             output.poll(4096, |delivery| {
-                let Some(&sent_ns) = delivery.event else { return };
+                let Some(&Applied { sent_ns, .. }) = delivery.event else { return };
                 events += 1;
                 if delivery.sequence > warm_up {
                     let now = epoch.elapsed().as_nanos() as u64;
@@ -288,6 +367,10 @@ pub fn open_loop(
             received += receive(&mut histogram)?;
         }
         let elapsed = epoch.elapsed();
+        let lag = match follower {
+            Some(follower) => Some(follower.finish(engine.stats().journaled)?),
+            None => None,
+        };
         drop(publisher);
         let state = engine.shutdown()?;
         ensure!(
@@ -297,9 +380,22 @@ pub fn open_loop(
             commands - warm_up
         );
         let outcome = Outcome { elapsed, events: commands, sum: state.sum() };
-        Ok((outcome, Latency::from_histogram(&histogram), histogram))
+        let latency = Latency::from_histogram(&histogram);
+        Ok(OpenLoop { outcome, latency, histogram, lag })
     })
     .context("open-loop latency run")
+}
+
+/// What an open-loop run measured.
+pub struct OpenLoop {
+    pub outcome: Outcome,
+    /// The percentiles of `histogram`.
+    pub latency: Latency,
+    /// Each command's latency, from its intended send time to its event's arrival.
+    #[allow(dead_code)] // Kept for the `.hgrm` files of issue 7.
+    pub histogram: Histogram<u64>,
+    /// The replica's lag, when the run had one: from journaled to applied on the replica.
+    pub lag: Option<Histogram<u64>>,
 }
 
 /// Recovery: an engine journals `commands` commands and stops; the time to open it again is

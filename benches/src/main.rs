@@ -37,7 +37,9 @@ struct Arguments {
     /// Scenarios to run: `ring` (all of the below), `one-to-one`, `two-to-one`,
     /// `one-to-diamond`, `ping-pong`; `journal` (append per tier, ceilings, verified read,
     /// rolls); `engine` (every topology and tier at saturation and at fixed offered rates,
-    /// with the bare ring and the disruptor crate as ceilings).
+    /// with the bare ring and the disruptor crate as ceilings); `replica` (the `Replicated`
+    /// tier with one replica over loopback TCP against `PageCache` and `Fsync`, and the
+    /// replica's lag).
     #[arg(default_values_t = vec!["ring".to_owned()])]
     scenarios: Vec<String>,
     /// Runs per system and scenario (at least 1; 5 or more for a figure worth quoting).
@@ -367,7 +369,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                 format!("{topology_name} {tier} yielding"),
                 expected,
                 Box::new(move || {
-                    Ok((engine::saturation(&root, topology, durability, commands)?, None))
+                    Ok((engine::saturation(&root, topology, durability, false, commands)?, None))
                 }),
             ));
         }
@@ -430,13 +432,92 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                     format!("{topology_name} {tier} {}/s", human(rate)),
                     expected,
                     Box::new(move || {
-                        let (outcome, latency, _) =
-                            engine::open_loop(&root, topology, durability, rate, duration)?;
-                        Ok((outcome, Some(latency)))
+                        let run =
+                            engine::open_loop(&root, topology, durability, false, rate, duration)?;
+                        Ok((run.outcome, Some(run.latency)))
                     }),
                 ));
             }
         }
+    }
+    cases
+}
+
+/// The replication cases, sized by `scale`: the compact topology in the `PageCache`, `Fsync`
+/// and `Replicated` tiers (one replica over loopback TCP, in this process), at saturation and
+/// at fixed offered rates; and the replica's lag at 1 M/s, replicated and asynchronous.
+fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
+    use keel_engine::{Durability, Topology};
+    let mut cases: Vec<EngineCase> = Vec::new();
+    let commands = 5_000_000 / scale;
+    let tiers = [
+        (Durability::PageCache, false, "page-cache"),
+        (Durability::Fsync, false, "fsync"),
+        (Durability::Replicated, true, "replicated, 1 replica"),
+    ];
+    for (durability, replicated, tier) in tiers {
+        let root = root.to_owned();
+        cases.push((
+            "replica-saturation",
+            "keel",
+            format!("compact {tier}"),
+            engine::expected_sum(commands),
+            Box::new(move || {
+                let outcome =
+                    engine::saturation(&root, Topology::Compact, durability, replicated, commands)?;
+                Ok((outcome, None))
+            }),
+        ));
+    }
+    for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
+        let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
+        let expected = engine::expected_sum((rate as f64 * duration.as_secs_f64()) as u64);
+        for (durability, replicated, tier) in tiers {
+            let root = root.to_owned();
+            cases.push((
+                "replica-latency",
+                "keel",
+                format!("compact {tier} {}/s", human(rate)),
+                expected,
+                Box::new(move || {
+                    let run = engine::open_loop(
+                        &root,
+                        Topology::Compact,
+                        durability,
+                        replicated,
+                        rate,
+                        duration,
+                    )?;
+                    Ok((run.outcome, Some(run.latency)))
+                }),
+            ));
+        }
+    }
+    let duration = std::time::Duration::from_secs_f64(1.0 / scale as f64);
+    let expected = engine::expected_sum((1_000_000.0 * duration.as_secs_f64()) as u64);
+    for (durability, tier) in [
+        (Durability::Replicated, "replicated"),
+        (Durability::PageCache, "asynchronous, page-cache"),
+    ] {
+        let root = root.to_owned();
+        cases.push((
+            "replica-lag",
+            "keel",
+            format!("journaled to applied, {tier} 1M/s"),
+            expected,
+            Box::new(move || {
+                let run = engine::open_loop(
+                    &root,
+                    Topology::Compact,
+                    durability,
+                    true,
+                    1_000_000,
+                    duration,
+                )?;
+                let lag = anyhow::Context::context(run.lag, "a replicated run measures the lag")?;
+                Ok((run.outcome, Some(Latency::from_histogram(&lag))))
+            }),
+        ));
     }
     cases
 }
@@ -450,16 +531,17 @@ fn human(rate: u64) -> String {
     }
 }
 
-/// Runs the engine benchmark and prints its table (or JSON lines).
-fn run_engine(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
+/// Runs the engine (or replica) benchmark and prints its table (or JSON lines).
+fn run_engine(arguments: &Arguments, runs: usize, scale: u64, replica: bool) -> Result<()> {
     let root = arguments.journal_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let cases = engine_cases(&root, scale);
+    let cases = if replica { replica_cases(&root, scale) } else { engine_cases(&root, scale) };
     let mut measurements = Vec::new();
     for run in 0..runs {
         let probe_ns = inter_core_round_trip_ns(Pinning::NONE);
         if !arguments.json {
             println!(
-                "engine run {}/{runs} (journals under {}): inter-core round trip {probe_ns:.0} ns",
+                "{} run {}/{runs} (journals under {}): inter-core round trip {probe_ns:.0} ns",
+                if replica { "replica" } else { "engine" },
                 run + 1,
                 root.display()
             );
@@ -551,12 +633,15 @@ fn main() -> Result<()> {
         run_journal(&arguments, runs, scale)?;
     }
     if arguments.scenarios.iter().any(|scenario| scenario == "engine") {
-        run_engine(&arguments, runs, scale)?;
+        run_engine(&arguments, runs, scale, false)?;
+    }
+    if arguments.scenarios.iter().any(|scenario| scenario == "replica") {
+        run_engine(&arguments, runs, scale, true)?;
     }
     let ring_scenarios: Vec<String> = arguments
         .scenarios
         .iter()
-        .filter(|scenario| !matches!(scenario.as_str(), "journal" | "engine"))
+        .filter(|scenario| !matches!(scenario.as_str(), "journal" | "engine" | "replica"))
         .cloned()
         .collect();
     if ring_scenarios.is_empty() {
