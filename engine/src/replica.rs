@@ -846,7 +846,9 @@ impl Stream {
             connection,
             heard: Instant::now(),
             acknowledged: 0,
-            heartbeat: false,
+            // The first step acknowledges what the replica holds, so that the primary counts
+            // it towards the quorum at once rather than at its first heartbeat.
+            heartbeat: true,
             scratch: Vec::new(),
             retry_at: Instant::now(),
             backoff: Duration::from_millis(20),

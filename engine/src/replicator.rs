@@ -20,13 +20,16 @@ use crate::error::{EngineError, Halt};
 use crate::wire::{
     begin_frame, expect, frame_body_len, hex, mac, nonce, push_record, seal_frame, verify_mac,
     write_frame, Challenge, Fields, FrameReader, Hello, Kind, WireError, FRAME_RECORDS_TARGET,
-    HANDSHAKE_TIMEOUT, PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+    HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT, PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// How often an idle sender tells its replica it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Snapshot payload bytes per frame.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Connections at most, replicas and handshakes in progress together: each costs two threads,
+/// and a peer that has not proved the secret must not be able to make more.
+const CONNECTIONS_MAX: usize = 32;
 
 /// How an engine serves replicas over TCP: [`EngineBuilder::replicate`](crate::EngineBuilder::replicate).
 #[derive(Clone)]
@@ -144,6 +147,12 @@ struct Inner {
     fenced_by: AtomicU64,
     dropped: AtomicU64,
     refused: AtomicU64,
+    /// Connections being served (from accept to close).
+    connections: AtomicUsize,
+    /// The connections still in their handshake, by number: closed by `stop`, so that a silent
+    /// peer does not hold it up for the handshake's timeout.
+    handshaking: Mutex<Vec<(u64, TcpStream)>>,
+    accepted: AtomicU64,
 }
 
 /// The primary's replication: see the module's documentation.
@@ -194,6 +203,9 @@ impl Replicator {
             fenced_by: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            handshaking: Mutex::new(Vec::new()),
+            accepted: AtomicU64::new(0),
         });
         let accepting = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
@@ -317,6 +329,9 @@ impl Replicator {
         if let Some(listener) = self.listener.lock().take() {
             let _ = listener.join();
         }
+        for (_, stream) in self.inner.handshaking.lock().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         for peer in self.inner.peers.lock().iter() {
             if peer.alive.swap(false, Ordering::AcqRel) {
                 let _ = peer.stream.shutdown(Shutdown::Both);
@@ -390,8 +405,22 @@ fn accept(inner: &Arc<Inner>, listener: &TcpListener) {
     while !inner.stopping.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, address)) => {
+                if inner.connections.load(Ordering::Acquire) >= CONNECTIONS_MAX {
+                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %address, "replication connection refused: {CONNECTIONS_MAX} already");
+                    let _ = stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                inner.connections.fetch_add(1, Ordering::AcqRel);
+                let number = inner.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Ok(clone) = stream.try_clone() {
+                    inner.handshaking.lock().push((number, clone));
+                }
                 let connection = Arc::clone(inner);
-                inner.spawn("keel-replica-peer", move || serve(&connection, stream, address));
+                inner.spawn("keel-replica-peer", move || {
+                    serve(&connection, stream, address, number);
+                    connection.connections.fetch_sub(1, Ordering::AcqRel);
+                });
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -406,11 +435,13 @@ fn accept(inner: &Arc<Inner>, listener: &TcpListener) {
 
 /// One replica's connection: the handshake, then its stream of records on this thread and its
 /// acknowledgements on another.
-fn serve(inner: &Arc<Inner>, mut stream: TcpStream, address: SocketAddr) {
+fn serve(inner: &Arc<Inner>, mut stream: TcpStream, address: SocketAddr, number: u64) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
-    let mut reader = FrameReader::default();
-    let start = match handshake(inner, &mut stream, &mut reader) {
+    let mut reader = FrameReader::with_limit(HANDSHAKE_BODY_MAX);
+    let shaken = handshake(inner, &mut stream, &mut reader);
+    inner.handshaking.lock().retain(|(other, _)| *other != number);
+    let start = match shaken {
         Ok(start) => start,
         Err(error) => {
             inner.refused.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +453,11 @@ fn serve(inner: &Arc<Inner>, mut stream: TcpStream, address: SocketAddr) {
             return;
         }
     };
-    let Ok(clone) = stream.try_clone() else { return };
+    reader.lift_limit();
+    let Ok(clone) = stream.try_clone() else {
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    };
     let peer = Arc::new(Peer {
         address,
         stream: clone,

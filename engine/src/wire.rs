@@ -114,16 +114,38 @@ pub(crate) fn seal_frame(frame: &mut [u8]) {
     frame[4..8].copy_from_slice(&checksum.to_le_bytes());
 }
 
+/// The largest frame body a handshake message can need: a peer that has not proved the secret
+/// gets no bigger buffer than this.
+pub(crate) const HANDSHAKE_BODY_MAX: usize = 1 << 10;
+
 /// Reads frames from a stream, keeping a partly received frame across reads that time out
 /// (a replica reads with a timeout, to look at its stop flag between frames).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FrameReader {
     buffer: Vec<u8>,
     start: usize,
     end: usize,
+    /// The largest body accepted (kind byte included).
+    limit: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::with_limit(FRAME_BODY_MAX + 1)
+    }
 }
 
 impl FrameReader {
+    /// A reader that refuses frames of more than `limit` bytes after the header.
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self { buffer: Vec::new(), start: 0, end: 0, limit }
+    }
+
+    /// Accepts frames up to the protocol's largest from now on (after a handshake).
+    pub(crate) fn lift_limit(&mut self) {
+        self.limit = FRAME_BODY_MAX + 1;
+    }
+
     /// The next complete frame: its kind and body. `Ok(None)` when a read timed out (or would
     /// block) first. A length out of bounds, a checksum mismatch or an unknown kind is
     /// `Malformed`; the end of the stream between frames is `Closed`, inside one `Malformed`.
@@ -150,10 +172,10 @@ impl FrameReader {
                 let header = &self.buffer[self.start..self.start + FRAME_HEADER];
                 let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
                 let checksum = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-                if length == 0 || length > FRAME_BODY_MAX + 1 {
+                if length == 0 || length > self.limit {
                     return Err(WireError::malformed(format!(
                         "a frame of {length} bytes (at most {} are allowed)",
-                        FRAME_BODY_MAX + 1
+                        self.limit
                     )));
                 }
                 if available >= FRAME_HEADER + length {

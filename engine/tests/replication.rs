@@ -356,6 +356,15 @@ fn a_wrong_secret_and_another_journal_are_refused() {
     let mut end = Vec::new();
     let _ = garbage.read_to_end(&mut end);
     assert!(engine.halted().is_none());
+    // Connections that never say a word hold a bounded number of threads: past 32, the
+    // listener refuses at once.
+    let before = engine.replication_status().unwrap().refused;
+    let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(address).unwrap()).collect();
+    while engine.replication_status().unwrap().refused < before + 8 {
+        assert!(Instant::now() < deadline, "{:?}", engine.replication_status());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(idle);
     let replica_directory = tempfile::tempdir().unwrap();
     let follower = replica(address, replica_directory.path());
     assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
