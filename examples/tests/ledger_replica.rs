@@ -168,3 +168,89 @@ fn a_killed_replica_catches_up_and_a_promoted_one_serves_on() {
     let reopened = successor.stop();
     assert_eq!(hash(&reopened), hash(&served), "{reopened}");
 }
+
+/// Every transfer id in a journal's commands.
+fn transfer_ids(data: &Path) -> std::collections::BTreeSet<u64> {
+    use keel_engine::{Bincode, Codec};
+    use keel_examples::ledger::Command;
+    let mut reader = JournalReader::open(data).unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(record) = reader.next().unwrap() {
+        // Commands only: checkpoints and the promotion's epoch record are keel's.
+        if record.kind != 1 {
+            continue;
+        }
+        if let Command::Transfer { id, .. } = Bincode.decode::<Command>(record.payload).unwrap() {
+            ids.insert(id);
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_primary_killed_in_the_replicated_tier_loses_no_answered_transfer_to_the_promoted_replica() {
+    use keel_examples::ledger::client::Client;
+    use keel_examples::ledger::wire::Response;
+    use keel_examples::ledger::{Command, Event};
+
+    let scratch = tempfile::tempdir().unwrap();
+    let (primary_data, replica_data) =
+        (scratch.path().join("primary"), scratch.path().join("replica"));
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--replicate",
+        "127.0.0.1:0",
+        "--durability",
+        "replicated",
+    ];
+    let mut service = Running::start(&serve, &primary_data);
+    let clients = service.address_after("listening on ");
+    let primary = service.address_after("replicas    connect to ").to_string();
+    let mut replica = Running::start(&["replica", "--primary", &primary], &replica_data);
+    assert!(replica.line().starts_with("following tcp://"));
+
+    // A client pays one unit at a time and notes every transfer the service answered.
+    let sender = std::thread::spawn(move || {
+        let mut client = Client::connect(clients).unwrap();
+        for (request, id) in [(1u64, 1u64), (2, 2)] {
+            client.call(request, &Command::CreateAccount { id, code: 1, flags: 0 }).unwrap();
+        }
+        let mut answered = Vec::new();
+        for id in 1_000.. {
+            let command = Command::Transfer { id, debit: 1, credit: 2, amount: 1, code: 1 };
+            match client.call(id, &command) {
+                Ok(Response::Reply { event: Event::Transferred { id, .. }, .. }) => {
+                    answered.push(id)
+                }
+                Ok(other) => panic!("transfer {id}: {other:?}"),
+                // The service is gone.
+                Err(_) => return answered,
+            }
+        }
+        unreachable!()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    service.kill();
+    let answered = sender.join().unwrap();
+    assert!(answered.len() > 50, "only {} transfers answered", answered.len());
+
+    // The replica is restarted to be promoted (its primary is gone: it opens from its own
+    // journal), then serves as the next primary.
+    drop(replica.stop());
+    let mut promoted =
+        Running::start(&["replica", "--primary", &primary, "--promote"], &replica_data);
+    assert!(promoted.line().starts_with("following tcp://"));
+    let summary = promoted.stop();
+    assert!(summary.contains("promoted    epoch 1"), "{summary}");
+    let held = transfer_ids(&replica_data);
+    let lost: Vec<u64> = answered.iter().copied().filter(|id| !held.contains(id)).collect();
+    assert!(lost.is_empty(), "answered but not in the promoted replica: {lost:?}");
+    let verify = Process::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["verify", "--data"])
+        .arg(&replica_data)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
