@@ -3,28 +3,15 @@
 
 mod common;
 
-use std::cell::Cell;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::{commands, Bank, Command, Event};
+use common::{commands, records, Bank, Command, Record, Skewed};
 use keel_engine::{
-    replay_from, replay_to, Bincode, Context, Durability, Engine, EngineError, Halt, Output,
-    ReplayFrom, ReplayTarget, StateMachine, Topology,
+    replay_from, replay_to, Bincode, Durability, Engine, EngineError, Halt, ReplayFrom,
+    ReplayTarget, StateMachine, Topology,
 };
 use keel_journal::format::{Checkpoint, KIND_CHECKPOINT};
-use keel_journal::{JournalOptions, JournalReader, JournalWriter};
-use serde::{Deserialize, Serialize};
-
-/// Every record of a journal: (sequence, kind, payload).
-fn records(directory: &Path) -> Vec<(u64, u16, Vec<u8>)> {
-    let mut reader = JournalReader::open(directory).unwrap();
-    let mut records = Vec::new();
-    while let Some(record) = reader.next().unwrap() {
-        records.push((record.sequence, record.kind, record.payload.to_vec()));
-    }
-    records
-}
+use keel_journal::{JournalOptions, JournalWriter};
 
 /// Publishes `commands` one by one and in batches of varied sizes; returns the sequences the
 /// publisher returned for each.
@@ -81,12 +68,13 @@ fn checkpoints_sit_every_n_commands_and_hold_the_state_hash_there() {
         let records = records(directory.path());
         let commands: Vec<u64> = records
             .iter()
-            .filter(|(_, kind, _)| *kind != KIND_CHECKPOINT)
-            .map(|&(sequence, _, _)| sequence)
+            .filter(|record| record.kind != KIND_CHECKPOINT)
+            .map(|record| record.sequence)
             .collect();
         assert_eq!(commands.len(), input.len(), "{topology:?} {durability:?}");
         // Every (every + 1)-th sequence is a checkpoint, every other one a command.
-        for &(sequence, kind, ref payload) in &records {
+        for Record { sequence, kind, payload, .. } in &records {
+            let (sequence, kind) = (*sequence, *kind);
             let expected = if sequence.is_multiple_of(every + 1) { KIND_CHECKPOINT } else { 1 };
             assert_eq!(kind, expected, "sequence {sequence}, {topology:?} {durability:?}");
             if kind == KIND_CHECKPOINT {
@@ -134,12 +122,12 @@ fn numbering_continues_across_restarts_and_interval_changes() {
         expected_hash = engine.shutdown().unwrap().state_hash();
     }
     let records = records(directory.path());
-    let checkpoints = records.iter().filter(|(_, kind, _)| *kind == KIND_CHECKPOINT).count();
+    let checkpoints = records.iter().filter(|record| record.kind == KIND_CHECKPOINT).count();
     assert_eq!(records.len() - checkpoints, 90);
     // 30 commands at one checkpoint per 4 take 7 checkpoints; at one per 6, about 5 more.
     assert!(checkpoints >= 11, "{checkpoints} checkpoints");
     for pair in records.windows(2) {
-        assert_eq!(pair[1].0, pair[0].0 + 1, "the journal is gap-free");
+        assert_eq!(pair[1].sequence, pair[0].sequence + 1, "the journal is gap-free");
     }
     let replayed = replay_from(
         directory.path(),
@@ -166,36 +154,6 @@ fn the_memory_tier_writes_no_checkpoints_and_numbers_every_command() {
     }
 }
 
-thread_local! {
-    /// Set by a test on its own thread: `Skewed` then adds one to its total at the command of
-    /// this sequence, as state read from outside `apply`'s inputs (a clock, a random number)
-    /// would make it do on one machine and not another.
-    static SKEW_AT: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The bank, with a non-determinism that the test switches on.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Skewed {
-    bank: Bank,
-    skew: u64,
-}
-
-impl StateMachine for Skewed {
-    type Command = Command;
-    type Event = Event;
-
-    fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
-        if SKEW_AT.with(Cell::get) == context.sequence {
-            self.skew += 1;
-        }
-        self.bank.apply(context, command, output);
-    }
-
-    fn state_hash(&self) -> u64 {
-        self.bank.state_hash() ^ self.skew.rotate_left(17)
-    }
-}
-
 #[test]
 fn replay_and_recovery_halt_at_the_first_checkpoint_after_a_divergence() {
     let directory = tempfile::tempdir().unwrap();
@@ -212,10 +170,9 @@ fn replay_and_recovery_halt_at_the_first_checkpoint_after_a_divergence() {
     // Determinism holds: replay and recovery pass every checkpoint.
     replay_to(directory.path(), Bincode, Skewed::default(), ReplayTarget::End).unwrap();
 
-    // Sequence 25 now differs on this thread: the checkpoint at 33 (after 32) is the first
-    // after it, and the one named.
-    SKEW_AT.with(|at| at.set(25));
-    let replayed = replay_to(directory.path(), Bincode, Skewed::default(), ReplayTarget::End);
+    // A copy that differs at sequence 25: the checkpoint at 33 (after 32) is the first after
+    // it, and the one named.
+    let replayed = replay_to(directory.path(), Bincode, Skewed::at(25), ReplayTarget::End);
     let expected = Halt::Diverged { checkpoint: 33, covered: 32, recorded: 0, computed: 0 };
     match replayed {
         Err(EngineError::Halted(Halt::Diverged { checkpoint, covered, recorded, computed })) => {
@@ -225,13 +182,12 @@ fn replay_and_recovery_halt_at_the_first_checkpoint_after_a_divergence() {
         other => panic!("expected a divergence at 33, got {other:?}"),
     }
     // A replay that stops before that checkpoint does not know yet.
-    replay_to(directory.path(), Bincode, Skewed::default(), ReplayTarget::Sequence(32)).unwrap();
+    replay_to(directory.path(), Bincode, Skewed::at(25), ReplayTarget::Sequence(32)).unwrap();
     // Recovery finds it too, and does not open.
-    match builder().open(Skewed::default()) {
+    match builder().open(Skewed::at(25)) {
         Err(EngineError::Halted(Halt::Diverged { checkpoint: 33, .. })) => {}
         other => panic!("expected recovery to halt at 33, got {other:?}"),
     }
-    SKEW_AT.with(|at| at.set(0));
     builder().open(Skewed::default()).unwrap().shutdown().unwrap();
 }
 

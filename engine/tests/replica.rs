@@ -8,34 +8,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{commands, Bank, Command, Event};
+use common::{commands, records, Bank, Command, Skewed};
 use keel_engine::{
-    Context, Durability, Engine, EngineError, Halt, Output, Replica, SnapshotPolicy, StateMachine,
-    Topology,
+    Durability, Engine, EngineError, Halt, Replica, SnapshotPolicy, StateMachine, Topology,
 };
 use keel_journal::format::KIND_CHECKPOINT;
 use keel_journal::{JournalOptions, JournalReader, JournalWriter, Retention};
-use serde::{Deserialize, Serialize};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Every record of a journal: (sequence, timestamp, kind, version, payload).
-type Record = (u64, u64, u16, u16, Vec<u8>);
-
-fn records(directory: &Path) -> Vec<Record> {
-    let mut reader = JournalReader::open(directory).unwrap();
-    let mut records = Vec::new();
-    while let Some(record) = reader.next().unwrap() {
-        records.push((
-            record.sequence,
-            record.timestamp_ns,
-            record.kind,
-            record.version,
-            record.payload.to_vec(),
-        ));
-    }
-    records
-}
 
 fn primary(directory: &Path, topology: Topology, every: u64) -> Engine<Bank> {
     Engine::builder(directory)
@@ -82,7 +62,7 @@ fn a_replica_following_a_live_primary_reaches_its_state_and_copies_its_journal()
         let primary_state = engine.shutdown().unwrap();
         // The journal's end, a checkpoint after the last command included.
         let primary_records = records(primary_directory.path());
-        let last = primary_records.last().unwrap().0;
+        let last = primary_records.last().unwrap().sequence;
         assert!(replica.wait_for(last, PATIENCE).unwrap(), "the replica reached {last}");
         let stats = replica.stats();
         let replica_state = replica.stop().unwrap();
@@ -90,7 +70,7 @@ fn a_replica_following_a_live_primary_reaches_its_state_and_copies_its_journal()
         assert_eq!(replica_state, primary_state, "{topology:?} {tier:?}");
         assert_eq!(replica_state.state_hash(), primary_state.state_hash());
         let checkpoints =
-            primary_records.iter().filter(|record| record.2 == KIND_CHECKPOINT).count() as u64;
+            primary_records.iter().filter(|record| record.kind == KIND_CHECKPOINT).count() as u64;
         assert!(checkpoints >= 100, "{checkpoints} checkpoints");
         assert_eq!(stats.checkpoints, checkpoints, "every checkpoint was compared");
         assert_eq!((stats.applied, stats.durable), (last, last));
@@ -130,7 +110,7 @@ fn a_stopped_replica_catches_up_with_nothing_missing_or_doubled() {
     assert_eq!(recovery.replayed, 0);
     publish(&engine, &input[3_500..]);
     let primary_state = engine.shutdown().unwrap();
-    let last = records(primary_directory.path()).last().unwrap().0;
+    let last = records(primary_directory.path()).last().unwrap().sequence;
     assert!(replica.wait_for(last, PATIENCE).unwrap());
     assert_eq!(replica.stop().unwrap(), primary_state);
     assert_eq!(records(replica_directory.path()), records(primary_directory.path()));
@@ -173,40 +153,15 @@ fn a_replica_of_a_retired_journal_starts_from_the_primarys_snapshot() {
     publish(&engine, &input[61_000..]);
     let primary_state = engine.shutdown().unwrap();
     let primary_records = records(primary_directory.path());
-    assert!(replica.wait_for(primary_records.last().unwrap().0, PATIENCE).unwrap());
+    assert!(replica.wait_for(primary_records.last().unwrap().sequence, PATIENCE).unwrap());
     assert_eq!(replica.stop().unwrap(), primary_state);
     // The replica's journal starts right after the snapshot it was seeded from, and holds
     // the primary's records from there.
     let replica_records = records(replica_directory.path());
-    assert_eq!(replica_records[0].0, snapshot_at + 1);
-    let from = primary_records.iter().position(|record| record.0 == snapshot_at + 1).unwrap();
+    assert_eq!(replica_records[0].sequence, snapshot_at + 1);
+    let from =
+        primary_records.iter().position(|record| record.sequence == snapshot_at + 1).unwrap();
     assert_eq!(replica_records, primary_records[from..]);
-}
-
-/// The bank, and a non-determinism switched on in the replica's copy only: `skew_at` is not
-/// part of the state (nor of snapshots), like a clock read inside `apply`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Skewed {
-    bank: Bank,
-    skew: u64,
-    #[serde(skip)]
-    skew_at: u64,
-}
-
-impl StateMachine for Skewed {
-    type Command = Command;
-    type Event = Event;
-
-    fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
-        if context.sequence == self.skew_at {
-            self.skew += 1;
-        }
-        self.bank.apply(context, command, output);
-    }
-
-    fn state_hash(&self) -> u64 {
-        self.bank.state_hash() ^ self.skew.rotate_left(29)
-    }
 }
 
 #[test]
@@ -220,7 +175,7 @@ fn a_replica_halts_at_the_first_checkpoint_after_it_diverges() {
         .unwrap();
     let replica = Replica::builder(primary_directory.path(), replica_directory.path())
         .segment_size(1 << 20)
-        .open(Skewed { skew_at: 450, ..Skewed::default() })
+        .open(Skewed::at(450))
         .unwrap();
     let mut publisher = engine.publisher();
     for command in commands(1_000, 20, 2) {

@@ -13,33 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{commands, Bank, Command};
+use common::{commands, records, Bank, Command};
 use keel_engine::{
     replay_to, Bincode, Durability, Engine, EngineError, Halt, ReplayTarget, Replica, Replication,
     StateMachine,
 };
 use keel_journal::format::KIND_CHECKPOINT;
-use keel_journal::JournalReader;
 
 const SECRET: &[u8] = b"correct horse battery staple";
 const PATIENCE: Duration = Duration::from_secs(60);
-
-type Record = (u64, u64, u16, u16, Vec<u8>);
-
-fn records(directory: &Path) -> Vec<Record> {
-    let mut reader = JournalReader::open(directory).unwrap();
-    let mut records = Vec::new();
-    while let Some(record) = reader.next().unwrap() {
-        records.push((
-            record.sequence,
-            record.timestamp_ns,
-            record.kind,
-            record.version,
-            record.payload.to_vec(),
-        ));
-    }
-    records
-}
 
 fn primary(directory: &Path, durability: Durability, replication: Replication) -> Engine<Bank> {
     Engine::builder(directory)
@@ -91,7 +73,7 @@ fn assert_caught_up(
     let since = replica.recovery().last_sequence;
     let checkpoints = primary_records
         .iter()
-        .filter(|record| record.0 > since && record.2 == KIND_CHECKPOINT)
+        .filter(|record| record.sequence > since && record.kind == KIND_CHECKPOINT)
         .count();
     let stats = replica.stats();
     assert_eq!(stats.checkpoints, checkpoints as u64, "every checkpoint was compared");
@@ -426,7 +408,7 @@ fn a_promoted_replica_holds_every_acknowledged_command_and_fences_the_old_primar
     assert_eq!(after.machine, before.machine, "every acknowledged command survived");
     let old_records = records(old_directory.path());
     let new_records = records(promoted_directory.path());
-    let held = new_records.iter().take_while(|record| record.0 <= acknowledged).count();
+    let held = new_records.iter().take_while(|record| record.sequence <= acknowledged).count();
     assert_eq!(new_records[..held], old_records[..held]);
 
     // The new primary goes on after the epoch record, at the new epoch.

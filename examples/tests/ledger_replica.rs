@@ -13,6 +13,19 @@ use keel_journal::JournalReader;
 
 const SECRET: &str = "a secret shared by the primary and its replicas";
 
+/// A ledger service in the replicated tier, on free ports.
+const SERVE_REPLICATED: [&str; 9] = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--replicate",
+    "127.0.0.1:0",
+    "--durability",
+    "replicated",
+    "--ack-timeout-ms",
+    "300",
+];
+
 /// A child process that a failed test must not leave running.
 struct Running {
     child: Child,
@@ -110,18 +123,7 @@ fn a_killed_replica_catches_up_and_a_promoted_one_serves_on() {
     let scratch = tempfile::tempdir().unwrap();
     let (primary_data, replica_data) =
         (scratch.path().join("primary"), scratch.path().join("replica"));
-    let serve = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--replicate",
-        "127.0.0.1:0",
-        "--durability",
-        "replicated",
-        "--ack-timeout-ms",
-        "300",
-    ];
-    let mut service = Running::start(&serve, &primary_data);
+    let mut service = Running::start(&SERVE_REPLICATED, &primary_data);
     let clients = service.address_after("listening on ");
     let replication = service.address_after("replicas    connect to ");
     let primary = replication.to_string();
@@ -196,16 +198,7 @@ fn a_primary_killed_in_the_replicated_tier_loses_no_answered_transfer_to_the_pro
     let scratch = tempfile::tempdir().unwrap();
     let (primary_data, replica_data) =
         (scratch.path().join("primary"), scratch.path().join("replica"));
-    let serve = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--replicate",
-        "127.0.0.1:0",
-        "--durability",
-        "replicated",
-    ];
-    let mut service = Running::start(&serve, &primary_data);
+    let mut service = Running::start(&SERVE_REPLICATED, &primary_data);
     let clients = service.address_after("listening on ");
     let primary = service.address_after("replicas    connect to ").to_string();
     let mut replica = Running::start(&["replica", "--primary", &primary], &replica_data);

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use keel_engine::{Context, Output, StateMachine};
+use keel_journal::JournalReader;
 use serde::{Deserialize, Serialize};
 
 /// Accounts with balances; rejections are events. `Poison` panics, for the fail-stop tests.
@@ -121,4 +123,65 @@ pub fn commands(count: usize, accounts: u32, seed: u64) -> Vec<Command> {
     }
     commands.truncate(count);
     commands
+}
+
+/// A journal record as the tests compare them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub sequence: u64,
+    pub timestamp_ns: u64,
+    pub kind: u16,
+    pub version: u16,
+    pub payload: Vec<u8>,
+}
+
+/// Every record of the journal in `directory`.
+pub fn records(directory: &Path) -> Vec<Record> {
+    let mut reader = JournalReader::open(directory).unwrap();
+    let mut records = Vec::new();
+    while let Some(record) = reader.next().unwrap() {
+        records.push(Record {
+            sequence: record.sequence,
+            timestamp_ns: record.timestamp_ns,
+            kind: record.kind,
+            version: record.version,
+            payload: record.payload.to_vec(),
+        });
+    }
+    records
+}
+
+/// The bank, with a non-determinism that a test switches on in one copy: at the command of
+/// sequence `skew_at` it counts one more in `skew`, which the state hash covers. `skew_at` is
+/// not part of the state (nor of snapshots), like a clock read inside `apply`: the copy given
+/// `skew_at` diverges from the others there.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Skewed {
+    pub bank: Bank,
+    pub skew: u64,
+    #[serde(skip)]
+    pub skew_at: u64,
+}
+
+impl Skewed {
+    /// A state that diverges at `sequence`.
+    pub fn at(sequence: u64) -> Self {
+        Self { skew_at: sequence, ..Self::default() }
+    }
+}
+
+impl StateMachine for Skewed {
+    type Command = Command;
+    type Event = Event;
+
+    fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
+        if context.sequence == self.skew_at {
+            self.skew += 1;
+        }
+        self.bank.apply(context, command, output);
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.bank.state_hash() ^ self.skew.rotate_left(29)
+    }
 }
