@@ -436,6 +436,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                 journal.journal_id(),
                 journal.epoch(),
                 base,
+                self.snapshots.keep,
                 replication,
             )?)),
             _ => None,
@@ -519,6 +520,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                 Arc::clone(&shared),
                 self.snapshots,
                 base,
+                None,
             )?,
         };
         let topology = self.topology;

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_journal::format::{EpochChange, SnapshotHeader, EPOCH_VERSION, KIND_EPOCH};
+use keel_journal::format::{EpochChange, EPOCH_VERSION, KIND_EPOCH};
 use keel_journal::segment::{list_segments, JOURNAL_DIRECTORY};
-use keel_journal::snapshot::check_snapshot;
 use keel_journal::{
     Durability as JournalDurability, JournalError, JournalOptions, JournalReader, JournalWriter,
-    SnapshotMeta, SnapshotStore, Tailer,
+    SnapshotStore, Tailer,
 };
 
 use crate::codec::{Bincode, Codec};
@@ -25,11 +24,12 @@ use crate::engine::{journal_failed, recover_journal, RecoveryReport, Shared};
 use crate::error::{EngineError, Halt};
 use crate::machine::{Context, Output, StateMachine};
 use crate::recovery::{apply_record, decode_fields, load_snapshot, Decoded, Start};
-use crate::snapshots::{write_snapshot, Snapshots};
+use crate::snapshots::{write_snapshot, Ship, Snapshots};
 use crate::stats::{Counters, Stats};
 use crate::wire::{
-    self, expect, mac, nonce, verify_mac, write_frame, Challenge, Fields, FrameReader, Hello, Kind,
-    WireError, HANDSHAKE_TIMEOUT, PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+    self, expect, mac, nonce, receive_snapshot, send_snapshot, verify_mac, write_frame, Challenge,
+    Fields, FrameReader, Hello, Kind, Purpose, WireError, HANDSHAKE_TIMEOUT, PRIMARY_PROOF,
+    PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// Records at most that a replica takes from the followed journal before it makes them
@@ -81,6 +81,7 @@ pub struct ReplicaBuilder<M: StateMachine, C: Codec = Bincode> {
     segment_size: u64,
     snapshots: SnapshotPolicy,
     snapshots_for: Option<PathBuf>,
+    ship_snapshots: bool,
     events: Option<EventSink<M::Event>>,
 }
 
@@ -136,6 +137,16 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         self
     }
 
+    /// Over TCP: also sends every snapshot the replica takes to the primary, which keeps it in
+    /// its snapshot folder for its recovery (on a connection of its own, from the snapshot
+    /// thread, so the stream of records does not wait for it). The primary then need take none
+    /// of its own. It refuses a snapshot past its journal's end; its recovery checks the state
+    /// hash when it loads one.
+    pub fn ship_snapshots(mut self) -> Self {
+        self.ship_snapshots = true;
+        self
+    }
+
     /// Receives the events of every command the replica applies, with its sequence, on the
     /// replica's thread: a read model kept beside the replica's state.
     pub fn on_events(mut self, sink: impl FnMut(u64, &[M::Event]) + Send + 'static) -> Self {
@@ -154,6 +165,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             segment_size: self.segment_size,
             snapshots: self.snapshots,
             snapshots_for: self.snapshots_for,
+            ship_snapshots: self.ship_snapshots,
             events: None,
         }
     }
@@ -191,12 +203,26 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         Counters::set(&shared.counters.applied, last);
         let mut directories = vec![self.directory.as_path()];
         directories.extend(self.snapshots_for.as_deref());
+        let shipped = match (&self.primary, self.ship_snapshots) {
+            (Upstream::Remote { address, secret }, true) => {
+                let (address, secret) = (address.clone(), secret.clone());
+                let (journal_id, epoch) =
+                    (journal.journal_id(), journal.epoch().max(primary_epoch));
+                let ship: Ship = Box::new(move |file: &Path| {
+                    ship_snapshot(&address, &secret, journal_id, epoch, file)
+                        .map_err(|error| error.to_string())
+                });
+                Some(ship)
+            }
+            _ => None,
+        };
         let snapshots = Snapshots::start(
             &directories,
             self.codec.clone(),
             Arc::clone(&shared),
             self.snapshots,
             last,
+            shipped,
         )?;
         let stopping = Arc::new(AtomicBool::new(false));
         let follower = Follower {
@@ -303,7 +329,14 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             let (machine, journal, report) = self.recover(initial, options)?;
             let next = report.last_sequence + 1;
             let journal_id = journal.journal_id();
-            let stream = match connect(&address, &secret, Some(journal_id), journal.epoch(), next) {
+            let stream = match connect(
+                &address,
+                &secret,
+                Some(journal_id),
+                journal.epoch(),
+                next,
+                Purpose::Follow,
+            ) {
                 Ok(connection) if connection.start != next || connection.snapshot => {
                     return Err(refused(WireError::malformed(format!(
                         "the primary starts the stream at {}, this replica needs {next}",
@@ -326,10 +359,23 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             let epoch = stream.epoch;
             return Ok((machine, journal, report, Source::Stream(Box::new(stream)), epoch));
         }
-        let mut connection = connect(&address, &secret, None, 0, 1).map_err(refused)?;
+        let mut connection =
+            connect(&address, &secret, None, 0, 1, Purpose::Follow).map_err(refused)?;
         if connection.snapshot {
             let store = SnapshotStore::open(&self.directory)?;
-            receive_snapshot(&mut connection, &store).map_err(refused)?;
+            let (stream, reader) = (&mut connection.stream, &mut connection.reader);
+            let header = receive_snapshot(stream, reader, &store, |header| {
+                if header.sequence + 1 == connection.start {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "a snapshot of sequence {} for a stream from {}",
+                        header.sequence, connection.start
+                    ))
+                }
+            })
+            .map_err(refused)?;
+            tracing::info!(sequence = header.sequence, "seeded from the primary's snapshot");
         }
         let journal_id = connection.journal_id;
         let epoch = connection.epoch;
@@ -486,6 +532,7 @@ impl<M: StateMachine> Replica<M, Bincode> {
             segment_size: keel_journal::DEFAULT_SEGMENT_SIZE,
             snapshots: SnapshotPolicy::default(),
             snapshots_for: None,
+            ship_snapshots: false,
             events: None,
         }
     }
@@ -954,7 +1001,14 @@ impl Stream {
             std::thread::sleep((self.retry_at - now).min(READ_TIMEOUT));
             return Ok(());
         }
-        match connect(&self.address, &self.secret, Some(self.journal_id), self.epoch, next) {
+        match connect(
+            &self.address,
+            &self.secret,
+            Some(self.journal_id),
+            self.epoch,
+            next,
+            Purpose::Follow,
+        ) {
             Ok(connection) if connection.start == next && !connection.snapshot => {
                 tracing::info!(primary = %self.address, from = next, "replication reconnected");
                 let _ = connection.stream.set_read_timeout(Some(READ_TIMEOUT));
@@ -1007,6 +1061,7 @@ fn connect(
     journal_id: Option<[u8; 16]>,
     epoch: u64,
     next: u64,
+    purpose: Purpose,
 ) -> Result<Connection, WireError> {
     let target = address.to_socket_addrs()?.next().ok_or_else(|| {
         WireError::Io(std::io::Error::new(
@@ -1024,6 +1079,7 @@ fn connect(
         journal_id: journal_id.unwrap_or([0; 16]),
         epoch,
         next_sequence: next,
+        purpose,
         nonce: nonce()?,
     };
     write_frame(&mut stream, Kind::Hello, &hello.encode(), &mut scratch)?;
@@ -1058,17 +1114,7 @@ fn connect(
         );
         return Err(refuse(&mut stream, reason));
     }
-    let proof = mac(
-        secret,
-        &[
-            REPLICA_PROOF,
-            &challenge.nonce,
-            &hello.nonce,
-            &hello.journal_id,
-            &hello.epoch.to_le_bytes(),
-            &hello.next_sequence.to_le_bytes(),
-        ],
-    );
+    let proof = mac(secret, &[REPLICA_PROOF, &challenge.nonce, &hello.nonce, &hello.claims()]);
     write_frame(&mut stream, Kind::Auth, &proof, &mut scratch)?;
     // Checked after the replica proved itself, so that the primary believes the replica's
     // newer epoch and learns it is fenced.
@@ -1078,6 +1124,17 @@ fn connect(
             challenge.epoch
         );
         return Err(refuse(&mut stream, reason));
+    }
+    if purpose == Purpose::Snapshot {
+        // What follows is the snapshot; the primary answers after it.
+        return Ok(Connection {
+            stream,
+            reader,
+            journal_id: challenge.journal_id,
+            epoch: challenge.epoch,
+            start: 0,
+            snapshot: false,
+        });
     }
     let mut accepted =
         Fields::exact(expect(&mut reader, &mut stream, Kind::Accepted)?, 9, "accept")?;
@@ -1093,62 +1150,17 @@ fn connect(
     })
 }
 
-/// Receives the primary's snapshot into `store`, checked against the header it was sent with.
-fn receive_snapshot(connection: &mut Connection, store: &SnapshotStore) -> Result<(), WireError> {
-    let (stream, reader) = (&mut connection.stream, &mut connection.reader);
-    let begin = expect(reader, stream, Kind::SnapshotBegin)?;
-    let header =
-        SnapshotHeader::decode(begin).map_err(|error| WireError::malformed(error.to_string()))?;
-    if header.sequence + 1 != connection.start {
-        return Err(WireError::malformed(format!(
-            "a snapshot of sequence {} for a stream from {}",
-            header.sequence, connection.start
-        )));
-    }
-    let meta = SnapshotMeta {
-        schema_version: header.schema_version,
-        codec: header.codec,
-        sequence: header.sequence,
-        timestamp_ns: header.timestamp_ns,
-        state_hash: header.state_hash,
-    };
-    let mut failure = None;
-    let written = store.write_streaming(&meta, |writer| loop {
-        match reader.next(stream) {
-            Ok(Some((Kind::SnapshotChunk, body))) => writer.write_all(body)?,
-            Ok(Some((Kind::SnapshotEnd, _))) => return Ok(()),
-            Ok(Some((kind, _))) => {
-                failure = Some(WireError::malformed(format!("{kind:?} inside a snapshot")));
-                return Err(std::io::Error::other("an unexpected frame"));
-            }
-            Ok(None) => {
-                failure = Some(WireError::malformed("the snapshot stopped arriving"));
-                return Err(std::io::Error::other("a timeout"));
-            }
-            Err(error) => {
-                let message = error.to_string();
-                failure = Some(error);
-                return Err(std::io::Error::other(message));
-            }
-        }
-    });
-    let file = match written {
-        Ok(file) => file,
-        Err(error) => {
-            return Err(
-                failure.unwrap_or_else(|| WireError::Io(std::io::Error::other(error.to_string())))
-            )
-        }
-    };
-    let stored =
-        check_snapshot(&file.path).map_err(|error| WireError::malformed(error.to_string()))?;
-    if (stored.payload_length, stored.payload_checksum)
-        != (header.payload_length, header.payload_checksum)
-    {
-        let _ = std::fs::remove_file(&file.path);
-        return Err(WireError::malformed(
-            "the snapshot received differs from the one the primary described",
-        ));
-    }
+/// Sends the snapshot file at `file` to the primary at `address`, on a connection of its own.
+fn ship_snapshot(
+    address: &str,
+    secret: &[u8],
+    journal_id: [u8; 16],
+    epoch: u64,
+    file: &Path,
+) -> Result<(), WireError> {
+    let mut connection = connect(address, secret, Some(journal_id), epoch, 0, Purpose::Snapshot)?;
+    let header = send_snapshot(&mut connection.stream, file, &mut Vec::new())?;
+    expect(&mut connection.reader, &mut connection.stream, Kind::Accepted)?;
+    tracing::info!(primary = %address, sequence = header.sequence, "snapshot shipped to the primary");
     Ok(())
 }

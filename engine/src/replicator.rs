@@ -11,22 +11,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_journal::format::SNAPSHOT_HEADER_SIZE;
-use keel_journal::snapshot::read_snapshot;
 use keel_journal::{JournalReader, SnapshotStore, Tailer};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{EngineError, Halt};
 use crate::wire::{
-    begin_frame, expect, frame_body_len, hex, mac, nonce, push_record, seal_frame, verify_mac,
-    write_frame, Challenge, Fields, FrameReader, Hello, Kind, WireError, FRAME_RECORDS_TARGET,
-    HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT, PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+    begin_frame, expect, frame_body_len, hex, mac, nonce, push_record, receive_snapshot,
+    seal_frame, send_snapshot, verify_mac, write_frame, Challenge, Fields, FrameReader, Hello,
+    Kind, Purpose, WireError, FRAME_RECORDS_TARGET, HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT,
+    PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// How often an idle sender tells its replica it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(100);
-/// Snapshot payload bytes per frame.
-const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Connections at most, replicas and handshakes in progress together: each costs two threads,
 /// and a peer that has not proved the secret must not be able to make more.
 const CONNECTIONS_MAX: usize = 32;
@@ -149,6 +146,8 @@ struct Inner {
     refused: AtomicU64,
     /// Connections being served (from accept to close).
     connections: AtomicUsize,
+    /// Snapshots kept in the primary's folder after one is received (0: all).
+    snapshot_keep: usize,
     /// The connections still in their handshake, by number: closed by `stop`, so that a silent
     /// peer does not hold it up for the handshake's timeout.
     handshaking: Mutex<Vec<(u64, TcpStream)>>,
@@ -169,6 +168,7 @@ impl Replicator {
         journal_id: [u8; 16],
         epoch: u64,
         committed: u64,
+        snapshot_keep: usize,
         options: &Replication,
     ) -> Result<Self, EngineError> {
         if options.secret.is_empty() {
@@ -204,6 +204,7 @@ impl Replicator {
             dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            snapshot_keep,
             handshaking: Mutex::new(Vec::new()),
             accepted: AtomicU64::new(0),
         });
@@ -442,7 +443,16 @@ fn serve(inner: &Arc<Inner>, mut stream: TcpStream, address: SocketAddr, number:
     let shaken = handshake(inner, &mut stream, &mut reader);
     inner.handshaking.lock().retain(|(other, _)| *other != number);
     let start = match shaken {
-        Ok(start) => start,
+        Ok(Start::Follow(start)) => start,
+        Ok(Start::Upload) => {
+            reader.lift_limit();
+            if let Err(error) = receive_upload(inner, &mut stream, &mut reader, address) {
+                inner.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(replica = %address, "snapshot from a replica refused: {error}");
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
         Err(error) => {
             inner.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(replica = %address, "replica refused: {error}");
@@ -484,7 +494,7 @@ fn handshake(
     inner: &Inner,
     stream: &mut TcpStream,
     reader: &mut FrameReader,
-) -> Result<u64, WireError> {
+) -> Result<Start, WireError> {
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let hello = Hello::decode(expect(reader, stream, Kind::Hello)?)?;
     if hello.version != PROTOCOL_VERSION {
@@ -515,14 +525,7 @@ fn handshake(
     let auth = Fields::exact(expect(reader, stream, Kind::Auth)?, 32, "auth")?.array::<32>()?;
     let proven = verify_mac(
         &inner.secret,
-        &[
-            REPLICA_PROOF,
-            &primary_nonce,
-            &hello.nonce,
-            &hello.journal_id,
-            &hello.epoch.to_le_bytes(),
-            &hello.next_sequence.to_le_bytes(),
-        ],
+        &[REPLICA_PROOF, &primary_nonce, &hello.nonce, &hello.claims()],
         &auth,
     );
     // Nothing the peer says is believed before it proves the secret.
@@ -549,6 +552,9 @@ fn handshake(
             inner.epoch, hello.epoch
         )));
     }
+    if hello.purpose == Purpose::Snapshot {
+        return Ok(Start::Upload);
+    }
     let committed = inner.committed.load(Ordering::Acquire);
     if hello.next_sequence > committed + 1 {
         return Err(WireError::Refused(format!(
@@ -561,7 +567,7 @@ fn handshake(
         let accepted = [hello.next_sequence.to_le_bytes().as_slice(), &[0]].concat();
         write_frame(stream, Kind::Accepted, &accepted, &mut scratch)?;
         stream.set_read_timeout(None)?;
-        return Ok(hello.next_sequence);
+        return Ok(Start::Follow(hello.next_sequence));
     }
     if hello.journal_id != [0; 16] {
         return Err(WireError::Refused(format!(
@@ -570,14 +576,61 @@ fn handshake(
             hello.next_sequence
         )));
     }
-    let start = send_snapshot(inner, stream, first, &mut scratch)?;
+    let start = send_newest_snapshot(inner, stream, first, &mut scratch)?;
     stream.set_read_timeout(None)?;
-    Ok(start)
+    Ok(Start::Follow(start))
+}
+
+/// What an authenticated connection goes on to do.
+enum Start {
+    /// Follow the journal from this sequence.
+    Follow(u64),
+    /// Hand over a snapshot.
+    Upload,
+}
+
+/// Receives a snapshot a replica took into this primary's snapshot folder, where its recovery
+/// finds it (and checks its state hash when it loads it); answers `Accepted` or `Refused`.
+fn receive_upload(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    address: SocketAddr,
+) -> Result<(), WireError> {
+    let store = SnapshotStore::open(&inner.directory).map_err(io_error)?;
+    let committed = inner.committed.load(Ordering::Acquire);
+    let received = receive_snapshot(stream, reader, &store, |header| {
+        if header.sequence > committed {
+            Err(format!(
+                "a snapshot of sequence {}, past this primary's journal ({committed})",
+                header.sequence
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    let mut scratch = Vec::new();
+    match received {
+        Ok(header) => {
+            if inner.snapshot_keep > 0 {
+                store.remove_all_but_newest(inner.snapshot_keep).map_err(io_error)?;
+            }
+            tracing::info!(replica = %address, sequence = header.sequence, "snapshot received from a replica");
+            let accepted = [header.sequence.to_le_bytes().as_slice(), &[1]].concat();
+            write_frame(stream, Kind::Accepted, &accepted, &mut scratch)?;
+            Ok(())
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            let _ = write_frame(stream, Kind::Refused, reason.as_bytes(), &mut scratch);
+            Err(error)
+        }
+    }
 }
 
 /// Sends a fresh replica the newest snapshot the journal continues from; returns the sequence
 /// after it.
-fn send_snapshot(
+fn send_newest_snapshot(
     inner: &Inner,
     stream: &mut TcpStream,
     first: u64,
@@ -591,18 +644,10 @@ fn send_snapshot(
              it"
         ))
     })?;
-    // Read and checked whole (checksums): a damaged snapshot is not sent.
-    let (header, payload) = read_snapshot(&file.path).map_err(io_error)?;
-    let start = header.sequence + 1;
+    let start = file.sequence + 1;
     let accepted = [start.to_le_bytes().as_slice(), &[1]].concat();
     write_frame(stream, Kind::Accepted, &accepted, scratch)?;
-    let encoded = header.encode();
-    debug_assert_eq!(encoded.len(), SNAPSHOT_HEADER_SIZE);
-    write_frame(stream, Kind::SnapshotBegin, &encoded, scratch)?;
-    for chunk in payload.chunks(SNAPSHOT_CHUNK) {
-        write_frame(stream, Kind::SnapshotChunk, chunk, scratch)?;
-    }
-    write_frame(stream, Kind::SnapshotEnd, &[], scratch)?;
+    let header = send_snapshot(stream, &file.path, scratch)?;
     tracing::info!(sequence = header.sequence, "snapshot sent to a new replica");
     Ok(start)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use keel_journal::snapshot::snapshot_file_name;
 use keel_journal::{SnapshotMeta, SnapshotStore};
 
 use crate::codec::Codec;
@@ -16,6 +17,10 @@ use crate::engine::Shared;
 use crate::error::EngineError;
 use crate::machine::StateMachine;
 use crate::stats::Counters;
+
+/// Where a snapshot written goes next, on the snapshot thread (a replica ships it to its
+/// primary): called with the file; an error is reported as the snapshot's.
+pub(crate) type Ship = Box<dyn Fn(&Path) -> Result<(), String> + Send>;
 
 /// The snapshot policy, the last snapshot taken, and the thread that writes them (none in the
 /// `Memory` tier).
@@ -40,8 +45,9 @@ impl<M: StateMachine> Snapshots<M> {
         shared: Arc<Shared>,
         policy: SnapshotPolicy,
         sequence: u64,
+        shipped: Option<Ship>,
     ) -> Result<Self, EngineError> {
-        let snapshotter = Snapshotter::start(directories, codec, shared, policy.keep)?;
+        let snapshotter = Snapshotter::start(directories, codec, shared, policy.keep, shipped)?;
         Ok(Self { snapshotter: Some(snapshotter), policy, last: (sequence, Instant::now()) })
     }
 
@@ -121,6 +127,7 @@ impl<M: StateMachine> Snapshotter<M> {
         codec: C,
         shared: Arc<Shared>,
         keep: usize,
+        shipped: Option<Ship>,
     ) -> Result<Self, EngineError> {
         let stores = directories.iter().map(SnapshotStore::open).collect::<Result<Vec<_>, _>>()?;
         let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
@@ -143,7 +150,16 @@ impl<M: StateMachine> Snapshotter<M> {
                         timestamp_ns,
                         &mut payload,
                         keep,
-                    );
+                    )
+                    .and_then(|()| match &shipped {
+                        Some(ship) => {
+                            let file = stores[0].directory().join(snapshot_file_name(sequence));
+                            ship(&file).map_err(|message| {
+                                EngineError::Recovery(format!("shipping it: {message}"))
+                            })
+                        }
+                        None => Ok(()),
+                    });
                     let counters = &shared.counters;
                     match outcome {
                         Ok(()) => {

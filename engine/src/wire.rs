@@ -5,6 +5,10 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
+use keel_journal::format::SnapshotHeader;
+use keel_journal::snapshot::{check_snapshot, read_snapshot};
+use keel_journal::{SnapshotMeta, SnapshotStore};
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -20,6 +24,8 @@ pub(crate) const FRAME_RECORDS_TARGET: usize = 256 << 10;
 const WIRE_RECORD_HEADER: usize = 24;
 /// How long each step of a handshake may take before the connection is closed.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Snapshot payload bytes per frame.
+pub(crate) const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Bytes of a nonce and of a MAC.
 pub(crate) const NONCE: usize = 16;
 const MAC: usize = 32;
@@ -331,11 +337,12 @@ pub(crate) struct Hello {
     pub(crate) epoch: u64,
     /// The sequence it needs next.
     pub(crate) next_sequence: u64,
+    pub(crate) purpose: Purpose,
     pub(crate) nonce: [u8; NONCE],
 }
 
 impl Hello {
-    const SIZE: usize = 2 + 16 + 8 + 8 + NONCE;
+    const SIZE: usize = 2 + 16 + 8 + 8 + 1 + NONCE;
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(Self::SIZE);
@@ -343,6 +350,7 @@ impl Hello {
         body.extend_from_slice(&self.journal_id);
         body.extend_from_slice(&self.epoch.to_le_bytes());
         body.extend_from_slice(&self.next_sequence.to_le_bytes());
+        body.push(self.purpose as u8);
         body.extend_from_slice(&self.nonce);
         body
     }
@@ -354,9 +362,34 @@ impl Hello {
             journal_id: fields.array()?,
             epoch: fields.u64()?,
             next_sequence: fields.u64()?,
+            purpose: match fields.array::<1>()?[0] {
+                0 => Purpose::Follow,
+                1 => Purpose::Snapshot,
+                other => return Err(WireError::malformed(format!("unknown purpose {other}"))),
+            },
             nonce: fields.array()?,
         })
     }
+
+    /// What the replica's proof covers besides the nonces: everything it claims.
+    pub(crate) fn claims(&self) -> [u8; 16 + 8 + 8 + 1] {
+        let mut claims = [0u8; 33];
+        claims[..16].copy_from_slice(&self.journal_id);
+        claims[16..24].copy_from_slice(&self.epoch.to_le_bytes());
+        claims[24..32].copy_from_slice(&self.next_sequence.to_le_bytes());
+        claims[32] = self.purpose as u8;
+        claims
+    }
+}
+
+/// What a connection to the primary is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Purpose {
+    /// Follow the journal: records one way, acknowledgements the other.
+    Follow = 0,
+    /// Hand the primary a snapshot the replica took, for the primary's recovery.
+    Snapshot = 1,
 }
 
 /// Primary → replica.
@@ -423,6 +456,83 @@ pub(crate) fn nonce() -> io::Result<[u8; NONCE]> {
     let mut nonce = [0u8; NONCE];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut nonce)?;
     Ok(nonce)
+}
+
+/// Sends the snapshot file at `path` (checked whole first: a damaged snapshot is not sent):
+/// its header, its payload in chunks, the end.
+pub(crate) fn send_snapshot(
+    stream: &mut impl Write,
+    path: &std::path::Path,
+    scratch: &mut Vec<u8>,
+) -> Result<SnapshotHeader, WireError> {
+    let (header, payload) =
+        read_snapshot(path).map_err(|error| WireError::Io(io::Error::other(error.to_string())))?;
+    write_frame(stream, Kind::SnapshotBegin, &header.encode(), scratch)?;
+    for chunk in payload.chunks(SNAPSHOT_CHUNK) {
+        write_frame(stream, Kind::SnapshotChunk, chunk, scratch)?;
+    }
+    write_frame(stream, Kind::SnapshotEnd, &[], scratch)?;
+    Ok(header)
+}
+
+/// Receives a snapshot into `store`, once `accept` accepts its header, and checks the file
+/// written against that header (its payload's length and checksum).
+pub(crate) fn receive_snapshot(
+    stream: &mut impl Read,
+    reader: &mut FrameReader,
+    store: &SnapshotStore,
+    accept: impl FnOnce(&SnapshotHeader) -> Result<(), String>,
+) -> Result<SnapshotHeader, WireError> {
+    let begin = expect(reader, stream, Kind::SnapshotBegin)?;
+    let header =
+        SnapshotHeader::decode(begin).map_err(|error| WireError::malformed(error.to_string()))?;
+    accept(&header).map_err(WireError::Refused)?;
+    let meta = SnapshotMeta {
+        schema_version: header.schema_version,
+        codec: header.codec,
+        sequence: header.sequence,
+        timestamp_ns: header.timestamp_ns,
+        state_hash: header.state_hash,
+    };
+    let mut failure = None;
+    let written = store.write_streaming(&meta, |writer| loop {
+        match reader.next(stream) {
+            Ok(Some((Kind::SnapshotChunk, body))) => writer.write_all(body)?,
+            Ok(Some((Kind::SnapshotEnd, _))) => return Ok(()),
+            Ok(Some((kind, _))) => {
+                failure = Some(WireError::malformed(format!("{kind:?} inside a snapshot")));
+                return Err(std::io::Error::other("an unexpected frame"));
+            }
+            Ok(None) => {
+                failure = Some(WireError::malformed("the snapshot stopped arriving"));
+                return Err(std::io::Error::other("a timeout"));
+            }
+            Err(error) => {
+                let message = error.to_string();
+                failure = Some(error);
+                return Err(std::io::Error::other(message));
+            }
+        }
+    });
+    let file = match written {
+        Ok(file) => file,
+        Err(error) => {
+            return Err(
+                failure.unwrap_or_else(|| WireError::Io(std::io::Error::other(error.to_string())))
+            )
+        }
+    };
+    let stored =
+        check_snapshot(&file.path).map_err(|error| WireError::malformed(error.to_string()))?;
+    if (stored.payload_length, stored.payload_checksum)
+        != (header.payload_length, header.payload_checksum)
+    {
+        let _ = std::fs::remove_file(&file.path);
+        return Err(WireError::malformed(
+            "the snapshot received differs from the one its header describes",
+        ));
+    }
+    Ok(header)
 }
 
 /// Appends a record to a `Records` frame being built.
@@ -591,6 +701,7 @@ mod tests {
             journal_id: [3; 16],
             epoch: 2,
             next_sequence: 99,
+            purpose: Purpose::Follow,
             nonce: replica_nonce,
         };
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);

@@ -482,3 +482,45 @@ fn a_replica_with_a_journal_starts_while_its_primary_is_down_and_catches_up_when
     publish(&engine, &input[1_000..]);
     assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
 }
+
+#[test]
+fn a_remote_replica_ships_its_snapshots_to_the_primary_for_its_recovery() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    // The primary takes no snapshot of its own.
+    let engine = primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
+    let follower = Replica::remote(
+        engine.replication_address().unwrap().to_string(),
+        SECRET,
+        replica_directory.path(),
+    )
+    .segment_size(1 << 20)
+    .snapshots(keel_engine::SnapshotPolicy {
+        every_commands: Some(1_000),
+        ..keel_engine::SnapshotPolicy::default()
+    })
+    .ship_snapshots()
+    .open(Bank::default())
+    .unwrap();
+    publish(&engine, &commands(5_000, 30, 12));
+    let store = keel_journal::SnapshotStore::open(primary_directory.path()).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let shipped = loop {
+        let newest = store.list().unwrap().first().map(|file| file.sequence);
+        if let Some(sequence) = newest.filter(|&sequence| sequence >= 4_000) {
+            break sequence;
+        }
+        assert!(Instant::now() < deadline, "{:?}", follower.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(follower.stats().snapshot_error, None);
+    assert_eq!(engine.stats().snapshots, 0, "the primary serialized nothing");
+    follower.stop().unwrap();
+    let state = engine.shutdown().unwrap();
+
+    let reopened =
+        primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
+    let loaded = reopened.recovery().snapshot.as_ref().map(|(_, sequence)| *sequence);
+    assert!(loaded >= Some(shipped), "recovery loaded {loaded:?}, shipped {shipped}");
+    assert_eq!(reopened.shutdown().unwrap(), state);
+}

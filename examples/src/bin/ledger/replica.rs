@@ -51,9 +51,10 @@ pub struct ReplicaArgs {
     /// Take a snapshot every N records (0: never).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub snapshot_every: u64,
-    /// With --follow: write the snapshots into the primary's directory too, where its recovery
-    /// uses them (the primary then needs none of its own).
-    #[arg(long, requires = "follow")]
+    /// Give the primary every snapshot the replica takes, for its recovery (the primary then
+    /// needs none of its own): written into its directory with --follow, sent over the
+    /// network with --primary.
+    #[arg(long)]
     pub snapshots_for_primary: bool,
     /// On SIGINT or SIGTERM, promote the replica: write the next epoch into its journal, so
     /// that `ledger serve --data DIR` continues as the new primary.
@@ -77,7 +78,10 @@ pub fn replica(args: ReplicaArgs) -> Result<()> {
     let (builder, upstream) = match (&args.primary, &args.follow) {
         (Some(address), _) => {
             let secret = replication_secret(args.secret_file.as_deref())?;
-            (Replica::remote(address.clone(), secret, &args.data), format!("tcp://{address}"))
+            let builder = Replica::remote(address.clone(), secret, &args.data);
+            let builder =
+                if args.snapshots_for_primary { builder.ship_snapshots() } else { builder };
+            (builder, format!("tcp://{address}"))
         }
         (None, Some(directory)) => {
             let builder = Replica::builder(directory, &args.data);
