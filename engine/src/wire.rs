@@ -679,6 +679,58 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a peer sends, reading them as frames, and each frame's body as the
+        /// message it claims to be, returns an error or a value: never a panic, never a read
+        /// past the bytes.
+        #[test]
+        fn random_bytes_are_refused_or_read_never_a_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            limit in 1usize..4096,
+        ) {
+            let decode_all = |body: &[u8]| {
+                let _ = Hello::decode(body);
+                let _ = Challenge::decode(body);
+                let _ = Fields::exact(body, 8, "ack").and_then(|mut ack| ack.u64());
+                let _ = SnapshotHeader::decode(body);
+                for record in records(body) {
+                    if record.is_err() {
+                        break;
+                    }
+                }
+            };
+            // As frames (a random frame rarely passes its checksum)...
+            let mut reader = FrameReader::with_limit(limit);
+            let mut input = &bytes[..];
+            while let Ok(Some((_, body))) = reader.next(&mut input) {
+                decode_all(body);
+            }
+            // ... and as bodies, as if a frame had passed it.
+            decode_all(&bytes);
+            let length = bytes.len().min(Hello::SIZE);
+            decode_all(&bytes[..length]);
+        }
+
+        /// A valid frame of records with one byte changed anywhere is refused whole.
+        #[test]
+        fn a_changed_byte_in_a_frame_is_refused(
+            payloads in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..64), 1..8),
+            at in proptest::num::usize::ANY,
+            change in 1u8..=255,
+        ) {
+            let mut frame = Vec::new();
+            begin_frame(&mut frame, Kind::Records);
+            for (index, payload) in payloads.iter().enumerate() {
+                push_record(&mut frame, index as u64 + 1, 7, 1, 1, payload);
+            }
+            seal_frame(&mut frame);
+            let at = at % frame.len();
+            frame[at] ^= change;
+            proptest::prop_assert!(FrameReader::default().next(&mut &frame[..]).is_err());
+        }
+    }
+
     #[test]
     fn a_record_past_its_frame_is_refused() {
         let mut body = Vec::new();
