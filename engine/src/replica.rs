@@ -1,8 +1,10 @@
-//! [`Replica`]: the same input, the same state. A replica follows another engine's journal on
-//! the same host (in the primary's process or another), journals every record it receives in a
+//! [`Replica`]: the same input, the same state. A replica follows another engine's journal, on
+//! the same host (its files, from the primary's process or another) or over TCP (the primary's
+//! replication listener, `docs/replication-protocol.md`); journals every record it receives in a
 //! journal of its own (the same journal: it takes the primary's id), applies each command with
-//! the primary's sequence and timestamp, compares its state's hash at every checkpoint, and
-//! keeps snapshots of its own.
+//! the primary's sequence and timestamp once it is durable, compares its state's hash at every
+//! checkpoint, and keeps snapshots of its own (and can give them to its primary). It can be
+//! promoted to be the next primary.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -109,7 +111,8 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
     /// How the replica waits while the followed journal has nothing new: `BusySpin` polls
     /// without pause (a core of its own), `Yielding` yields between polls, `Sleeping` (the
     /// default) and `Blocking` sleep 100 µs once a few hundred polls found nothing. There is no
-    /// signal to wait on across processes, so `Blocking` is `Sleeping`.
+    /// signal to wait on across processes, so `Blocking` is `Sleeping`. Same host only: over
+    /// TCP the replica waits in its reads, which the operating system wakes.
     pub fn wait(mut self, wait: Wait) -> Self {
         self.wait = wait;
         self
@@ -166,7 +169,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             snapshots: self.snapshots,
             snapshots_for: self.snapshots_for,
             ship_snapshots: self.ship_snapshots,
-            events: None,
+            events: self.events,
         }
     }
 
