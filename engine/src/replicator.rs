@@ -345,6 +345,13 @@ impl Replicator {
     }
 }
 
+impl Drop for Replicator {
+    /// An engine that fails to open after its replicator started leaves no listener behind.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Inner {
     fn fenced(&self) -> Result<(), Halt> {
         match self.fenced_by.load(Ordering::Acquire) {
