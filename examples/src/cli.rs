@@ -70,6 +70,11 @@ pub struct EngineOptions {
     /// How idle threads wait.
     #[arg(long, value_enum, default_value_t = WaitArg::Yielding)]
     pub wait: WaitArg,
+    /// Write a checkpoint into the journal every N commands (0: none): the state's hash, which
+    /// every replay and every replica compares with its own. Computing it pauses the engine
+    /// thread for as long as hashing the state takes (the ledger's walks its whole history).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub checkpoint_every: u64,
 }
 
 impl Default for EngineOptions {
@@ -78,6 +83,7 @@ impl Default for EngineOptions {
             durability: DurabilityArg::PageCache,
             topology: TopologyArg::Compact,
             wait: WaitArg::Yielding,
+            checkpoint_every: 0,
         }
     }
 }
@@ -152,6 +158,7 @@ impl EngineOptions {
             .output_capacity(RING_CAPACITY)
             .segment_size(SEGMENT_SIZE)
             .snapshots(snapshots)
+            .checkpoints(self.checkpoint_every)
             .output_poller()
             .open(initial)
             .with_context(|| format!("opening the engine on {}", data.display()))

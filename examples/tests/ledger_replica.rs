@@ -14,7 +14,7 @@ use keel_journal::JournalReader;
 const SECRET: &str = "a secret shared by the primary and its replicas";
 
 /// A ledger service in the replicated tier, on free ports.
-const SERVE_REPLICATED: [&str; 9] = [
+const SERVE_REPLICATED: [&str; 11] = [
     "serve",
     "--listen",
     "127.0.0.1:0",
@@ -24,6 +24,8 @@ const SERVE_REPLICATED: [&str; 9] = [
     "replicated",
     "--ack-timeout-ms",
     "300",
+    "--checkpoint-every",
+    "500",
 ];
 
 /// A child process that a failed test must not leave running.
@@ -156,6 +158,15 @@ fn a_killed_replica_catches_up_and_a_promoted_one_serves_on() {
     let served = service.stop();
     let followed = replica.stop();
     assert_eq!(hash(&followed), hash(&served), "{served}\n{followed}");
+    // The restarted replica compared the service's checkpoints as they came.
+    let matched = followed
+        .lines()
+        .find_map(|line| {
+            line.split("; ").nth(1)?.strip_suffix(" checkpoints matched the primary's state")
+        })
+        .unwrap_or_else(|| panic!("a checkpoint count in {followed}"));
+    let digits: String = matched.chars().filter(char::is_ascii_digit).collect();
+    assert!(digits.parse::<u64>().unwrap() > 0, "{followed}");
     assert_eq!(records(&replica_data), records(&primary_data), "the same journal");
 
     // The replica is promoted, and serves on as the next primary.
