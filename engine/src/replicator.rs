@@ -378,7 +378,20 @@ impl Inner {
 
     fn spawn(self: &Arc<Self>, name: &str, work: impl FnOnce() + Send + 'static) {
         match std::thread::Builder::new().name(name.into()).spawn(work) {
-            Ok(thread) => self.threads.lock().push(thread),
+            Ok(thread) => {
+                let mut threads = self.threads.lock();
+                // The threads of connections that ended are joined here, so that a primary
+                // whose replicas come and go (and each shipped snapshot is a connection) does
+                // not keep their stacks until it stops.
+                let (ended, running): (Vec<_>, Vec<_>) =
+                    threads.drain(..).partition(|thread| thread.is_finished());
+                *threads = running;
+                threads.push(thread);
+                drop(threads);
+                for thread in ended {
+                    let _ = thread.join();
+                }
+            }
             Err(error) => tracing::error!("could not start a replication thread: {error}"),
         }
     }
