@@ -4,14 +4,15 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{ArgGroup, Args, ValueEnum};
-use keel_engine::{Durability, Replica, SnapshotPolicy, StateMachine};
-use keel_examples::cli::{log_to_stderr, replication_secret};
+use keel_engine::{Durability, Replica, StateMachine};
+use keel_examples::cli::{
+    describe_recovery, log_to_stderr, replication_secret, service_snapshots, stop_on_signals,
+};
 use keel_examples::format;
 use keel_examples::ledger::Ledger;
 use serde_json::json;
@@ -69,11 +70,7 @@ pub struct ReplicaArgs {
 }
 
 pub fn replica(args: ReplicaArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing the signal handler")?;
-    }
+    let stop = stop_on_signals()?;
     log_to_stderr();
     let (builder, upstream) = match (&args.primary, &args.follow) {
         (Some(address), _) => {
@@ -95,11 +92,7 @@ pub fn replica(args: ReplicaArgs) -> Result<()> {
         ReplicaTier::PageCache => Durability::PageCache,
         ReplicaTier::Fsync => Durability::Fsync,
     };
-    let snapshots = SnapshotPolicy {
-        every_commands: (args.snapshot_every > 0).then_some(args.snapshot_every),
-        every_interval: None,
-        keep: 3,
-    };
+    let snapshots = service_snapshots(args.snapshot_every);
     let replica = builder
         .durability(durability)
         .snapshots(snapshots)
@@ -109,15 +102,7 @@ pub fn replica(args: ReplicaArgs) -> Result<()> {
     let recovery = replica.recovery().clone();
     println!("following {upstream}");
     println!("  data        {}", args.data.display());
-    println!(
-        "  recovered   sequence {}: {} records replayed{}",
-        format::count(recovery.last_sequence),
-        format::count(recovery.replayed),
-        match &recovery.snapshot {
-            Some((_, sequence)) => format!(" after the snapshot at {}", format::count(*sequence)),
-            None => String::new(),
-        }
-    );
+    println!("  recovered   {}", describe_recovery(&recovery));
     std::io::stdout().flush().context("writing to standard output")?;
 
     // A line every few seconds while records arrive.

@@ -3,12 +3,11 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use keel_engine::{Durability, SnapshotPolicy, StateMachine};
+use keel_engine::{Durability, StateMachine};
+use keel_examples::cli::{describe_recovery, service_snapshots, stop_on_signals};
 use keel_examples::format;
 use keel_examples::ledger::server::{Limits, Server};
 use keel_examples::ledger::wire::ErrorCode;
@@ -44,16 +43,8 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing the signal handler")?;
-    }
-    let snapshots = SnapshotPolicy {
-        every_commands: (args.snapshot_every > 0).then_some(args.snapshot_every),
-        every_interval: None,
-        keep: 3,
-    };
+    let stop = stop_on_signals()?;
+    let snapshots = service_snapshots(args.snapshot_every);
     let replication = args.replication.replication()?;
     if args.engine.durability() == Durability::Replicated && replication.is_none() {
         bail!("--durability replicated needs --replicate ADDR: where replicas connect");
@@ -83,16 +74,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         };
         println!("  replicas    connect to {address}; {waits}");
     }
-    println!(
-        "  recovered   sequence {}: {} commands replayed in {}{}",
-        format::count(recovery.last_sequence),
-        format::count(recovery.replayed),
-        format::seconds(recovery.replay_seconds),
-        match &recovery.snapshot {
-            Some((_, sequence)) => format!(" after the snapshot at {}", format::count(*sequence)),
-            None => String::new(),
-        }
-    );
+    println!("  recovered   {}", describe_recovery(&recovery));
     std::io::stdout().flush().context("writing to standard output")?;
 
     let mut output = engine.take_output_poller().context("the output poller")?;
