@@ -297,24 +297,37 @@ pub fn expected_sum(commands: u64) -> u64 {
     (1..=commands).fold(0u64, |sum, value| sum.wrapping_add(value))
 }
 
-/// Open loop at `rate` commands per second for `duration`: each command's send time is fixed
-/// in advance (the i-th at `i / rate`), and its latency runs from that intended time to the
-/// moment its event is received, so a stall delays every command behind it in the figures
-/// too (coordinated omission corrected). The sender is a gateway thread: it publishes and,
-/// between sends, polls the engine's output (an output poller), so the run takes two threads
-/// in the compact topology, which is what two cores hold. The first tenth of the run is
+/// An open-loop run's shape: the engine's topology and tier, whether a replica follows it over
+/// loopback TCP (in this process), and the offered rate for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Offered {
+    pub topology: Topology,
+    pub durability: Durability,
+    pub replicated: bool,
+    /// Commands per second.
+    pub rate: u64,
+    pub duration: Duration,
+}
+
+impl Offered {
+    /// The commands the run sends.
+    pub fn commands(&self) -> u64 {
+        (self.rate as f64 * self.duration.as_secs_f64()) as u64
+    }
+}
+
+/// Open loop at `offered.rate` commands per second for its duration: each command's send time
+/// is fixed in advance (the i-th at `i / rate`), and its latency runs from that intended time
+/// to the moment its event is received, so a stall delays every command behind it in the
+/// figures too (coordinated omission corrected). The sender is a gateway thread: it publishes
+/// and, between sends, polls the engine's output (an output poller), so the run takes two
+/// threads in the compact topology, which is what two cores hold. The first tenth of the run is
 /// warm-up and is not recorded. Returns the outcome, the percentiles and the histogram, and
-/// with `replicated` (a replica over loopback TCP in this process) the replica's lag.
-pub fn open_loop(
-    root: &std::path::Path,
-    topology: Topology,
-    durability: Durability,
-    replicated: bool,
-    rate: u64,
-    duration: Duration,
-) -> Result<OpenLoop> {
+/// with a replica the replica's lag.
+pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
+    let Offered { topology, durability, replicated, rate, .. } = offered;
     let scratch = Scratch::new(root, "latency")?;
-    let commands = (rate as f64 * duration.as_secs_f64()) as u64;
+    let commands = offered.commands();
     let warm_up = commands / 10;
     isolated(|| {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;

@@ -19,7 +19,7 @@ mod machine;
 mod report;
 mod ring;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
 use keel_ring::{Blocking, BusySpin, Sleeping, Yielding};
 
@@ -421,26 +421,39 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     ));
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0), (5_000_000, 0.4)] {
         let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
-        let count = (rate as f64 * duration.as_secs_f64()) as u64;
-        let expected = engine::expected_sum(count);
         for (topology, topology_name) in topologies {
             for (durability, tier) in [tiers[1], tiers[2]] {
-                let root = root.to_owned();
-                cases.push((
-                    "engine-latency",
-                    "keel",
-                    format!("{topology_name} {tier} {}/s", human(rate)),
-                    expected,
-                    Box::new(move || {
-                        let run =
-                            engine::open_loop(&root, topology, durability, false, rate, duration)?;
-                        Ok((run.outcome, Some(run.latency)))
-                    }),
-                ));
+                let offered =
+                    engine::Offered { topology, durability, replicated: false, rate, duration };
+                let variant = format!("{topology_name} {tier} {}/s", human(rate));
+                cases.push(open_loop_case("engine-latency", variant, root, offered, false));
             }
         }
     }
     cases
+}
+
+/// An open-loop case: the run's latency, or with `lag` its replica's lag.
+fn open_loop_case(
+    scenario: &'static str,
+    variant: String,
+    root: &std::path::Path,
+    offered: engine::Offered,
+    lag: bool,
+) -> EngineCase {
+    let root = root.to_owned();
+    let expected = engine::expected_sum(offered.commands());
+    let run = move || {
+        let run = engine::open_loop(&root, offered)?;
+        let latency = if lag {
+            let lag = run.lag.context("a replicated run measures the lag")?;
+            Latency::from_histogram(&lag)
+        } else {
+            run.latency
+        };
+        Ok((run.outcome, Some(latency)))
+    };
+    (scenario, "keel", variant, expected, Box::new(run))
 }
 
 /// The replication cases, sized by `scale`: the compact topology in the `PageCache`, `Fsync`
@@ -471,53 +484,23 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     }
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
         let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
-        let expected = engine::expected_sum((rate as f64 * duration.as_secs_f64()) as u64);
         for (durability, replicated, tier) in tiers {
-            let root = root.to_owned();
-            cases.push((
-                "replica-latency",
-                "keel",
-                format!("compact {tier} {}/s", human(rate)),
-                expected,
-                Box::new(move || {
-                    let run = engine::open_loop(
-                        &root,
-                        Topology::Compact,
-                        durability,
-                        replicated,
-                        rate,
-                        duration,
-                    )?;
-                    Ok((run.outcome, Some(run.latency)))
-                }),
-            ));
+            let topology = Topology::Compact;
+            let offered = engine::Offered { topology, durability, replicated, rate, duration };
+            let variant = format!("compact {tier} {}/s", human(rate));
+            cases.push(open_loop_case("replica-latency", variant, root, offered, false));
         }
     }
     let duration = std::time::Duration::from_secs_f64(1.0 / scale as f64);
-    let expected = engine::expected_sum((1_000_000.0 * duration.as_secs_f64()) as u64);
     for (durability, tier) in [
         (Durability::Replicated, "replicated"),
         (Durability::PageCache, "asynchronous, page-cache"),
     ] {
-        let root = root.to_owned();
-        cases.push((
-            "replica-lag",
-            "keel",
-            format!("journaled to applied, {tier} 1M/s"),
-            expected,
-            Box::new(move || {
-                let run = engine::open_loop(
-                    &root,
-                    Topology::Compact,
-                    durability,
-                    true,
-                    1_000_000,
-                    duration,
-                )?;
-                let lag = anyhow::Context::context(run.lag, "a replicated run measures the lag")?;
-                Ok((run.outcome, Some(Latency::from_histogram(&lag))))
-            }),
-        ));
+        let topology = Topology::Compact;
+        let rate = 1_000_000;
+        let offered = engine::Offered { topology, durability, replicated: true, rate, duration };
+        let variant = format!("journaled to applied, {tier} 1M/s");
+        cases.push(open_loop_case("replica-lag", variant, root, offered, true));
     }
     cases
 }
