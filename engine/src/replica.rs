@@ -14,10 +14,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_journal::format::{EpochChange, EPOCH_VERSION, KIND_EPOCH};
-use keel_journal::segment::{list_segments, JOURNAL_DIRECTORY};
+use keel_journal::segment::{hex, list_segments, JOURNAL_DIRECTORY};
 use keel_journal::{
-    Durability as JournalDurability, JournalError, JournalOptions, JournalReader, JournalWriter,
-    SnapshotStore, Tailer,
+    journal_epoch, Durability as JournalDurability, JournalError, JournalOptions, JournalReader,
+    JournalWriter, SnapshotStore, Tailer,
 };
 
 use crate::codec::{Bincode, Codec};
@@ -444,23 +444,6 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         )?;
         Ok((machine, sequence))
     }
-}
-
-/// The epoch of the journal in `directory`: its newest segment's header's (segments are
-/// created in order, each with its writer's epoch, which never goes down).
-fn journal_epoch(directory: &Path) -> Result<u64, EngineError> {
-    let segments = list_segments(&directory.join(JOURNAL_DIRECTORY))?;
-    let Some(last) = segments.last() else { return Ok(0) };
-    let mut header = [0u8; keel_journal::format::SEGMENT_HEADER_USED];
-    let read = std::fs::File::open(&last.path)
-        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header));
-    read.map_err(|source| {
-        EngineError::Journal(JournalError::Io { path: last.path.clone(), source })
-    })?;
-    let header = keel_journal::format::SegmentHeader::decode(&header).map_err(|source| {
-        EngineError::Journal(JournalError::Format { path: last.path.clone(), offset: 0, source })
-    })?;
-    Ok(header.epoch)
 }
 
 /// Whether two paths name the same directory (both existing), or are the same path.
@@ -1112,8 +1095,8 @@ fn connect(
     if let Some(journal_id) = journal_id.filter(|&id| id != challenge.journal_id) {
         let reason = format!(
             "the primary's journal is {}, this replica's is {}",
-            wire::hex(&challenge.journal_id),
-            wire::hex(&journal_id)
+            hex(&challenge.journal_id),
+            hex(&journal_id)
         );
         return Err(refuse(&mut stream, reason));
     }

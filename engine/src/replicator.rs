@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keel_journal::segment::hex;
 use keel_journal::{JournalReader, SnapshotStore, Tailer};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{EngineError, Halt};
 use crate::wire::{
-    begin_frame, expect, frame_body_len, hex, mac, nonce, push_record, receive_snapshot,
-    seal_frame, send_snapshot, verify_mac, write_frame, Challenge, Fields, FrameReader, Hello,
-    Kind, Purpose, WireError, FRAME_RECORDS_TARGET, HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT,
-    PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+    begin_frame, expect, frame_body_len, mac, nonce, push_record, receive_snapshot, seal_frame,
+    send_snapshot, verify_mac, write_frame, Challenge, Fields, FrameReader, Hello, Kind, Purpose,
+    WireError, FRAME_RECORDS_TARGET, HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT, PRIMARY_PROOF,
+    PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// How often an idle sender tells its replica it is alive.

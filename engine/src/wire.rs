@@ -255,11 +255,6 @@ pub(crate) fn expect<'a>(
     }
 }
 
-/// A journal id as text.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// Reads the fixed-width fields of a message body, refusing one of any other length.
 pub(crate) struct Fields<'a> {
     bytes: &'a [u8],

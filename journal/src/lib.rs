@@ -62,6 +62,6 @@ pub use repair::{Repair, RepairPlan, DROPPED_DIRECTORY};
 pub use snapshot::{LoadedSnapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 pub use verify::{verify_journal, SegmentSummary, Verdict, Verification};
 pub use writer::{
-    Durability, JournalOptions, JournalWriter, OpenReport, Retention, Truncation,
+    journal_epoch, Durability, JournalOptions, JournalWriter, OpenReport, Retention, Truncation,
     DEFAULT_SEGMENT_SIZE,
 };

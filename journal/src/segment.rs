@@ -263,8 +263,8 @@ pub(crate) fn existing_journal_directory(directory: &Path) -> Result<PathBuf, Jo
     })
 }
 
-/// `bytes` as lowercase hexadecimal.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hexadecimal: how journal ids are shown.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

@@ -813,6 +813,21 @@ fn recover_tail(
     })
 }
 
+/// The epoch of the journal in `directory` as a writer opening it would take it, read without
+/// the lock (beside a live writer): the highest of its segments' headers and of the epoch
+/// changes in its last segment (a promotion's epoch is in a record before any header carries
+/// it). 0 for a directory without a journal.
+pub fn journal_epoch(directory: impl AsRef<Path>) -> Result<u64, JournalError> {
+    let segments = list_segments(&directory.as_ref().join(JOURNAL_DIRECTORY))?;
+    let Some(last) = segments.last() else { return Ok(0) };
+    let mut epoch = 0;
+    for segment in &segments {
+        let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;
+        epoch = epoch.max(read_header(&file, segment, None)?.epoch);
+    }
+    Ok(epoch.max(scan_file(last, true)?.epoch))
+}
+
 /// Maps a segment and scans its records.
 fn scan_file(segment: &SegmentFile, is_last: bool) -> Result<SegmentScan, JournalError> {
     let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;

@@ -559,6 +559,9 @@ fn an_epoch_record_outlives_the_writer_and_new_segments_carry_it() {
     writer.append(1, KIND_EPOCH, EPOCH_VERSION, &EpochChange { epoch: 3 }.encode()).unwrap();
     writer.commit().unwrap();
     assert_eq!(writer.epoch(), 3);
+    // Read beside the writer, before any segment header carries it, the journal's epoch is
+    // the record's.
+    assert_eq!(keel_journal::journal_epoch(directory.path()).unwrap(), 3);
     // A malformed epoch record is refused and changes nothing.
     assert!(writer.append(1, KIND_EPOCH, EPOCH_VERSION, &[1, 2, 3]).is_err());
     drop(writer);

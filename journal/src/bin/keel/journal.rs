@@ -8,7 +8,7 @@ use clap::Subcommand;
 use keel_journal::format::{
     Checkpoint, EpochChange, SegmentHeader, KIND_CHECKPOINT, KIND_EPOCH, SEGMENT_HEADER_USED,
 };
-use keel_journal::segment::{list_segments, JOURNAL_DIRECTORY};
+use keel_journal::segment::{hex, list_segments, JOURNAL_DIRECTORY};
 use keel_journal::time::rfc3339_nanos;
 use keel_journal::{
     verify_journal, JournalError, JournalReader, Repair, SegmentSummary, Verdict, Verification,
@@ -335,7 +335,7 @@ fn status(directory: &Path, json: bool) -> Result<u8> {
     }
     let first = segments[0].first_sequence;
     let (last_sequence, last_timestamp_ns) = last_record.unwrap_or((last.first_sequence - 1, 0));
-    let id: String = journal_id.iter().map(|byte| format!("{byte:02x}")).collect();
+    let id = hex(&journal_id);
     if json {
         println!(
             "{}",
@@ -460,10 +460,6 @@ fn printable(bytes: &[u8]) -> String {
     let shown =
         |&byte: &u8| if byte.is_ascii_graphic() || byte == b' ' { byte as char } else { '.' };
     bytes.iter().map(shown).collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn repair(directory: &Path, truncate_after: u64, dry_run: bool, yes: bool) -> Result<u8> {
