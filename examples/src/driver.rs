@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use hdrhistogram::Histogram;
-use keel_engine::{Codec, EngineError, OutputPoller, Publisher, StateMachine};
+use keel_engine::{Codec, Delivery, EngineError, OutputPoller, Publisher, StateMachine};
 
 /// At saturation, one command in this many is timed.
 pub const SATURATION_SAMPLE: u64 = 64;
@@ -67,21 +67,79 @@ pub fn latency_basis(rate: Option<u64>, unit: &str) -> String {
     }
 }
 
+/// Where a gateway sends commands and reads their events back: keel's publisher and output
+/// poller, or (in the benchmarks) another system doing the same job, so that every system is
+/// driven by the same loop and measured the same way.
+pub trait Gateway {
+    /// What is sent.
+    type Command;
+    /// What comes back.
+    type Event;
+
+    /// Offers one command without waiting: its sequence when it was taken, `None` when the
+    /// system is full (the caller reads events and offers it again).
+    fn try_send(&mut self, command: &Self::Command) -> Result<Option<u64>>;
+
+    /// Hands every event there is (up to a few thousand) to `on_delivery`; returns how many.
+    fn receive(&mut self, on_delivery: impl FnMut(Delivery<'_, Self::Event>)) -> Result<usize>;
+}
+
+/// keel's gateway ends: a publisher and an output poller.
+#[derive(Debug)]
+pub struct Keel<'a, M: StateMachine, C: Codec> {
+    /// Where commands go.
+    pub publisher: &'a mut Publisher<M, C>,
+    /// Where their events come from.
+    pub output: &'a mut OutputPoller<M::Event>,
+}
+
+impl<M: StateMachine, C: Codec> Gateway for Keel<'_, M, C>
+where
+    M::Command: Clone,
+{
+    type Command = M::Command;
+    type Event = M::Event;
+
+    fn try_send(&mut self, command: &M::Command) -> Result<Option<u64>> {
+        match self.publisher.try_publish(command.clone()) {
+            Ok(sequence) => Ok(Some(sequence)),
+            Err(EngineError::Full) => Ok(None),
+            Err(error) => Err(error).context("publishing"),
+        }
+    }
+
+    fn receive(&mut self, on_delivery: impl FnMut(Delivery<'_, M::Event>)) -> Result<usize> {
+        self.output.poll(4096, on_delivery).context("reading the engine's events")
+    }
+}
+
 /// Publishes `count` commands from `commands`, reading every event; `on_event` sees each event
 /// with its command's sequence, `progress` is called about every 100 ms with the commands
 /// answered so far.
 pub fn drive<M: StateMachine, C: Codec>(
     publisher: &mut Publisher<M, C>,
     output: &mut OutputPoller<M::Event>,
-    mut commands: impl FnMut() -> M::Command,
+    commands: impl FnMut() -> M::Command,
     count: u64,
     pace: Pace,
-    mut on_event: impl FnMut(u64, &M::Event),
-    mut progress: impl FnMut(u64),
+    on_event: impl FnMut(u64, &M::Event),
+    progress: impl FnMut(u64),
 ) -> Result<Driven>
 where
     M::Command: Clone,
 {
+    drive_gateway(&mut Keel { publisher, output }, commands, count, pace, on_event, progress)
+}
+
+/// [`drive`] through any [`Gateway`].
+pub fn drive_gateway<G: Gateway>(
+    gateway: &mut G,
+    mut commands: impl FnMut() -> G::Command,
+    count: u64,
+    pace: Pace,
+    mut on_event: impl FnMut(u64, &G::Event),
+    mut progress: impl FnMut(u64),
+) -> Result<Driven> {
     let mut books = Books {
         latency: Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?,
         sent: vec![0u64; WINDOW as usize],
@@ -90,7 +148,7 @@ where
     };
     let mut last_progress = 0u64;
     let mut last_sequence = 0;
-    let mut receive = |books: &mut Books| books.receive(output, &mut on_event);
+    let mut receive = |books: &mut Books, gateway: &mut G| books.receive(gateway, &mut on_event);
 
     let interval_ns = pace.rate.map(|rate| 1e9 / rate.max(1) as f64);
     for index in 0..count {
@@ -98,26 +156,25 @@ where
             Some(interval) => {
                 let intended = 1_000 + (index as f64 * interval) as u64;
                 while books.now_ns() < intended {
-                    receive(&mut books)?;
+                    receive(&mut books, gateway)?;
                 }
                 Some(intended)
             }
             None => None,
         };
         while index - books.answered >= WINDOW {
-            receive(&mut books)?;
+            receive(&mut books, gateway)?;
         }
         let command = commands();
         let timed = index >= pace.warm_up && (intended.is_some() || index % SATURATION_SAMPLE == 0);
+        // Never wait in the gateway while holding unread events: with both directions full
+        // the system and this thread would wait for each other.
         let sequence = loop {
-            match publisher.try_publish(command.clone()) {
-                Ok(sequence) => break sequence,
-                // Never wait in `publish` while holding unread events: with both rings full
-                // the engine and this thread would wait for each other.
-                Err(EngineError::Full) => {
-                    receive(&mut books)?;
+            match gateway.try_send(&command)? {
+                Some(sequence) => break sequence,
+                None => {
+                    receive(&mut books, gateway)?;
                 }
-                Err(error) => return Err(error).context("publishing"),
             }
         };
         if timed {
@@ -125,7 +182,7 @@ where
         }
         last_sequence = sequence;
         if index % 16 == 15 {
-            receive(&mut books)?;
+            receive(&mut books, gateway)?;
         }
         if index % 4_096 == 0 && books.now_ns() - last_progress > 100_000_000 {
             last_progress = books.now_ns();
@@ -134,7 +191,7 @@ where
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while books.answered < count {
-        if !receive(&mut books)? {
+        if !receive(&mut books, gateway)? {
             if Instant::now() > deadline {
                 bail!("{} of {count} commands were answered within two minutes", books.answered);
             }
@@ -175,12 +232,12 @@ impl Books {
     }
 
     /// Reads the events there are; returns whether there were any.
-    fn receive<E: Send + Sync + 'static>(
+    fn receive<G: Gateway>(
         &mut self,
-        output: &mut OutputPoller<E>,
-        on_event: &mut impl FnMut(u64, &E),
+        gateway: &mut G,
+        on_event: &mut impl FnMut(u64, &G::Event),
     ) -> Result<bool> {
-        let read = output.poll(4096, |delivery| {
+        let read = gateway.receive(|delivery| {
             if let Some(event) = delivery.event {
                 on_event(delivery.sequence, event);
             }
@@ -193,10 +250,7 @@ impl Books {
                         self.latency.record(nanos_since(self.epoch).saturating_sub(sent).max(1));
                 }
             }
-        });
-        match read {
-            Ok(read) => Ok(read > 0),
-            Err(error) => Err(error).context("reading the engine's events"),
-        }
+        })?;
+        Ok(read > 0)
     }
 }
