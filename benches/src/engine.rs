@@ -480,13 +480,9 @@ pub fn snapshot_pause(root: &std::path::Path, entries: usize) -> Result<(Outcome
         let pause = engine.stats().snapshot_pause_last_ns;
         drop(publisher);
         let state = engine.shutdown()?;
-        let latency = Latency {
-            p50_ns: pause,
-            p99_ns: pause,
-            p999_ns: pause,
-            p9999_ns: pause,
-            max_ns: pause,
-        };
+        let mut histogram = Histogram::<u64>::new(3)?;
+        histogram.record(pause.max(1))?;
+        let latency = Latency::from_histogram(&histogram);
         Ok((
             Outcome { elapsed: Duration::from_nanos(pause.max(1)), events: 1, sum: state.sum() },
             latency,

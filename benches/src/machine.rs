@@ -18,6 +18,8 @@ pub struct Machine {
     pub cores: usize,
     pub kernel: String,
     pub commit: String,
+    /// The bare inter-core round trip when the run started (each run measures its own too).
+    pub probe_ns: f64,
 }
 
 impl Machine {
@@ -35,14 +37,30 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|release| release.trim().to_owned())
             .unwrap_or_else(|_| "unknown".to_owned());
-        let commit = std::process::Command::new("git")
-            .args(["rev-parse", "--short=12", "HEAD"])
-            .output()
-            .ok()
-            .filter(|output| output.status.success())
-            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        let git = |arguments: &[&str]| {
+            std::process::Command::new("git")
+                .args(arguments)
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        };
+        // A figure from uncommitted code says so: the commit alone would not reproduce it.
+        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|status| !status.is_empty());
+        let commit = git(&["rev-parse", "--short=12", "HEAD"])
+            .map(|commit| if dirty { format!("{commit}-dirty") } else { commit })
             .unwrap_or_else(|| "unknown".to_owned());
-        Self { cpu_model, cores, kernel, commit }
+        let probe_ns = inter_core_round_trip_ns(crate::ring::Pinning::NONE);
+        Self { cpu_model, cores, kernel, commit, probe_ns }
+    }
+
+    /// One line: the CPU, the cores, the kernel, the probe, the commit.
+    pub fn describe(&self) -> String {
+        format!(
+            "machine: {} | {} cores | kernel {} | inter-core round trip {:.0} ns | commit {}",
+            self.cpu_model, self.cores, self.kernel, self.probe_ns, self.commit
+        )
     }
 }
 

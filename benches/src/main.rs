@@ -1,67 +1,85 @@
 //! `keel-bench`: keel's benchmark harness.
 //!
 //! ```text
+//! cargo run --release --bin keel-bench                    # the suite: every scenario, short
 //! cargo run --release --bin keel-bench -- ring            # every ring scenario, 5 runs each
 //! cargo run --release --bin keel-bench -- ping-pong --runs 9
 //! cargo run --release --bin keel-bench -- ring --json     # one JSON object per line
 //! cargo run --release --bin keel-bench -- ring --quick    # a short smoke run
 //! cargo run --release --bin keel-bench -- journal          # the journal: tiers, ceilings, rolls
 //! cargo run --release --bin keel-bench -- engine           # the engine: saturation, open-loop latency
+//! cargo run --release --bin keel-bench -- ledger           # the ledger against SQLite and no journal
 //! ```
 //!
 //! Every scenario runs keel and its peers interleaved, run by run (the order rotates each run),
 //! with the machine's bare inter-core round trip measured before each run; the summary gives
 //! the median, minimum and maximum across runs, and keel's ratio to each peer's median.
 
+mod apps;
 mod engine;
 mod journal;
 mod machine;
+mod plots;
+mod recovery;
 mod report;
 mod ring;
+mod save;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
 use keel_ring::{Blocking, BusySpin, Sleeping, Yielding};
 
 use crate::machine::{inter_core_round_trip_ns, Machine};
-use crate::report::{print_table, summarize, Latency, Measurement, Summary};
+use crate::report::{figure, summarize, table, Latency, Measurement, Summary};
 use crate::ring::{sum_to, Outcome, PingPong, Pinning};
 
 /// keel's benchmarks: keel against its peers in the same run.
 #[derive(Debug, Parser)]
 #[command(
     name = "keel-bench",
-    after_help = "Examples:\n  keel-bench ring\n  keel-bench one-to-one two-to-one --runs 9\n  keel-bench ring --json > results.jsonl"
+    after_help = "Examples:\n  keel-bench                      # the suite: every scenario, short, one table\n  keel-bench ledger               # one scenario in full\n  keel-bench one-to-one two-to-one --runs 9\n  keel-bench ring --json > results.jsonl"
 )]
 struct Arguments {
-    /// Scenarios to run: `ring` (all of the below), `one-to-one`, `two-to-one`,
-    /// `one-to-diamond`, `ping-pong`; `journal` (append per tier, ceilings, verified read,
-    /// rolls); `engine` (every topology and tier at saturation and at fixed offered rates,
-    /// with the bare ring and the disruptor crate as ceilings); `replica` (the `Replicated`
-    /// tier with one replica over loopback TCP against `PageCache` and `Fsync`, and the
-    /// replica's lag).
-    #[arg(default_values_t = vec!["ring".to_owned()])]
+    /// Scenarios to run, in full; none runs the suite (every scenario at the `--quick` size,
+    /// three runs each, about a minute and a half on two cores). `ring` is `one-to-one`, `two-to-one`, `one-to-diamond` and `ping-pong`;
+    /// `journal` (append per tier, ceilings, verified read, rolls); `engine` (every topology
+    /// and tier at saturation and at fixed offered rates, with the bare ring and the
+    /// disruptor crate as ceilings); `ledger` (the ledger example in each tier against a
+    /// no-journal ceiling and a SQLite event store); `exchange` (the exchange example);
+    /// `recovery` (time to ready after ledger journals, with and without a snapshot);
+    /// `replica` (the `Replicated` tier with one replica over loopback TCP, and its lag).
     scenarios: Vec<String>,
     /// Runs per system and scenario (at least 1; 5 or more for a figure worth quoting).
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// A short run: a tenth of the events and 3 runs unless `--runs` says otherwise.
+    /// Default: 5, or 3 with `--quick` and in the suite.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// A short run: a tenth of the events (and of the recovery journals' size).
     #[arg(long)]
     quick: bool,
     /// Print one JSON object per line (each run, then each summary) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Only these systems (comma-separated: keel, disruptor, rtrb, crossbeam); all by default.
+    /// Only these systems in the ring scenarios (comma-separated: keel, disruptor, rtrb,
+    /// crossbeam); all by default.
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Leave the two-thread scenarios (one-to-one, ping-pong) unpinned. By default their
     /// producer runs on CPU 0 and their consumer on CPU 1, for every system alike.
     #[arg(long)]
     no_pin: bool,
-    /// Where the `journal` scenario writes its journals (default: the system's temporary
-    /// directory). The figures are the file system's and the disk's under it.
+    /// Where the journal, engine, ledger, exchange, recovery and replica scenarios write their
+    /// data (default: the system's temporary directory). The figures are the file system's
+    /// and the disk's under it.
     #[arg(long)]
     journal_dir: Option<std::path::PathBuf>,
+    /// Where each invocation's results go: a folder named by date, commit and scenarios, with
+    /// every run and summary as JSON lines, the table, one `.hgrm` file per latency
+    /// histogram and the plots as SVG.
+    #[arg(long, default_value = "bench-results")]
+    out: std::path::PathBuf,
+    /// Write no results folder.
+    #[arg(long)]
+    no_save: bool,
 }
 
 /// One system's variant of one scenario.
@@ -259,11 +277,11 @@ fn journal_cases(root: &std::path::Path, scale: u64) -> Vec<JournalCase> {
     cases
 }
 
-/// Runs the journal benchmark and prints its table (or JSON lines).
-fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
+/// Runs the journal benchmark: its measurements, and the bandwidth and roll figures as notes.
+fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<Results> {
     let root = arguments.journal_dir.clone().unwrap_or_else(std::env::temp_dir);
     let cases = journal_cases(&root, scale);
-    let mut measurements = Vec::new();
+    let mut results = Results::default();
     let mut gigabytes: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     let mut roll_worst: Vec<f64> = Vec::new();
     for run in 0..runs {
@@ -279,8 +297,9 @@ fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
                 run: run + 1,
                 events: outcome.records,
                 ops_per_sec: outcome.records_per_sec(),
-                latency: outcome.latency,
+                latency: outcome.latency.clone(),
                 probe_ns: 0.0,
+                details: Default::default(),
             };
             gigabytes
                 .entry(format!("{scenario} {system} {variant}"))
@@ -310,33 +329,24 @@ fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<()> {
                     outcome.gigabytes_per_sec()
                 );
             }
-            measurements.push(measurement);
+            results.measurements.push(measurement);
         }
     }
-    let summaries = summarize(&measurements);
-    if arguments.json {
-        for summary in &summaries {
-            println!("{}", serde_json::to_string(summary)?);
-        }
-    } else {
-        print_table(&summaries);
-        println!();
-        for (name, values) in &gigabytes {
-            let spread = report::Spread::of(values);
-            println!(
-                "{name:<70} GB/s median {:.2} (min {:.2}, max {:.2})",
-                spread.median, spread.min, spread.max
-            );
-        }
-        if !roll_worst.is_empty() {
-            let spread = report::Spread::of(&roll_worst);
-            println!(
-                "worst append across a roll: median {:.0} ns (min {:.0}, max {:.0})",
-                spread.median, spread.min, spread.max
-            );
-        }
+    for (name, values) in &gigabytes {
+        let spread = report::Spread::of(values);
+        results.notes.push(format!(
+            "{name:<70} GB/s median {:.2} (min {:.2}, max {:.2})",
+            spread.median, spread.min, spread.max
+        ));
     }
-    Ok(())
+    if !roll_worst.is_empty() {
+        let spread = report::Spread::of(&roll_worst);
+        results.notes.push(format!(
+            "journal: worst append across a roll: median {:.0} ns (min {:.0}, max {:.0})",
+            spread.median, spread.min, spread.max
+        ));
+    }
+    Ok(results)
 }
 
 /// One engine case: scenario, system, variant, the sum its state must reach, how to run it.
@@ -505,6 +515,82 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     cases
 }
 
+/// The ledger cases, sized by `scale`: keel in each tier (compact topology, yielding waits),
+/// the no-journal ceiling and the SQLite event store, at saturation and at fixed offered rates,
+/// all on the same commands (`apps`).
+fn ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
+    use apps::System;
+    use keel_examples::cli::DurabilityArg;
+    let systems: [(&'static str, &'static str, System); 6] = [
+        ("keel", "compact memory", System::Keel(DurabilityArg::Memory)),
+        ("keel", "compact page-cache", System::Keel(DurabilityArg::PageCache)),
+        ("keel", "compact fsync", System::Keel(DurabilityArg::Fsync)),
+        ("no-journal", "channel + 1 thread", System::NoJournal),
+        ("sqlite", "WAL synchronous=FULL", System::Sqlite { full: true }),
+        ("sqlite", "WAL synchronous=NORMAL", System::Sqlite { full: false }),
+    ];
+    let mut cases: Vec<EngineCase> = Vec::new();
+    let commands = 2_000_000 / scale;
+    for (system, variant, which) in systems {
+        let root = root.to_owned();
+        let load = apps::Load { commands, rate: None };
+        cases.push((
+            "ledger",
+            system,
+            variant.to_owned(),
+            commands,
+            Box::new(move || apps::ledger(&root, which, load)),
+        ));
+    }
+    for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
+        let commands = (rate as f64 * seconds / scale as f64) as u64;
+        for (system, variant, which) in systems {
+            // SQLite in the FULL tier does not keep up with a million a second here, and an
+            // open-loop run past saturation only measures its queue growing.
+            if rate > 100_000 && matches!(which, System::Sqlite { .. }) {
+                continue;
+            }
+            let root = root.to_owned();
+            let load = apps::Load { commands, rate: Some(rate) };
+            cases.push((
+                "ledger-latency",
+                system,
+                format!("{variant} {}/s", human(rate)),
+                commands,
+                Box::new(move || apps::ledger(&root, which, load)),
+            ));
+        }
+    }
+    cases
+}
+
+/// The exchange cases, sized by `scale`: keel's `PageCache` tier at saturation and at fixed
+/// offered rates.
+fn exchange_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
+    let mut cases: Vec<EngineCase> = Vec::new();
+    let commands = 2_000_000 / scale;
+    let saturation_root = root.to_owned();
+    cases.push((
+        "exchange",
+        "keel",
+        "compact page-cache".into(),
+        commands,
+        Box::new(move || apps::exchange(&saturation_root, apps::Load { commands, rate: None })),
+    ));
+    for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
+        let commands = (rate as f64 * seconds / scale as f64) as u64;
+        let root = root.to_owned();
+        cases.push((
+            "exchange-latency",
+            "keel",
+            format!("compact page-cache {}/s", human(rate)),
+            commands,
+            Box::new(move || apps::exchange(&root, apps::Load { commands, rate: Some(rate) })),
+        ));
+    }
+    cases
+}
+
 /// A rate in words: `100K`, `1M`.
 fn human(rate: u64) -> String {
     if rate >= 1_000_000 {
@@ -514,20 +600,19 @@ fn human(rate: u64) -> String {
     }
 }
 
-/// Runs the engine (or replica) benchmark and prints its table (or JSON lines).
-fn run_engine(arguments: &Arguments, runs: usize, scale: u64, replica: bool) -> Result<()> {
-    let root = arguments.journal_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let cases = if replica { replica_cases(&root, scale) } else { engine_cases(&root, scale) };
+/// Runs `cases` `runs` times, the order rotating each run, with the inter-core probe before
+/// each run; checks each outcome's sum; prints a line per case (or a JSON object).
+fn run_cases(
+    label: &str,
+    cases: &[EngineCase],
+    arguments: &Arguments,
+    runs: usize,
+) -> Result<Vec<Measurement>> {
     let mut measurements = Vec::new();
     for run in 0..runs {
         let probe_ns = inter_core_round_trip_ns(Pinning::NONE);
         if !arguments.json {
-            println!(
-                "{} run {}/{runs} (journals under {}): inter-core round trip {probe_ns:.0} ns",
-                if replica { "replica" } else { "engine" },
-                run + 1,
-                root.display()
-            );
+            println!("{label} run {}/{runs}: inter-core round trip {probe_ns:.0} ns", run + 1);
         }
         for index in 0..cases.len() {
             let (scenario, system, variant, expected, case) = &cases[(index + run) % cases.len()];
@@ -546,145 +631,191 @@ fn run_engine(arguments: &Arguments, runs: usize, scale: u64, replica: bool) -> 
                 ops_per_sec: outcome.ops_per_sec(),
                 latency,
                 probe_ns,
+                details: Default::default(),
             };
-            if arguments.json {
-                println!("{}", serde_json::to_string(&measurement)?);
-            } else {
-                let latency = latency
-                    .map(|l| {
-                        format!(
-                            "  p50 {} p99 {} p99.99 {} max {} ns",
-                            l.p50_ns, l.p99_ns, l.p9999_ns, l.max_ns
-                        )
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "  {:<18} {:<10} {:<30} {:>8.2} M/s{latency}",
-                    scenario,
-                    system,
-                    variant,
-                    outcome.ops_per_sec() / 1e6
-                );
-            }
+            print_measurement(arguments, &measurement)?;
             measurements.push(measurement);
         }
     }
-    let summaries = summarize(&measurements);
+    Ok(measurements)
+}
+
+/// One run's line (or JSON object), as it finishes.
+fn print_measurement(arguments: &Arguments, measurement: &Measurement) -> Result<()> {
     if arguments.json {
-        for summary in &summaries {
-            println!("{}", serde_json::to_string(summary)?);
-        }
-    } else {
-        print_table(&summaries);
+        println!("{}", serde_json::to_string(measurement)?);
+        return Ok(());
     }
+    let latency = measurement
+        .latency
+        .as_ref()
+        .map(|l| {
+            format!("  p50 {} p99 {} p99.99 {} max {} ns", l.p50_ns, l.p99_ns, l.p9999_ns, l.max_ns)
+        })
+        .unwrap_or_default();
+    let details: String = measurement
+        .details
+        .iter()
+        .map(|(name, value)| format!("  {name} {}", figure(*value)))
+        .collect();
+    println!(
+        "  {:<18} {:<10} {:<44} {:>8.2} M/s{latency}{details}",
+        measurement.scenario,
+        measurement.system,
+        measurement.variant,
+        measurement.ops_per_sec / 1e6
+    );
     Ok(())
 }
 
 /// The ring scenarios, in the order `ring` runs them.
 const RING_SCENARIOS: [&str; 4] = ["one-to-one", "two-to-one", "one-to-diamond", "ping-pong"];
 
+/// Every other scenario, in the order the suite runs them.
+const SCENARIOS: [&str; 6] = ["journal", "engine", "ledger", "exchange", "recovery", "replica"];
+
 /// The scenarios named on the command line, with `ring` expanded; an unknown name is an error.
+/// None named is the suite: every scenario.
 fn expand(scenarios: &[String]) -> Result<Vec<&'static str>> {
+    if scenarios.is_empty() {
+        return Ok(RING_SCENARIOS.iter().chain(SCENARIOS.iter()).copied().collect());
+    }
     let mut expanded = Vec::new();
     for scenario in scenarios {
         if scenario == "ring" {
             expanded.extend(RING_SCENARIOS);
-        } else if let Some(known) = RING_SCENARIOS.iter().find(|known| **known == scenario) {
+        } else if let Some(known) =
+            RING_SCENARIOS.iter().chain(SCENARIOS.iter()).find(|known| **known == scenario)
+        {
             expanded.push(*known);
         } else {
-            bail!("unknown scenario '{scenario}': try ring, {}", RING_SCENARIOS.join(", "));
+            bail!(
+                "unknown scenario '{scenario}': try ring, {}, {}",
+                RING_SCENARIOS.join(", "),
+                SCENARIOS.join(", ")
+            );
         }
     }
     Ok(expanded)
 }
 
+/// What the scenarios of one invocation measured.
+#[derive(Default)]
+struct Results {
+    measurements: Vec<Measurement>,
+    /// Figures that are not a throughput or a latency (bandwidth, the worst roll).
+    notes: Vec<String>,
+}
+
+/// Runs one ring scenario `runs` times, keel and its peers interleaved.
+fn run_ring(
+    name: &'static str,
+    arguments: &Arguments,
+    runs: usize,
+    scale: u64,
+) -> Result<Vec<Measurement>> {
+    let pinning = if arguments.no_pin { Pinning::NONE } else { Pinning::CROSS_CORE };
+    let mut measurements = Vec::new();
+    let mut cases = cases(name, scale, pinning)?;
+    if !arguments.systems.is_empty() {
+        cases.retain(|case| arguments.systems.iter().any(|system| system == case.system));
+    }
+    for run in 0..runs {
+        let probe_ns = inter_core_round_trip_ns(pinning);
+        if !arguments.json {
+            println!("{name} run {}/{runs}: inter-core round trip {probe_ns:.0} ns", run + 1);
+        }
+        // Rotate the order each run, so no system always runs first (or right after the
+        // most expensive one).
+        for index in 0..cases.len() {
+            let case = &cases[(index + run) % cases.len()];
+            let (outcome, latency) = (case.run)()?;
+            ensure!(
+                (outcome.events, outcome.sum) == case.expected,
+                "{name} {} {}: consumer saw {} events summing to {}, expected {:?}",
+                case.system,
+                case.variant,
+                outcome.events,
+                outcome.sum,
+                case.expected
+            );
+            let measurement = Measurement {
+                scenario: name,
+                system: case.system,
+                variant: case.variant.to_owned(),
+                run: run + 1,
+                events: outcome.events,
+                ops_per_sec: outcome.ops_per_sec(),
+                latency,
+                probe_ns,
+                details: Default::default(),
+            };
+            print_measurement(arguments, &measurement)?;
+            measurements.push(measurement);
+        }
+    }
+    Ok(measurements)
+}
+
+/// Runs one scenario: `runs` runs of each of its cases.
+fn run_scenario(
+    name: &'static str,
+    arguments: &Arguments,
+    runs: usize,
+    scale: u64,
+) -> Result<Results> {
+    let root = arguments.journal_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let measurements = match name {
+        "journal" => return run_journal(arguments, runs, scale),
+        "engine" => run_cases(name, &engine_cases(&root, scale), arguments, runs)?,
+        "replica" => run_cases(name, &replica_cases(&root, scale), arguments, runs)?,
+        "ledger" => run_cases(name, &ledger_cases(&root, scale), arguments, runs)?,
+        "exchange" => run_cases(name, &exchange_cases(&root, scale), arguments, runs)?,
+        "recovery" => recovery::run(&root, scale, runs, &mut |m| print_measurement(arguments, m))?,
+        ring => run_ring(ring, arguments, runs, scale)?,
+    };
+    Ok(Results { measurements, notes: Vec::new() })
+}
+
 fn main() -> Result<()> {
     let arguments = Arguments::parse();
-    let scale = if arguments.quick { 10 } else { 1 };
-    let runs = if arguments.quick && arguments.runs == 5 { 3 } else { arguments.runs };
+    let suite = arguments.scenarios.is_empty();
+    // The suite is every scenario at the quick size: a few minutes in all.
+    let quick = arguments.quick || suite;
+    let scale = if quick { 10 } else { 1 };
+    let runs = arguments.runs.unwrap_or(if quick { 3 } else { 5 });
     ensure!(runs >= 1, "--runs must be at least 1");
+    let scenarios = expand(&arguments.scenarios)?;
+    let started = std::time::Instant::now();
     let machine = Machine::read();
     if arguments.json {
         println!("{}", serde_json::json!({ "kind": "machine", "machine": &machine }));
     } else {
-        println!(
-            "machine: {} | {} cores | kernel {} | commit {}",
-            machine.cpu_model, machine.cores, machine.kernel, machine.commit
-        );
+        println!("{}", machine.describe());
     }
-    if arguments.scenarios.iter().any(|scenario| scenario == "journal") {
-        run_journal(&arguments, runs, scale)?;
+    let mut results = Results::default();
+    for name in &scenarios {
+        let scenario = run_scenario(name, &arguments, runs, scale)?;
+        results.measurements.extend(scenario.measurements);
+        results.notes.extend(scenario.notes);
     }
-    if arguments.scenarios.iter().any(|scenario| scenario == "engine") {
-        run_engine(&arguments, runs, scale, false)?;
+    let summaries = summarize(&results.measurements);
+    let ratios = ratios(&summaries, &results.measurements);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut text = format!("{}\n{} runs each, {elapsed:.0} s in all\n\n", machine.describe(), runs);
+    text += &table(&summaries);
+    let ratio_text = ratio_lines(&ratios);
+    if !ratio_text.is_empty() {
+        text += "\n";
+        text += &ratio_text;
     }
-    if arguments.scenarios.iter().any(|scenario| scenario == "replica") {
-        run_engine(&arguments, runs, scale, true)?;
-    }
-    let ring_scenarios: Vec<String> = arguments
-        .scenarios
-        .iter()
-        .filter(|scenario| !matches!(scenario.as_str(), "journal" | "engine" | "replica"))
-        .cloned()
-        .collect();
-    if ring_scenarios.is_empty() {
-        return Ok(());
-    }
-    let pinning = if arguments.no_pin { Pinning::NONE } else { Pinning::CROSS_CORE };
-    let mut measurements = Vec::new();
-    for name in expand(&ring_scenarios)? {
-        let mut cases = cases(name, scale, pinning)?;
-        if !arguments.systems.is_empty() {
-            cases.retain(|case| arguments.systems.iter().any(|system| system == case.system));
-        }
-        for run in 0..runs {
-            let probe_ns = inter_core_round_trip_ns(pinning);
-            if !arguments.json {
-                println!("{name} run {}/{runs}: inter-core round trip {probe_ns:.0} ns", run + 1);
-            }
-            // Rotate the order each run, so no system always runs first (or right after the
-            // most expensive one).
-            for index in 0..cases.len() {
-                let case = &cases[(index + run) % cases.len()];
-                let (outcome, latency) = (case.run)()?;
-                ensure!(
-                    (outcome.events, outcome.sum) == case.expected,
-                    "{name} {} {}: consumer saw {} events summing to {}, expected {:?}",
-                    case.system,
-                    case.variant,
-                    outcome.events,
-                    outcome.sum,
-                    case.expected
-                );
-                let measurement = Measurement {
-                    scenario: name,
-                    system: case.system,
-                    variant: case.variant.to_owned(),
-                    run: run + 1,
-                    events: outcome.events,
-                    ops_per_sec: outcome.ops_per_sec(),
-                    latency,
-                    probe_ns,
-                };
-                if arguments.json {
-                    println!("{}", serde_json::to_string(&measurement)?);
-                } else {
-                    let latency = latency
-                        .map(|l| format!("  p50 {} p99 {} max {} ns", l.p50_ns, l.p99_ns, l.max_ns))
-                        .unwrap_or_default();
-                    println!(
-                        "  {:<10} {:<20} {:>8.1} M/s{latency}",
-                        case.system,
-                        case.variant,
-                        measurement.ops_per_sec / 1e6
-                    );
-                }
-                measurements.push(measurement);
-            }
+    if !results.notes.is_empty() {
+        text += "\n";
+        for note in &results.notes {
+            text += note;
+            text += "\n";
         }
     }
-    let summaries = summarize(&measurements);
-    let ratios = ratios(&summaries, &measurements);
     if arguments.json {
         for summary in &summaries {
             println!("{}", serde_json::to_string(summary)?);
@@ -693,8 +824,24 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(ratio)?);
         }
     } else {
-        print_table(&summaries);
-        print_ratios(&ratios);
+        println!();
+        print!("{text}");
+    }
+    if !arguments.no_save {
+        let label = if suite { "suite".to_owned() } else { arguments.scenarios.join("+") };
+        let saved = save::write(
+            &arguments.out,
+            &label,
+            &machine,
+            &text,
+            &results.measurements,
+            &summaries,
+            &ratios,
+        )?;
+        if !arguments.json {
+            println!();
+            println!("results, .hgrm files and plots: {}", saved.display());
+        }
     }
     Ok(())
 }
@@ -719,10 +866,21 @@ struct Ratio {
     p99: Option<report::Spread>,
 }
 
-/// The publish mode of a variant ("single", "batch-64"), which keel and a peer must share to
-/// be compared.
-fn mode(variant: &str) -> &str {
-    variant.split(' ').nth(1).unwrap_or("")
+/// Whether keel's variant and a peer's are compared: in the ring scenarios when they share the
+/// publish mode ("single", "batch-64", the variant's second word); elsewhere when they share
+/// the offered rate ("100K/s", the last word, or none at saturation).
+fn comparable(scenario: &str, keel: &str, peer: &str) -> bool {
+    fn mode(variant: &str) -> &str {
+        variant.split(' ').nth(1).unwrap_or("")
+    }
+    fn rate(variant: &str) -> &str {
+        variant.rsplit(' ').next().filter(|word| word.ends_with("/s")).unwrap_or("")
+    }
+    if RING_SCENARIOS.contains(&scenario) {
+        mode(keel) == mode(peer)
+    } else {
+        rate(keel) == rate(peer)
+    }
 }
 
 fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {
@@ -734,10 +892,11 @@ fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {
     };
     let mut ratios = Vec::new();
     for keel in summaries.iter().filter(|summary| summary.system == "keel") {
+        // A ceiling of the journal and the machine's own stalls are not peers.
         for peer in summaries.iter().filter(|summary| {
-            summary.system != "keel"
+            !matches!(summary.system, "keel" | "ceiling" | "machine")
                 && summary.scenario == keel.scenario
-                && mode(&summary.variant) == mode(&keel.variant)
+                && comparable(keel.scenario, &keel.variant, &summary.variant)
         }) {
             let keel_runs = runs_of("keel", keel.scenario, &keel.variant);
             let peer_runs = runs_of(peer.system, peer.scenario, &peer.variant);
@@ -774,9 +933,16 @@ fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {
     ratios
 }
 
-fn print_ratios(ratios: &[Ratio]) {
-    println!();
-    println!("keel / peer, median [min..max] of the per-run ratios (same run, same placement):");
+fn ratio_lines(ratios: &[Ratio]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    if ratios.is_empty() {
+        return text;
+    }
+    let _ = writeln!(
+        text,
+        "keel / peer, median [min..max] of the per-run ratios (same run, same placement):"
+    );
     for ratio in ratios {
         let mut line = format!(
             "  {:<15} keel {:<20} vs {:<10} {:<20} throughput {:.2}x [{:.2}..{:.2}]",
@@ -792,6 +958,41 @@ fn print_ratios(ratios: &[Ratio]) {
             line +=
                 &format!("  p50 {:.2}x  p99 {:.2}x (below 1: keel faster)", p50.median, p99.median);
         }
-        println!("{line}");
+        let _ = writeln!(text, "{line}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_scenario_named_is_every_scenario_and_an_unknown_one_is_an_error() {
+        let all = expand(&[]).unwrap();
+        for scenario in [
+            "one-to-one",
+            "ping-pong",
+            "journal",
+            "engine",
+            "ledger",
+            "exchange",
+            "recovery",
+            "replica",
+        ] {
+            assert!(all.contains(&scenario), "{scenario}");
+        }
+        assert_eq!(expand(&["ring".to_owned()]).unwrap(), RING_SCENARIOS);
+        let error = expand(&["ledgr".to_owned()]).unwrap_err().to_string();
+        assert!(error.contains("ledgr") && error.contains("ledger"), "{error}");
+    }
+
+    #[test]
+    fn keel_is_compared_with_a_peer_on_the_same_publish_mode_or_offered_rate() {
+        assert!(comparable("one-to-one", "busy-spin batch-64", "spin batch-64"));
+        assert!(!comparable("one-to-one", "busy-spin batch-64", "busy-spin single"));
+        assert!(comparable("ledger", "compact fsync", "WAL synchronous=FULL"));
+        assert!(comparable("ledger-latency", "compact fsync 100K/s", "channel + 1 thread 100K/s"));
+        assert!(!comparable("ledger-latency", "compact fsync 1M/s", "channel + 1 thread 100K/s"));
     }
 }
