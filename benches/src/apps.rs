@@ -3,7 +3,8 @@
 //!
 //! - **keel**: the ledger (or exchange) state machine in an engine opened with the settings
 //!   `ledger run` uses, fed by `keel_examples::driver`'s gateway loop (publisher in, output
-//!   poller out, on the sending thread): the compact topology is two threads in all.
+//!   poller out, on the sending thread): the compact topology is two threads in all, the
+//!   pipelined one three (its journaller syncs while the engine thread applies).
 //! - **no journal** (the ceiling of "no durability"): the same loop sends each command through
 //!   a bounded `crossbeam-channel` to one thread that owns a `Ledger`, applies every command
 //!   it finds waiting and sends the batch's events back through a second channel. Two threads,
@@ -23,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _, Result};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use keel_engine::{Bincode, Codec, Context, Delivery, Output, SnapshotPolicy, StateMachine};
-use keel_examples::cli::{DurabilityArg, EngineOptions, RING_CAPACITY};
+use keel_examples::cli::{DurabilityArg, EngineOptions, TopologyArg, RING_CAPACITY};
 use keel_examples::driver::{drive_gateway, Driven, Gateway, Keel, Pace};
 use keel_examples::exchange::{self, Exchange};
 use keel_examples::ledger::{self, Ledger};
@@ -45,8 +46,8 @@ const SYMBOLS: u32 = 16;
 /// Which system runs the ledger.
 #[derive(Clone, Copy, Debug)]
 pub enum System {
-    /// keel, in this tier, the compact topology, yielding waits.
-    Keel(DurabilityArg),
+    /// keel, in this tier and topology, yielding waits.
+    Keel(DurabilityArg, TopologyArg),
     /// One thread applying commands from a channel, no journal.
     NoJournal,
     /// One thread appending to a SQLite event store, then applying; `full` is
@@ -124,7 +125,7 @@ pub fn exchange(root: &Path, load: Load) -> Result<(Outcome, Option<Latency>)> {
     );
     let setup = workload.setup();
     let scratch = Scratch::new(root, "exchange")?;
-    let system = System::Keel(DurabilityArg::PageCache);
+    let system = System::Keel(DurabilityArg::PageCache, TopologyArg::Compact);
     let initial = Exchange::with_capacity(TRADERS as usize, 1 << 20);
     let (driven, exchange) =
         run_system(&scratch.0, system, initial, setup, || workload.next_command(), load)?;
@@ -150,8 +151,8 @@ where
     M::Event: Clone,
 {
     match system {
-        System::Keel(durability) => {
-            let options = EngineOptions { durability, ..EngineOptions::default() };
+        System::Keel(durability, topology) => {
+            let options = EngineOptions { durability, topology, ..EngineOptions::default() };
             let mut engine = options.open(data, initial, SnapshotPolicy::default())?;
             let mut output = engine.take_output_poller().context("the output poller")?;
             let mut publisher = engine.publisher();

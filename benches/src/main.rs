@@ -515,16 +515,19 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     cases
 }
 
-/// The ledger cases, sized by `scale`: keel in each tier (compact topology, yielding waits),
+/// The ledger cases, sized by `scale`: keel in each tier (compact topology, yielding waits; and
+/// `Fsync` pipelined, which overlaps the sync with `apply`),
 /// the no-journal ceiling and the SQLite event store, at saturation and at fixed offered rates,
 /// all on the same commands (`apps`).
 fn ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     use apps::System;
-    use keel_examples::cli::DurabilityArg;
-    let systems: [(&'static str, &'static str, System); 6] = [
-        ("keel", "compact memory", System::Keel(DurabilityArg::Memory)),
-        ("keel", "compact page-cache", System::Keel(DurabilityArg::PageCache)),
-        ("keel", "compact fsync", System::Keel(DurabilityArg::Fsync)),
+    use keel_examples::cli::{DurabilityArg, TopologyArg};
+    let compact = TopologyArg::Compact;
+    let systems: [(&'static str, &'static str, System); 7] = [
+        ("keel", "compact memory", System::Keel(DurabilityArg::Memory, compact)),
+        ("keel", "compact page-cache", System::Keel(DurabilityArg::PageCache, compact)),
+        ("keel", "compact fsync", System::Keel(DurabilityArg::Fsync, compact)),
+        ("keel", "pipelined fsync", System::Keel(DurabilityArg::Fsync, TopologyArg::Pipelined)),
         ("no-journal", "channel + 1 thread", System::NoJournal),
         ("sqlite", "WAL synchronous=FULL", System::Sqlite { full: true }),
         ("sqlite", "WAL synchronous=NORMAL", System::Sqlite { full: false }),
