@@ -55,7 +55,8 @@ pub fn latency(path: &Path, title: &str, series: &[(String, Histogram<u64>)]) ->
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        // Every line climbs to the right, so the lower right is where the plot is empty.
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()

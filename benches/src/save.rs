@@ -5,7 +5,8 @@
 //! - `summary.txt`: the table as printed;
 //! - one `.hgrm` file per latency series (the runs of one scenario, system and variant added
 //!   together), HdrHistogram's percentile distribution, which its plotter reads;
-//! - `latency-SCENARIO.svg` (latency by percentile, log scales, a line per system and variant)
+//! - `latency-SCENARIO[-RATE].svg` (latency by percentile, log scales, a line per system and
+//!   variant, one chart per offered rate)
 //!   and `throughput-SCENARIO.svg` (the median of each, with the runs' minimum and maximum, for
 //!   the cases that are not at a fixed rate).
 
@@ -60,7 +61,7 @@ pub fn write(
     write_file(&folder.join("summary.txt"), summary_text.as_bytes())?;
 
     // Each latency series, its runs added together, by scenario.
-    let mut series: BTreeMap<&str, Vec<(String, Histogram<u64>)>> = BTreeMap::new();
+    let mut series: BTreeMap<String, Vec<(String, Histogram<u64>)>> = BTreeMap::new();
     for summary in summaries.iter().filter(|summary| summary.p50_ns.is_some()) {
         let mut merged: Option<Histogram<u64>> = None;
         for measurement in measurements.iter().filter(|m| {
@@ -80,11 +81,17 @@ pub fn write(
         let mut text = Vec::new();
         write_hgrm(&merged, &mut text)?;
         write_file(&file, &text)?;
-        series.entry(summary.scenario).or_default().push((name, merged));
+        // One chart per offered rate, so that each compares the systems under one load.
+        let rate = summary.variant.rsplit(' ').next().filter(|word| word.ends_with("/s"));
+        let chart = match rate {
+            Some(rate) => format!("{}-{}", summary.scenario, slug(rate)),
+            None => summary.scenario.to_owned(),
+        };
+        series.entry(chart).or_default().push((name, merged));
     }
-    for (scenario, series) in &series {
-        let file = folder.join(format!("latency-{scenario}.svg"));
-        plots::latency(&file, &format!("{scenario}: latency by percentile"), series)?;
+    for (chart, series) in &series {
+        let file = folder.join(format!("latency-{chart}.svg"));
+        plots::latency(&file, &format!("{chart}: latency by percentile"), series)?;
     }
 
     // Throughput charts for the cases that measure it: at a fixed offered rate (the cases with
