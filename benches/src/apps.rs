@@ -65,7 +65,7 @@ pub struct Load {
 
 impl Load {
     fn pace(self) -> Pace {
-        Pace { rate: self.rate, warm_up: self.commands / 10 }
+        Pace { rate: self.rate, warm_up: self.commands / 10, ..Pace::default() }
     }
 }
 

@@ -77,6 +77,9 @@ pub struct EngineOptions {
     /// thread for as long as hashing the state takes (the ledger's walks its whole history).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub checkpoint_every: u64,
+    /// Bytes per journal segment (crash tests make them small, so that kills land in rolls).
+    #[arg(long, value_name = "BYTES", default_value_t = SEGMENT_SIZE, hide = true)]
+    pub segment_size: u64,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +89,7 @@ impl Default for EngineOptions {
             topology: TopologyArg::Compact,
             wait: WaitArg::Yielding,
             checkpoint_every: 0,
+            segment_size: SEGMENT_SIZE,
         }
     }
 }
@@ -117,6 +121,25 @@ impl EngineOptions {
             WaitArg::Sleeping => Wait::Sleeping,
             WaitArg::Blocking => Wait::Blocking,
         }
+    }
+
+    /// The flags that give these settings on a command line.
+    pub fn arguments(&self) -> Vec<String> {
+        let name = |value: Option<clap::builder::PossibleValue>| {
+            value.expect("every setting has a name").get_name().to_owned()
+        };
+        vec![
+            "--durability".into(),
+            name(self.durability.to_possible_value()),
+            "--topology".into(),
+            name(self.topology.to_possible_value()),
+            "--wait".into(),
+            name(self.wait.to_possible_value()),
+            "--checkpoint-every".into(),
+            self.checkpoint_every.to_string(),
+            "--segment-size".into(),
+            self.segment_size.to_string(),
+        ]
     }
 
     /// "PageCache tier, compact topology, yielding wait".
@@ -158,7 +181,7 @@ impl EngineOptions {
             .wait(self.wait())
             .ring_capacity(RING_CAPACITY)
             .output_capacity(RING_CAPACITY)
-            .segment_size(SEGMENT_SIZE)
+            .segment_size(self.segment_size)
             .snapshots(snapshots)
             .checkpoints(self.checkpoint_every)
             .output_poller()

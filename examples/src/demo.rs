@@ -199,19 +199,18 @@ fn watch_and_kill(
 /// `snapshot_every` commands, says `ready`, then publishes `next()` at `rate` until it is
 /// killed, saying `ack N` about every 100 ms.
 pub fn child<M: StateMachine>(
-    data: &Path,
+    args: &ChildArgs,
     initial: M,
-    snapshot_every: u64,
-    rate: u64,
     next: impl FnMut() -> M::Command,
 ) -> Result<()>
 where
     M::Command: Clone,
 {
-    let options = EngineOptions::default();
     let snapshots =
-        SnapshotPolicy { every_commands: Some(snapshot_every), every_interval: None, keep: 0 };
-    let mut engine = options.open(data, initial, snapshots)?;
+        SnapshotPolicy { every_commands: Some(args.snapshot_every), every_interval: None, keep: 0 };
+    let replication = args.replication.replication()?;
+    let mut engine = args.engine.open_replicating(&args.data, initial, snapshots, replication)?;
+    let rate = args.rate;
     let mut output = engine.take_output_poller().context("the output poller")?;
     let mut publisher = engine.publisher();
     let report = engine.recovery().clone();
@@ -229,7 +228,7 @@ where
         &mut output,
         next,
         u64::MAX / 2,
-        Pace { rate: Some(rate), warm_up: 0 },
+        Pace { rate: Some(rate), warm_up: 0, progress_every: Some(Duration::from_millis(1)) },
         |_, _| {},
         |answered| {
             let _ = writeln!(stdout, "ack {}", base + answered);
@@ -401,8 +400,12 @@ where
     M::Command: Clone,
     T: Tally<M::Event>,
 {
-    let load =
-        session.drive_shown("load", count, Pace { rate: None, warm_up: count / 10 }, &mut next)?;
+    let load = session.drive_shown(
+        "load",
+        count,
+        Pace { rate: None, warm_up: count / 10, ..Pace::default() },
+        &mut next,
+    )?;
     row(
         "throughput",
         format!(
@@ -412,7 +415,7 @@ where
             format::rate(load.rate(), unit)
         ),
     );
-    let pace = Pace { rate: Some(latency_rate), warm_up: latency_commands / 10 };
+    let pace = Pace { rate: Some(latency_rate), warm_up: latency_commands / 10, ..Pace::default() };
     let latency = session.drive_shown("latency", latency_commands, pace, next)?;
     row("latency", format::percentiles(&latency.latency));
     row("", format!("({})", latency_basis(Some(latency_rate), unit)));
@@ -440,12 +443,18 @@ pub struct ChildArgs {
     /// A snapshot every this many commands.
     #[arg(long)]
     pub snapshot_every: u64,
+    /// The engine's settings (the defaults unless a crash test says otherwise).
+    #[command(flatten)]
+    pub engine: EngineOptions,
+    /// Serving replicas (the crash test's `Replicated` tier).
+    #[command(flatten)]
+    pub replication: crate::cli::ReplicationArgs,
 }
 
 impl ChildArgs {
     /// The command line that starts the child with these flags.
     pub fn arguments(&self) -> Vec<String> {
-        vec![
+        let mut arguments: Vec<String> = vec![
             "child".into(),
             "--data".into(),
             self.data.display().to_string(),
@@ -459,6 +468,22 @@ impl ChildArgs {
             self.rate.to_string(),
             "--snapshot-every".into(),
             self.snapshot_every.to_string(),
-        ]
+        ];
+        arguments.extend(self.engine.arguments());
+        let replication = &self.replication;
+        if let Some(address) = replication.replicate {
+            arguments.extend([
+                "--replicate".into(),
+                address.to_string(),
+                "--quorum".into(),
+                replication.quorum.to_string(),
+                "--ack-timeout-ms".into(),
+                replication.ack_timeout_ms.to_string(),
+            ]);
+            if let Some(file) = &replication.secret_file {
+                arguments.extend(["--secret-file".into(), file.display().to_string()]);
+            }
+        }
+        arguments
     }
 }

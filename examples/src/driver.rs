@@ -31,6 +31,9 @@ pub struct Pace {
     pub rate: Option<u64>,
     /// Commands at the start whose latency is not recorded.
     pub warm_up: u64,
+    /// How often `progress` is called; `None` is every 100 ms. A crash test's child reports
+    /// what it has acknowledged every millisecond, so that a kill leaves little unreported.
+    pub progress_every: Option<Duration>,
 }
 
 /// What a driven stream measured.
@@ -146,6 +149,7 @@ pub fn drive_gateway<G: Gateway>(
         answered: 0,
         epoch: Instant::now(),
     };
+    let progress_ns = pace.progress_every.map_or(100_000_000, |every| every.as_nanos() as u64);
     let mut last_progress = 0u64;
     let mut last_sequence = 0;
     let mut receive = |books: &mut Books, gateway: &mut G| books.receive(gateway, &mut on_event);
@@ -184,7 +188,9 @@ pub fn drive_gateway<G: Gateway>(
         if index % 16 == 15 {
             receive(&mut books, gateway)?;
         }
-        if index % 4_096 == 0 && books.now_ns() - last_progress > 100_000_000 {
+        if (index % 4_096 == 0 || progress_ns < 100_000_000)
+            && books.now_ns() - last_progress > progress_ns
+        {
             last_progress = books.now_ns();
             progress(books.answered);
         }
@@ -197,7 +203,7 @@ pub fn drive_gateway<G: Gateway>(
             }
             std::thread::yield_now();
         }
-        if books.now_ns() - last_progress > 100_000_000 {
+        if books.now_ns() - last_progress > progress_ns {
             last_progress = books.now_ns();
             progress(books.answered);
         }

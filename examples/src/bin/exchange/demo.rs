@@ -145,6 +145,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         first_id: first_child_id,
         rate: plan.child_rate,
         snapshot_every: plan.child_snapshot_every,
+        engine: Default::default(),
+        replication: Default::default(),
     };
     let crash = crash(&child.arguments(), plan.kill_after_ms, seed, plan.child_rate, "commands")?;
     println!();
@@ -198,7 +200,5 @@ pub fn demo(args: DemoArgs) -> Result<()> {
 pub fn child(args: ChildArgs) -> Result<()> {
     let mut workload =
         Workload::new(args.seed, args.accounts, SYMBOLS, Mix::REALISTIC, args.first_id);
-    keel_examples::demo::child(&args.data, Exchange::new(), args.snapshot_every, args.rate, || {
-        workload.next_command()
-    })
+    keel_examples::demo::child(&args, Exchange::new(), || workload.next_command())
 }

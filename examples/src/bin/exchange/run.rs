@@ -174,7 +174,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let traffic = session.drive_shown(
         "orders",
         args.orders,
-        Pace { rate: args.rate, warm_up: args.orders / 10 },
+        Pace { rate: args.rate, warm_up: args.orders / 10, ..Pace::default() },
         || workload.next_command(),
     )?;
     let (exchange, tally) = session.shutdown()?;

@@ -97,7 +97,7 @@ pub fn load(args: &RunArgs, seed: u64) -> Result<Load> {
     let traffic = session.drive_shown(
         "transfers",
         args.transfers,
-        Pace { rate: args.rate, warm_up: args.transfers / 10 },
+        Pace { rate: args.rate, warm_up: args.transfers / 10, ..Pace::default() },
         || workload.next_command(),
     )?;
     let (ledger, tally) = session.shutdown()?;
