@@ -367,7 +367,23 @@ fn check(
     first_id: u64,
 ) -> Result<()> {
     let data = &directory.data;
-    // The journal, as the child left it: its commands after `from` are the workload's.
+    // Recovery first, as the next child will do it: a kill in the middle of a batch leaves a
+    // torn tail, which `open` cuts (and which a reader before it stops at, as damage).
+    let engine = engine_options(DurabilityArg::PageCache).open(
+        data,
+        Ledger::new(),
+        SnapshotPolicy::default(),
+    )?;
+    let report = engine.recovery().clone();
+    let recovered = engine.shutdown()?;
+    ensure!(
+        report.last_sequence >= acknowledged,
+        "recovery reached {}, before the acknowledged {acknowledged}",
+        report.last_sequence
+    );
+    tally.torn_tails +=
+        u64::from(report.journal.as_ref().is_some_and(|journal| journal.truncated.is_some()));
+    // The journal as recovery left it: its commands after `from` are the child's workload's.
     let mut expected = Workload::new(child_seed, ACCOUNTS, CODES, Mix::PAYMENTS, first_id);
     let mut reader = JournalReader::open(data)?;
     let mut last = 0;
@@ -412,19 +428,6 @@ fn check(
         tally.replicated += acknowledged - from;
     }
 
-    // Recovery, as the next child will do it.
-    let engine = engine_options(DurabilityArg::PageCache).open(
-        data,
-        Ledger::new(),
-        SnapshotPolicy::default(),
-    )?;
-    let report = engine.recovery().clone();
-    let recovered = engine.shutdown()?;
-    ensure!(
-        report.last_sequence >= acknowledged,
-        "recovery reached {}, before the acknowledged {acknowledged}",
-        report.last_sequence
-    );
     let full = replay_from(data, Bincode, Ledger::new(), ReplayFrom::Beginning, ReplayTarget::End)?;
     ensure!(
         full.state_hash == recovered.state_hash() && full.last_sequence == report.last_sequence,
@@ -439,8 +442,6 @@ fn check(
     if let Err(broken) = recovered.check_conservation() {
         bail!("money is not conserved after recovery: {broken}");
     }
-    tally.torn_tails +=
-        u64::from(report.journal.as_ref().is_some_and(|journal| journal.truncated.is_some()));
     tally.from_snapshot += u64::from(report.snapshot.is_some());
     tally.snapshots_skipped += report.skipped_snapshots.len() as u64;
     directory.durable = report.last_sequence;
