@@ -18,7 +18,7 @@
 //! Every run checks what it arrived at: every command answered, the ledger's conservation
 //! invariant (or the exchange's invariants), and the count the expected sum names.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
@@ -31,6 +31,7 @@ use keel_examples::ledger::{self, Ledger};
 
 use crate::report::Latency;
 use crate::ring::Outcome;
+use crate::scratch::Scratch;
 
 /// The workload's seed: every system gets the same commands.
 pub const SEED: u64 = 0x6b65_656c;
@@ -75,24 +76,6 @@ fn outcome(driven: &Driven, rate: Option<u64>) -> (Outcome, Option<Latency>) {
     let outcome =
         Outcome { elapsed: driven.elapsed, events: driven.commands, sum: driven.commands };
     (outcome, rate.map(|_| Latency::from_histogram(&driven.latency)))
-}
-
-/// A fresh directory for one run under `root`, removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(root: &Path, name: &str) -> Result<Self> {
-        let path = root.join(format!("keel-bench-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs the ledger workload's setup and then `load.commands` of its traffic on `system`.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::Latency;
 use crate::ring::{isolated, Outcome};
+use crate::scratch::Scratch;
 
 /// Slots of the state machine's `Vec`.
 const SLOTS: usize = 1024;
@@ -94,23 +95,6 @@ impl Slots {
 
 fn add(value: u64) -> Add {
     Add { slot: (value % SLOTS as u64) as u32, amount: value, sent_ns: 0 }
-}
-
-/// A scratch data directory under `root`, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(root: &std::path::Path, name: &str) -> Result<Self> {
-        let path = root.join(format!("keel-bench-{}-engine-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Ok(Self(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Journal segments of 64 MiB: a run of millions of commands rolls a few times, with the

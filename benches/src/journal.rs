@@ -3,15 +3,16 @@
 //! ceilings; verified sequential read; the worst append across segment rolls.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use hdrhistogram::Histogram;
 use keel_journal::format::record_size_padded;
 use keel_journal::{Durability, JournalOptions, JournalReader, JournalWriter};
 
 use crate::report::Latency;
+use crate::scratch::Scratch;
 
 /// One journal case's result: records per second and the bytes each record occupies.
 pub struct JournalOutcome {
@@ -30,24 +31,6 @@ impl JournalOutcome {
 
     pub fn gigabytes_per_sec(&self) -> f64 {
         self.records_per_sec() * self.bytes_per_record as f64 / 1e9
-    }
-}
-
-/// A fresh directory under `root` for one case, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(root: &Path, name: &str) -> Result<Self> {
-        let path = root.join(format!("keel-bench-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -24,6 +24,7 @@ mod recovery;
 mod report;
 mod ring;
 mod save;
+mod scratch;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
@@ -625,22 +626,34 @@ fn run_cases(
                 "{scenario} {system} {variant}: the state sums to {}, expected {expected}",
                 outcome.sum
             );
-            let measurement = Measurement {
-                scenario,
-                system,
-                variant: variant.clone(),
-                run: run + 1,
-                events: outcome.events,
-                ops_per_sec: outcome.ops_per_sec(),
-                latency,
-                probe_ns,
-                details: Default::default(),
-            };
+            let measurement =
+                measured((scenario, system, variant.clone()), run, &outcome, latency, probe_ns);
             print_measurement(arguments, &measurement)?;
             measurements.push(measurement);
         }
     }
     Ok(measurements)
+}
+
+/// The measurement of run `run` (from 0) of the case named `(scenario, system, variant)`.
+fn measured(
+    (scenario, system, variant): (&'static str, &'static str, String),
+    run: usize,
+    outcome: &ring::Outcome,
+    latency: Option<Latency>,
+    probe_ns: f64,
+) -> Measurement {
+    Measurement {
+        scenario,
+        system,
+        variant,
+        run: run + 1,
+        events: outcome.events,
+        ops_per_sec: outcome.ops_per_sec(),
+        latency,
+        probe_ns,
+        details: Default::default(),
+    }
 }
 
 /// One run's line (or JSON object), as it finishes.
@@ -742,17 +755,13 @@ fn run_ring(
                 outcome.sum,
                 case.expected
             );
-            let measurement = Measurement {
-                scenario: name,
-                system: case.system,
-                variant: case.variant.to_owned(),
-                run: run + 1,
-                events: outcome.events,
-                ops_per_sec: outcome.ops_per_sec(),
+            let measurement = measured(
+                (name, case.system, case.variant.to_owned()),
+                run,
+                &outcome,
                 latency,
                 probe_ns,
-                details: Default::default(),
-            };
+            );
             print_measurement(arguments, &measurement)?;
             measurements.push(measurement);
         }

@@ -20,8 +20,9 @@ use keel_examples::driver::{drive, Pace};
 use keel_examples::ledger::workload::{Mix, Workload};
 use keel_examples::ledger::{Command, Ledger};
 
-use crate::apps::{Scratch, ACCOUNTS, CODES, SEED};
+use crate::apps::{ACCOUNTS, CODES, SEED};
 use crate::report::Measurement;
+use crate::scratch::Scratch;
 
 /// A written journal: where, how many commands, the final state's hash.
 struct Written {
@@ -73,7 +74,7 @@ pub fn run(
 /// Writes a journal of the ledger's setup and `commands` transfers, with a snapshot after
 /// 95% of them.
 fn write(root: &Path, commands: u64) -> Result<(Written, keel_examples::demo::Snapshot)> {
-    let scratch = Scratch::new(root, "recovery")?;
+    let scratch = Scratch::new(root, "ledger-recovery")?;
     let mut workload = Workload::new(SEED, ACCOUNTS, CODES, Mix::PAYMENTS, 1);
     let setup = workload.setup();
     let mut engine = EngineOptions::default().open(

@@ -134,7 +134,23 @@ impl Cursor {
             self.segments = list_segments(&self.journal_directory)?;
             next = following(&self.segments);
         }
-        let Some(next) = next else { return Ok(false) };
+        let Some(mut next) = next else { return Ok(false) };
+        // A listing taken while the writer's background thread renames segments into place
+        // can miss one: `readdir` is not atomic against `rename`s in the same directory, and a
+        // listing slow enough to span two rolls has been seen to return the later segment
+        // without the earlier (a replica under CI's load halted so). A fresh listing, once the
+        // renames are done, has both; a segment really missing stays missing.
+        for attempt in 1..=3 {
+            if next.first_sequence == self.next_sequence {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(attempt));
+            self.segments = list_segments(&self.journal_directory)?;
+            match following(&self.segments) {
+                Some(listed) => next = listed,
+                None => return Ok(false),
+            }
+        }
         if next.first_sequence != self.next_sequence {
             let detail = match &self.current {
                 Some((current, _)) => format!(
