@@ -117,8 +117,8 @@ where
 }
 
 /// Publishes `count` commands from `commands`, reading every event; `on_event` sees each event
-/// with its command's sequence, `progress` is called about every 100 ms with the commands
-/// answered so far.
+/// with its command's sequence, `progress` is called about every 100 ms (or as often as
+/// `pace.progress_every` says) with the commands answered so far.
 pub fn drive<M: StateMachine, C: Codec>(
     publisher: &mut Publisher<M, C>,
     output: &mut OutputPoller<M::Event>,
