@@ -59,13 +59,20 @@ mod snapshots;
 mod stats;
 mod wire;
 
+/// The fuzz targets' entry points (`engine/fuzz/`); not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use codec::{Bincode, Codec, CodecError};
 pub use config::{Durability, SnapshotPolicy, Topology, Wait};
 pub use engine::{Delivery, Engine, EngineBuilder, OutputPoller, RecoveryReport};
 pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::Publisher;
-pub use recovery::{replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState};
+pub use recovery::{
+    decode_command, replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState,
+};
 pub use replica::{Promotion, Replica, ReplicaBuilder};
 pub use replicator::{Replication, ReplicationStatus};
 pub use responses::Requester;

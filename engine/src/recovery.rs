@@ -231,9 +231,11 @@ pub(crate) fn apply_record<M: StateMachine>(
     }
 }
 
-/// Decodes a journaled command of `version`: directly when it is this build's, through the
-/// machine's upcast otherwise.
-pub(crate) fn decode_command<M: StateMachine, C: Codec>(
+/// Decodes a journaled command of `version` as recovery and replicas do: directly when it is
+/// this build's [`StateMachine::COMMAND_VERSION`], through the machine's
+/// [`upcast`](StateMachine::upcast) otherwise. For tools that read a journal's records
+/// themselves (an investigation, an export); an error says why the bytes are not a command.
+pub fn decode_command<M: StateMachine, C: Codec>(
     codec: &C,
     version: u16,
     bytes: &[u8],

@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use keel_journal::format::SnapshotHeader;
+use keel_journal::format::{SnapshotHeader, SNAPSHOT_HEADER_SIZE};
 use keel_journal::snapshot::{check_snapshot, read_snapshot};
 use keel_journal::{SnapshotMeta, SnapshotStore};
 
@@ -478,9 +478,7 @@ pub(crate) fn receive_snapshot(
     store: &SnapshotStore,
     accept: impl FnOnce(&SnapshotHeader) -> Result<(), String>,
 ) -> Result<SnapshotHeader, WireError> {
-    let begin = expect(reader, stream, Kind::SnapshotBegin)?;
-    let header =
-        SnapshotHeader::decode(begin).map_err(|error| WireError::malformed(error.to_string()))?;
+    let header = snapshot_begin(expect(reader, stream, Kind::SnapshotBegin)?)?;
     accept(&header).map_err(WireError::Refused)?;
     let meta = SnapshotMeta {
         schema_version: header.schema_version,
@@ -528,6 +526,13 @@ pub(crate) fn receive_snapshot(
         ));
     }
     Ok(header)
+}
+
+/// The header of a `SnapshotBegin` frame: exactly a snapshot file's header, nothing after it
+/// (a longer body is a peer's mistake, not bytes to skip).
+pub(crate) fn snapshot_begin(body: &[u8]) -> Result<SnapshotHeader, WireError> {
+    Fields::exact(body, SNAPSHOT_HEADER_SIZE, "snapshot header")?;
+    SnapshotHeader::decode(body).map_err(|error| WireError::malformed(error.to_string()))
 }
 
 /// Appends a record to a `Records` frame being built.
@@ -732,6 +737,26 @@ mod tests {
         push_record(&mut body, 1, 1, 1, 1, b"abc");
         body.truncate(body.len() - 1);
         assert!(records(&body).any(|record| record.is_err()));
+    }
+
+    /// Found by the `replication_frames` fuzz target: a snapshot's first frame with bytes
+    /// after the header was taken, the bytes ignored.
+    #[test]
+    fn a_snapshot_header_with_bytes_after_it_is_refused() {
+        let header = SnapshotHeader {
+            schema_version: 1,
+            codec: 1,
+            sequence: 9,
+            timestamp_ns: 10,
+            state_hash: 11,
+            payload_length: 12,
+            payload_checksum: 13,
+        };
+        let mut body = header.encode().to_vec();
+        assert_eq!(snapshot_begin(&body).unwrap(), header);
+        body.push(0);
+        assert!(matches!(snapshot_begin(&body), Err(WireError::Malformed(_))));
+        assert!(snapshot_begin(&body[..SNAPSHOT_HEADER_SIZE - 1]).is_err());
     }
 
     #[test]

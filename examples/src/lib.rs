@@ -15,6 +15,9 @@ pub mod demo;
 pub mod driver;
 pub mod exchange;
 pub mod format;
+/// The fuzz targets' entry points (`examples/fuzz/`); not part of the examples' API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod ledger;
 pub mod rng;

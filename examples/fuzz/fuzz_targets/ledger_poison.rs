@@ -1,0 +1,8 @@
+//! The poison-pill hunt on the ledger: command sequences applied with the invariants checked after
+//! each: see `keel_examples::fuzzing::ledger_poison`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| keel_examples::fuzzing::ledger_poison(data));
