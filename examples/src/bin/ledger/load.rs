@@ -16,7 +16,7 @@ use keel_examples::ledger::client::{Client, ResponseReader};
 use keel_examples::ledger::wire::{self, ErrorCode, Response};
 use keel_examples::ledger::workload::{Mix, Workload};
 use keel_examples::ledger::Event;
-use keel_examples::rng::seed_from_environment;
+use keel_examples::rng::{seed_from_environment, SplitMix64};
 use serde_json::json;
 
 use keel_examples::cli::Tally as _;
@@ -63,9 +63,75 @@ pub struct LoadArgs {
     /// The workload's seed (default: `KEEL_SEED`, or the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The share of requests sent malformed (an unknown kind, or a body one byte short or long
+    /// for its kind), from 0 to 1. Each must be answered `malformed` on a connection that stays
+    /// usable, and none may reach the journal.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub malformed: f64,
+    /// Connections per second, beside the clients, that misbehave during the traffic: in turn
+    /// one announces an oversized frame, one ends inside a frame, one closes without a word.
+    /// The first two must be answered `oversized` and `truncated` and closed; none may leave
+    /// anything behind in the server.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bad_connections: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which requests of a client are sent malformed: a few bits of a hash of the seed, the client
+/// and the request's index, so that the reader knows them without being told.
+#[derive(Clone, Copy)]
+struct Malformed {
+    seed: u64,
+    client: u64,
+    /// Requests whose hash is below this are malformed; 0: none, `u64::MAX`: all.
+    threshold: u64,
+}
+
+impl Malformed {
+    fn new(seed: u64, client: u64, fraction: f64) -> Self {
+        let threshold = if fraction >= 1.0 { u64::MAX } else { (fraction * 2f64.powi(64)) as u64 };
+        Self { seed, client, threshold }
+    }
+
+    fn is(&self, index: u64) -> bool {
+        let hash = SplitMix64::new(self.seed ^ (self.client << 40) ^ index).next_u64();
+        self.threshold == u64::MAX || hash < self.threshold
+    }
+
+    /// The malformed frame sent in place of request `index`: three kinds of mistake in turn,
+    /// each with the request's id, so that the error reply can be matched to it.
+    fn frame(index: u64, valid: &keel_examples::ledger::Command, out: &mut Vec<u8>) {
+        let start = out.len();
+        match index % 3 {
+            // An unknown kind.
+            0 => {
+                out.extend_from_slice(&21u32.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.push(0xee);
+                out.extend_from_slice(&[0; 12]);
+            }
+            // A known kind one byte short: the last byte cut, the prefix told.
+            1 => {
+                wire::encode_request(index, valid, out);
+                out.pop();
+                reprefix(out, start);
+            }
+            // A known kind one byte long.
+            _ => {
+                wire::encode_request(index, valid, out);
+                out.push(0);
+                reprefix(out, start);
+            }
+        }
+    }
+}
+
+/// Rewrites the length prefix of the frame at `start` to the bytes after it.
+fn reprefix(out: &mut [u8], start: usize) {
+    let length = (out.len() - start - wire::LENGTH_BYTES) as u32;
+    out[start..start + wire::LENGTH_BYTES].copy_from_slice(&length.to_le_bytes());
 }
 
 /// What one client measured.
@@ -74,6 +140,8 @@ struct ClientResult {
     tally: Tally,
     answered: u64,
     errors: [u64; 4],
+    /// Requests this client sent malformed.
+    malformed_sent: u64,
     /// Why the reader stopped early, if it did.
     failure: Option<String>,
 }
@@ -82,6 +150,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(args.rate > 0, "--rate must be at least 1");
     ensure!(args.duration > 0.0 && args.duration.is_finite(), "--duration must be positive");
+    ensure!((0.0..=1.0).contains(&args.malformed), "--malformed must be between 0 and 1");
     ensure!(
         args.codes > 0 && args.accounts >= u64::from(args.codes),
         "--codes must be at least 1 and --accounts at least --codes"
@@ -107,7 +176,11 @@ pub fn load(args: LoadArgs) -> Result<()> {
 
     let interval_ns = args.clients as f64 * 1e9 / args.rate as f64;
     let start = Instant::now() + Duration::from_millis(20);
-    let results = std::thread::scope(|scope| -> Result<Vec<ClientResult>> {
+    let traffic_end = start + Duration::from_secs_f64(args.duration);
+    let (results, misbehaved) = std::thread::scope(|scope| -> Result<_> {
+        let misbehaving = (args.bad_connections > 0).then(|| {
+            scope.spawn(|| misbehave(&args.connect, args.bad_connections, start, traffic_end))
+        });
         let mut readers = Vec::new();
         let mut writers = Vec::new();
         for client in 0..args.clients {
@@ -127,15 +200,21 @@ pub fn load(args: LoadArgs) -> Result<()> {
             // offer an even stream rather than bursts of `clients` at once.
             let offset_ns = client as f64 * interval_ns / args.clients as f64;
             let schedule = Schedule { start, offset_ns, interval_ns };
-            writers.push(
-                scope.spawn(move || send(stream, schedule, per_client, || workload.next_command())),
-            );
-            readers.push(scope.spawn(move || receive(reading, schedule, per_client)));
+            let malformed = Malformed::new(seed, client, args.malformed);
+            writers.push(scope.spawn(move || {
+                send(stream, schedule, per_client, malformed, || workload.next_command())
+            }));
+            readers.push(scope.spawn(move || receive(reading, schedule, per_client, malformed)));
         }
         for writer in writers {
             writer.join().expect("a sending thread panicked")?;
         }
-        Ok(readers.into_iter().map(|reader| reader.join().expect("a reader panicked")).collect())
+        let results: Vec<ClientResult> =
+            readers.into_iter().map(|reader| reader.join().expect("a reader panicked")).collect();
+        let misbehaved = misbehaving
+            .map(|thread| thread.join().expect("the misbehaving thread panicked"))
+            .unwrap_or_default();
+        Ok((results, misbehaved))
     })?;
     let elapsed = start.elapsed().as_secs_f64();
 
@@ -143,8 +222,10 @@ pub fn load(args: LoadArgs) -> Result<()> {
     let mut tally = Tally::default();
     let mut errors = [0u64; 4];
     let mut answered = 0;
-    let mut failures = Vec::new();
+    let mut malformed_sent = 0;
+    let mut failures = misbehaved.failures.clone();
     for result in &results {
+        malformed_sent += result.malformed_sent;
         latency.add(&result.latency)?;
         tally.merge(&result.tally);
         for (sum, count) in errors.iter_mut().zip(result.errors) {
@@ -175,6 +256,12 @@ pub fn load(args: LoadArgs) -> Result<()> {
             "latency_basis": "from the intended send time, open loop",
             "outcomes": tally.json(),
             "errors": error_names,
+            "malformed_sent": malformed_sent,
+            "bad_connections": {
+                "oversized": misbehaved.oversized,
+                "truncated": misbehaved.truncated,
+                "silent": misbehaved.silent,
+            },
             "failures": failures,
         });
         println!("{value}");
@@ -203,12 +290,24 @@ pub fn load(args: LoadArgs) -> Result<()> {
         let [done, refused] = tally.lines();
         println!("  outcomes    {done}");
         println!("              {refused}");
-        let names: Vec<String> =
-            error_names.iter().map(|(name, count)| format!("{count} {name}")).collect();
+        let names: Vec<String> = error_names
+            .iter()
+            .map(|(name, count)| format!("{} {name}", format::count(count.as_u64().unwrap_or(0))))
+            .collect();
         println!(
             "  errors      {}",
             if names.is_empty() { "none".into() } else { names.join(", ") }
         );
+        if malformed_sent > 0 || args.bad_connections > 0 {
+            println!(
+                "  misbehaved  {} malformed requests; {} connections closed for an oversized \
+                 frame, {} for a cut one, {} silent",
+                format::count(malformed_sent),
+                format::count(misbehaved.oversized),
+                format::count(misbehaved.truncated),
+                format::count(misbehaved.silent)
+            );
+        }
         for failure in &failures {
             println!("  failure     {failure}");
         }
@@ -216,6 +315,12 @@ pub fn load(args: LoadArgs) -> Result<()> {
     if answered < sent {
         bail!("{} of {} requests were not answered", sent - answered, sent);
     }
+    let malformed_answered = errors[ErrorCode::Malformed.index()];
+    ensure!(
+        malformed_answered == malformed_sent,
+        "{malformed_sent} malformed requests were sent, {malformed_answered} answered malformed"
+    );
+    ensure!(failures.is_empty(), "{} failures", failures.len());
     Ok(())
 }
 
@@ -279,6 +384,7 @@ fn send(
     mut stream: TcpStream,
     schedule: Schedule,
     count: u64,
+    malformed: Malformed,
     mut next: impl FnMut() -> keel_examples::ledger::Command,
 ) -> Result<()> {
     let mut buffer = Vec::with_capacity(SEND_BATCH as usize * 64);
@@ -289,7 +395,12 @@ fn send(
         if due > sent {
             buffer.clear();
             for index in sent..due {
-                wire::encode_request(index, &next(), &mut buffer);
+                let command = next();
+                if malformed.is(index) {
+                    Malformed::frame(index, &command, &mut buffer);
+                } else {
+                    wire::encode_request(index, &command, &mut buffer);
+                }
             }
             stream.write_all(&buffer).context("sending requests")?;
             sent = due;
@@ -307,8 +418,14 @@ fn send(
 }
 
 /// Reads `count` responses, timing each from its request's intended send time.
-fn receive(stream: TcpStream, schedule: Schedule, count: u64) -> ClientResult {
+fn receive(
+    stream: TcpStream,
+    schedule: Schedule,
+    count: u64,
+    malformed: Malformed,
+) -> ClientResult {
     let mut result = ClientResult {
+        malformed_sent: (0..count).filter(|&index| malformed.is(index)).count() as u64,
         latency: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds"),
         tally: Tally::default(),
         answered: 0,
@@ -341,4 +458,73 @@ fn receive(stream: TcpStream, schedule: Schedule, count: u64) -> ClientResult {
         result.answered += 1;
     }
     result
+}
+
+/// What the misbehaving connections did, and anything the server did not answer as it must.
+#[derive(Default)]
+struct Misbehaved {
+    oversized: u64,
+    truncated: u64,
+    silent: u64,
+    failures: Vec<String>,
+}
+
+/// Opens `per_second` misbehaving connections a second from `start` to `end`, in turn: one
+/// announces a frame over the limit (the server must answer `oversized` and close), one sends
+/// half a request and ends its side (`truncated`, then closed), one closes at once (nothing to
+/// answer).
+fn misbehave(address: &str, per_second: u64, start: Instant, end: Instant) -> Misbehaved {
+    let mut done = Misbehaved::default();
+    let interval = Duration::from_secs_f64(1.0 / per_second as f64);
+    let mut due = start;
+    let mut turn = 0u64;
+    while due < end {
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        due += interval;
+        turn += 1;
+        let outcome = misbehave_once(address, turn % 3);
+        match (turn % 3, outcome) {
+            (0, Ok(())) => done.oversized += 1,
+            (1, Ok(())) => done.truncated += 1,
+            (_, Ok(())) => done.silent += 1,
+            (_, Err(error)) => done.failures.push(format!("a misbehaving connection: {error:#}")),
+        }
+    }
+    done
+}
+
+fn misbehave_once(address: &str, how: u64) -> Result<()> {
+    let mut client = Client::connect(address).context("connecting")?;
+    client.stream().set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+    let expected = match how {
+        0 => {
+            let length = wire::MAX_BODY_BYTES as u32 + 1;
+            client.send_raw(&length.to_le_bytes())?;
+            Some(ErrorCode::Oversized)
+        }
+        1 => {
+            let mut frame = Vec::new();
+            let command = keel_examples::ledger::Command::Void { id: 1, pending_id: 2 };
+            wire::encode_request(7, &command, &mut frame);
+            client.send_raw(&frame[..frame.len() / 2])?;
+            client.stream().shutdown(std::net::Shutdown::Write)?;
+            Some(ErrorCode::Truncated)
+        }
+        _ => {
+            client.stream().shutdown(std::net::Shutdown::Write)?;
+            None
+        }
+    };
+    let first = client.receive().context("reading the answer")?;
+    match (expected, first) {
+        (Some(code), Some(Response::Error { code: found, .. })) if found == code => {}
+        (None, None) => return Ok(()),
+        (expected, found) => bail!("expected {expected:?}, got {found:?}"),
+    }
+    match client.receive().context("reading to the close")? {
+        None => Ok(()),
+        Some(more) => bail!("the connection was not closed after its error: {more:?}"),
+    }
 }
