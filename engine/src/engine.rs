@@ -183,6 +183,7 @@ pub struct EngineBuilder<M: StateMachine, C: Codec = Bincode> {
     subscribers: Vec<(String, Subscriber<M::Event>)>,
     output_pollers: usize,
     storage: Option<Arc<dyn Storage>>,
+    clock: Clock,
     replay_sink: Option<ReplaySink<M::Event>>,
     progress: Option<Box<dyn FnMut(u64) + Send>>,
     router: Option<RouterSetup<M::Event>>,
@@ -227,6 +228,7 @@ impl<M: StateMachine> Engine<M, Bincode> {
             subscribers: Vec::new(),
             output_pollers: 0,
             storage: None,
+            clock: Arc::new(wall_clock_ns),
             replay_sink: None,
             progress: None,
             router: None,
@@ -275,6 +277,16 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
     /// injects faults (`keel_journal::storage::FaultyStorage`).
     pub fn journal_storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Where command timestamps come from, in nanoseconds since the Unix epoch: the wall clock
+    /// unless set. A deterministic simulation or a test sets its own, so that the timestamps
+    /// `apply` sees (and so expiries and the state hash) are a function of its inputs. Read once
+    /// per batch on the sequencing side; the engine keeps timestamps non-decreasing whatever it
+    /// returns, across restarts too.
+    pub fn clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -386,6 +398,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             subscribers: self.subscribers,
             output_pollers: self.output_pollers,
             storage: self.storage,
+            clock: self.clock,
             replay_sink: self.replay_sink,
             progress: self.progress,
             router: self.router,
@@ -532,6 +545,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         if let Some(journaller) = journaller {
             let shared = Arc::clone(&shared);
             let limit = self.ring_capacity;
+            let clock = Arc::clone(&self.clock);
             let replication =
                 Replicating { replicator: replicator.clone(), replicated: replicated.clone() };
             let thread = std::thread::Builder::new()
@@ -541,7 +555,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                         journaller,
                         journaller_journal,
                         &shared,
-                        last_timestamp_ns,
+                        Stamps { clock, last_timestamp_ns },
                         limit,
                         numbering,
                         &replication,
@@ -568,7 +582,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             replicating,
             input_control: processor_control,
             numbering,
-            last_timestamp_ns,
+            stamps: Stamps { clock: Arc::clone(&self.clock), last_timestamp_ns },
             output: Output::new(),
             events,
             shared: Arc::clone(&shared),
@@ -882,7 +896,7 @@ struct Processor<M: StateMachine> {
     input_control: RingControl,
     /// Which journal sequence each ring sequence is.
     numbering: Numbering,
-    last_timestamp_ns: u64,
+    stamps: Stamps,
     output: Output<M::Event>,
     events: Option<SingleProducer<OutputSlot<M::Event>, AnyWait>>,
     shared: Arc<Shared>,
@@ -924,8 +938,7 @@ impl<M: StateMachine> Processor<M> {
             };
             self.shared.counters.count_batch(batch.len() as u64);
             // One clock read per batch: the timestamp of every command in it.
-            let timestamp_ns = now_ns().max(self.last_timestamp_ns);
-            self.last_timestamp_ns = timestamp_ns;
+            let timestamp_ns = self.stamps.next();
             let outcome = self.journal_and_apply(&batch, timestamp_ns);
             // The events of every command applied, the batch's last before a failure included.
             let outcome = self.publish_events().and(outcome);
@@ -1001,7 +1014,7 @@ impl<M: StateMachine> Processor<M> {
                 for (sequence, (_, slot)) in (first..).zip(batch.iter().skip(offset).take(count)) {
                     let command = slot.command.as_ref().expect("a published slot holds a command");
                     let timestamp_ns = slot.timestamp_ns.load(Ordering::Relaxed);
-                    self.last_timestamp_ns = timestamp_ns;
+                    self.stamps.last_timestamp_ns = timestamp_ns;
                     outcome = self.apply(&Context { sequence, timestamp_ns }, command);
                     if outcome.is_err() {
                         break 'runs;
@@ -1093,7 +1106,8 @@ impl<M: StateMachine> Processor<M> {
     /// Takes a snapshot when one is asked for or due and none is being written.
     fn snapshot_if_due(&mut self) {
         let applied = self.shared.counters.applied.load(Ordering::Relaxed);
-        self.snapshots.take_if_due(&self.machine, applied, self.last_timestamp_ns, &self.shared);
+        let timestamp_ns = self.stamps.last_timestamp_ns;
+        self.snapshots.take_if_due(&self.machine, applied, timestamp_ns, &self.shared);
     }
 
     /// Closes the output ring (subscribers drain it) and the snapshot thread.
@@ -1157,7 +1171,7 @@ fn run_journaller<M: StateMachine>(
     mut poller: InputPoller<M>,
     mut journal: Option<JournalWriter>,
     shared: &Shared,
-    mut last_timestamp_ns: u64,
+    mut stamps: Stamps,
     limit: usize,
     numbering: Numbering,
     replicating: &Replicating,
@@ -1172,9 +1186,10 @@ fn run_journaller<M: StateMachine>(
                     break;
                 };
                 let checkpoint = Checkpoint { sequence: next - 1, state_hash };
-                let written = append_checkpoint(journal, shared, checkpoint, last_timestamp_ns)
-                    .and_then(|()| commit(journal, shared))
-                    .and_then(|()| replicating.committed(journal, shared, &control));
+                let written =
+                    append_checkpoint(journal, shared, checkpoint, stamps.last_timestamp_ns)
+                        .and_then(|()| commit(journal, shared))
+                        .and_then(|()| replicating.committed(journal, shared, &control));
                 if let Err(halt) = written {
                     shared.journal_failed.store(true, Ordering::Release);
                     shared.stop(halt);
@@ -1186,8 +1201,7 @@ fn run_journaller<M: StateMachine>(
         }
         let Ok(batch) = poller.wait(limit) else { break };
         shared.counters.count_batch(batch.len() as u64);
-        let timestamp_ns = now_ns().max(last_timestamp_ns);
-        last_timestamp_ns = timestamp_ns;
+        let timestamp_ns = stamps.next();
         for (_, slot) in batch.iter() {
             // Read by the engine thread after this batch is released (the release of this
             // stage's sequence orders it).
@@ -1267,7 +1281,24 @@ fn checkpoint_handed_over(shared: &Shared, sequence: u64) -> Option<u64> {
     }
 }
 
+/// A source of timestamps: nanoseconds since the Unix epoch.
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Stamps batches: the clock's reading, never below the last stamp.
+struct Stamps {
+    clock: Clock,
+    last_timestamp_ns: u64,
+}
+
+impl Stamps {
+    /// The next batch's timestamp.
+    fn next(&mut self) -> u64 {
+        self.last_timestamp_ns = (self.clock)().max(self.last_timestamp_ns);
+        self.last_timestamp_ns
+    }
+}
+
 /// The wall clock in nanoseconds since the Unix epoch (0 before it).
-fn now_ns() -> u64 {
+fn wall_clock_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
 }

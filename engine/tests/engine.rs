@@ -485,6 +485,30 @@ fn an_output_poller_sees_every_delivery_on_its_owners_thread(topology: Topology)
     assert_eq!(ends, (1..=300).collect::<Vec<u64>>());
 }
 
+fn a_clock_set_on_the_builder_stamps_every_command(topology: Topology) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let directory = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(100));
+    let clock = Arc::clone(&now);
+    let engine = builder(directory.path(), Durability::PageCache, topology)
+        .clock(move || clock.load(Ordering::SeqCst))
+        .open(Bank::default())
+        .unwrap();
+    let mut publisher = engine.publisher();
+    // The clock goes back to 50 for the third command: the engine keeps 100.
+    for (index, reading) in [100, 100, 50, 200].into_iter().enumerate() {
+        now.store(reading, Ordering::SeqCst);
+        publisher.publish(Command::Open(index as u32)).unwrap();
+        wait_until("applied", || engine.stats().applied == index as u64 + 1);
+    }
+    drop(publisher);
+    let bank = engine.shutdown().unwrap();
+    assert_eq!(bank.last_timestamp_ns, 200);
+    let stamps: Vec<u64> =
+        common::records(directory.path()).iter().map(|record| record.timestamp_ns).collect();
+    assert_eq!(stamps, [100, 100, 100, 200]);
+}
+
 /// Every test above, in both topologies.
 macro_rules! in_both_topologies {
     ($($name:ident),* $(,)?) => {
@@ -498,6 +522,7 @@ macro_rules! in_both_topologies {
 }
 
 in_both_topologies!(
+    a_clock_set_on_the_builder_stamps_every_command,
     an_output_poller_sees_every_delivery_on_its_owners_thread,
     a_full_disk_stops_the_engine_and_loses_nothing_applied,
     recovery_from_a_snapshot_replays_only_what_follows_it,
