@@ -433,6 +433,31 @@ fn a_power_loss_during_a_batch_loses_no_acknowledged_record() {
     assert!(survivors_dropped > 10, "{survivors_dropped} of 60");
 }
 
+/// A batch whose `fdatasync` failed is in the file, so the next open reads it back: that open
+/// (in the `Fsync` tier) must make it durable before anyone replays it, or a power loss after
+/// the reopen takes away records a replayed state (or its snapshot) already holds. Found by the
+/// deterministic simulation.
+#[test]
+fn an_open_in_the_fsync_tier_makes_what_it_recovered_durable() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut writer, storage, acked) = faulty_writer(directory.path());
+    let first = writer.next_sequence();
+    for sequence in first..first + 40 {
+        writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
+    }
+    storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
+    assert!(writer.commit().is_err());
+    drop(writer);
+    // The process restarts; the page cache still holds the batch.
+    let options = options_with(Durability::Fsync, Arc::new(storage.clone()));
+    let writer = JournalWriter::open(directory.path(), options).unwrap();
+    assert_eq!(writer.open_report().last_sequence, acked + 40);
+    drop(writer);
+    // The power goes: every page no sync covered is lost. The batch the open read stays.
+    storage.power_loss(|_, _| PageFate::Revert).unwrap();
+    assert_eq!(check_journal(directory.path(), 1), acked + 40);
+}
+
 #[test]
 fn a_full_disk_on_append_stops_the_writer_and_keeps_every_acknowledged_record() {
     let directory = tempfile::tempdir().unwrap();
