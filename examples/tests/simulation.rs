@@ -87,6 +87,8 @@ struct Simulation {
     /// The last sequence whose command was applied (its events released): acknowledged.
     acknowledged: u64,
     directories: u64,
+    /// Steps taken so far.
+    steps: u64,
     trace: Vec<String>,
     tally: Tally,
 }
@@ -115,6 +117,7 @@ impl Simulation {
             entries: Vec::new(),
             acknowledged: 0,
             directories: 1,
+            steps: 0,
             trace: Vec::new(),
             tally: Tally::default(),
         };
@@ -152,15 +155,14 @@ impl Simulation {
 
     fn fail(&self, message: &str) -> ! {
         panic!(
-            "simulation seed {} failed after {} steps: {message}\n  KEEL_SEED={} cargo test -p \
-             keel-examples --profile ci --test simulation",
-            self.seed,
-            self.trace.len(),
-            self.seed
+            "simulation seed {} failed at step {}: {message}\n  KEEL_SEED={} \
+             KEEL_SIMULATION_TRACE=1 cargo test -p keel-examples --profile ci --test simulation",
+            self.seed, self.steps, self.seed
         )
     }
 
     fn step(&mut self) {
+        self.steps += 1;
         match self.rng.below(100) {
             0..=54 => self.publish(),
             55..=62 => self.snapshot(),
@@ -267,12 +269,10 @@ impl Simulation {
         self.drop_replica();
         self.storage.clear();
         let crash = self.rng.next_u64();
-        let outcome = self
-            .storage
-            .power_loss(|path, offset| page_fate(crash, path, offset))
-            .unwrap_or_else(|error| self.fail(&format!("the power loss: {error}")));
+        if let Err(error) = self.storage.power_loss(|path, offset| page_fate(crash, path, offset)) {
+            self.fail(&format!("the power loss: {error}"));
+        }
         self.tally.power_losses += 1;
-        let _ = outcome;
         self.trace("power loss".into());
         self.open();
     }
@@ -473,8 +473,7 @@ impl Simulation {
 
     /// Ends the run cleanly and checks the final state; returns the trace's digest.
     fn finish(mut self) -> (u64, Tally) {
-        if let Some(replica) = self.replica.take() {
-            self.replica = Some(replica);
+        if self.replica.is_some() {
             self.replica_stop();
         }
         let engine = self.engine.take().expect("a primary");
