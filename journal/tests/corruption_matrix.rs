@@ -1,9 +1,9 @@
 //! The corruption matrix: for the last two batches of a journal, a write cut short at every
 //! byte offset (zeros from there to the end of the data) and one bit flipped in every byte;
-//! `verify` (what `keel journal verify` prints), `open` and a reader after it give the outcome
-//! that the decision table of `docs/journal-format.md` (section 5) names, case by case, and
-//! nothing panics. Snapshot files: every truncation and a flip of every byte is refused with a
-//! clear error, and the store passes over such a file to the older snapshot.
+//! `verify`, the `keel journal verify` command (its exit code), `open` and a reader after it
+//! give the outcome that the decision table of `docs/journal-format.md` (section 5) names, case
+//! by case, and nothing panics. Snapshot files: every truncation and a flip of every byte is
+//! refused with a clear error, and the store passes over such a file to the older snapshot.
 
 mod common;
 
@@ -117,6 +117,19 @@ fn every_cut_and_every_flipped_bit_in_the_last_batches_gets_the_decision_tables_
             let verification = verify_journal(&directory, &mut |_, _| {})
                 .unwrap_or_else(|error| panic!("{what}: verify failed to run: {error}"));
             assert_eq!(verification.verdict.label(), outcome.label(), "{what}: verify");
+            // And the tool an operator runs: its exit code names the verdict.
+            let status = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args(["journal", "verify"])
+                .arg(&directory)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("keel runs");
+            let expected_code = match outcome {
+                Outcome::Valid { .. } => 0,
+                Outcome::Torn { .. } => 3,
+                Outcome::Corrupt => 4,
+            };
+            assert_eq!(status.code(), Some(expected_code), "{what}: keel journal verify");
             let opened = JournalWriter::open(&directory, options(Durability::PageCache));
             match (outcome, opened) {
                 (Outcome::Valid { last }, Ok(writer)) => {
