@@ -350,8 +350,10 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
                     Stream::new(address.clone(), secret, Some(connection), journal_id)
                 }
                 // A replica that holds a journal starts without its primary, and connects when
-                // it can: it can be stopped, or promoted, meanwhile. A refusal is final.
-                Err(WireError::Io(error)) => {
+                // it can: it can be stopped, or promoted, meanwhile. A refusal is final; an
+                // unreachable primary, a connection closed or a frame damaged on the way (the
+                // simulation's network found this one) are not.
+                Err(error @ (WireError::Io(_) | WireError::Closed | WireError::Malformed(_))) => {
                     tracing::warn!(primary = %address, "the primary is unreachable, for now: {error}");
                     let mut stream = Stream::new(address.clone(), secret, None, journal_id);
                     stream.epoch = journal.epoch();

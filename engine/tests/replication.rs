@@ -477,6 +477,22 @@ fn a_replica_with_a_journal_starts_while_its_primary_is_down_and_catches_up_when
     assert_eq!(follower.recovery().last_sequence, first);
     std::thread::sleep(Duration::from_millis(100));
     assert!(follower.halted().is_none());
+    follower.stop().unwrap();
+
+    // Something answers on the primary's address with a damaged frame (a bit flipped on the
+    // way, as the simulation's network does): not a refusal, so the replica still opens and
+    // waits for its primary. Found by the simulation: the open failed.
+    let impostor = TcpListener::bind(listen).unwrap();
+    let answering = std::thread::spawn(move || {
+        let (mut stream, _) = impostor.accept().unwrap();
+        // A frame of 4 bytes whose checksum does not match them.
+        stream.write_all(&[4, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9]).unwrap();
+        let _ = stream.shutdown(Shutdown::Both);
+    });
+    let follower = replica(listen, replica_directory.path());
+    answering.join().unwrap();
+    assert_eq!(follower.recovery().last_sequence, first);
+    assert!(follower.halted().is_none());
     // The primary returns; the replica connects and follows.
     let engine = primary(primary_directory.path(), Durability::PageCache, replication());
     publish(&engine, &input[1_000..]);
