@@ -1,10 +1,12 @@
 //! Deterministic simulation: the ledger on the real engine, in one process, driven by one
 //! seeded generator through random workloads, crashes with power loss, torn writes, full disks
-//! and failing syncs, restarts, a same-host replica that disconnects and reconnects, and
-//! promotions of that replica to primary. Time is the simulation's own (the engine's
-//! [`clock`](keel_engine::EngineBuilder::clock)); the disk is the journal's fault layer
-//! (`FaultyStorage`), whose power loss decides each unsynced page's fate from a hash of the
-//! seed, the file and the offset.
+//! and failing syncs, restarts, two replicas (one on the primary's host, tailing its journal;
+//! one across a network the simulation controls, which it cuts, partitions and corrupts) that
+//! stop, resume or start afresh, and promotions of either to primary. Time is the simulation's
+//! own (the engine's [`clock`](keel_engine::EngineBuilder::clock)); the disk is the journal's
+//! fault layer (`FaultyStorage`), whose power loss decides each unsynced page's fate from a hash
+//! of the seed, the file and the offset; the network is a loopback proxy in this process
+//! (`network/mod.rs`) between the remote replica and the primary's replication listener.
 //!
 //! The engine runs its own threads, so the simulation acts only when the system is quiescent:
 //! each batch is published whole (`publish_batch`) and waited for, a replica is waited for
@@ -15,7 +17,8 @@
 //! After every restart it checks: every acknowledged command is in the journal, in order, with
 //! its timestamp; nothing is there that was not published; the state recovery rebuilds
 //! (snapshot and replay) hashes as a model that applied the surviving commands; money is
-//! conserved. A replica, when stopped or promoted, holds the model's state.
+//! conserved. A replica, when stopped or promoted, holds the model's state, whatever the
+//! network did to it on the way.
 //!
 //! `cargo test -p keel-examples --profile ci --test simulation` runs the fixed seeds of CI;
 //! `KEEL_SEED=N` runs one seed (printed on failure); `KEEL_SIMULATION_SEEDS=N` runs N seeds
