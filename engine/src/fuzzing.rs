@@ -256,3 +256,33 @@ pub fn replication_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("cut", cut),
     ]
 }
+
+/// `seed` changed the way a fuzzer's simplest mutations change an input, as the random bytes
+/// `choices` say: up to three bytes flipped, a few bytes inserted, the end cut. The proptests
+/// that stand in for the fuzz targets in CI (the engine's and the examples') damage their seeds
+/// with it.
+pub fn mutate(seed: &[u8], choices: &[u8]) -> Vec<u8> {
+    let mut choices = choices.iter().copied().chain(std::iter::repeat(0));
+    let mut next = move || choices.next().expect("an endless stream");
+    let mut bytes = seed.to_vec();
+    let position = |bytes: &[u8], high: u8, low: u8| {
+        (usize::from(high) << 8 | usize::from(low)) % (bytes.len() + 1)
+    };
+    for _ in 0..next() % 4 {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = position(&bytes, next(), next()) % bytes.len();
+        bytes[at] ^= next() | 1;
+    }
+    if next() % 2 == 1 {
+        let at = position(&bytes, next(), next());
+        let inserted: Vec<u8> = (0..1 + next() % 16).map(|_| next()).collect();
+        bytes.splice(at..at, inserted);
+    }
+    if next() % 2 == 1 {
+        let at = position(&bytes, next(), next());
+        bytes.truncate(at);
+    }
+    bytes
+}

@@ -4,34 +4,16 @@
 
 use std::path::PathBuf;
 
+use keel_engine::fuzzing::mutate;
 use keel_examples::fuzzing::{seeds, TARGETS};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-/// A seed changed the way a fuzzer's simplest mutations change it.
+/// A seed damaged as a fuzzer's simplest mutations damage one.
 fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     let count = seeds.len();
-    (
-        0..count,
-        prop::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 0..4),
-        prop::option::of(any::<prop::sample::Index>()),
-        prop::option::of((any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..16))),
-    )
-        .prop_map(move |(seed, flips, cut, insert)| {
-            let mut bytes = seeds[seed].clone();
-            for (at, mask) in flips {
-                let at = at.index(bytes.len());
-                bytes[at] ^= mask;
-            }
-            if let Some((at, inserted)) = insert {
-                let at = at.index(bytes.len());
-                bytes.splice(at..at, inserted);
-            }
-            if let Some(at) = cut {
-                bytes.truncate(at.index(bytes.len()));
-            }
-            bytes
-        })
+    (0..count, prop::collection::vec(any::<u8>(), 0..64))
+        .prop_map(move |(seed, choices)| mutate(&seeds[seed], &choices))
 }
 
 #[test]

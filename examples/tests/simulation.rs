@@ -78,6 +78,34 @@ struct Tally {
     lost_unacknowledged: u64,
 }
 
+impl Tally {
+    /// Adds another run's counts.
+    fn merge(&mut self, other: &Tally) {
+        let Tally {
+            batches,
+            commands,
+            power_losses,
+            faults,
+            restarts,
+            snapshots,
+            replica_checks,
+            promotions,
+            network_faults,
+            lost_unacknowledged,
+        } = other;
+        self.batches += batches;
+        self.commands += commands;
+        self.power_losses += power_losses;
+        self.faults += faults;
+        self.restarts += restarts;
+        self.snapshots += snapshots;
+        self.replica_checks += replica_checks;
+        self.promotions += promotions;
+        self.network_faults += network_faults;
+        self.lost_unacknowledged += lost_unacknowledged;
+    }
+}
+
 /// Where a replica runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Where {
@@ -681,16 +709,7 @@ fn main() {
     for &seed in &seeds {
         let (digest, tally) = run(seed, steps);
         println!("seed {seed}: trace {digest:#018x}, {tally:?}");
-        total.batches += tally.batches;
-        total.commands += tally.commands;
-        total.power_losses += tally.power_losses;
-        total.faults += tally.faults;
-        total.restarts += tally.restarts;
-        total.snapshots += tally.snapshots;
-        total.replica_checks += tally.replica_checks;
-        total.promotions += tally.promotions;
-        total.network_faults += tally.network_faults;
-        total.lost_unacknowledged += tally.lost_unacknowledged;
+        total.merge(&tally);
     }
     // The whole run is a function of the seed: the first seed again gives the same trace.
     let again = run(seeds[0], steps).0;
