@@ -79,8 +79,8 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// Which requests of a client are sent malformed: a few bits of a hash of the seed, the client
-/// and the request's index, so that the reader knows them without being told.
+/// Which requests of a client are sent malformed: a hash of the seed, the client and the
+/// request's index decides, so that the reader knows them without being told.
 #[derive(Clone, Copy)]
 struct Malformed {
     seed: u64,
