@@ -314,7 +314,7 @@ impl JournalWriter {
             }
             let recovered = recover_tail(&*storage, &segments, &mut report)?;
             if options.durability == Durability::Fsync {
-                make_durable(&*storage, &journal_directory)?;
+                make_durable(&*storage, &journal_directory, &segments)?;
             }
             recovered
         };
@@ -684,8 +684,12 @@ struct Recovered {
 /// snapshot of it) built on records a power loss then takes away would be ahead of its own
 /// journal. Found by the deterministic simulation (`examples/tests/simulation.rs`). A segment
 /// with nothing unsynced costs one system call.
-fn make_durable(storage: &dyn Storage, journal_directory: &Path) -> Result<(), JournalError> {
-    for segment in list_segments(journal_directory)? {
+fn make_durable(
+    storage: &dyn Storage,
+    journal_directory: &Path,
+    segments: &[SegmentFile],
+) -> Result<(), JournalError> {
+    for segment in segments {
         let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;
         storage.sync_data(&file, &segment.path).map_err(JournalError::io(&segment.path))?;
     }
