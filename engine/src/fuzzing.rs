@@ -286,3 +286,18 @@ pub fn mutate(seed: &[u8], choices: &[u8]) -> Vec<u8> {
     }
     bytes
 }
+
+/// Checks that the committed seed `seed-NAME` in `corpus` holds `bytes`, the seed this build
+/// generates; with `KEEL_WRITE_CORPUS` set, writes it first (after a format changed). The
+/// proptests of every fuzz target keep their corpora current with it.
+pub fn check_seed(corpus: &std::path::Path, name: &str, bytes: &[u8]) {
+    let path = corpus.join(format!("seed-{name}"));
+    if std::env::var_os("KEEL_WRITE_CORPUS").is_some() {
+        std::fs::create_dir_all(corpus).expect("the corpus folder");
+        std::fs::write(&path, bytes).expect("the seed is written");
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|error| {
+        panic!("{}: {error} (KEEL_WRITE_CORPUS=1 writes it)", path.display())
+    });
+    assert_eq!(committed, bytes, "{} is stale: KEEL_WRITE_CORPUS=1 writes it", path.display());
+}

@@ -105,12 +105,7 @@ where
 /// Halfway, the state goes through a snapshot's encoding and both copies go on: their events
 /// and state hashes must stay equal (a snapshot changes nothing).
 pub fn ledger_poison(data: &[u8]) {
-    let mut input = Input::new(data);
-    let mut commands = Vec::new();
-    while let Some(command) = ledger_command(&mut input) {
-        let delay = input.delay();
-        commands.push((delay, command));
-    }
+    let commands = timed(data, ledger_command);
     run_twice(Ledger::new(), &commands, |ledger, command, events| {
         let replies: Vec<_> = events.iter().filter_map(ledger::Event::reply_to).collect();
         assert_eq!(replies, [command.id()], "{command:?} gave {events:?}");
@@ -127,18 +122,25 @@ pub fn ledger_poison(data: &[u8]) {
 /// hold (the book never stays crossed, holds match resting orders, assets are conserved);
 /// with the snapshot halfway as for the ledger.
 pub fn exchange_poison(data: &[u8]) {
-    let mut input = Input::new(data);
-    let mut commands = Vec::new();
-    while let Some(command) = exchange_command(&mut input) {
-        let delay = input.delay();
-        commands.push((delay, command));
-    }
+    let commands = timed(data, exchange_command);
     run_twice(Exchange::new(), &commands, |exchange, command, events| {
         assert!(!events.is_empty(), "{command:?} gave no event");
         if let Err(error) = exchange.check_invariants() {
             panic!("after {command:?}: {error}");
         }
     });
+}
+
+/// The bytes read as a sequence of commands, `next` reading each, every one followed by how far
+/// the clock moves before it.
+fn timed<C>(data: &[u8], mut next: impl FnMut(&mut Input) -> Option<C>) -> Vec<(u64, C)> {
+    let mut input = Input::new(data);
+    let mut commands = Vec::new();
+    while let Some(command) = next(&mut input) {
+        let delay = input.delay();
+        commands.push((delay, command));
+    }
+    commands
 }
 
 /// Applies `commands` (each after its clock advance) to `initial`, checking each step with

@@ -11,8 +11,18 @@ pub fn resident_bytes() -> Option<u64> {
     status_kilobytes("VmRSS:").map(|kilobytes| kilobytes * 1024)
 }
 
+/// The anonymous resident memory of process `pid` in bytes (`RssAnon`: its heap and other
+/// private memory, not the files it maps), if the system says.
+pub fn anonymous_resident_bytes(pid: u32) -> Option<u64> {
+    kilobytes_in(&format!("/proc/{pid}/status"), "RssAnon:").map(|kilobytes| kilobytes * 1024)
+}
+
 fn status_kilobytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    kilobytes_in("/proc/self/status", field)
+}
+
+fn kilobytes_in(status: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status).ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }

@@ -27,6 +27,7 @@ use keel_engine::{Bincode, Codec};
 use keel_examples::format;
 use keel_examples::ledger::Command;
 use keel_examples::rng::seed_from_environment;
+use keel_examples::system::anonymous_resident_bytes;
 use keel_journal::JournalReader;
 use serde_json::Value;
 use service::Service;
@@ -38,15 +39,6 @@ const FLAT_ALLOWANCE: u64 = 4 << 20;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
-
-/// The server's anonymous resident memory, in bytes.
-fn rss_anon(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
-    let kilobytes: u64 =
-        line["RssAnon:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kilobytes * 1024)
 }
 
 /// One phase's load: its JSON report.
@@ -112,7 +104,7 @@ fn main() {
         let sampler = scope.spawn(|| {
             let mut samples = Vec::new();
             while sampling.load(Ordering::Acquire) {
-                if let Some(rss) = rss_anon(pid) {
+                if let Some(rss) = anonymous_resident_bytes(pid) {
                     samples.push((started.elapsed(), rss));
                 }
                 std::thread::sleep(Duration::from_millis(50));
