@@ -22,17 +22,23 @@ fuzz_target!(|data: &[u8]| {
         .expect("a temporary directory");
     let journal = directory.path().join("journal");
     std::fs::create_dir_all(&journal).expect("journal directory");
-    let mut segment = vec![0u8; SEGMENT_SIZE as usize];
     let header = SegmentHeader {
         first_sequence: 1,
         segment_size: SEGMENT_SIZE,
         journal_id: [7; 16],
         epoch: 0,
     };
-    segment[..64].copy_from_slice(&header.encode());
-    let data = &data[..data.len().min(segment.len() - SEGMENT_HEADER_SIZE)];
-    segment[SEGMENT_HEADER_SIZE..SEGMENT_HEADER_SIZE + data.len()].copy_from_slice(data);
-    std::fs::write(journal.join(segment_file_name(1)), &segment).expect("write the segment");
+    // The header and the input, then a hole to the segment's size: a segment's unwritten tail
+    // reads as zeros either way, and a hole spares writing a mebibyte of zeros every run.
+    let data = &data[..data.len().min(SEGMENT_SIZE as usize - SEGMENT_HEADER_SIZE)];
+    let mut segment = header.encode().to_vec();
+    segment.resize(SEGMENT_HEADER_SIZE, 0);
+    segment.extend_from_slice(data);
+    let path = journal.join(segment_file_name(1));
+    std::fs::write(&path, &segment).expect("write the segment");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("the segment");
+    file.set_len(SEGMENT_SIZE).expect("the segment's size");
+    drop(file);
 
     let verification = verify_journal(directory.path(), &mut |_, _| {}).expect("verify");
     let options = JournalOptions::new().segment_size(SEGMENT_SIZE);
