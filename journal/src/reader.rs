@@ -238,12 +238,16 @@ impl Cursor {
                 }
                 return Ok(false);
             }
-            let found = match self.check_here() {
-                // A writer rolls only after publishing everything in this segment, so once a
-                // later segment exists, one more look here decides what the segment holds.
-                Found::End | Found::Invalid(_) if self.later_segment_exists()? => self.check_here(),
-                found => found,
-            };
+            // A writer rolls only after publishing everything in this segment, so a look here
+            // taken after a later segment was seen decides what the segment holds. Only such a
+            // look may call damage damage: a look taken before the listing can have found the
+            // writer mid-batch, just before it finished the batch and rolled.
+            let mut found = self.check_here();
+            let mut rolled = false;
+            if matches!(found, Found::End | Found::Invalid(_)) && self.later_segment_exists()? {
+                found = self.check_here();
+                rolled = true;
+            }
             match found {
                 Found::Batch { first_sequence, size, last }
                     if first_sequence == self.next_sequence =>
@@ -260,15 +264,13 @@ impl Cursor {
                         first_sequence,
                     ));
                 }
-                Found::End => {
-                    if self.advance_segment()? {
-                        continue;
-                    }
-                    return Ok(false);
-                }
+                // The end of what this segment holds only once a later segment was seen before
+                // the look: until then the writer may still append here.
+                Found::End if rolled && self.advance_segment()? => continue,
+                Found::End => return Ok(false),
                 Found::Invalid(invalid) => {
                     let path = self.current_path().to_owned();
-                    if self.later_segment_exists()? {
+                    if rolled {
                         // Bad data with a later segment after it: row 8.
                         return Err(JournalError::Corrupt {
                             path,

@@ -854,25 +854,7 @@ pub fn journal_epoch(directory: impl AsRef<Path>) -> Result<u64, JournalError> {
         let file = File::open(&segment.path).map_err(JournalError::io(&segment.path))?;
         epoch = epoch.max(read_header(&file, segment, None)?.epoch);
     }
-    // A tailer opened near the live end while the writer rolls has been seen, rarely (about
-    // once in 500 openings beside a writer rolling 1 MiB segments every millisecond), to
-    // report corruption at the roll that a second look does not find; real damage stays. So a
-    // failed read is tried again before it is believed. (Tailers that follow the journal, as
-    // replicas do, were not seen to: `docs/ARCHITECTURE.md`, "Reading beside a live writer".)
-    let mut attempts = 0;
-    loop {
-        match epoch_records(directory, last.first_sequence) {
-            Ok(recorded) => return Ok(epoch.max(recorded)),
-            Err(error @ (JournalError::Corrupt { .. } | JournalError::TornTail { .. }))
-                if attempts < 5 =>
-            {
-                attempts += 1;
-                drop(error);
-                std::thread::sleep(std::time::Duration::from_millis(attempts));
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    Ok(epoch.max(epoch_records(directory, last.first_sequence)?))
 }
 
 /// The highest epoch named by an epoch-change record from `first` to the last committed batch.
