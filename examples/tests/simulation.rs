@@ -346,10 +346,12 @@ impl Simulation {
         if self.engine().halted().is_some() {
             return self.restart();
         }
-        let fault = match self.rng.below(4) {
+        let fault = match self.rng.below(5) {
             0 => (Operation::Write, Fault::Fail { errno: 28 }),
             1 => (Operation::Write, Fault::Tear { bytes: self.rng.below(600) as usize }),
             2 => (Operation::SyncData, Fault::Fail { errno: 5 }),
+            // The failed sync marks the batch's pages clean without writing them.
+            3 => (Operation::SyncData, Fault::FailClean { errno: 5 }),
             _ => (Operation::Write, Fault::Fail { errno: 5 }),
         };
         self.trace(format!("fault {fault:?}"));

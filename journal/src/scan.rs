@@ -48,6 +48,8 @@ pub struct SegmentScan {
     pub first_timestamp_ns: u64,
     /// The timestamp of the last valid record (0 if none).
     pub last_timestamp_ns: u64,
+    /// Where the last valid batch starts (the header's end if there is none).
+    pub last_batch_offset: u64,
     /// Where the next batch would start.
     pub end_offset: u64,
     /// The highest epoch an epoch-change record in the segment names (0 if none).
@@ -68,6 +70,7 @@ pub fn scan_segment(
     progress: &mut dyn FnMut(u64),
 ) -> Result<SegmentScan, JournalError> {
     let mut position = SEGMENT_HEADER_SIZE;
+    let mut last_batch_offset = SEGMENT_HEADER_SIZE;
     let mut expected = first_sequence;
     let mut first_timestamp_ns = 0;
     let mut last_timestamp_ns = 0;
@@ -93,6 +96,7 @@ pub fn scan_segment(
                         epoch = epoch.max(change.epoch);
                     }
                 }
+                last_batch_offset = position;
                 position += batch.size();
             }
             BatchCheck::Batch(batch) => {
@@ -116,6 +120,7 @@ pub fn scan_segment(
         last_sequence: expected - 1,
         first_timestamp_ns,
         last_timestamp_ns,
+        last_batch_offset: last_batch_offset as u64,
         end_offset: position as u64,
         epoch,
         end,

@@ -135,6 +135,14 @@ pub enum Fault {
         /// How many bytes reach the file.
         bytes: usize,
     },
+    /// A `sync_data` fails with this error, and the file's unsynced writes are marked clean
+    /// without reaching the disk, as Linux does after a failed writeback ("fsyncgate"): they
+    /// read back as written, no later sync writes them, and a power loss reverts them, unless
+    /// they are written again and that write is synced. (On other operations: as `Fail`.)
+    FailClean {
+        /// The `errno` to return.
+        errno: i32,
+    },
 }
 
 /// A rule: the `skip`-th next operation of a kind (0: the very next) gets the fault.
@@ -155,6 +163,36 @@ struct UnsyncedWrite {
     offset: u64,
     /// The bytes the write replaced.
     before: Vec<u8>,
+    /// Marked clean by a failed sync ([`Fault::FailClean`]): no sync writes it, and a power
+    /// loss always reverts it, except where a later write that was synced covers it.
+    clean: bool,
+}
+
+impl UnsyncedWrite {
+    fn end(&self) -> u64 {
+        self.offset + self.before.len() as u64
+    }
+
+    /// What is left of this write outside `start..end`: none, one or two pieces.
+    fn without(self, start: u64, end: u64) -> Vec<UnsyncedWrite> {
+        if end <= self.offset || start >= self.end() {
+            return vec![self];
+        }
+        let mut pieces = Vec::new();
+        if start > self.offset {
+            let keep = (start - self.offset) as usize;
+            pieces.push(UnsyncedWrite { before: self.before[..keep].to_vec(), ..self.clone() });
+        }
+        if end < self.end() {
+            let skip = (end - self.offset) as usize;
+            pieces.push(UnsyncedWrite {
+                offset: end,
+                before: self.before[skip..].to_vec(),
+                ..self
+            });
+        }
+        pieces
+    }
 }
 
 #[derive(Debug, Default)]
@@ -209,7 +247,8 @@ impl FaultyStorage {
     /// Simulates a power loss: each 4 KiB page of every write that no successful sync covered
     /// is kept or reverted to its bytes before the write, as `keep_page` decides (called with
     /// the file and the page's offset); a kept page may also be cut, keeping only a prefix, when
-    /// `keep_page` returns a length below 4096. The state machine of the disk described in
+    /// `keep_page` returns a length below 4096. Writes a failed sync marked clean
+    /// ([`Fault::FailClean`]) are reverted without asking: they never reached the disk. The state machine of the disk described in
     /// `docs/journal-format.md` section 5: unsynced bytes may be absent, present or partly
     /// present, in any order. Call it after the writer is dropped.
     pub fn power_loss(
@@ -224,7 +263,9 @@ impl FaultyStorage {
             let file = OpenOptions::new().write(true).open(&write.path)?;
             for (index, page) in write.before.chunks(PAGE).enumerate() {
                 let offset = write.offset + (index * PAGE) as u64;
-                match keep_page(&write.path, offset) {
+                let fate =
+                    if write.clean { PageFate::Revert } else { keep_page(&write.path, offset) };
+                match fate {
                     PageFate::Keep => outcome.pages_kept += 1,
                     PageFate::Revert => {
                         file.write_all_at(page, offset)?;
@@ -270,7 +311,8 @@ impl FaultyStorage {
                 Ok(count) => read += count,
             }
         }
-        self.state.lock().unsynced.push(UnsyncedWrite { path: path.to_owned(), offset, before });
+        let write = UnsyncedWrite { path: path.to_owned(), offset, before, clean: false };
+        self.state.lock().unsynced.push(write);
     }
 }
 
@@ -310,7 +352,7 @@ impl Fault {
     /// The error an operation other than a write returns for this fault (a tear is an `EIO`).
     fn into_error(self) -> io::Error {
         match self {
-            Self::Fail { errno } => injected(errno),
+            Self::Fail { errno } | Self::FailClean { errno } => injected(errno),
             Self::Tear { .. } => injected(EIO),
         }
     }
@@ -322,7 +364,7 @@ const EIO: i32 = 5;
 impl Storage for FaultyStorage {
     fn write_at(&self, file: &File, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
         match self.take_fault(Operation::Write, path) {
-            Some(Fault::Fail { errno }) => Err(injected(errno)),
+            Some(Fault::Fail { errno } | Fault::FailClean { errno }) => Err(injected(errno)),
             Some(Fault::Tear { bytes: kept }) => {
                 let kept = kept.min(bytes.len());
                 self.remember_write(file, path, offset, kept);
@@ -338,10 +380,35 @@ impl Storage for FaultyStorage {
 
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
         if let Some(fault) = self.take_fault(Operation::SyncData, path) {
+            if let Fault::FailClean { .. } = fault {
+                for write in &mut self.state.lock().unsynced {
+                    write.clean |= write.path == path;
+                }
+            }
             return Err(fault.into_error());
         }
         file.sync_data()?;
-        self.state.lock().unsynced.retain(|write| write.path != path);
+        let mut state = self.state.lock();
+        // The file's dirty writes reach the disk, and where they cover bytes that a failed sync
+        // marked clean, the disk now holds those bytes too.
+        let (synced, others): (Vec<_>, Vec<_>) = std::mem::take(&mut state.unsynced)
+            .into_iter()
+            .partition(|write| write.path == path && !write.clean);
+        state.unsynced = others;
+        for write in synced {
+            let (start, end) = (write.offset, write.end());
+            state.unsynced =
+                std::mem::take(&mut state.unsynced)
+                    .into_iter()
+                    .flat_map(|other| {
+                        if other.path == path {
+                            other.without(start, end)
+                        } else {
+                            vec![other]
+                        }
+                    })
+                    .collect();
+        }
         Ok(())
     }
 

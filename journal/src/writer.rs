@@ -314,6 +314,7 @@ impl JournalWriter {
             }
             let recovered = recover_tail(&*storage, &segments, &mut report)?;
             if options.durability == Durability::Fsync {
+                rewrite_last_batch(&*storage, &recovered)?;
                 make_durable(&*storage, &journal_directory, &segments)?;
             }
             recovered
@@ -326,6 +327,7 @@ impl JournalWriter {
             position,
             last_sequence,
             last_timestamp_ns,
+            ..
         } = recovered;
         let file = open_read_write(&segment.path)?;
         let size = file.metadata().map_err(JournalError::io(&segment.path))?.len() as usize;
@@ -672,9 +674,37 @@ struct Recovered {
     /// The highest epoch in the segments' headers.
     epoch: u64,
     first_sequence: u64,
+    /// Where the last segment's last batch starts (the header's end if it holds none).
+    last_batch_offset: usize,
     position: usize,
     last_sequence: u64,
     last_timestamp_ns: u64,
+}
+
+/// Writes the last segment's header and its last batch again, for [`make_durable`] to sync.
+/// They may be the bytes of an `fdatasync` that failed, and after a failed writeback Linux
+/// marks the pages clean though the disk never got them ("fsyncgate"): they read back as
+/// written, recovery replays them, and no later `fdatasync` writes them, so a power loss would
+/// take them from under a state built on them, and leave a hole before every batch appended
+/// since. Writing them again dirties the pages: the sync then puts them on the disk or fails,
+/// loudly. Nothing earlier can be in that state: the writer stops at its first failed sync, so
+/// every batch before the last was synced, and a batch is at most one group commit (the header
+/// of a new segment is synced by its first batch's commit).
+fn rewrite_last_batch(storage: &dyn Storage, recovered: &Recovered) -> Result<(), JournalError> {
+    use std::os::unix::fs::FileExt;
+    let path = &recovered.segment.path;
+    let file = open_read_write(path)?;
+    for range in [0..SEGMENT_HEADER_SIZE, recovered.last_batch_offset..recovered.position] {
+        if range.is_empty() {
+            continue;
+        }
+        let mut bytes = vec![0u8; range.len()];
+        file.read_exact_at(&mut bytes, range.start as u64).map_err(JournalError::io(path))?;
+        storage
+            .write_at(&file, path, range.start as u64, &bytes)
+            .map_err(JournalError::io(path))?;
+    }
+    Ok(())
 }
 
 /// Syncs every segment of a journal being opened in the `Fsync` tier, and its directory.
@@ -779,6 +809,7 @@ fn create_first_segment(
         journal_id,
         epoch: options.epoch,
         first_sequence: options.first_sequence,
+        last_batch_offset: SEGMENT_HEADER_SIZE,
         position: SEGMENT_HEADER_SIZE,
         last_sequence: options.first_sequence - 1,
         last_timestamp_ns: 0,
@@ -830,6 +861,7 @@ fn recover_tail(
         journal_id,
         epoch,
         first_sequence: segments[0].first_sequence,
+        last_batch_offset: scan.last_batch_offset as usize,
         position: scan.end_offset as usize,
         last_sequence,
         last_timestamp_ns,

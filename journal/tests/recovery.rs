@@ -458,6 +458,49 @@ fn an_open_in_the_fsync_tier_makes_what_it_recovered_durable() {
     assert_eq!(check_journal(directory.path(), 1), acked + 40);
 }
 
+/// "fsyncgate": after a failed writeback Linux marks the pages clean though the disk never got
+/// them, so the batch whose `fdatasync` failed reads back whole, the next open replays it, and
+/// no later sync writes it. The open in the `Fsync` tier writes the last batch again before it
+/// syncs; without that, a power loss after more acknowledged batches leaves a hole in the
+/// middle of the journal (corruption: everything acknowledged after it becomes unreadable).
+#[test]
+fn a_batch_whose_failed_sync_marked_it_clean_is_made_durable_by_the_next_open() {
+    for in_new_segment in [false, true] {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut writer, storage, _) = faulty_writer(directory.path());
+        if in_new_segment {
+            // Append without committing until the writer rolls (it commits what the full
+            // segment holds first): the failing batch is then the first of the new segment,
+            // whose header goes to the disk with it. Its name appears once the background
+            // thread renamed it, which the failing sync must follow.
+            while segment_paths(directory.path()).len() == 1 {
+                let sequence = writer.next_sequence();
+                writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
+            }
+        }
+        let first = writer.next_sequence();
+        for sequence in first..first + 40 {
+            writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
+        }
+        storage.inject_on(Operation::SyncData, ".segment", 0, Fault::FailClean { errno: EIO });
+        assert!(writer.commit().is_err());
+        drop(writer);
+        // The process restarts; the page cache still holds the batch, marked clean.
+        let options = || options_with(Durability::Fsync, Arc::new(storage.clone()));
+        let mut writer = JournalWriter::open(directory.path(), options()).unwrap();
+        let recovered = writer.open_report().last_sequence;
+        assert_eq!(recovered, first + 39, "the failed batch reads back whole");
+        let acknowledged = append_batches(&mut writer, 3, 5);
+        assert_eq!(acknowledged, recovered + 15);
+        drop(writer);
+        // Every page no sync wrote is lost, the clean ones included.
+        storage.power_loss(|_, _| PageFate::Revert).unwrap();
+        let verdict = verify_journal(directory.path(), &mut |_, _| {}).unwrap().verdict;
+        assert_eq!(verdict.label(), "valid", "in a new segment: {in_new_segment}: {verdict:?}");
+        assert_eq!(check_journal(directory.path(), 1), acknowledged);
+    }
+}
+
 #[test]
 fn a_full_disk_on_append_stops_the_writer_and_keeps_every_acknowledged_record() {
     let directory = tempfile::tempdir().unwrap();
