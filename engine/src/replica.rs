@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use keel_journal::format::{EpochChange, EPOCH_VERSION, KIND_EPOCH};
 use keel_journal::segment::{hex, list_segments, JOURNAL_DIRECTORY};
+use keel_journal::storage::Storage;
 use keel_journal::{
     journal_epoch, Durability as JournalDurability, JournalError, JournalOptions, JournalReader,
     JournalWriter, SnapshotStore, Tailer,
@@ -85,6 +86,7 @@ pub struct ReplicaBuilder<M: StateMachine, C: Codec = Bincode> {
     snapshots_for: Option<PathBuf>,
     ship_snapshots: bool,
     events: Option<EventSink<M::Event>>,
+    storage: Option<Arc<dyn Storage>>,
 }
 
 impl<M: StateMachine, C: Codec> std::fmt::Debug for ReplicaBuilder<M, C> {
@@ -157,6 +159,14 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         self
     }
 
+    /// The file operations under the replica's own journal writer: the real file system
+    /// unless a test injects faults (`keel_journal::storage::FaultyStorage`), as
+    /// [`EngineBuilder::journal_storage`](crate::EngineBuilder::journal_storage).
+    pub fn journal_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
     /// Another codec (the primary's).
     pub fn codec<D: Codec>(self, codec: D) -> ReplicaBuilder<M, D> {
         ReplicaBuilder {
@@ -170,6 +180,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             snapshots_for: self.snapshots_for,
             ship_snapshots: self.ship_snapshots,
             events: self.events,
+            storage: self.storage,
         }
     }
 
@@ -188,7 +199,10 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             Durability::Fsync => JournalDurability::Fsync,
         };
         let shared = Arc::new(Shared::default());
-        let options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
+        let mut options = JournalOptions::new().durability(tier).segment_size(self.segment_size);
+        if let Some(storage) = &self.storage {
+            options = options.storage(Arc::clone(storage));
+        }
         let (machine, journal, report, source, primary_epoch) = match &self.primary {
             Upstream::Directory(primary) => {
                 let primary = primary.clone();
@@ -522,6 +536,7 @@ impl<M: StateMachine> Replica<M, Bincode> {
             snapshots_for: None,
             ship_snapshots: false,
             events: None,
+            storage: None,
         }
     }
 }

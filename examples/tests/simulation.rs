@@ -2,11 +2,12 @@
 //! seeded generator through random workloads, crashes with power loss, torn writes, full disks
 //! and failing syncs, restarts, two replicas (one on the primary's host, tailing its journal;
 //! one across a network the simulation controls, which it cuts, partitions and corrupts) that
-//! stop, resume or start afresh, and promotions of either to primary. Time is the simulation's
-//! own (the engine's [`clock`](keel_engine::EngineBuilder::clock)); the disk is the journal's
-//! fault layer (`FaultyStorage`), whose power loss decides each unsynced page's fate from a hash
-//! of the seed, the file and the offset; the network is a loopback proxy in this process
-//! (`network/mod.rs`) between the remote replica and the primary's replication listener.
+//! stop, resume or start afresh, meet faults of their own disks, and are promoted to primary.
+//! Time is the simulation's own (the engine's [`clock`](keel_engine::EngineBuilder::clock));
+//! every disk is the journal's fault layer (`FaultyStorage`), whose power loss decides each
+//! unsynced page's fate from a hash of the seed, the file and the offset; the network is a
+//! loopback proxy in this process (`network/mod.rs`) between the remote replica and the
+//! primary's replication listener.
 //!
 //! The engine runs its own threads, so the simulation acts only when the system is quiescent:
 //! each batch is published whole (`publish_batch`) and waited for, a replica is waited for
@@ -75,6 +76,7 @@ struct Tally {
     replica_checks: u64,
     promotions: u64,
     network_faults: u64,
+    replica_disk_faults: u64,
     lost_unacknowledged: u64,
 }
 
@@ -91,6 +93,7 @@ impl Tally {
             replica_checks,
             promotions,
             network_faults,
+            replica_disk_faults,
             lost_unacknowledged,
         } = other;
         self.batches += batches;
@@ -102,6 +105,7 @@ impl Tally {
         self.replica_checks += replica_checks;
         self.promotions += promotions;
         self.network_faults += network_faults;
+        self.replica_disk_faults += replica_disk_faults;
         self.lost_unacknowledged += lost_unacknowledged;
     }
 }
@@ -116,16 +120,18 @@ enum Where {
     Remote,
 }
 
-/// A replica of one kind: running, or stopped with the journal it kept.
+/// A replica of one kind: running, or stopped with the journal it kept, on a disk of its own
+/// (a fault layer the simulation injects into, and takes the power from).
 struct Slot {
     kind: Where,
     running: Option<Replica<Ledger>>,
     directory: Option<PathBuf>,
+    storage: FaultyStorage,
 }
 
 impl Slot {
     fn new(kind: Where) -> Self {
-        Self { kind, running: None, directory: None }
+        Self { kind, running: None, directory: None, storage: FaultyStorage::new() }
     }
 }
 
@@ -227,7 +233,8 @@ impl Simulation {
     fn step(&mut self) {
         self.steps += 1;
         match self.rng.below(100) {
-            0..=51 => self.publish(),
+            0..=49 => self.publish(),
+            50 | 51 => self.replica_disk_fault(),
             52..=57 => self.snapshot(),
             58..=62 => self.power_loss(),
             63..=69 => self.fault(),
@@ -391,11 +398,12 @@ impl Simulation {
             Some(directory) if self.rng.below(2) == 0 => directory.clone(),
             _ => {
                 self.directories += 1;
+                self.replicas[which].storage = FaultyStorage::new();
                 self.root.path().join(format!("node-{}", self.directories))
             }
         };
         let kind = self.replicas[which].kind;
-        let replica = self.open_replica(kind, &directory);
+        let replica = self.open_replica(which, &directory);
         self.trace(format!("{kind:?} replica from {}", replica.recovery().last_sequence));
         self.replicas[which].running = Some(replica);
         self.replicas[which].directory = Some(directory);
@@ -404,15 +412,17 @@ impl Simulation {
     /// Opens a replica. A remote one that has no journal yet needs its primary to open, and a
     /// frame damaged on the way (a bit the network flipped into a handshake) fails the open:
     /// the simulation tries again, as a supervisor would.
-    fn open_replica(&self, kind: Where, directory: &Path) -> Replica<Ledger> {
+    fn open_replica(&self, which: usize, directory: &Path) -> Replica<Ledger> {
         let mut attempts = 0;
         loop {
-            let opened = match kind {
+            let opened = match self.replicas[which].kind {
                 Where::SameHost => Replica::builder(&self.primary, directory),
                 Where::Remote => {
                     Replica::remote(self.network.address().to_string(), SECRET, directory)
                 }
             }
+            .durability(Durability::Fsync)
+            .journal_storage(Arc::new(self.replicas[which].storage.clone()))
             .segment_size(1 << 20)
             .open(Ledger::new());
             match opened {
@@ -493,6 +503,65 @@ impl Simulation {
         self.tally.promotions += 1;
         self.trace(format!("{kind:?} replica promoted at {last}, epoch {}", promotion.epoch));
         self.open();
+    }
+
+    /// A running replica's own disk fails its next journal write or sync (full, failing, a torn
+    /// write, a sync that fails and leaves the pages clean) while the primary goes on: the
+    /// replica must halt with the disk's error, not the primary; then its process restarts, or
+    /// its machine loses power first, and it reopens its journal and follows again. The next
+    /// look at it (a stop or a promotion) compares its state.
+    fn replica_disk_fault(&mut self) {
+        let Some(which) = self.pick_running() else { return self.replica_start() };
+        if self.engine().halted().is_some() {
+            self.restart();
+        }
+        // Caught up first, so that the fault meets the next batch's write, whatever the
+        // threads' timing.
+        let running = self.replicas[which].running.as_ref().expect("running");
+        self.caught_up(running);
+        let fault = match self.rng.below(5) {
+            0 => (Operation::Write, Fault::Fail { errno: 28 }),
+            1 => (Operation::Write, Fault::Tear { bytes: self.rng.below(600) as usize }),
+            2 => (Operation::SyncData, Fault::Fail { errno: 5 }),
+            3 => (Operation::SyncData, Fault::FailClean { errno: 5 }),
+            _ => (Operation::Write, Fault::Fail { errno: 5 }),
+        };
+        let kind = self.replicas[which].kind;
+        self.trace(format!("{kind:?} replica's disk: {fault:?}"));
+        self.replicas[which].storage.inject_on(fault.0, ".segment", 0, fault.1);
+        self.publish();
+        let replica = self.replicas[which].running.take().expect("running");
+        let deadline = Instant::now() + PATIENCE;
+        let halt = loop {
+            if let Some(halt) = replica.halted() {
+                break halt.to_string();
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("the {kind:?} replica met a disk fault and went on"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if !halt.contains("os error") {
+            self.fail(&format!("the {kind:?} replica halted without the disk's error: {halt}"));
+        }
+        if let Some(halted) = self.engine().halted() {
+            self.fail(&format!("the primary halted for its replica's disk: {halted}"));
+        }
+        let _ = replica.stop();
+        let storage = self.replicas[which].storage.clone();
+        storage.clear();
+        if self.rng.below(3) == 0 {
+            let crash = self.rng.next_u64();
+            if let Err(error) = storage.power_loss(|path, offset| page_fate(crash, path, offset)) {
+                self.fail(&format!("the replica's power loss: {error}"));
+            }
+            self.trace(format!("{kind:?} replica's power lost"));
+        }
+        let directory = self.replicas[which].directory.clone().expect("a running replica's");
+        let replica = self.open_replica(which, &directory);
+        self.trace(format!("{kind:?} replica reopened at {}", replica.recovery().last_sequence));
+        self.replicas[which].running = Some(replica);
+        self.tally.replica_disk_faults += 1;
     }
 
     /// The network between the primary and the remote replica misbehaves: every connection is
