@@ -248,9 +248,10 @@ impl FaultyStorage {
     /// is kept or reverted to its bytes before the write, as `keep_page` decides (called with
     /// the file and the page's offset); a kept page may also be cut, keeping only a prefix, when
     /// `keep_page` returns a length below 4096. Writes a failed sync marked clean
-    /// ([`Fault::FailClean`]) are reverted without asking: they never reached the disk. The state machine of the disk described in
-    /// `docs/journal-format.md` section 5: unsynced bytes may be absent, present or partly
-    /// present, in any order. Call it after the writer is dropped.
+    /// ([`Fault::FailClean`]) are reverted without asking: they never reached the disk. The
+    /// state machine of the disk described in `docs/journal-format.md` section 5: unsynced
+    /// bytes may be absent, present or partly present, in any order. Call it after the writer
+    /// is dropped.
     pub fn power_loss(
         &self,
         mut keep_page: impl FnMut(&Path, u64) -> PageFate,
