@@ -238,7 +238,8 @@ mod tests {
     #[test]
     fn last_non_zero_agrees_with_a_byte_by_byte_search() {
         // Every length across a few blocks, every position of a lone non-zero byte and of two,
-        // and starts on both sides of a block's edges and of the byte: the block loop, the remainder and the start offset all take part.
+        // and starts on both sides of a block's edges and of the byte: the block loop, the
+        // remainder and the start offset all take part.
         for length in 0..200 {
             let mut bytes = vec![0u8; length];
             for from in 0..=length {

@@ -261,8 +261,9 @@ fn tailers_opened_at_the_live_end_while_the_writer_rolls_read_without_error() {
     let writer = std::thread::spawn(move || {
         let options = options(Durability::PageCache).segment_size(1 << 20);
         let mut writer = JournalWriter::open(&path, options).unwrap();
+        // A million records (about 180 segments) at the most, so as not to fill a tmpfs.
         let mut sequence = 1;
-        while !writer_done.load(Ordering::Acquire) {
+        while !writer_done.load(Ordering::Acquire) && sequence < 1_000_000 {
             for _ in 0..sequence % 40 + 1 {
                 writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
                 sequence += 1;
