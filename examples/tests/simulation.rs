@@ -332,6 +332,27 @@ impl Simulation {
         self.trace(format!("snapshot at {}", stats.last_snapshot_sequence));
     }
 
+    /// The fault a disk meets next, as the seed says: full, failing, a torn write, a failed
+    /// sync, or a failed sync that marks the batch's pages clean without writing them.
+    fn disk_fault(&mut self) -> (Operation, Fault) {
+        match self.rng.below(5) {
+            0 => (Operation::Write, Fault::Fail { errno: 28 }),
+            1 => (Operation::Write, Fault::Tear { bytes: self.rng.below(600) as usize }),
+            2 => (Operation::SyncData, Fault::Fail { errno: 5 }),
+            3 => (Operation::SyncData, Fault::FailClean { errno: 5 }),
+            _ => (Operation::Write, Fault::Fail { errno: 5 }),
+        }
+    }
+
+    /// Takes the power from `storage`: every unsynced page is kept, lost or cut as a hash of
+    /// the seed's next number, the file and the offset says.
+    fn lose_power(&mut self, storage: &FaultyStorage, what: &str) {
+        let crash = self.rng.next_u64();
+        if let Err(error) = storage.power_loss(|path, offset| page_fate(crash, path, offset)) {
+            self.fail(&format!("{what}: {error}"));
+        }
+    }
+
     /// The machine loses power: the engine stops where it is, every unsynced page is kept,
     /// lost or cut as the seed says, and the same-host replica goes with it.
     fn power_loss(&mut self) {
@@ -339,10 +360,8 @@ impl Simulation {
         let _ = engine.halt();
         self.drop_replicas();
         self.storage.clear();
-        let crash = self.rng.next_u64();
-        if let Err(error) = self.storage.power_loss(|path, offset| page_fate(crash, path, offset)) {
-            self.fail(&format!("the power loss: {error}"));
-        }
+        let storage = self.storage.clone();
+        self.lose_power(&storage, "the power loss");
         self.tally.power_losses += 1;
         self.trace("power loss".into());
         self.open();
@@ -353,14 +372,7 @@ impl Simulation {
         if self.engine().halted().is_some() {
             return self.restart();
         }
-        let fault = match self.rng.below(5) {
-            0 => (Operation::Write, Fault::Fail { errno: 28 }),
-            1 => (Operation::Write, Fault::Tear { bytes: self.rng.below(600) as usize }),
-            2 => (Operation::SyncData, Fault::Fail { errno: 5 }),
-            // The failed sync marks the batch's pages clean without writing them.
-            3 => (Operation::SyncData, Fault::FailClean { errno: 5 }),
-            _ => (Operation::Write, Fault::Fail { errno: 5 }),
-        };
+        let fault = self.disk_fault();
         self.trace(format!("fault {fault:?}"));
         self.storage.inject_on(fault.0, ".segment", 0, fault.1);
         self.tally.faults += 1;
@@ -519,13 +531,7 @@ impl Simulation {
         // threads' timing.
         let running = self.replicas[which].running.as_ref().expect("running");
         self.caught_up(running);
-        let fault = match self.rng.below(5) {
-            0 => (Operation::Write, Fault::Fail { errno: 28 }),
-            1 => (Operation::Write, Fault::Tear { bytes: self.rng.below(600) as usize }),
-            2 => (Operation::SyncData, Fault::Fail { errno: 5 }),
-            3 => (Operation::SyncData, Fault::FailClean { errno: 5 }),
-            _ => (Operation::Write, Fault::Fail { errno: 5 }),
-        };
+        let fault = self.disk_fault();
         let kind = self.replicas[which].kind;
         self.trace(format!("{kind:?} replica's disk: {fault:?}"));
         self.replicas[which].storage.inject_on(fault.0, ".segment", 0, fault.1);
@@ -551,10 +557,7 @@ impl Simulation {
         let storage = self.replicas[which].storage.clone();
         storage.clear();
         if self.rng.below(3) == 0 {
-            let crash = self.rng.next_u64();
-            if let Err(error) = storage.power_loss(|path, offset| page_fate(crash, path, offset)) {
-                self.fail(&format!("the replica's power loss: {error}"));
-            }
+            self.lose_power(&storage, "the replica's power loss");
             self.trace(format!("{kind:?} replica's power lost"));
         }
         let directory = self.replicas[which].directory.clone().expect("a running replica's");
