@@ -24,7 +24,7 @@ use crate::machine::{Context, Output, StateMachine};
 use crate::numbering::Numbering;
 use crate::publisher::{InputSlot, Publisher};
 use crate::recovery::{
-    apply_guarded, load_snapshot, panic_message, replay, Skipped, Start, KIND_COMMAND,
+    apply_guarded, load_snapshot, panic_message, replay, EventSink, Skipped, Start, KIND_COMMAND,
 };
 use crate::replicator::{Replication, ReplicationStatus, Replicator};
 use crate::responses::{Requester, Router, RouterHandler};
@@ -646,11 +646,8 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         if let Some(storage) = &self.storage {
             options = options.storage(Arc::clone(storage));
         }
-        let sink = &mut |sequence: u64, events: &[M::Event]| {
-            if let Some(sink) = self.replay_sink.as_mut() {
-                sink(sequence, events);
-            }
-        };
+        let sink =
+            self.replay_sink.as_deref_mut().map(|sink| sink as &mut dyn FnMut(u64, &[M::Event]));
         let mut no_progress = |_| {};
         let progress: &mut dyn FnMut(u64) = match self.progress.as_mut() {
             Some(progress) => progress,
@@ -670,7 +667,7 @@ pub(crate) fn recover_journal<M: StateMachine, C: Codec>(
     codec: &C,
     initial: M,
     options: JournalOptions,
-    sink: &mut dyn FnMut(u64, &[M::Event]),
+    sink: Option<EventSink<'_, M::Event>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(M, JournalWriter, RecoveryReport), EngineError> {
     let writer = JournalWriter::open(directory, options)?;

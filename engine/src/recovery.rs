@@ -84,6 +84,9 @@ pub(crate) fn load_snapshot<M: StateMachine, C: Codec>(
     })
 }
 
+/// Where a replay sends each command's events, with its sequence.
+pub(crate) type EventSink<'a, E> = &'a mut dyn FnMut(u64, &[E]);
+
 /// How far a replay went.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Replayed {
@@ -96,14 +99,15 @@ pub(crate) struct Replayed {
 /// Applies the journal's commands from `start.sequence + 1` while `keep_going(sequence,
 /// timestamp)` says so, to the end of what the journal holds. Each record's checksum is
 /// verified (by batch) before it is decoded; the sequence is gap-free by the reader's checks.
-/// Events go to `sink` with their command's sequence. `progress` is called every 1 M records.
+/// Events go to `sink`, when there is one, with their command's sequence. `progress` is called
+/// every 1 M records.
 pub(crate) fn replay<M: StateMachine, C: Codec>(
     directory: &Path,
     codec: &C,
     machine: &mut M,
     start: (u64, u64),
     mut keep_going: impl FnMut(u64, u64) -> bool,
-    sink: &mut dyn FnMut(u64, &[M::Event]),
+    mut sink: Option<EventSink<'_, M::Event>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Replayed, EngineError> {
     let began = Instant::now();
@@ -128,7 +132,8 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
             let context = Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
             output.clear();
             apply_record(machine, &context, &decoded, &mut output).map_err(EngineError::Halted)?;
-            if let Decoded::Command(_) = decoded {
+            // Without a sink the events are dropped here: no call per command.
+            if let (Decoded::Command(_), Some(sink)) = (&decoded, sink.as_mut()) {
                 sink(record.sequence, output.events());
             }
             last_sequence = record.sequence;
@@ -375,7 +380,7 @@ pub fn replay_from<M: StateMachine, C: Codec>(
         &mut machine,
         (sequence, timestamp_ns),
         within,
-        &mut |_, _| {},
+        None,
         &mut |_| {},
     )?;
     if let ReplayTarget::Sequence(last) = target {

@@ -419,8 +419,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         initial: M,
         options: JournalOptions,
     ) -> Result<(M, JournalWriter, RecoveryReport), EngineError> {
-        let sink = &mut |_: u64, _: &[M::Event]| {};
-        recover_journal(&self.directory, &self.codec, initial, options, sink, &mut |_| {})
+        recover_journal(&self.directory, &self.codec, initial, options, None, &mut |_| {})
     }
 
     /// Writes the primary's newest snapshot that its journal continues from into the replica's
