@@ -1,7 +1,8 @@
-//! The memory mappings of segment files: the only `unsafe` code of the journal.
+//! The memory mappings of segment files, and a prefetch hint for reading them: the only `unsafe`
+//! code of the journal.
 //!
 //! Two facts make the mappings sound to use as keel uses them, and every `unsafe` block below
-//! relies on one of them:
+//! but the prefetch hint's (which reads nothing) relies on one of them:
 //!
 //! 1. **Segment files never change size while mapped.** They are pre-allocated to their full
 //!    size before anyone maps them, and nothing in keel truncates or extends a segment file
