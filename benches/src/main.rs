@@ -64,6 +64,12 @@ struct Arguments {
     /// crossbeam); all by default.
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
+    /// Only the cases of the engine, ledger, exchange and replica scenarios whose name (as the
+    /// table prints it: scenario, system and variant, e.g. `engine-recovery`) contains this
+    /// text; all by default. For a quick look at one figure: its peers and ceilings are left
+    /// out unless the text names them too.
+    #[arg(long)]
+    only: Option<String>,
     /// Leave the two-thread scenarios (one-to-one, ping-pong) unpinned. By default their
     /// producer runs on CPU 0 and their consumer on CPU 1, for every system alike.
     #[arg(long)]
@@ -612,14 +618,29 @@ fn run_cases(
     arguments: &Arguments,
     runs: usize,
 ) -> Result<Vec<Measurement>> {
+    let cases: Vec<&EngineCase> = cases
+        .iter()
+        .filter(|(scenario, system, variant, _, _)| {
+            arguments
+                .only
+                .as_ref()
+                .is_none_or(|only| format!("{scenario} {system} {variant}").contains(only.as_str()))
+        })
+        .collect();
+    if cases.is_empty() {
+        println!("{label}: no case matches --only");
+    }
     let mut measurements = Vec::new();
     for run in 0..runs {
+        if cases.is_empty() {
+            break;
+        }
         let probe_ns = inter_core_round_trip_ns(Pinning::NONE);
         if !arguments.json {
             println!("{label} run {}/{runs}: inter-core round trip {probe_ns:.0} ns", run + 1);
         }
         for index in 0..cases.len() {
-            let (scenario, system, variant, expected, case) = &cases[(index + run) % cases.len()];
+            let (scenario, system, variant, expected, case) = cases[(index + run) % cases.len()];
             let (outcome, latency) = case()?;
             ensure!(
                 outcome.sum == *expected,
