@@ -78,7 +78,7 @@ impl<E, S: Sequencer, W: WaitStrategy> Shared<E, S, W> {
     }
 }
 
-/// What a consumer waits on: the cursor (through the sequencer, which knows what is really
+/// What a consumer waits on: the published sequences (the sequencer knows which are really
 /// published), or, for a consumer that runs after others, the minimum of their sequences.
 pub(crate) struct SequenceBarrier<E, S, W> {
     pub(crate) shared: Arc<Shared<E, S, W>>,
@@ -96,8 +96,7 @@ impl<E, S: Sequencer, W: WaitStrategy> SequenceBarrier<E, S, W> {
     #[inline(always)]
     pub(crate) fn available(&self, next: u64) -> u64 {
         if self.dependencies.is_empty() {
-            let cursor = self.shared.sequencer.cursor();
-            self.shared.sequencer.highest_published(next, cursor)
+            self.shared.sequencer.available(next)
         } else {
             minimum_sequence(&self.dependencies, u64::MAX)
         }
