@@ -113,8 +113,9 @@ impl Sequencer for MultiProducerSequencer {
     /// every claim does its atomic add; a consumer that read it on every poll pulled the line
     /// away from the producers, and each claim then waited a cross-core transfer for it (on a
     /// two-vCPU VM, most of a single producer's time at saturation). The marks need no cursor:
-    /// a slot's mark is the sequence last published into it, and no producer can claim
-    /// `next + capacity` or later before this consumer passes `next`, so the slot of any `s` in
+    /// a slot's mark is the sequence last published into it, and no producer can publish
+    /// `next + capacity` or later before this consumer passes `next` (a claim may run ahead,
+    /// but its producer waits for room before it writes the slot), so the slot of any `s` in
     /// `next ..= next + mask` holds `s` exactly when `s` is published, and an older sequence
     /// otherwise.
     #[inline]
