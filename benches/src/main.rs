@@ -629,12 +629,10 @@ fn run_cases(
         .collect();
     if cases.is_empty() {
         println!("{label}: no case matches --only");
+        return Ok(Vec::new());
     }
     let mut measurements = Vec::new();
     for run in 0..runs {
-        if cases.is_empty() {
-            break;
-        }
         let probe_ns = inter_core_round_trip_ns(Pinning::NONE);
         if !arguments.json {
             println!("{label} run {}/{runs}: inter-core round trip {probe_ns:.0} ns", run + 1);
