@@ -17,7 +17,7 @@ use keel_ring::{
 };
 use parking_lot::Mutex;
 
-use crate::codec::{Bincode, Codec};
+use crate::codec::{Bincode, Codec, CodecError};
 use crate::config::{AnyWait, Durability, SnapshotPolicy, Topology, Wait};
 use crate::error::{EngineError, Halt};
 use crate::machine::{Context, Output, StateMachine};
@@ -543,6 +543,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             Topology::Pipelined => (None, journal),
         };
         if let Some(journaller) = journaller {
+            let encoder = CommandEncoder::new(self.codec.clone());
             let shared = Arc::clone(&shared);
             let limit = self.ring_capacity;
             let clock = Arc::clone(&self.clock);
@@ -551,9 +552,9 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             let thread = std::thread::Builder::new()
                 .name("keel-journaller".into())
                 .spawn(move || {
-                    run_journaller::<M>(
+                    run_journaller::<M, C>(
                         journaller,
-                        journaller_journal,
+                        journaller_journal.map(|journal| (journal, encoder)),
                         &shared,
                         Stamps { clock, last_timestamp_ns },
                         limit,
@@ -579,6 +580,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         let processor = Processor {
             machine,
             journal,
+            encoder: CommandEncoder::new(self.codec.clone()),
             replicating,
             input_control: processor_control,
             numbering,
@@ -602,8 +604,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
                 thread: "engine".into(),
                 message: error.to_string(),
             })?;
-        let publisher =
-            Publisher::new(producer, self.codec.clone(), Arc::clone(&shared), numbering);
+        let publisher = Publisher::new(producer, Arc::clone(&shared), numbering);
         Ok(Engine {
             publisher: Some(publisher),
             thread: Some(thread),
@@ -884,9 +885,11 @@ impl<M: StateMachine, C: Codec> std::fmt::Debug for Engine<M, C> {
 }
 
 /// The engine thread's state.
-struct Processor<M: StateMachine> {
+struct Processor<M: StateMachine, C: Codec> {
     machine: M,
     journal: Option<JournalWriter>,
+    /// Compact: encodes what this thread journals.
+    encoder: CommandEncoder<C>,
     /// Compact: the replication of what this thread journals.
     replicating: Replicating,
     /// The input ring's state, to tell a shutdown from a wait for replicas.
@@ -919,7 +922,7 @@ type InputPoller<M> =
 type InputBatch<'a, M> =
     keel_ring::Batch<'a, InputSlot<<M as StateMachine>::Command>, MultiProducerSequencer, AnyWait>;
 
-impl<M: StateMachine> Processor<M> {
+impl<M: StateMachine, C: Codec> Processor<M, C> {
     /// The compact topology: take every available command, journal the batch, make it durable,
     /// apply it, publish its events; between batches, take a snapshot when one is due.
     fn run_compact(mut self, mut poller: InputPoller<M>) -> M {
@@ -972,7 +975,13 @@ impl<M: StateMachine> Processor<M> {
                         Checkpoint { sequence: covered, state_hash: self.machine.state_hash() };
                     append_checkpoint(journal, &self.shared, checkpoint, timestamp_ns)?;
                 }
-                journal_batch::<M>(journal, &self.shared, slots(), timestamp_ns)?;
+                journal_batch::<M, C>(
+                    journal,
+                    &self.shared,
+                    &mut self.encoder,
+                    slots(),
+                    timestamp_ns,
+                )?;
                 self.replicating.committed(journal, &self.shared, &self.input_control)?;
             }
             // Durable per the tier: now, and only now, apply.
@@ -1114,22 +1123,58 @@ impl<M: StateMachine> Processor<M> {
     }
 }
 
-/// Appends a batch to the journal and makes it durable per the tier.
-fn journal_batch<'a, M: StateMachine>(
+/// Encodes commands for the journal, on the thread that journals them, into one buffer that
+/// every command reuses: it stays in that core's cache, and nothing is allocated once it has
+/// grown to the longest encoding.
+struct CommandEncoder<C: Codec> {
+    codec: C,
+    buffer: Vec<u8>,
+}
+
+impl<C: Codec> CommandEncoder<C> {
+    fn new(codec: C) -> Self {
+        Self { codec, buffer: Vec::with_capacity(256) }
+    }
+
+    /// The encoding of `command`, valid until the next call.
+    #[inline]
+    fn encode<T: serde::Serialize>(&mut self, command: &T) -> Result<&[u8], CodecError> {
+        self.buffer.clear();
+        self.codec.encode(command, &mut self.buffer)?;
+        Ok(&self.buffer)
+    }
+}
+
+/// Encodes a batch's commands, appends them to the journal, and makes them durable per the
+/// tier. A command that cannot be encoded ends the batch: the commands before it are still
+/// made durable, and the failure names it.
+fn journal_batch<'a, M: StateMachine, C: Codec>(
     journal: &mut JournalWriter,
     shared: &Shared,
+    encoder: &mut CommandEncoder<C>,
     slots: impl Iterator<Item = &'a InputSlot<M::Command>>,
     timestamp_ns: u64,
 ) -> Result<(), Halt>
 where
     M::Command: 'a,
 {
+    let mut unencodable = None;
     for slot in slots {
+        let command = slot.command.as_ref().expect("a published slot holds a command");
+        let bytes = match encoder.encode(command) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let sequence = journal.next_sequence();
+                unencodable = Some(Halt::Encode { sequence, message: error.to_string() });
+                break;
+            }
+        };
         journal
-            .append(timestamp_ns, KIND_COMMAND, M::COMMAND_VERSION, &slot.bytes)
+            .append(timestamp_ns, KIND_COMMAND, M::COMMAND_VERSION, bytes)
             .map_err(|error| journal_failed(journal, error))?;
     }
-    commit(journal, shared)
+    commit(journal, shared)?;
+    unencodable.map_or(Ok(()), Err)
 }
 
 /// Makes what was appended durable per the tier, and counts it.
@@ -1164,9 +1209,9 @@ pub(crate) fn journal_failed(journal: &JournalWriter, error: keel_journal::Journ
 /// only stamps. A batch never runs past a checkpoint position: at one, the journaller waits
 /// for the engine thread to apply what it released and hand over the state's hash, and
 /// writes the checkpoint before it takes more input.
-fn run_journaller<M: StateMachine>(
+fn run_journaller<M: StateMachine, C: Codec>(
     mut poller: InputPoller<M>,
-    mut journal: Option<JournalWriter>,
+    mut journal: Option<(JournalWriter, CommandEncoder<C>)>,
     shared: &Shared,
     mut stamps: Stamps,
     limit: usize,
@@ -1176,7 +1221,7 @@ fn run_journaller<M: StateMachine>(
     let control = poller.control();
     loop {
         let mut limit = limit;
-        if let Some(journal) = journal.as_mut() {
+        if let Some((journal, _)) = journal.as_mut() {
             let next = journal.next_sequence();
             if numbering.is_checkpoint(next) {
                 let Some(state_hash) = checkpoint_handed_over(shared, next - 1) else {
@@ -1205,9 +1250,10 @@ fn run_journaller<M: StateMachine>(
             slot.timestamp_ns.store(timestamp_ns, Ordering::Relaxed);
         }
         let outcome = match journal.as_mut() {
-            Some(journal) => journal_batch::<M>(
+            Some((journal, encoder)) => journal_batch::<M, C>(
                 journal,
                 shared,
+                encoder,
                 batch.iter().map(|(_, slot)| slot),
                 timestamp_ns,
             )

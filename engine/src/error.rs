@@ -25,6 +25,16 @@ pub enum Halt {
         /// The journal's error.
         message: String,
     },
+    /// A published command could not be encoded for the journal: neither it nor anything
+    /// after it was journaled or applied; the commands journaled before it are durable, and
+    /// the ones of them not yet applied are applied when the engine is reopened.
+    #[error("sequence {sequence} could not be encoded for the journal: {message}")]
+    Encode {
+        /// The sequence the command was given.
+        sequence: u64,
+        /// The codec's error.
+        message: String,
+    },
     /// A journaled command could not be decoded on replay.
     #[error("sequence {sequence} could not be decoded: {message}")]
     Decode {

@@ -1,5 +1,6 @@
 //! [`Publisher`]: how any thread hands commands to the engine.
 
+use std::marker::PhantomData;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -12,50 +13,50 @@ use crate::error::EngineError;
 use crate::machine::StateMachine;
 use crate::numbering::Numbering;
 
-/// An input ring slot: the command, and its encoding for the journal, made by the publisher on
-/// its own thread. Both are reused: the encoding's buffer is swapped with the publisher's, so
-/// neither side allocates once the buffers have grown.
+/// An input ring slot: the command, moved in by its publisher and applied by the engine thread
+/// without decoding. The thread that journals it (the engine thread, or the pipelined
+/// topology's journaller) encodes it, into a buffer of its own.
 #[derive(Debug)]
 pub(crate) struct InputSlot<C> {
     pub(crate) command: Option<C>,
-    pub(crate) bytes: Vec<u8>,
     /// The pipelined topology's journaller stamps the slot here for the engine thread.
     pub(crate) timestamp_ns: AtomicU64,
 }
 
 impl<C> Default for InputSlot<C> {
     fn default() -> Self {
-        Self { command: None, bytes: Vec::new(), timestamp_ns: AtomicU64::new(0) }
+        Self { command: None, timestamp_ns: AtomicU64::new(0) }
     }
 }
 
-/// Publishes commands to an engine. `Clone` it for each producing thread: each clone has its
-/// own encoding buffer. The engine shuts down when the last publisher (and the engine's own)
-/// is dropped.
+/// Publishes commands to an engine. `Clone` it for each producing thread. The engine shuts
+/// down when the last publisher (and the engine's own) is dropped.
+///
+/// A command is moved into its ring slot as it is; the thread that journals it encodes it. A
+/// command the engine's codec cannot encode therefore halts the engine
+/// ([`Halt::Encode`](crate::Halt::Encode)) rather than failing its `publish`: `#[derive(Serialize)]`
+/// types always encode with bincode, so that takes a hand-written `Serialize` that fails, or a
+/// serde attribute bincode does not support (`docs/ARCHITECTURE.md`, "The thread that journals a
+/// command encodes it").
 pub struct Publisher<M: StateMachine, C: Codec> {
     pub(crate) producer: MultiProducer<InputSlot<M::Command>, AnyWait>,
-    pub(crate) codec: C,
     pub(crate) shared: Arc<Shared>,
     /// Which journal sequence each ring sequence is: the journal's last sequence when the
     /// engine opened plus the ring sequence, and one more for each checkpoint between.
     pub(crate) numbering: Numbering,
-    scratch: Vec<u8>,
-    batch_scratch: Vec<Vec<u8>>,
+    codec: PhantomData<fn() -> C>,
 }
 
 impl<M: StateMachine, C: Codec> Publisher<M, C> {
     pub(crate) fn new(
         producer: MultiProducer<InputSlot<M::Command>, AnyWait>,
-        codec: C,
         shared: Arc<Shared>,
         numbering: Numbering,
     ) -> Self {
-        Self { producer, codec, shared, numbering, scratch: Vec::new(), batch_scratch: Vec::new() }
+        Self { producer, shared, numbering, codec: PhantomData }
     }
 
-    /// Publishes a command, waiting while the input ring is full; returns its sequence. The
-    /// command is encoded first, on this thread: an encoding error is returned before anything
-    /// is published.
+    /// Publishes a command, waiting while the input ring is full; returns its sequence.
     pub fn publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
         self.publish_with(command, |_| {}, |producer, update| producer.publish(update))
     }
@@ -85,14 +86,10 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
             &mut dyn FnMut(&mut InputSlot<M::Command>, u64),
         ) -> Result<u64, RingError>,
     ) -> Result<u64, EngineError> {
-        self.scratch.clear();
-        self.codec.encode(&command, &mut self.scratch)?;
-        let scratch = &mut self.scratch;
         let mut command = Some(command);
         let mut claimed = Some(claimed);
         let numbering = self.numbering;
         let sequence = publish(&self.producer, &mut |slot, sequence| {
-            std::mem::swap(&mut slot.bytes, scratch);
             slot.command = command.take();
             if let Some(claimed) = claimed.take() {
                 claimed(numbering.command(sequence));
@@ -103,27 +100,16 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
     }
 
     /// Publishes several commands as consecutive sequences, made visible together; returns the
-    /// last sequence. All are encoded before any is published. At most the ring's capacity.
+    /// last sequence. At most the ring's capacity.
     pub fn publish_batch(&mut self, commands: Vec<M::Command>) -> Result<u64, EngineError> {
         let count = commands.len();
         if count == 0 {
             return Err(EngineError::Configuration("an empty batch".into()));
         }
-        while self.batch_scratch.len() < count {
-            self.batch_scratch.push(Vec::new());
-        }
-        for (buffer, command) in self.batch_scratch.iter_mut().zip(&commands) {
-            buffer.clear();
-            self.codec.encode(command, buffer)?;
-        }
         let mut commands = commands.into_iter();
-        let mut buffers = self.batch_scratch.iter_mut();
         let last = self
             .producer
-            .publish_batch(count, |slot, _| {
-                std::mem::swap(&mut slot.bytes, buffers.next().expect("one buffer per command"));
-                slot.command = commands.next();
-            })
+            .publish_batch(count, |slot, _| slot.command = commands.next())
             .map_err(|error| self.shared.ring_error(error))?;
         Ok(self.numbering.command(last))
     }
@@ -131,8 +117,7 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
 
 impl<M: StateMachine, C: Codec> Clone for Publisher<M, C> {
     fn clone(&self) -> Self {
-        let numbering = self.numbering;
-        Self::new(self.producer.clone(), self.codec.clone(), Arc::clone(&self.shared), numbering)
+        Self::new(self.producer.clone(), Arc::clone(&self.shared), self.numbering)
     }
 }
 

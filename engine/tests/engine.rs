@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{commands, Bank, Command, Event};
+use common::{commands, records, Bank, Command, Event};
 use keel_engine::{
     replay_to, Bincode, Delivery, Durability, Engine, EngineBuilder, EngineError, Halt,
     ReplayTarget, SnapshotPolicy, StateMachine, Topology,
@@ -312,6 +312,69 @@ fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it(topology: Topo
     assert!(bank.accounts.contains_key(&99));
 }
 
+fn a_command_that_cannot_be_encoded_halts_the_engine_and_loses_nothing_before_it(
+    topology: Topology,
+) {
+    let directory = tempfile::tempdir().unwrap();
+    let mut commands = commands(100, 4, 6);
+    commands.insert(70, Command::Unencodable(7));
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for command in &commands {
+        // Publishing fails once the engine has stopped; it may accept a few before.
+        if publisher.publish(command.clone()).is_err() {
+            break;
+        }
+    }
+    wait_until("the halt", || engine.halted().is_some());
+    let refused = publisher.publish(Command::Open(99)).unwrap_err();
+    assert!(matches!(refused, EngineError::Halted(Halt::Encode { sequence: 71, .. })), "{refused}");
+    assert!(engine.stats().applied <= 70, "nothing from the unencodable command on is applied");
+    drop(publisher);
+    match engine.shutdown().unwrap_err() {
+        EngineError::Halted(Halt::Encode { sequence, message }) => {
+            assert_eq!(sequence, 71);
+            assert!(message.contains("this command refuses to be encoded"), "{message}");
+        }
+        other => panic!("expected the encoding failure, got {other}"),
+    }
+
+    // The journal holds exactly the 70 commands before it, every one durable; reopening
+    // applies those the halt left unapplied, and numbering goes on from 71.
+    let journaled = records(directory.path());
+    assert_eq!(journaled.len(), 70);
+    assert_eq!(journaled.last().map(|record| record.sequence), Some(70));
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    assert_eq!(engine.recovery().last_sequence, 70);
+    let mut publisher = engine.publisher();
+    assert_eq!(publisher.publish(Command::Open(99)).unwrap(), 71);
+    drop(publisher);
+    let mut bank = engine.shutdown().unwrap();
+    assert_eq!(bank.accounts.remove(&99), Some(0));
+    let mut expected = Bank::default();
+    let mut output = keel_engine::Output::new();
+    for (sequence, command) in (1..).zip(&commands[..70]) {
+        let context = keel_engine::Context { sequence, timestamp_ns: 0 };
+        expected.apply(&context, command, &mut output);
+    }
+    assert_eq!(bank.accounts, expected.accounts);
+}
+
+fn the_memory_tier_encodes_nothing_so_any_command_is_applied(topology: Topology) {
+    let directory = tempfile::tempdir().unwrap();
+    let engine =
+        builder(directory.path(), Durability::Memory, topology).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for command in [Command::Open(1), Command::Unencodable(3), Command::Deposit(1, 5)] {
+        publisher.publish(command).unwrap();
+    }
+    drop(publisher);
+    let bank = engine.shutdown().unwrap();
+    assert_eq!((bank.last_sequence, bank.accounts.get(&1)), (3, Some(&5)));
+}
+
 fn the_memory_tier_writes_nothing(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let (live, events) = run(directory.path(), Durability::Memory, topology, &commands(500, 8, 2));
@@ -529,6 +592,8 @@ in_both_topologies!(
     snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one,
     no_event_is_released_before_its_command_is_in_the_journal,
     a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it,
+    a_command_that_cannot_be_encoded_halts_the_engine_and_loses_nothing_before_it,
+    the_memory_tier_encodes_nothing_so_any_command_is_applied,
     the_memory_tier_writes_nothing,
     try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences,
     a_command_may_emit_more_events_than_the_output_ring_holds,

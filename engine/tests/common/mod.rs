@@ -31,6 +31,14 @@ pub enum Command {
     /// Emits `n` events and changes nothing else.
     Echo(u32),
     Poison,
+    /// Refuses to be encoded (its field's serialization fails), for the tests of a command the
+    /// journal cannot take; applied (in the `Memory` tier, which encodes nothing), it changes
+    /// nothing.
+    Unencodable(#[serde(serialize_with = "refuse")] u32),
+}
+
+fn refuse<S: serde::Serializer>(_: &u32, _: S) -> Result<S::Ok, S::Error> {
+    Err(serde::ser::Error::custom("this command refuses to be encoded"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +88,7 @@ impl StateMachine for Bank {
             }
             Command::Echo(count) => (0..count).for_each(|index| output.emit(Event::Opened(index))),
             Command::Poison => panic!("poison at sequence {}", context.sequence),
+            Command::Unencodable(_) => {}
         }
     }
 
