@@ -68,7 +68,7 @@ pub use dsl::{RingBuilder, Stage, CAPACITY_MAX};
 pub use error::RingError;
 pub use poller::{Batch, EventPoller};
 pub use processor::{EventHandler, ProcessorHandle};
-pub use producer::{MultiProducer, SingleProducer};
+pub use producer::{MultiProducer, SingleProducer, SoleProducer};
 pub use sequence::Sequence;
 pub use sequencer::{MultiProducerSequencer, Sequencer, SingleProducerSequencer};
 pub use shared::RingControl;

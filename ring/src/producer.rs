@@ -1,5 +1,6 @@
-//! Producers: [`SingleProducer`] (one thread, no atomic read-modify-write) and
-//! [`MultiProducer`] (`Clone`, claims by atomic add).
+//! Producers: [`SingleProducer`] (one thread, no atomic read-modify-write),
+//! [`MultiProducer`] (`Clone`, claims by atomic add), and [`SoleProducer`] (a multi-producer
+//! ring's last handle, claiming as a single producer does).
 //!
 //! Both offer `publish` (waits while the ring is full, per the wait strategy), `try_publish`
 //! ([`RingError::Full`] instead of waiting), and the same two for batches, whose slots are
@@ -277,7 +278,8 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
     fn fill(&self, first: u64, last: u64, update: impl FnMut(&mut E, u64)) {
         let guard = HaltUnlessPublished { shared: &self.shared };
         // SAFETY: the claim gave `first..=last` (at most `capacity` sequences) to this producer
-        // alone (the atomic add or compare-and-swap on the cursor), and every gating consumer
+        // alone (the atomic add or compare-and-swap on the cursor, or, for the `SoleProducer`
+        // that owns this handle, the only handle, its plain claim), and every gating consumer
         // is past `last - capacity`; no sequence of the range is marked published yet.
         unsafe { self.shared.buffer.write_range(first, last, update) };
         std::mem::forget(guard);
@@ -349,6 +351,163 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> MultiProducer<E, W> {
     /// A handle to halt the ring or read its progress.
     pub fn control(&self) -> RingControl {
         RingControl::new(&self.shared)
+    }
+
+    /// Turns this producer into the ring's [`SoleProducer`], whose claims take no atomic
+    /// read-modify-write, if it is the only producer handle left; otherwise gives it back.
+    /// Consuming it and returning a type that cannot be cloned is what keeps it the only one.
+    pub fn into_sole(self) -> Result<SoleProducer<E, W>, Self> {
+        // Acquire: pairs with the release of the other handles' drops, so that every claim
+        // and publish they made happens before this producer's first claim.
+        if self.producers.producers.load(Ordering::Acquire) != 1 {
+            return Err(self);
+        }
+        // No claim is in flight: every other handle published what it claimed (or halted the
+        // ring) before it was dropped, and this one is being consumed.
+        let published = self.shared.sequencer.cursor.get();
+        let claim_limit = minimum_sequence(&self.producers.gating, u64::MAX)
+            .saturating_add(self.shared.capacity());
+        Ok(SoleProducer { handle: self, published, claim_limit })
+    }
+}
+
+/// The only producer of a multi-producer ring, made by [`MultiProducer::into_sole`]. It claims
+/// with plain loads and stores, as a [`SingleProducer`] does, and publishes through the slots'
+/// marks, which is what a multi-producer ring's consumers read. For a ring built for several
+/// producers that at times has just one (the engine's input when one gateway thread publishes):
+/// what it saves is the locked add of every claim, a full barrier that waits for the previous
+/// slot's stores to reach the cache. Not `Clone`; dropping it closes the ring.
+pub struct SoleProducer<E, W: WaitStrategy> {
+    /// The multi-producer handle it was made from, the only one: it owns the ring's count of
+    /// producers, so dropping it closes the ring as dropping that handle would have.
+    handle: MultiProducer<E, W>,
+    /// The last sequence claimed, which is the last published once a publish returns.
+    published: u64,
+    /// As in [`SingleProducer`]: the highest sequence that may be claimed without reading
+    /// the gating sequences again.
+    claim_limit: u64,
+}
+
+impl<E: Send + Sync + 'static, W: WaitStrategy> SoleProducer<E, W> {
+    /// Claims `size` sequences after the last one; returns the last of them.
+    #[inline(always)]
+    fn claim(&mut self, size: u64, mode: Claim) -> Result<u64, RingError> {
+        if self.handle.shared.is_halted() {
+            return Err(RingError::Halted);
+        }
+        let last = self.published + size;
+        if last > self.claim_limit {
+            self.claim_slow(last, mode)?;
+        }
+        // The cursor is the highest sequence claimed, read by `RingControl` and by consumers
+        // only once the ring is closed: a plain release store on a line no consumer polls.
+        self.handle.shared.sequencer.cursor.set(last);
+        self.published = last;
+        Ok(last)
+    }
+
+    /// The claim would pass the limit: read the consumers, and wait for them if allowed.
+    #[cold]
+    #[inline(never)]
+    fn claim_slow(&mut self, last: u64, mode: Claim) -> Result<(), RingError> {
+        let shared = &*self.handle.shared;
+        let gating = &self.handle.producers.gating;
+        let capacity = shared.capacity();
+        // Slot `last` last held `last - capacity`: every gating consumer must be past it.
+        let needed = last - capacity;
+        let mut minimum = minimum_sequence(gating, u64::MAX);
+        if minimum < needed {
+            if mode == Claim::Try {
+                return Err(RingError::Full);
+            }
+            minimum = wait_for_gating(shared, gating, needed)?;
+        }
+        self.claim_limit = minimum + capacity;
+        Ok(())
+    }
+
+    /// Publishes one event, waiting while the ring is full. Returns its sequence.
+    #[inline]
+    pub fn publish(&mut self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        self.publish_one(Claim::Wait, update)
+    }
+
+    /// Publishes one event, or fails with [`RingError::Full`] at once if there is no free slot.
+    #[inline]
+    pub fn try_publish(&mut self, update: impl FnOnce(&mut E, u64)) -> Result<u64, RingError> {
+        self.publish_one(Claim::Try, update)
+    }
+
+    /// Publishes `size` consecutive events, waiting while the ring is full. Returns the last
+    /// sequence.
+    #[inline]
+    pub fn publish_batch(
+        &mut self,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        self.publish_many(Claim::Wait, size, update)
+    }
+
+    /// Like [`publish_batch`](Self::publish_batch), but fails with [`RingError::Full`] at once
+    /// unless the whole batch fits now.
+    #[inline]
+    pub fn try_publish_batch(
+        &mut self,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        self.publish_many(Claim::Try, size, update)
+    }
+
+    #[inline(always)]
+    fn publish_one(
+        &mut self,
+        mode: Claim,
+        update: impl FnOnce(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let sequence = self.claim(1, mode)?;
+        let mut update = Some(update);
+        // The claim gave `sequence` to this producer alone (no other handle exists) with every
+        // gating consumer past `sequence - capacity`: what `fill` requires.
+        self.handle.fill(sequence, sequence, |event, sequence| {
+            if let Some(update) = update.take() {
+                update(event, sequence);
+            }
+        });
+        Ok(sequence)
+    }
+
+    #[inline(always)]
+    fn publish_many(
+        &mut self,
+        mode: Claim,
+        size: usize,
+        update: impl FnMut(&mut E, u64),
+    ) -> Result<u64, RingError> {
+        let size = validate_batch(size, self.handle.shared.capacity())?;
+        let last = self.claim(size, mode)?;
+        self.handle.fill(last - size + 1, last, update);
+        Ok(last)
+    }
+
+    /// The last sequence this producer published.
+    pub fn last_published(&self) -> u64 {
+        self.published
+    }
+
+    /// A handle to halt the ring or read its progress.
+    pub fn control(&self) -> RingControl {
+        self.handle.control()
+    }
+}
+
+impl<E, W: WaitStrategy> std::fmt::Debug for SoleProducer<E, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoleProducer")
+            .field("published", &self.published)
+            .field("capacity", &self.handle.shared.capacity())
+            .finish()
     }
 }
 

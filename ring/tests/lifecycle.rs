@@ -89,6 +89,52 @@ fn multi_producer_try_publish_reports_full_without_claiming() {
 }
 
 #[test]
+fn a_sole_producer_is_only_made_from_the_last_handle_and_goes_on_from_its_cursor() {
+    let mut builder = RingBuilder::multi_producer(4, || 0u64, BusySpin).unwrap();
+    let (_, mut poller) = builder.poller(&[]).unwrap();
+    let producer = builder.build().unwrap();
+    let other = producer.clone();
+    assert_eq!(other.publish_batch(2, |slot, sequence| *slot = sequence * 10), Ok(2));
+    // Another handle exists: refused, and the handle comes back intact.
+    let producer = producer.into_sole().unwrap_err();
+    assert_eq!(producer.publish(|slot, sequence| *slot = sequence * 10), Ok(3));
+    drop(other);
+    let mut sole = producer.into_sole().unwrap();
+    assert_eq!(sole.try_publish(|slot, sequence| *slot = sequence * 10), Ok(4));
+    // The ring is full: a try fails without claiming, a batch larger than the room too.
+    assert_eq!(sole.try_publish(|_, _| {}), Err(RingError::Full));
+    assert_eq!(poller.poll_each(2, |value, sequence, _| assert_eq!(*value, sequence * 10)), Ok(2));
+    assert_eq!(sole.try_publish_batch(3, |_, _| {}), Err(RingError::Full));
+    assert_eq!(sole.try_publish_batch(2, |slot, sequence| *slot = sequence * 10), Ok(6));
+    assert_eq!(sole.last_published(), 6);
+    assert_eq!(sole.control().cursor(), 6);
+    let mut seen = Vec::new();
+    assert_eq!(poller.poll_each(8, |value, sequence, _| seen.push((sequence, *value))), Ok(4));
+    assert_eq!(seen, vec![(3, 30), (4, 40), (5, 50), (6, 60)]);
+    // Dropping it closes the ring, as dropping the last handle would.
+    drop(sole);
+    assert_eq!(poller.poll_each(8, |_, _, _| {}), Err(Interrupt::Closed));
+}
+
+#[test]
+fn a_panicking_sole_producer_update_halts_instead_of_stalling_consumers() {
+    within(LIMIT, || {
+        let mut builder = RingBuilder::multi_producer(8, || 0u64, Yielding::default()).unwrap();
+        let (_, processor) = builder.processor("sum", &[], |_: &u64, _, _| {}).unwrap();
+        let sole = builder.build().unwrap().into_sole().unwrap();
+        let control = sole.control();
+        let result = std::thread::spawn(move || {
+            let mut sole = sole;
+            sole.publish(|_, _| panic!("update failed")).unwrap();
+        })
+        .join();
+        assert!(result.is_err());
+        assert!(control.is_halted());
+        processor.join().map(drop).unwrap();
+    });
+}
+
+#[test]
 fn poller_batches_hold_slots_until_dropped_and_honour_the_limit() {
     let mut builder = RingBuilder::single_producer(8, || 0u64, Yielding::default()).unwrap();
     let (_, mut poller) = builder.poller(&[]).unwrap();

@@ -102,6 +102,30 @@ fn multi_producer_wraps_through_the_shared_gating_cache() {
     });
 }
 
+/// A sole producer made after another handle published and was dropped (on another thread):
+/// its claims take no atomic add, so what orders its slot writes after the consumer's reads of
+/// the slot's previous lap is the gating sequence alone, and what orders the other handle's
+/// publish before its own is the count of handles. One slot, so the second publish must wait.
+#[test]
+fn sole_producer_wraps_after_another_handle_left() {
+    loom::model(|| {
+        let mut builder = RingBuilder::multi_producer(1, || 0u64, Blocking::new()).unwrap();
+        let (_, mut poller) = builder.poller(&[]).unwrap();
+        let producer = builder.build().unwrap();
+        let other = producer.clone();
+        let consumer = thread::spawn(move || drain_waiting(&mut poller));
+        thread::spawn(move || {
+            other.publish(|slot, sequence| *slot = sequence * 10).unwrap();
+        })
+        .join()
+        .unwrap();
+        let mut sole = producer.into_sole().unwrap();
+        sole.publish(|slot, sequence| *slot = sequence * 10).unwrap();
+        drop(sole);
+        assert_eq!(consumer.join().unwrap(), vec![(1, 10), (2, 20)]);
+    });
+}
+
 /// A ‖ B → C: C must not read a slot before both A and B are past it.
 #[test]
 fn barrier_orders_a_dependent_consumer_after_both_dependencies() {

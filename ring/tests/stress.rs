@@ -134,6 +134,41 @@ fn one_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
     assert_complete(&processor.join().unwrap(), 1, per_producer);
 }
 
+/// A multi-producer ring's sole producer, one handler: the consumer reads the slots' marks,
+/// the producer claims without an atomic add. Another handle publishes first and is dropped.
+fn sole_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
+    let mut builder = RingBuilder::multi_producer(CAPACITY, Event::default, wait).unwrap();
+    let (_, processor) = builder.processor("check", &[], Checker::new(1, vec![])).unwrap();
+    let producer = builder.build().unwrap();
+    let mut counter = 0;
+    let other = producer.clone();
+    std::thread::spawn(move || {
+        for counter in 1..=10 {
+            other.publish(|event, _| fill(event, 0, counter)).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    counter += 10;
+    let mut producer = producer.into_sole().unwrap();
+    while counter < per_producer {
+        if counter % 3 == 0 {
+            let size = (per_producer - counter).min(17) as usize;
+            producer
+                .publish_batch(size, |event, _| {
+                    counter += 1;
+                    fill(event, 0, counter);
+                })
+                .unwrap();
+        } else {
+            counter += 1;
+            producer.publish(|event, _| fill(event, 0, counter)).unwrap();
+        }
+    }
+    drop(producer);
+    assert_complete(&processor.join().unwrap(), 1, per_producer);
+}
+
 /// Several producers, one handler.
 fn many_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
     let mut builder = RingBuilder::multi_producer(CAPACITY, Event::default, wait).unwrap();
@@ -229,6 +264,11 @@ macro_rules! strategy_tests {
             #[test]
             fn one_to_one_sees_every_event_once_in_order() {
                 within(LIMIT, || one_to_one($wait, $events));
+            }
+
+            #[test]
+            fn sole_to_one_sees_every_event_once_in_order() {
+                within(LIMIT, || sole_to_one($wait, $events));
             }
 
             #[test]
