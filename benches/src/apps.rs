@@ -138,7 +138,8 @@ where
             let options = EngineOptions { durability, topology, ..EngineOptions::default() };
             let mut engine = options.open(data, initial, SnapshotPolicy::default())?;
             let mut output = engine.take_output_poller().context("the output poller")?;
-            let mut publisher = engine.publisher();
+            // One gateway thread publishes: the engine's sole publisher, as `ledger run` uses.
+            let mut publisher = engine.sole_publisher()?;
             let mut gateway = Keel { publisher: &mut publisher, output: &mut output };
             let driven = drive(&mut gateway, setup, next, load)?;
             drop(publisher);

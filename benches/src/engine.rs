@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context as _, Result};
 use hdrhistogram::Histogram;
 use keel_engine::{
-    Context, Durability, Engine, EngineBuilder, Output, Replica, Replication, StateMachine,
-    Topology, Wait,
+    Context, Durability, Engine, EngineBuilder, Output, Publish, Replica, Replication,
+    StateMachine, Topology, Wait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -173,19 +173,24 @@ impl Follower {
 /// Publishes `commands` commands one at a time as fast as the engine takes them; the time is
 /// from the first publish to the last command applied. `replicated`: with a replica over
 /// loopback TCP (in the `Replicated` tier, every command waits for its acknowledgement).
+/// `sole`: through the engine's [`SolePublisher`](keel_engine::SolePublisher), as an
+/// application with one publishing thread does; otherwise through a shared `Publisher`.
 pub fn saturation(
     root: &std::path::Path,
     topology: Topology,
     durability: Durability,
     replicated: bool,
+    sole: bool,
     commands: u64,
 ) -> Result<Outcome> {
-    let scratch = Scratch::new(root, "saturation")?;
-    isolated(|| {
-        let engine = builder(&scratch.0, topology, durability, replicated).open(Slots::default())?;
-        let follower =
-            if replicated { Some(Follower::attach(root, &engine, commands)?) } else { None };
-        let mut publisher = engine.publisher();
+    /// Publishes, waits for the last command to be applied (and the replica to have it), and
+    /// returns the time; the publisher is dropped after, by the caller.
+    fn measure(
+        engine: &Engine<Slots>,
+        publisher: &mut impl Publish<Slots>,
+        follower: Option<Follower>,
+        commands: u64,
+    ) -> Result<Duration> {
         let started = Instant::now();
         for value in 1..=commands {
             publisher.publish(add(value))?;
@@ -197,7 +202,20 @@ pub fn saturation(
         if let Some(follower) = follower {
             follower.finish(engine.stats().journaled)?;
         }
-        drop(publisher);
+        Ok(elapsed)
+    }
+    let scratch = Scratch::new(root, "saturation")?;
+    isolated(|| {
+        let mut engine =
+            builder(&scratch.0, topology, durability, replicated).open(Slots::default())?;
+        let follower =
+            if replicated { Some(Follower::attach(root, &engine, commands)?) } else { None };
+        let elapsed = if sole {
+            let mut publisher = engine.sole_publisher()?;
+            measure(&engine, &mut publisher, follower, commands)?
+        } else {
+            measure(&engine, &mut engine.publisher(), follower, commands)?
+        };
         let state = engine.shutdown()?;
         Ok(Outcome { elapsed, events: commands, sum: state.sum() })
     })
@@ -321,7 +339,8 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
         let follower =
             if replicated { Some(Follower::attach(root, &engine, warm_up)?) } else { None };
         let mut output = engine.take_output_poller().context("the output poller")?;
-        let mut publisher = engine.publisher();
+        // One gateway thread publishes: the engine's sole publisher.
+        let mut publisher = engine.sole_publisher()?;
         let epoch = Instant::now();
         let mut received = 0u64;
         // Receives what is there; returns how many events came.

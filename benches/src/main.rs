@@ -386,10 +386,34 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                 format!("{topology_name} {tier} yielding"),
                 expected,
                 Box::new(move || {
-                    Ok((engine::saturation(&root, topology, durability, false, commands)?, None))
+                    let outcome =
+                        engine::saturation(&root, topology, durability, false, true, commands)?;
+                    Ok((outcome, None))
                 }),
             ));
         }
+    }
+    // The same through a shared (cloneable) publisher, whose claims are atomic adds: what
+    // the sole publisher saves.
+    for (durability, tier) in &tiers[..2] {
+        let (durability, root) = (*durability, root.to_owned());
+        cases.push((
+            "engine-saturation",
+            "keel",
+            format!("compact {tier} yielding, shared publisher"),
+            expected,
+            Box::new(move || {
+                let outcome = engine::saturation(
+                    &root,
+                    Topology::Compact,
+                    durability,
+                    false,
+                    false,
+                    commands,
+                )?;
+                Ok((outcome, None))
+            }),
+        ));
     }
     cases.push((
         "engine-saturation",
@@ -493,8 +517,14 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             format!("compact {tier}"),
             engine::expected_sum(commands),
             Box::new(move || {
-                let outcome =
-                    engine::saturation(&root, Topology::Compact, durability, replicated, commands)?;
+                let outcome = engine::saturation(
+                    &root,
+                    Topology::Compact,
+                    durability,
+                    replicated,
+                    true,
+                    commands,
+                )?;
                 Ok((outcome, None))
             }),
         ));

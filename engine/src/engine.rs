@@ -22,7 +22,7 @@ use crate::config::{AnyWait, Durability, SnapshotPolicy, Topology, Wait};
 use crate::error::{EngineError, Halt};
 use crate::machine::{Context, Output, StateMachine};
 use crate::numbering::Numbering;
-use crate::publisher::{InputSlot, Publisher};
+use crate::publisher::{InputSlot, Publisher, SolePublisher};
 use crate::recovery::{
     apply_guarded, load_snapshot, panic_message, replay, EventSink, Skipped, Start, KIND_COMMAND,
 };
@@ -616,6 +616,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             shared,
             recovery: report,
             replicator,
+            numbering,
         })
     }
 
@@ -762,12 +763,38 @@ pub struct Engine<M: StateMachine, C: Codec = Bincode> {
     shared: Arc<Shared>,
     recovery: RecoveryReport,
     replicator: Option<Arc<Replicator>>,
+    /// Which journal sequence each ring sequence is (for the published count).
+    numbering: Numbering,
 }
 
 impl<M: StateMachine, C: Codec> Engine<M, C> {
     /// A publisher (clone it for each producing thread).
+    ///
+    /// # Panics
+    /// After [`sole_publisher`](Self::sole_publisher) took the engine's own.
     pub fn publisher(&self) -> Publisher<M, C> {
-        self.publisher.as_ref().expect("the engine's publisher lives until shutdown").clone()
+        self.publisher
+            .as_ref()
+            .expect("the engine's publisher was taken by sole_publisher()")
+            .clone()
+    }
+
+    /// The engine's only publisher, for an application that publishes from one thread: its
+    /// claims on the input ring take no atomic read-modify-write ([`SolePublisher`]). It takes
+    /// the engine's own publisher, so it is refused while any other [`Publisher`] or
+    /// [`Requester`] exists, and afterwards [`publisher`](Self::publisher) panics and
+    /// [`requester`](Self::requester) fails. Dropping it closes the input: drop it before
+    /// [`shutdown`](Self::shutdown), as every other publisher.
+    pub fn sole_publisher(&mut self) -> Result<SolePublisher<M, C>, EngineError> {
+        let publisher = self.publisher.take().ok_or_else(|| {
+            EngineError::Configuration("the engine's publisher was already taken".into())
+        })?;
+        publisher.into_sole().map_err(|publisher| {
+            self.publisher = Some(publisher);
+            EngineError::Configuration(
+                "sole_publisher() needs every other publisher and requester dropped".into(),
+            )
+        })
     }
 
     /// A publisher that waits for its commands' events; the builder must have enabled
@@ -779,7 +806,12 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
         let router = self.router.as_ref().ok_or_else(|| {
             EngineError::Configuration("requester() needs the builder's responses()".into())
         })?;
-        Ok(Requester::new(self.publisher(), Arc::clone(router), Arc::clone(&self.shared)))
+        let publisher = self.publisher.as_ref().ok_or_else(|| {
+            EngineError::Configuration(
+                "the engine's publisher was taken by sole_publisher()".into(),
+            )
+        })?;
+        Ok(Requester::new(publisher.clone(), Arc::clone(router), Arc::clone(&self.shared)))
     }
 
     /// An output poller declared with [`EngineBuilder::output_poller`], once each.
@@ -794,10 +826,7 @@ impl<M: StateMachine, C: Codec> Engine<M, C> {
 
     /// The engine's counters now.
     pub fn stats(&self) -> Stats {
-        let published = self
-            .publisher
-            .as_ref()
-            .map_or(0, |publisher| publisher.numbering.command(self.input_control.cursor()));
+        let published = self.numbering.command(self.input_control.cursor());
         self.shared.counters.read(published)
     }
 

@@ -69,7 +69,7 @@ pub use config::{Durability, SnapshotPolicy, Topology, Wait};
 pub use engine::{Delivery, Engine, EngineBuilder, OutputPoller, RecoveryReport};
 pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};
-pub use publisher::Publisher;
+pub use publisher::{Publish, Publisher, SolePublisher};
 pub use recovery::{
     decode_command, replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState,
 };

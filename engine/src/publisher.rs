@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use keel_ring::{MultiProducer, RingError};
+use keel_ring::{MultiProducer, RingError, SoleProducer};
 
 use crate::codec::Codec;
 use crate::config::AnyWait;
@@ -112,6 +112,120 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
             .publish_batch(count, |slot, _| slot.command = commands.next())
             .map_err(|error| self.shared.ring_error(error))?;
         Ok(self.numbering.command(last))
+    }
+}
+
+impl<M: StateMachine, C: Codec> Publisher<M, C> {
+    /// This publisher as the engine's [`SolePublisher`], if no other publisher is left.
+    pub(crate) fn into_sole(self) -> Result<SolePublisher<M, C>, Self> {
+        let Self { producer, shared, numbering, codec } = self;
+        match producer.into_sole() {
+            Ok(producer) => Ok(SolePublisher { producer, shared, numbering, codec }),
+            Err(producer) => Err(Self { producer, shared, numbering, codec }),
+        }
+    }
+}
+
+/// The engine's only publisher, from [`Engine::sole_publisher`](crate::Engine::sole_publisher),
+/// for an application that publishes from one thread (a gateway, a replayer, a benchmark's
+/// driver): the engine's input ring is built for any number of producers, and a claim there is
+/// an atomic add, a full barrier that waits for the previous command's stores to reach the
+/// cache; with one producer known to be the only one, a claim is a plain store. Not `Clone`.
+/// Dropping it closes the input, as dropping the last [`Publisher`] does.
+pub struct SolePublisher<M: StateMachine, C: Codec> {
+    producer: SoleProducer<InputSlot<M::Command>, AnyWait>,
+    shared: Arc<Shared>,
+    numbering: Numbering,
+    codec: PhantomData<fn() -> C>,
+}
+
+impl<M: StateMachine, C: Codec> SolePublisher<M, C> {
+    /// Publishes a command, waiting while the input ring is full; returns its sequence.
+    #[inline]
+    pub fn publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
+        let mut command = Some(command);
+        let sequence = self
+            .producer
+            .publish(|slot, _| slot.command = command.take())
+            .map_err(|error| self.shared.ring_error(error))?;
+        Ok(self.numbering.command(sequence))
+    }
+
+    /// Like [`publish`](Self::publish), but fails with [`EngineError::Full`] at once when the
+    /// ring has no free slot.
+    #[inline]
+    pub fn try_publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
+        let mut command = Some(command);
+        let sequence = self
+            .producer
+            .try_publish(|slot, _| slot.command = command.take())
+            .map_err(|error| self.shared.ring_error(error))?;
+        Ok(self.numbering.command(sequence))
+    }
+
+    /// Publishes several commands as consecutive sequences, made visible together; returns the
+    /// last sequence. At most the ring's capacity.
+    pub fn publish_batch(&mut self, commands: Vec<M::Command>) -> Result<u64, EngineError> {
+        if commands.is_empty() {
+            return Err(EngineError::Configuration("an empty batch".into()));
+        }
+        let count = commands.len();
+        let mut commands = commands.into_iter();
+        let last = self
+            .producer
+            .publish_batch(count, |slot, _| slot.command = commands.next())
+            .map_err(|error| self.shared.ring_error(error))?;
+        Ok(self.numbering.command(last))
+    }
+}
+
+impl<M: StateMachine, C: Codec> std::fmt::Debug for SolePublisher<M, C> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("SolePublisher").field("numbering", &self.numbering).finish()
+    }
+}
+
+/// What [`Publisher`] and [`SolePublisher`] both do, for code that publishes through either.
+pub trait Publish<M: StateMachine> {
+    /// Publishes a command, waiting while the input ring is full; returns its sequence.
+    fn publish(&mut self, command: M::Command) -> Result<u64, EngineError>;
+
+    /// Publishes a command, or fails with [`EngineError::Full`] at once when the ring is full.
+    fn try_publish(&mut self, command: M::Command) -> Result<u64, EngineError>;
+
+    /// Publishes several commands as consecutive sequences; returns the last sequence.
+    fn publish_batch(&mut self, commands: Vec<M::Command>) -> Result<u64, EngineError>;
+}
+
+impl<M: StateMachine, C: Codec> Publish<M> for Publisher<M, C> {
+    #[inline]
+    fn publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
+        Publisher::publish(self, command)
+    }
+
+    #[inline]
+    fn try_publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
+        Publisher::try_publish(self, command)
+    }
+
+    fn publish_batch(&mut self, commands: Vec<M::Command>) -> Result<u64, EngineError> {
+        Publisher::publish_batch(self, commands)
+    }
+}
+
+impl<M: StateMachine, C: Codec> Publish<M> for SolePublisher<M, C> {
+    #[inline]
+    fn publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
+        SolePublisher::publish(self, command)
+    }
+
+    #[inline]
+    fn try_publish(&mut self, command: M::Command) -> Result<u64, EngineError> {
+        SolePublisher::try_publish(self, command)
+    }
+
+    fn publish_batch(&mut self, commands: Vec<M::Command>) -> Result<u64, EngineError> {
+        SolePublisher::publish_batch(self, commands)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{commands, records, Bank, Command, Event};
 use keel_engine::{
-    replay_to, Bincode, Delivery, Durability, Engine, EngineBuilder, EngineError, Halt,
+    replay_to, Bincode, Delivery, Durability, Engine, EngineBuilder, EngineError, Halt, Publish,
     ReplayTarget, SnapshotPolicy, StateMachine, Topology,
 };
 use keel_journal::{JournalReader, SnapshotMeta, SnapshotStore};
@@ -65,14 +65,30 @@ fn run(
     topology: Topology,
     commands: &[Command],
 ) -> (Bank, Grouped) {
-    let (builder, seen) = recording(directory, durability, topology);
-    let engine = builder.open(Bank::default()).unwrap();
-    let mut publisher = engine.publisher();
-    for (index, command) in commands.iter().enumerate() {
-        let sequence = publisher.publish(command.clone()).unwrap();
-        assert_eq!(sequence, index as u64 + 1);
+    run_through(directory, durability, topology, commands, false)
+}
+
+/// [`run`], through the engine's [`SolePublisher`](keel_engine::SolePublisher) when `sole`.
+fn run_through(
+    directory: &Path,
+    durability: Durability,
+    topology: Topology,
+    commands: &[Command],
+    sole: bool,
+) -> (Bank, Grouped) {
+    fn publish_all(publisher: &mut impl Publish<Bank>, commands: &[Command]) {
+        for (index, command) in commands.iter().enumerate() {
+            let sequence = publisher.publish(command.clone()).unwrap();
+            assert_eq!(sequence, index as u64 + 1);
+        }
     }
-    drop(publisher);
+    let (builder, seen) = recording(directory, durability, topology);
+    let mut engine = builder.open(Bank::default()).unwrap();
+    if sole {
+        publish_all(&mut engine.sole_publisher().unwrap(), commands);
+    } else {
+        publish_all(&mut engine.publisher(), commands);
+    }
     let bank = engine.shutdown().unwrap();
     let events = per_command(&seen.lock().unwrap());
     (bank, events)
@@ -97,12 +113,14 @@ proptest! {
         count in 1usize..600,
         fsync in any::<bool>(),
         pipelined in any::<bool>(),
+        sole in any::<bool>(),
     ) {
         let durability = if fsync { Durability::Fsync } else { Durability::PageCache };
         let topology = if pipelined { Topology::Pipelined } else { Topology::Compact };
         let commands = commands(count, 8, seed);
         let directory = tempfile::tempdir().unwrap();
-        let (live, live_events) = run(directory.path(), durability, topology, &commands);
+        let (live, live_events) =
+            run_through(directory.path(), durability, topology, &commands, sole);
         prop_assert_eq!(live_events.len(), count, "one delivery group per command");
 
         // Replay from the journal alone, recomputing the events.
@@ -362,6 +380,49 @@ fn a_command_that_cannot_be_encoded_halts_the_engine_and_loses_nothing_before_it
     assert_eq!(bank.accounts, expected.accounts);
 }
 
+fn the_sole_publisher_is_only_had_alone_and_publishes_like_any_other(topology: Topology) {
+    let directory = tempfile::tempdir().unwrap();
+    let commands = commands(300, 4, 8);
+    let mut engine = builder(directory.path(), Durability::PageCache, topology)
+        .responses()
+        .open(Bank::default())
+        .unwrap();
+    let mut publisher = engine.publisher();
+    for command in &commands[..100] {
+        publisher.publish(command.clone()).unwrap();
+    }
+    // Refused while another publisher, or a requester, exists; the engine's own is kept.
+    let refused = engine.sole_publisher().unwrap_err();
+    assert!(refused.to_string().contains("every other publisher"), "{refused}");
+    drop(publisher);
+    let requester = engine.requester().unwrap();
+    assert!(engine.sole_publisher().is_err());
+    drop(requester);
+    let mut sole = engine.sole_publisher().unwrap();
+    assert!(engine.sole_publisher().is_err(), "only once");
+    assert!(engine.requester().is_err());
+    let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.publisher()));
+    assert!(taken.is_err(), "publisher() after sole_publisher() panics");
+
+    // Numbering goes on from the other publisher's; single, try and batch publishes.
+    assert_eq!(sole.publish(commands[100].clone()).unwrap(), 101);
+    assert_eq!(sole.try_publish(commands[101].clone()).unwrap(), 102);
+    assert_eq!(sole.publish_batch(commands[102..200].to_vec()).unwrap(), 200);
+    for command in &commands[200..] {
+        sole.publish(command.clone()).unwrap();
+    }
+    wait_until("applied", || engine.stats().applied == 300);
+    assert_eq!(engine.stats().published, 300);
+    drop(sole);
+    let live = engine.shutdown().unwrap();
+    let (expected, _) =
+        run(tempfile::tempdir().unwrap().path(), Durability::Memory, topology, &commands);
+    assert_eq!(live.accounts, expected.accounts);
+    let replayed =
+        replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::End).unwrap();
+    assert_eq!(replayed.state_hash, live.state_hash());
+}
+
 fn the_memory_tier_encodes_nothing_so_any_command_is_applied(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let engine =
@@ -594,6 +655,7 @@ in_both_topologies!(
     a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it,
     a_command_that_cannot_be_encoded_halts_the_engine_and_loses_nothing_before_it,
     the_memory_tier_encodes_nothing_so_any_command_is_applied,
+    the_sole_publisher_is_only_had_alone_and_publishes_like_any_other,
     the_memory_tier_writes_nothing,
     try_publish_reports_a_full_ring_and_batches_take_consecutive_sequences,
     a_command_may_emit_more_events_than_the_output_ring_holds,

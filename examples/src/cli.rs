@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 use keel_engine::{
-    Bincode, Durability, Engine, OutputPoller, Publisher, RecoveryReport, Replication,
-    SnapshotPolicy, StateMachine, Topology, Wait,
+    Bincode, Durability, Engine, OutputPoller, RecoveryReport, Replication, SnapshotPolicy,
+    SolePublisher, StateMachine, Topology, Wait,
 };
 
 use crate::driver::{drive, Driven, Pace};
@@ -297,7 +297,8 @@ pub trait Tally<E>: Default {
 pub struct Session<M: StateMachine, T> {
     engine: Engine<M>,
     output: OutputPoller<M::Event>,
-    publisher: Publisher<M, Bincode>,
+    /// The engine's sole publisher: one thread publishes.
+    publisher: SolePublisher<M, Bincode>,
     /// The events seen so far.
     pub tally: T,
 }
@@ -321,7 +322,7 @@ where
     ) -> Result<Self> {
         let mut engine = options.open(data, initial, snapshots)?;
         let output = engine.take_output_poller().context("the output poller")?;
-        let publisher = engine.publisher();
+        let publisher = engine.sole_publisher().context("the engine's publisher")?;
         Ok(Self { engine, output, publisher, tally: T::default() })
     }
 

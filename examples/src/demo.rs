@@ -212,7 +212,7 @@ where
     let mut engine = args.engine.open_replicating(&args.data, initial, snapshots, replication)?;
     let rate = args.rate;
     let mut output = engine.take_output_poller().context("the output poller")?;
-    let mut publisher = engine.publisher();
+    let mut publisher = engine.sole_publisher().context("the engine's publisher")?;
     let report = engine.recovery().clone();
     let base = report.last_sequence;
     let mut stdout = std::io::stdout().lock();

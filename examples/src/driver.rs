@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use hdrhistogram::Histogram;
-use keel_engine::{Codec, Delivery, EngineError, OutputPoller, Publisher, StateMachine};
+use keel_engine::{Delivery, EngineError, OutputPoller, Publish, StateMachine};
 
 /// At saturation, one command in this many is timed.
 pub const SATURATION_SAMPLE: u64 = 64;
@@ -87,16 +87,17 @@ pub trait Gateway {
     fn receive(&mut self, on_delivery: impl FnMut(Delivery<'_, Self::Event>)) -> Result<usize>;
 }
 
-/// keel's gateway ends: a publisher and an output poller.
+/// keel's gateway ends: a publisher (the engine's sole one, or a shared one) and an output
+/// poller.
 #[derive(Debug)]
-pub struct Keel<'a, M: StateMachine, C: Codec> {
+pub struct Keel<'a, M: StateMachine, P: Publish<M>> {
     /// Where commands go.
-    pub publisher: &'a mut Publisher<M, C>,
+    pub publisher: &'a mut P,
     /// Where their events come from.
     pub output: &'a mut OutputPoller<M::Event>,
 }
 
-impl<M: StateMachine, C: Codec> Gateway for Keel<'_, M, C>
+impl<M: StateMachine, P: Publish<M>> Gateway for Keel<'_, M, P>
 where
     M::Command: Clone,
 {
@@ -119,8 +120,8 @@ where
 /// Publishes `count` commands from `commands`, reading every event; `on_event` sees each event
 /// with its command's sequence, `progress` is called about every 100 ms (or as often as
 /// `pace.progress_every` says) with the commands answered so far.
-pub fn drive<M: StateMachine, C: Codec>(
-    publisher: &mut Publisher<M, C>,
+pub fn drive<M: StateMachine, P: Publish<M>>(
+    publisher: &mut P,
     output: &mut OutputPoller<M::Event>,
     commands: impl FnMut() -> M::Command,
     count: u64,

@@ -29,7 +29,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_engine::{Codec, EngineError, OutputPoller, Publisher};
+use keel_engine::{EngineError, OutputPoller, Publish};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
@@ -283,9 +283,9 @@ impl Server {
     /// closes every connection) or the engine stops (then answers what is in flight
     /// `unavailable`). The publisher and the poller must be the engine's only ones: the
     /// gateway maps every delivery's sequence to a request it published.
-    pub fn run<C: Codec>(
+    pub fn run(
         mut self,
-        publisher: &mut Publisher<Ledger, C>,
+        publisher: &mut impl Publish<Ledger>,
         output: &mut OutputPoller<Event>,
         stop: &AtomicBool,
     ) -> io::Result<ServeReport> {
@@ -416,10 +416,7 @@ impl Server {
     }
 
     /// Reads and publishes the requests of every connection that has any, within the bounds.
-    fn take_requests<C: Codec>(
-        &mut self,
-        publisher: &mut Publisher<Ledger, C>,
-    ) -> Result<bool, EngineError> {
+    fn take_requests(&mut self, publisher: &mut impl Publish<Ledger>) -> Result<bool, EngineError> {
         let mut progress = false;
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];

@@ -78,7 +78,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     std::io::stdout().flush().context("writing to standard output")?;
 
     let mut output = engine.take_output_poller().context("the output poller")?;
-    let mut publisher = engine.publisher();
+    // One gateway thread publishes: the engine's sole publisher, whose claims take no atomic
+    // read-modify-write.
+    let mut publisher = engine.sole_publisher().context("the engine's publisher")?;
     let report = server.run(&mut publisher, &mut output, &stop).context("serving")?;
     drop(publisher);
     drop(output);
