@@ -1237,7 +1237,8 @@ pub(crate) fn journal_failed(journal: &JournalWriter, error: keel_journal::Journ
 /// makes it durable, and only then releases it to the engine thread. In the `Memory` tier it
 /// only stamps. A batch never runs past a checkpoint position: at one, the journaller waits
 /// for the engine thread to apply what it released and hand over the state's hash, and
-/// writes the checkpoint before it takes more input.
+/// writes the checkpoint before it takes more input. `journal`: the journal and the encoder of
+/// the commands that go into it, in the tiers that journal.
 fn run_journaller<M: StateMachine, C: Codec>(
     mut poller: InputPoller<M>,
     mut journal: Option<(JournalWriter, CommandEncoder<C>)>,

@@ -34,10 +34,10 @@ impl<C> Default for InputSlot<C> {
 ///
 /// A command is moved into its ring slot as it is; the thread that journals it encodes it. A
 /// command the engine's codec cannot encode therefore halts the engine
-/// ([`Halt::Encode`](crate::Halt::Encode)) rather than failing its `publish`: `#[derive(Serialize)]`
-/// types always encode with bincode, so that takes a hand-written `Serialize` that fails, or a
-/// serde attribute bincode does not support (`docs/ARCHITECTURE.md`, "The thread that journals a
-/// command encodes it").
+/// ([`Halt::Encode`](crate::Halt::Encode)) rather than failing its `publish`. With bincode,
+/// `#[derive(Serialize)]` types always encode, so that takes a hand-written `Serialize` that
+/// fails, or a serde attribute bincode does not support (`docs/ARCHITECTURE.md`, "The thread
+/// that journals a command encodes it").
 pub struct Publisher<M: StateMachine, C: Codec> {
     pub(crate) producer: MultiProducer<InputSlot<M::Command>, AnyWait>,
     pub(crate) shared: Arc<Shared>,
@@ -113,9 +113,7 @@ impl<M: StateMachine, C: Codec> Publisher<M, C> {
             .map_err(|error| self.shared.ring_error(error))?;
         Ok(self.numbering.command(last))
     }
-}
 
-impl<M: StateMachine, C: Codec> Publisher<M, C> {
     /// This publisher as the engine's [`SolePublisher`], if no other publisher is left.
     pub(crate) fn into_sole(self) -> Result<SolePublisher<M, C>, Self> {
         let Self { producer, shared, numbering, codec } = self;
