@@ -45,6 +45,33 @@ where
         })
 }
 
+/// The slow path of a claim by a producer that is alone on its ring (a [`SingleProducer`], a
+/// [`SoleProducer`]), when `last` would pass its claim limit: reads the gating consumers, waits
+/// for them if `mode` allows, and returns the new limit (their minimum plus the capacity).
+#[cold]
+#[inline(never)]
+fn lone_claim_limit<E, S, W: WaitStrategy>(
+    shared: &Shared<E, S, W>,
+    gating: &[Arc<Sequence>],
+    last: u64,
+    mode: Claim,
+) -> Result<u64, RingError>
+where
+    S: crate::sequencer::Sequencer,
+{
+    let capacity = shared.capacity();
+    // Slot `last` last held `last - capacity`: every gating consumer must be past it.
+    let needed = last - capacity;
+    let mut minimum = minimum_sequence(gating, u64::MAX);
+    if minimum < needed {
+        if mode == Claim::Try {
+            return Err(RingError::Full);
+        }
+        minimum = wait_for_gating(shared, gating, needed)?;
+    }
+    Ok(minimum + capacity)
+}
+
 /// The producer of a single-producer ring. Not `Clone`: a second producer would break the
 /// sequencer's one assumption. Move it to the publishing thread.
 pub struct SingleProducer<E, W: WaitStrategy> {
@@ -77,27 +104,9 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SingleProducer<E, W> {
         }
         let last = self.published + size;
         if last > self.claim_limit {
-            self.claim_slow(last, mode)?;
+            self.claim_limit = lone_claim_limit(&self.shared, &self.gating, last, mode)?;
         }
         Ok(last)
-    }
-
-    /// The claim would pass the limit: read the consumers, and wait for them if allowed.
-    #[cold]
-    #[inline(never)]
-    fn claim_slow(&mut self, last: u64, mode: Claim) -> Result<(), RingError> {
-        let capacity = self.shared.capacity();
-        // Slot `last` last held `last - capacity`: every gating consumer must be past it.
-        let needed = last - capacity;
-        let mut minimum = minimum_sequence(&self.gating, u64::MAX);
-        if minimum < needed {
-            if mode == Claim::Try {
-                return Err(RingError::Full);
-            }
-            minimum = wait_for_gating(&self.shared, &self.gating, needed)?;
-        }
-        self.claim_limit = minimum + capacity;
-        Ok(())
     }
 
     #[inline(always)]
@@ -397,33 +406,14 @@ impl<E: Send + Sync + 'static, W: WaitStrategy> SoleProducer<E, W> {
         }
         let last = self.published + size;
         if last > self.claim_limit {
-            self.claim_slow(last, mode)?;
+            let gating = &self.handle.producers.gating;
+            self.claim_limit = lone_claim_limit(&self.handle.shared, gating, last, mode)?;
         }
         // The cursor is the highest sequence claimed, read by `RingControl` and by consumers
         // only once the ring is closed: a plain release store on a line no consumer polls.
         self.handle.shared.sequencer.cursor.set(last);
         self.published = last;
         Ok(last)
-    }
-
-    /// The claim would pass the limit: read the consumers, and wait for them if allowed.
-    #[cold]
-    #[inline(never)]
-    fn claim_slow(&mut self, last: u64, mode: Claim) -> Result<(), RingError> {
-        let shared = &*self.handle.shared;
-        let gating = &self.handle.producers.gating;
-        let capacity = shared.capacity();
-        // Slot `last` last held `last - capacity`: every gating consumer must be past it.
-        let needed = last - capacity;
-        let mut minimum = minimum_sequence(gating, u64::MAX);
-        if minimum < needed {
-            if mode == Claim::Try {
-                return Err(RingError::Full);
-            }
-            minimum = wait_for_gating(shared, gating, needed)?;
-        }
-        self.claim_limit = minimum + capacity;
-        Ok(())
     }
 
     /// Publishes one event, waiting while the ring is full. Returns its sequence.
