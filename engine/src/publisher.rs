@@ -139,7 +139,7 @@ pub struct SolePublisher<M: StateMachine, C: Codec> {
 
 // `publish` and `try_publish` repeat their few lines on purpose: folded into one function that
 // chose the ring's call by a `match`, the compact `Memory` tier at saturation ran at half the
-// rate (0.53×, nine runs against nine): the command no longer went straight into its slot.
+// rate (0.53×, six runs against six): the command no longer went straight into its slot.
 impl<M: StateMachine, C: Codec> SolePublisher<M, C> {
     /// Publishes a command, waiting while the input ring is full; returns its sequence.
     #[inline]
