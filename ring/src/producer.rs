@@ -2,7 +2,7 @@
 //! [`MultiProducer`] (`Clone`, claims by atomic add), and [`SoleProducer`] (a multi-producer
 //! ring's last handle, claiming as a single producer does).
 //!
-//! Both offer `publish` (waits while the ring is full, per the wait strategy), `try_publish`
+//! Each offers `publish` (waits while the ring is full, per the wait strategy), `try_publish`
 //! ([`RingError::Full`] instead of waiting), and the same two for batches, whose slots are
 //! written one by one and made visible together. Dropping the last producer *closes* the ring:
 //! consumers process everything published and then stop.
