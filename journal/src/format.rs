@@ -624,9 +624,21 @@ pub struct BatchRecords<'a> {
     bytes: &'a [u8],
 }
 
+impl<'a> BatchRecords<'a> {
+    /// The next record, with the batch's bytes from its payload on: the payload, then what
+    /// follows it in the batch (padding, later records). For a decoder that reads ahead of
+    /// the bytes it decodes: the batch is checked, so every byte of it may be read.
+    #[inline]
+    pub fn next_with_rest(&mut self) -> Option<(RecordView<'a>, &'a [u8])> {
+        let rest = self.bytes.get(RECORD_HEADER_SIZE..)?;
+        self.next().map(|record| (record, rest))
+    }
+}
+
 impl<'a> Iterator for BatchRecords<'a> {
     type Item = RecordView<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.bytes.is_empty() {
             return None;

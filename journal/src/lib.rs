@@ -57,7 +57,7 @@ mod writer;
 
 pub use error::JournalError;
 pub use lock::WriterLock;
-pub use reader::{JournalReader, Tailer};
+pub use reader::{BatchRun, JournalReader, Tailer};
 pub use repair::{Repair, RepairPlan, DROPPED_DIRECTORY};
 pub use snapshot::{LoadedSnapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 pub use verify::{verify_journal, SegmentSummary, Verdict, Verification};

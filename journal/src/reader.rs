@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{
@@ -27,8 +28,8 @@ struct Cursor {
     journal_directory: PathBuf,
     /// The segments as last listed (listed again when the known ones are exhausted).
     segments: Vec<SegmentFile>,
-    /// The mapped segment.
-    current: Option<(SegmentFile, ReadableMap)>,
+    /// The mapped segment (shared with the [`BatchRun`]s that hold its batches).
+    current: Option<(SegmentFile, Arc<ReadableMap>)>,
     journal_id: Option<[u8; 16]>,
     /// The offset of the next record in the mapped segment.
     position: usize,
@@ -112,7 +113,7 @@ impl Cursor {
         let header = read_header(&file, &segment, self.journal_id)?;
         self.journal_id = Some(header.journal_id);
         let map = ReadableMap::new(&file).map_err(JournalError::io(&segment.path))?;
-        self.current = Some((segment, map));
+        self.current = Some((segment, Arc::new(map)));
         self.position = SEGMENT_HEADER_SIZE;
         self.batch_end = SEGMENT_HEADER_SIZE;
         Ok(())
@@ -199,6 +200,10 @@ impl Cursor {
     }
 
     fn map(&self) -> &ReadableMap {
+        self.shared_map()
+    }
+
+    fn shared_map(&self) -> &Arc<ReadableMap> {
         &self.current.as_ref().expect("a segment is mapped").1
     }
 
@@ -388,6 +393,44 @@ impl JournalReader {
         Ok(Some(BatchView::checked(bytes, first_sequence, last_sequence, last_timestamp_ns)))
     }
 
+    /// Fills `run` with the next checked batches, as [`next_batch`](Self::next_batch) would
+    /// return them, until it holds at least `records` records or `batches` batches, or the
+    /// journal's end. A run owns what it holds (the segments' mappings are shared), so it can
+    /// be read on another thread while this reader checks the next: replay's read-ahead.
+    ///
+    /// At the end `run` is left empty. On an error `run` holds the batches before it, all
+    /// checked: they come first, and the error after them.
+    pub fn next_run(
+        &mut self,
+        run: &mut BatchRun,
+        records: u64,
+        batches: usize,
+    ) -> Result<(), JournalError> {
+        run.clear();
+        let mut held = 0;
+        while held < records && run.batches.len() < batches {
+            let first_sequence = self.cursor.next_sequence;
+            let Some((start, end, last_sequence, last_timestamp_ns)) = self.cursor.step_batch()?
+            else {
+                break;
+            };
+            let map = self.cursor.shared_map();
+            if !run.maps.last().is_some_and(|last| Arc::ptr_eq(last, map)) {
+                run.maps.push(Arc::clone(map));
+            }
+            run.batches.push(RunBatch {
+                map: run.maps.len() - 1,
+                start,
+                end,
+                first_sequence,
+                last_sequence,
+                last_timestamp_ns,
+            });
+            held += last_sequence - first_sequence + 1;
+        }
+        Ok(())
+    }
+
     /// The sequence the next record will have.
     pub fn next_sequence(&self) -> u64 {
         self.cursor.next_sequence
@@ -396,6 +439,64 @@ impl JournalReader {
     /// The journal's id, once a segment was read (`None` for a directory without one).
     pub fn journal_id(&self) -> Option<[u8; 16]> {
         self.cursor.journal_id
+    }
+}
+
+/// Consecutive checked batches that [`JournalReader::next_run`] read, owned: `Send`, so one
+/// thread can check the journal ahead while another applies what it already checked. The
+/// memory is kept across fills, so a run handed back and forth allocates nothing once grown.
+#[derive(Debug, Default)]
+pub struct BatchRun {
+    /// The mappings the batches lie in: one, or more where a run crosses into later segments.
+    maps: Vec<Arc<ReadableMap>>,
+    batches: Vec<RunBatch>,
+}
+
+/// Where a batch of a run lies: a mapping of the run, a byte range in it, and the sequences
+/// of its first and last records.
+#[derive(Clone, Copy, Debug)]
+struct RunBatch {
+    map: usize,
+    start: usize,
+    end: usize,
+    first_sequence: u64,
+    last_sequence: u64,
+    last_timestamp_ns: u64,
+}
+
+impl BatchRun {
+    /// An empty run.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether it holds no batch (the journal's end, after a fill).
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// How many records it holds.
+    pub fn records(&self) -> u64 {
+        self.batches.iter().map(|batch| batch.last_sequence - batch.first_sequence + 1).sum()
+    }
+
+    /// Its batches, in order.
+    pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
+        self.batches.iter().map(|batch| {
+            let bytes = &self.maps[batch.map].bytes()[batch.start..batch.end];
+            BatchView::checked(
+                bytes,
+                batch.first_sequence,
+                batch.last_sequence,
+                batch.last_timestamp_ns,
+            )
+        })
+    }
+
+    /// Lets go of the batches (and of the mappings, once no other run or reader holds them).
+    pub fn clear(&mut self) {
+        self.maps.clear();
+        self.batches.clear();
     }
 }
 

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use common::*;
 use keel_journal::format::{
-    check_batch, encode_record, BatchCheck, RecordFields, SegmentHeader, GROUP_COMMIT_BYTES_MAX,
-    SEGMENT_HEADER_SIZE,
+    check_batch, encode_record, BatchCheck, BatchView, RecordFields, SegmentHeader,
+    GROUP_COMMIT_BYTES_MAX, SEGMENT_HEADER_SIZE,
 };
 use keel_journal::scan::{scan_segment, SegmentEnd};
 use keel_journal::storage::{Fault, FaultyStorage, Operation, PageFate};
-use keel_journal::{verify_journal, Durability, JournalError, JournalReader, JournalWriter};
+use keel_journal::{
+    verify_journal, BatchRun, Durability, JournalError, JournalReader, JournalWriter,
+};
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -245,6 +247,93 @@ fn row_8_damage_in_a_segment_that_is_not_the_last_is_corruption_to_a_reader() {
         }
         other => panic!("expected Corrupt, got {other}"),
     }
+}
+
+/// The sequences and payloads of the records in `batches`.
+fn contents<'a>(batches: impl Iterator<Item = BatchView<'a>>) -> Vec<(u64, Vec<u8>)> {
+    batches
+        .flat_map(|batch| {
+            batch
+                .iter()
+                .map(|record| (record.sequence, record.payload.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn runs_hold_what_batches_hold_across_segments_and_stop_on_damage_after_the_batches_before_it() {
+    fn sendable<T: Send + 'static>(_: &T) {}
+    let (directory, last, segments) = multi_segment_journal();
+    let mut reader = JournalReader::open(directory.path()).unwrap();
+    let mut batches = Vec::new();
+    while let Some(batch) = reader.next_batch().unwrap() {
+        batches.extend(contents(std::iter::once(batch)));
+    }
+    assert_eq!(batches.len() as u64, last);
+    // Runs of at most 3 batches (or 400 records) read the same records, in the same order, and
+    // some run carries batches of two segments.
+    let starts: Vec<u64> = segment_paths(directory.path())
+        .iter()
+        .map(|path| path.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    let mut reader = JournalReader::open_at(directory.path(), 1).unwrap();
+    let (mut runs, mut crossing) = (Vec::new(), 0);
+    let mut run = BatchRun::new();
+    loop {
+        reader.next_run(&mut run, 400, 3).unwrap();
+        if run.is_empty() {
+            break;
+        }
+        sendable(&run);
+        let held = contents(run.batches());
+        assert_eq!(held.len() as u64, run.records());
+        assert!(run.batches().count() <= 3 && run.records() < 400 + 157, "{}", run.records());
+        let (first, last) = (held[0].0, held.last().unwrap().0);
+        crossing += starts.iter().filter(|&&start| first < start && start <= last).count();
+        runs.extend(held);
+    }
+    // (Compared as a whole, not printed: the records are many.)
+    assert!(runs == batches, "runs read other records than batches");
+    assert!(crossing > 0, "no run crossed into a later segment");
+    // Each record with the rest of its batch: its payload, then every byte to the batch's end.
+    let mut reader = JournalReader::open(directory.path()).unwrap();
+    let batch = reader.next_batch().unwrap().unwrap();
+    let (mut records, mut remaining) = (batch.iter(), batch.size());
+    while let Some((record, rest)) = records.next_with_rest() {
+        assert_eq!(&rest[..record.payload.len()], record.payload);
+        assert_eq!(rest.len(), remaining - 32, "record {}", record.sequence);
+        remaining -= record.size_padded;
+    }
+    assert_eq!(remaining, 0);
+    // A reader started inside a batch gives the rest of it first, as `next_batch` does.
+    let mut reader = JournalReader::open_at(directory.path(), 100).unwrap();
+    reader.next_run(&mut run, 1, 1).unwrap();
+    assert_eq!(contents(run.batches()), batches[99..157]);
+
+    // Damage in the second segment: the run that meets it holds every batch before it, then
+    // the error is the one a record-by-record reading meets.
+    let records = records_of(&segments[1]);
+    let damaged = *records.iter().find(|record| (record.sequence - 1) % 157 == 0).unwrap();
+    flip_bit(&segments[1], damaged.offset + 40, 3);
+    let expected = first_read_error(directory.path()).to_string();
+    let mut reader = JournalReader::open(directory.path()).unwrap();
+    let mut read = Vec::new();
+    let error = loop {
+        match reader.next_run(&mut run, 1_000, 8) {
+            Ok(()) => {
+                assert!(!run.is_empty(), "the reader reached the end without the damage");
+                read.extend(contents(run.batches()));
+            }
+            Err(error) => {
+                read.extend(contents(run.batches()));
+                break error;
+            }
+        }
+    };
+    assert_eq!(error.to_string(), expected);
+    assert_eq!(read.len() as u64, damaged.sequence - 1);
+    assert!(read == batches[..read.len()], "the records before the damage differ");
 }
 
 #[test]
