@@ -24,7 +24,8 @@ use crate::machine::{Context, Output, StateMachine};
 use crate::numbering::Numbering;
 use crate::publisher::{InputSlot, Publisher, SolePublisher};
 use crate::recovery::{
-    apply_guarded, load_snapshot, panic_message, replay, EventSink, Skipped, Start, KIND_COMMAND,
+    apply_guarded, load_snapshot, panic_message, replay, EventSink, ReplayTarget, Skipped, Start,
+    KIND_COMMAND,
 };
 use crate::replicator::{Replication, ReplicationStatus, Replicator};
 use crate::responses::{Requester, Router, RouterHandler};
@@ -700,7 +701,7 @@ pub(crate) fn recover_journal<M: StateMachine, C: Codec>(
         codec,
         &mut machine,
         (sequence, timestamp_ns),
-        |_, _| true,
+        ReplayTarget::End,
         sink,
         progress,
     )?;

@@ -3,13 +3,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::Instant;
 
 use keel_journal::format::{
     Checkpoint, RecordView, SnapshotHeader, CHECKPOINT_VERSION, KIND_APPLICATION_MAX,
     KIND_CHECKPOINT,
 };
-use keel_journal::{JournalError, JournalReader, SnapshotStore};
+use keel_journal::{BatchRun, JournalError, JournalReader, SnapshotStore};
 
 use crate::codec::Codec;
 use crate::error::{EngineError, Halt};
@@ -96,57 +97,163 @@ pub(crate) struct Replayed {
     pub(crate) seconds: f64,
 }
 
-/// Applies the journal's commands from `start.sequence + 1` while `keep_going(sequence,
-/// timestamp)` says so, to the end of what the journal holds. Each record's checksum is
+/// How many records a run of checked batches holds at most, and how many batches: enough that
+/// handing a run between the threads costs nothing measurable, little enough that the reading
+/// thread is never far ahead.
+const RUN_RECORDS: u64 = 8 * 1024;
+const RUN_BATCHES: usize = 1024;
+
+/// How many checked runs the reading thread may have waiting.
+const RUNS_AHEAD: usize = 4;
+
+/// What the reading thread hands over: a run of checked batches, and whether reading stopped
+/// after it on an error (an empty run with `Ok` is the journal's end).
+type CheckedRun = (BatchRun, Result<(), JournalError>);
+
+/// Applies the journal's commands from `start.sequence + 1` to `target`, or to the end of
+/// what the journal holds. Past a sequence target nothing is looked at, so damage there does
+/// not stop a replay to a point before it. Each record's checksum is
 /// verified (by batch) before it is decoded; the sequence is gap-free by the reader's checks.
 /// Events go to `sink`, when there is one, with their command's sequence. `progress` is called
 /// every 1 M records.
+///
+/// A second thread reads and checks the journal a few runs of batches ahead, while this one
+/// decodes and applies: the checks are a third of a replay's time (ARCHITECTURE.md, "Replay
+/// checks the journal on a thread of its own"). What this thread applies, and any error, come
+/// in the journal's order, exactly as a reading on one thread gives them.
 pub(crate) fn replay<M: StateMachine, C: Codec>(
     directory: &Path,
     codec: &C,
     machine: &mut M,
     start: (u64, u64),
-    mut keep_going: impl FnMut(u64, u64) -> bool,
+    target: ReplayTarget,
     mut sink: Option<EventSink<'_, M::Event>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Replayed, EngineError> {
     let began = Instant::now();
     let (mut last_sequence, mut last_timestamp_ns) = start;
     let mut records = 0;
-    let mut reader = JournalReader::open_at(directory, last_sequence + 1)?;
-    let mut output = Output::new();
-    'batches: loop {
-        let batch = match reader.next_batch() {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break,
-            // An unacknowledged write at the end, which opening the journal for writing
-            // truncates: not data. (Recovery opens the writer first, so it never sees one.)
-            Err(JournalError::TornTail { .. }) => break,
-            Err(error) => return Err(error.into()),
-        };
-        for record in batch.iter() {
-            if !keep_going(record.sequence, record.timestamp_ns) {
-                break 'batches;
-            }
-            let decoded = decode_record::<M, C>(codec, &record).map_err(EngineError::Halted)?;
-            let context = Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
-            output.clear();
-            apply_record(machine, &context, &decoded, &mut output).map_err(EngineError::Halted)?;
-            // Without a sink the events are dropped here: no call per command.
-            if let (Decoded::Command(_), Some(sink)) = (&decoded, sink.as_mut()) {
-                sink(record.sequence, output.events());
-            }
-            last_sequence = record.sequence;
-            last_timestamp_ns = record.timestamp_ns;
-            records += 1;
-            if records % (1 << 20) == 0 {
-                progress(records);
-            }
-        }
+    let until = match target {
+        ReplayTarget::Sequence(last) => last,
+        ReplayTarget::Timestamp(_) | ReplayTarget::End => u64::MAX,
+    };
+    if last_sequence >= until {
+        return Ok(Replayed { records, last_sequence, last_timestamp_ns, seconds: 0.0 });
     }
+    let reader = JournalReader::open_at(directory, last_sequence + 1)?;
+    let mut output = Output::new();
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        let (checked, runs) = mpsc::sync_channel::<CheckedRun>(RUNS_AHEAD);
+        let (recycle, recycled) = mpsc::channel::<BatchRun>();
+        let reading = std::thread::Builder::new()
+            .name("keel-replay-read".into())
+            .spawn_scoped(scope, move || read_ahead(reader, &checked, &recycled))
+            .map_err(|error| EngineError::Spawn {
+                thread: "replay's reading".into(),
+                message: error.to_string(),
+            })?;
+        let applied = 'runs: loop {
+            // The reading thread only hangs up after sending its last run: a closed channel
+            // here is its panic, which the join below passes on.
+            let Ok((run, outcome)) = runs.recv() else { break Ok(()) };
+            for batch in run.batches() {
+                let mut batch = batch.iter();
+                while let Some((record, from_payload)) = batch.next_with_rest() {
+                    if !target.admits(record.sequence, record.timestamp_ns) {
+                        break 'runs Ok(());
+                    }
+                    let context =
+                        Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
+                    output.clear();
+                    let replayed =
+                        replay_record(codec, machine, &context, &record, from_payload, &mut output);
+                    let command = match replayed {
+                        Ok(command) => command,
+                        Err(halt) => break 'runs Err(EngineError::Halted(halt)),
+                    };
+                    // Without a sink the events are dropped here: no call per command.
+                    if let (true, Some(sink)) = (command, sink.as_mut()) {
+                        sink(record.sequence, output.events());
+                    }
+                    last_sequence = record.sequence;
+                    last_timestamp_ns = record.timestamp_ns;
+                    records += 1;
+                    if records % (1 << 20) == 0 {
+                        progress(records);
+                    }
+                    if record.sequence == until {
+                        break 'runs Ok(());
+                    }
+                }
+            }
+            match outcome {
+                // An unacknowledged write at the end, which opening the journal for writing
+                // truncates: not data. (Recovery opens the writer first, so it never sees one.)
+                Err(JournalError::TornTail { .. }) => break Ok(()),
+                Err(error) => break Err(error.into()),
+                Ok(()) if run.is_empty() => break Ok(()),
+                // Handed back for the reading thread to fill again; it may have stopped.
+                Ok(()) => drop(recycle.send(run)),
+            }
+        };
+        // Hanging up stops a reading thread that is still ahead (a replay to a point, or one
+        // that halted).
+        drop(runs);
+        drop(recycle);
+        if let Err(panic) = reading.join() {
+            std::panic::resume_unwind(panic);
+        }
+        applied
+    })?;
     progress(records);
     let seconds = began.elapsed().as_secs_f64();
     Ok(Replayed { records, last_sequence, last_timestamp_ns, seconds })
+}
+
+/// Decodes and applies one record of a replay; whether it was a command (whose events are in
+/// `output`). A command of this build's version, nearly every record, takes a path of its own
+/// straight from the codec to `apply`: passed through [`Decoded`] and the `Result`s around it,
+/// the command was copied through the stack in pieces whose reload waited on the stores (a
+/// store-forwarding stall, most of a replay's time with a small command, by `perf annotate`).
+/// `from_payload` is the batch from the record's payload on, for the codec to read ahead in.
+#[inline]
+fn replay_record<M: StateMachine, C: Codec>(
+    codec: &C,
+    machine: &mut M,
+    context: &Context,
+    record: &RecordView<'_>,
+    from_payload: &[u8],
+    output: &mut Output<M::Event>,
+) -> Result<bool, Halt> {
+    if record.kind == KIND_COMMAND && record.version == M::COMMAND_VERSION {
+        let decoded = codec.decode_prefix::<M::Command>(from_payload, record.payload.len());
+        return match decoded {
+            Ok(command) => apply_guarded(machine, context, &command, output).map(|()| true),
+            Err(error) => {
+                Err(Halt::Decode { sequence: record.sequence, message: error.to_string() })
+            }
+        };
+    }
+    let decoded = decode_record::<M, C>(codec, record)?;
+    apply_record(machine, context, &decoded, output)?;
+    Ok(matches!(decoded, Decoded::Command(_)))
+}
+
+/// The reading thread of [`replay`]: fills runs of checked batches (reusing those handed back)
+/// and sends them in order, until the journal's end, an error, or the applying side hangs up.
+fn read_ahead(
+    mut reader: JournalReader,
+    checked: &SyncSender<CheckedRun>,
+    recycled: &Receiver<BatchRun>,
+) {
+    loop {
+        let mut run = recycled.try_recv().unwrap_or_default();
+        let outcome = reader.next_run(&mut run, RUN_RECORDS, RUN_BATCHES);
+        let last = outcome.is_err() || run.is_empty();
+        if checked.send((run, outcome)).is_err() || last {
+            return;
+        }
+    }
 }
 
 /// A journal record decoded: what applying it means.
@@ -288,6 +395,17 @@ pub enum ReplayTarget {
     End,
 }
 
+impl ReplayTarget {
+    /// Whether a command of this sequence and timestamp is at or before the target.
+    fn admits(self, sequence: u64, timestamp_ns: u64) -> bool {
+        match self {
+            Self::Sequence(last) => sequence <= last,
+            Self::Timestamp(last) => timestamp_ns <= last,
+            Self::End => true,
+        }
+    }
+}
+
 /// The state of a replay that stopped at a point, for queries.
 #[derive(Debug)]
 pub struct ReplayedState<M> {
@@ -346,13 +464,8 @@ pub fn replay_from<M: StateMachine, C: Codec>(
     target: ReplayTarget,
 ) -> Result<ReplayedState<M>, EngineError> {
     let directory = directory.as_ref();
-    let within = move |sequence: u64, timestamp_ns: u64| match target {
-        ReplayTarget::Sequence(last) => sequence <= last,
-        ReplayTarget::Timestamp(last) => timestamp_ns <= last,
-        ReplayTarget::End => true,
-    };
     let before_target = |sequence, timestamp| {
-        if within(sequence, timestamp) {
+        if target.admits(sequence, timestamp) {
             Ok(())
         } else {
             Err("it is past the replay's target".to_owned())
@@ -379,7 +492,7 @@ pub fn replay_from<M: StateMachine, C: Codec>(
         &codec,
         &mut machine,
         (sequence, timestamp_ns),
-        within,
+        target,
         None,
         &mut |_| {},
     )?;

@@ -726,3 +726,75 @@ fn snapshots_reuse_the_previous_copy_when_the_machine_asks() {
     assert_eq!(engine.recovery().snapshot.as_ref().map(|(_, sequence)| *sequence), Some(300));
     assert_eq!(engine.shutdown().unwrap(), live);
 }
+
+/// A replay longer than what its reading thread checks ahead (runs of up to 8 Ki records, a
+/// few runs ahead) and crossing segments: every point's state is the one applying the
+/// journaled commands directly gives, the replayed events come in order, and damage that the
+/// reading thread meets ahead of a replay's target does not stop the replay short of it.
+#[test]
+fn a_replay_read_ahead_on_another_thread_gives_every_point_and_stops_at_damage() {
+    let directory = tempfile::tempdir().unwrap();
+    let workload = commands(60_000, 64, 21);
+    let (live, live_events) =
+        run(directory.path(), Durability::PageCache, Topology::Compact, &workload);
+    let records = records(directory.path());
+    let segments = keel_journal::segment::list_segments(&directory.path().join("journal")).unwrap();
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    // The state after each command, applied directly with the journaled contexts.
+    let mut bank = Bank::default();
+    let mut output = keel_engine::Output::new();
+    let mut hashes = vec![bank.state_hash()];
+    for (record, command) in records.iter().zip(&workload) {
+        let context =
+            keel_engine::Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns };
+        output.clear();
+        bank.apply(&context, command, &mut output);
+        hashes.push(bank.state_hash());
+    }
+    assert_eq!(bank, live);
+    let at = |target| replay_to(directory.path(), Bincode, Bank::default(), target);
+    for point in [1, 8_191, 8_192, 8_193, 40_000, 59_999, 60_000] {
+        let replayed = at(ReplayTarget::Sequence(point)).unwrap();
+        assert_eq!(replayed.last_sequence, point);
+        assert_eq!(replayed.state_hash, hashes[point as usize], "at {point}");
+    }
+    let replayed: Arc<Mutex<Grouped>> = Arc::default();
+    let sink = Arc::clone(&replayed);
+    let engine = builder(directory.path(), Durability::PageCache, Topology::Compact)
+        .on_replay(move |sequence, events| sink.lock().unwrap().push((sequence, events.to_vec())))
+        .open(Bank::default())
+        .unwrap();
+    assert_eq!(engine.recovery().replayed, 60_000);
+    assert_eq!(engine.shutdown().unwrap(), live);
+    assert!(*replayed.lock().unwrap() == live_events, "the replayed events differ");
+
+    // A bit flipped in the middle of the second segment, a segment that others follow.
+    let second = &segments[1];
+    let damaged_sequence = second.first_sequence + 1_000;
+    let bytes = std::fs::read(&second.path).unwrap();
+    let mut offset = keel_journal::format::SEGMENT_HEADER_SIZE;
+    let damaged_batch = loop {
+        let keel_journal::format::BatchCheck::Batch(batch) =
+            keel_journal::format::check_batch(&bytes[offset..])
+        else {
+            panic!("the second segment ends before sequence {damaged_sequence}");
+        };
+        if batch.last_sequence >= damaged_sequence {
+            break batch.first_sequence;
+        }
+        offset += batch.size();
+    };
+    let mut file = std::fs::OpenOptions::new().write(true).open(&second.path).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset as u64 + 20)).unwrap();
+    file.write_all(&[bytes[offset + 20] ^ 0x04]).unwrap();
+    drop(file);
+    match at(ReplayTarget::End) {
+        Err(EngineError::Journal(error)) => assert!(error.is_damage(), "{error}"),
+        other => panic!("expected the damage, got {:?}", other.map(|state| state.last_sequence)),
+    }
+    let before = damaged_batch - 1;
+    let replayed = at(ReplayTarget::Sequence(before)).unwrap();
+    assert_eq!(replayed.last_sequence, before);
+    assert_eq!(replayed.state_hash, hashes[before as usize]);
+}
