@@ -493,6 +493,27 @@ pub fn snapshot_pause(root: &std::path::Path, entries: usize) -> Result<(Outcome
     })
 }
 
+/// The machine's floor under the snapshot pause: the copy that [`Slots::copy_for_snapshot`]
+/// makes, a `clone_from` of `entries` `u64`s into an earlier copy of the same length, timed
+/// `copies` times without the engine around it. The engine's pause cannot be shorter than
+/// this machine copies the state; what it adds is its own.
+pub fn copy_floor(entries: usize, copies: usize) -> Result<(Outcome, Latency)> {
+    isolated(|| {
+        let state: Vec<u64> = (0..entries as u64).collect();
+        let mut copy = state.clone();
+        let mut histogram = Histogram::<u64>::new(3)?;
+        let started = Instant::now();
+        for _ in 0..copies {
+            let began = Instant::now();
+            copy.clone_from(&state);
+            histogram.record((began.elapsed().as_nanos() as u64).max(1))?;
+            ensure!(copy == state, "the copy differs");
+        }
+        let outcome = Outcome { elapsed: started.elapsed(), events: copies as u64, sum: 0 };
+        Ok((outcome, Latency::from_histogram(&histogram)))
+    })
+}
+
 /// The machine's own stalls, measured as the latency runs would see them: two threads spin on
 /// two vCPUs (as the compact topology's gateway and engine thread do), and one of them reads
 /// the clock in a loop for `duration` against a schedule of one "command" due every

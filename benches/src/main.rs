@@ -449,6 +449,16 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             Ok((outcome, Some(pause)))
         }),
     ));
+    cases.push((
+        "engine-snapshot",
+        "machine",
+        "clone_from of 1M entries, no engine".into(),
+        0,
+        Box::new(|| {
+            let (outcome, copies) = engine::copy_floor(1_000_000, 20)?;
+            Ok((outcome, Some(copies)))
+        }),
+    ));
     let hiccup_duration = std::time::Duration::from_secs_f64(1.0 / scale as f64);
     cases.push((
         "engine-latency",
