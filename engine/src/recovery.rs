@@ -112,10 +112,9 @@ type CheckedRun = (BatchRun, Result<(), JournalError>);
 
 /// Applies the journal's commands from `start.sequence + 1` to `target`, or to the end of
 /// what the journal holds. Past a sequence target nothing is looked at, so damage there does
-/// not stop a replay to a point before it. Each record's checksum is
-/// verified (by batch) before it is decoded; the sequence is gap-free by the reader's checks.
-/// Events go to `sink`, when there is one, with their command's sequence. `progress` is called
-/// every 1 M records.
+/// not stop a replay to a point before it. Each record's checksum is verified (by batch)
+/// before it is decoded; the sequence is gap-free by the reader's checks. Events go to `sink`,
+/// when there is one, with their command's sequence. `progress` is called every 1 M records.
 ///
 /// A second thread reads and checks the journal a few runs of batches ahead, while this one
 /// decodes and applies: the checks are a third of a replay's time (ARCHITECTURE.md, "Replay
