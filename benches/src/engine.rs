@@ -444,6 +444,42 @@ pub fn recovery(root: &std::path::Path, commands: u64) -> Result<Outcome> {
     })
 }
 
+/// A replica catching up: a primary journals `commands` commands and stops, then a replica on
+/// the same host follows its journal from the start (its own journal in the `PageCache` tier,
+/// `Yielding` waits). The time is from opening the replica to its applying the last command:
+/// the rate at which a replica reads, journals, decodes and applies, with no primary running
+/// beside it (what bounds a replica's lag at high rates, and its catch-up after a restart).
+pub fn replica_catch_up(root: &std::path::Path, commands: u64) -> Result<Outcome> {
+    let primary = Scratch::new(root, "catch-up-primary")?;
+    let own = Scratch::new(root, "catch-up-replica")?;
+    isolated(|| {
+        let engine = Engine::builder(&primary.0)
+            .durability(Durability::PageCache)
+            .wait(Wait::Yielding)
+            .ring_capacity(64 * 1024)
+            .segment_size(SEGMENT_SIZE)
+            .open(Slots::default())?;
+        let mut publisher = engine.publisher();
+        for value in 1..=commands {
+            publisher.publish(add(value))?;
+        }
+        drop(publisher);
+        engine.shutdown()?;
+        let began = Instant::now();
+        let replica = Replica::builder(&primary.0, &own.0)
+            .wait(Wait::Yielding)
+            .segment_size(SEGMENT_SIZE)
+            .open(Slots::default())?;
+        ensure!(
+            replica.wait_for(commands, Duration::from_secs(120))?,
+            "the replica never caught up to {commands}"
+        );
+        let elapsed = began.elapsed();
+        let state = replica.stop()?;
+        Ok(Outcome { elapsed, events: commands, sum: state.sum() })
+    })
+}
+
 /// The engine thread's pause for a snapshot of a state of `entries` small entries (a `Vec` of
 /// that many `u64`): the time its copy takes. Returns the pause and the sum for the check.
 pub fn snapshot_pause(root: &std::path::Path, entries: usize) -> Result<(Outcome, Latency)> {

@@ -559,6 +559,15 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         let variant = format!("journaled to applied, {tier} 1M/s");
         cases.push(open_loop_case("replica-lag", variant, root, offered, true));
     }
+    let caught_up = 10_000_000 / scale;
+    let catch_up_root = root.to_owned();
+    cases.push((
+        "replica-catch-up",
+        "keel",
+        "same host, page-cache, from the start".into(),
+        engine::expected_sum(caught_up),
+        Box::new(move || Ok((engine::replica_catch_up(&catch_up_root, caught_up)?, None))),
+    ));
     cases
 }
 

@@ -31,8 +31,8 @@ use crate::snapshots::{write_snapshot, Ship, Snapshots};
 use crate::stats::{Counters, Stats};
 use crate::wire::{
     self, expect, mac, nonce, receive_snapshot, send_snapshot, verify_mac, write_frame, Challenge,
-    Fields, FrameReader, Hello, Kind, Purpose, WireError, HANDSHAKE_TIMEOUT, PRIMARY_PROOF,
-    PROTOCOL_VERSION, REPLICA_PROOF,
+    Fields, FrameReader, Hello, Kind, Purpose, WireError, WireRecord, HANDSHAKE_TIMEOUT,
+    PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// Records at most that a replica takes from the followed journal before it makes them
@@ -737,30 +737,23 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
         }
         let journal = &mut self.journal;
         let (codec, received) = (&self.codec, &mut self.received);
-        let mut take = |sequence, timestamp_ns, kind, version, payload: &[u8]| {
-            take_record::<M, C>(
-                journal,
-                codec,
-                received,
-                sequence,
-                timestamp_ns,
-                kind,
-                version,
-                payload,
-            )
-        };
+        let mut take =
+            |record: &WireRecord<'_>| take_record::<M, C>(journal, codec, received, record);
         let failure = match &mut self.source {
             Source::Tail(tailer) => (0..RECEIVE_MAX)
                 .find_map(|_| {
                     match tailer.poll() {
                         Ok(Some(record)) => {
-                            let taken = take(
-                                record.sequence,
-                                record.timestamp_ns,
-                                record.kind,
-                                record.version,
-                                record.payload,
-                            );
+                            // A tailer sees one record at a time: nothing after the payload
+                            // is known to be written yet, so none of it is readable.
+                            let taken = take(&WireRecord {
+                                sequence: record.sequence,
+                                timestamp_ns: record.timestamp_ns,
+                                kind: record.kind,
+                                version: record.version,
+                                payload: record.payload,
+                                readable: record.payload,
+                            });
                             taken.err().map(Some)
                         }
                         // Nothing more for now: stop looking.
@@ -830,17 +823,13 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
 }
 
 /// Journals a received record (it must be the next sequence) and decodes it for applying.
-#[allow(clippy::too_many_arguments)]
 fn take_record<M: StateMachine, C: Codec>(
     journal: &mut JournalWriter,
     codec: &C,
     received: &mut Vec<(Context, Decoded<M::Command>)>,
-    sequence: u64,
-    timestamp_ns: u64,
-    kind: u16,
-    version: u16,
-    payload: &[u8],
+    record: &WireRecord<'_>,
 ) -> Result<(), Halt> {
+    let &WireRecord { sequence, timestamp_ns, kind, version, payload, readable } = record;
     let expected = journal.next_sequence();
     if sequence != expected {
         return Err(Halt::Primary {
@@ -851,7 +840,7 @@ fn take_record<M: StateMachine, C: Codec>(
     journal
         .append(timestamp_ns, kind, version, payload)
         .map_err(|error| journal_failed(journal, error))?;
-    let decoded = decode_fields::<M, C>(codec, sequence, kind, version, payload)?;
+    let decoded = decode_fields::<M, C>(codec, sequence, kind, version, payload, readable)?;
     received.push((Context { sequence, timestamp_ns }, decoded));
     Ok(())
 }
@@ -909,7 +898,7 @@ impl Stream {
     /// is dropped (and reconnected to later); a refusal stops the replica.
     fn receive(
         &mut self,
-        take: &mut impl FnMut(u64, u64, u16, u16, &[u8]) -> Result<(), Halt>,
+        take: &mut impl FnMut(&WireRecord<'_>) -> Result<(), Halt>,
     ) -> Result<usize, Halt> {
         let Some((connection, reader)) = self.connection.as_mut() else {
             return Ok(0);
@@ -927,13 +916,7 @@ impl Stream {
                     for record in wire::records(body) {
                         match record {
                             Ok(record) => {
-                                take(
-                                    record.sequence,
-                                    record.timestamp_ns,
-                                    record.kind,
-                                    record.version,
-                                    record.payload,
-                                )?;
+                                take(&record)?;
                                 taken += 1;
                             }
                             Err(error) => {

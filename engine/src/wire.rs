@@ -560,6 +560,9 @@ pub(crate) struct WireRecord<'a> {
     pub(crate) kind: u16,
     pub(crate) version: u16,
     pub(crate) payload: &'a [u8],
+    /// The payload and whatever follows it that may be read (the rest of its frame's body),
+    /// for a decoder that reads ahead ([`Codec::decode_prefix`](crate::Codec::decode_prefix)).
+    pub(crate) readable: &'a [u8],
 }
 
 /// The records of a `Records` frame's body, each checked to lie within it.
@@ -581,7 +584,9 @@ pub(crate) fn records(body: &[u8]) -> impl Iterator<Item = Result<WireRecord<'_>
                 return Err(WireError::malformed("a record longer than its frame"));
             }
             let (payload, remaining) = after.split_at(length);
-            Ok((WireRecord { sequence, timestamp_ns, kind, version, payload }, remaining))
+            let record =
+                WireRecord { sequence, timestamp_ns, kind, version, payload, readable: after };
+            Ok((record, remaining))
         })();
         Some(match record {
             Ok((record, remaining)) => {
