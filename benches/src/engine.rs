@@ -550,6 +550,30 @@ pub fn copy_floor(entries: usize, copies: usize) -> Result<(Outcome, Latency)> {
     })
 }
 
+/// The machine's rate for memory the process touches for the first time: `bytes` of fresh
+/// anonymous memory, one byte written in each page (each write a page fault in which the kernel
+/// finds a page and zeroes it). What every new page of a journal segment costs whoever touches
+/// it first (the spare segment's thread), beside the machine's rate for writing memory that is
+/// already there (the same bytes written again). Returns the first touch's outcome (pages) and,
+/// as a second figure, the rewrite's time.
+pub fn first_touch(bytes: usize) -> Result<(Outcome, Duration)> {
+    const PAGE: usize = 4096;
+    isolated(|| {
+        let mut memory = memmap2::MmapMut::map_anon(bytes)?;
+        let began = Instant::now();
+        for page in memory.chunks_mut(PAGE) {
+            page[0] = 1;
+        }
+        let touched = began.elapsed();
+        let began = Instant::now();
+        memory.fill(2);
+        let rewritten = began.elapsed();
+        let pages = memory.len().div_ceil(PAGE) as u64;
+        ensure!(memory.iter().step_by(PAGE).all(|&byte| byte == 2), "the rewrite was lost");
+        Ok((Outcome { elapsed: touched, events: pages, sum: 0 }, rewritten))
+    })
+}
+
 /// The machine's own stalls, measured as the latency runs would see them: two threads spin on
 /// two vCPUs (as the compact topology's gateway and engine thread do), and one of them reads
 /// the clock in a loop for `duration` against a schedule of one "command" due every
