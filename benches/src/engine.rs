@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context as _, Result};
 use hdrhistogram::Histogram;
 use keel_engine::{
-    Context, Durability, Engine, EngineBuilder, Output, Publish, Replica, Replication,
+    Context, Durability, Engine, EngineBuilder, EngineError, Output, Publish, Replica, Replication,
     StateMachine, Topology, Wait,
 };
 use serde::{Deserialize, Serialize};
@@ -414,28 +414,37 @@ pub struct OpenLoop {
     pub lag: Option<Histogram<u64>>,
 }
 
+/// The engine of the journals that are replayed (recovery) or followed (a replica's catch-up):
+/// `PageCache`, `Yielding` waits, a 64 Ki input ring, on `directory`.
+fn replayable_engine(directory: &std::path::Path) -> Result<Engine<Slots>, EngineError> {
+    Engine::builder(directory)
+        .durability(Durability::PageCache)
+        .wait(Wait::Yielding)
+        .ring_capacity(64 * 1024)
+        .segment_size(SEGMENT_SIZE)
+        .open(Slots::default())
+}
+
+/// Journals `commands` commands (`add(1..=commands)`) in `directory` and stops the engine.
+fn journal_adds(directory: &std::path::Path, commands: u64) -> Result<()> {
+    let engine = replayable_engine(directory)?;
+    let mut publisher = engine.publisher();
+    for value in 1..=commands {
+        publisher.publish(add(value))?;
+    }
+    drop(publisher);
+    engine.shutdown()?;
+    Ok(())
+}
+
 /// Recovery: an engine journals `commands` commands and stops; the time to open it again is
 /// the snapshot-less replay of all of them, checksums verified (the outcome's rate is the
 /// replay's: commands replayed per second of replay).
 pub fn recovery(root: &std::path::Path, commands: u64) -> Result<Outcome> {
     let scratch = Scratch::new(root, "recovery")?;
     isolated(|| {
-        let open = || {
-            Engine::builder(&scratch.0)
-                .durability(Durability::PageCache)
-                .wait(Wait::Yielding)
-                .ring_capacity(64 * 1024)
-                .segment_size(SEGMENT_SIZE)
-                .open(Slots::default())
-        };
-        let engine = open()?;
-        let mut publisher = engine.publisher();
-        for value in 1..=commands {
-            publisher.publish(add(value))?;
-        }
-        drop(publisher);
-        engine.shutdown()?;
-        let engine = open()?;
+        journal_adds(&scratch.0, commands)?;
+        let engine = replayable_engine(&scratch.0)?;
         let recovery = engine.recovery().clone();
         ensure!(recovery.replayed == commands, "replayed {} of {commands}", recovery.replayed);
         let state = engine.shutdown()?;
@@ -453,18 +462,7 @@ pub fn replica_catch_up(root: &std::path::Path, commands: u64) -> Result<Outcome
     let primary = Scratch::new(root, "catch-up-primary")?;
     let own = Scratch::new(root, "catch-up-replica")?;
     isolated(|| {
-        let engine = Engine::builder(&primary.0)
-            .durability(Durability::PageCache)
-            .wait(Wait::Yielding)
-            .ring_capacity(64 * 1024)
-            .segment_size(SEGMENT_SIZE)
-            .open(Slots::default())?;
-        let mut publisher = engine.publisher();
-        for value in 1..=commands {
-            publisher.publish(add(value))?;
-        }
-        drop(publisher);
-        engine.shutdown()?;
+        journal_adds(&primary.0, commands)?;
         let began = Instant::now();
         let replica = Replica::builder(&primary.0, &own.0)
             .wait(Wait::Yielding)
