@@ -592,7 +592,6 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             snapshots,
             batch_limit: self.ring_capacity,
             output_capacity,
-            batch_events: Vec::new(),
             batch_commands: Vec::new(),
         };
         let thread = std::thread::Builder::new()
@@ -936,11 +935,11 @@ struct Processor<M: StateMachine, C: Codec> {
     /// cloned its control handle, an atomic increment and decrement of a shared count that
     /// took a third of the engine's per-command overhead under the exchange.
     output_capacity: usize,
-    /// The events of the commands applied and not yet published: published together at the
-    /// end of the input batch, or once [`EVENTS_PER_PUBLISH`] deliveries wait (one claim and
-    /// one cursor store for many commands, not one per command). Every command's events...
-    batch_events: Vec<M::Event>,
-    /// ... and, per command, its sequence and how many of them are its.
+    /// The commands applied and not yet published, each with its sequence and how many of
+    /// the events held in `output` are its (they follow one another there in sequence
+    /// order). Published together at the end of the input batch, or once
+    /// [`EVENTS_PER_PUBLISH`] deliveries wait: one claim and one cursor store for many
+    /// commands, not one per command.
     batch_commands: Vec<(u64, usize)>,
 }
 
@@ -1081,16 +1080,23 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
 
     /// Applies one command; its events wait for [`publish_events`](Self::publish_events).
     fn apply(&mut self, context: &Context, command: &M::Command) -> Result<(), Halt> {
-        self.output.clear();
-        apply_guarded(&mut self.machine, context, command, &mut self.output)?;
+        if self.events.is_none() {
+            // Nobody reads the events: nothing is kept from one command to the next.
+            self.output.drain_all();
+        }
+        self.output.begin();
+        if let Err(halt) = apply_guarded(&mut self.machine, context, command, &mut self.output) {
+            // The failed command's events are never published; the earlier commands' are.
+            self.output.clear();
+            return Err(halt);
+        }
         Counters::set(&self.shared.counters.applied, context.sequence);
         if self.events.is_some() {
             self.batch_commands.push((context.sequence, self.output.len()));
-            self.batch_events.extend(self.output.drain());
             // Published at the end of the input batch, or sooner once this many are waiting,
             // so that the waiting events stay in the core's cache between being emitted and
             // being copied into the ring.
-            if self.batch_commands.len() + self.batch_events.len() >= EVENTS_PER_PUBLISH {
+            if self.batch_commands.len() + self.output.held() >= EVENTS_PER_PUBLISH {
                 self.publish_events()?;
             }
         }
@@ -1109,7 +1115,7 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
         };
         let deliveries: usize = self.batch_commands.iter().map(|&(_, count)| count.max(1)).sum();
         let mut commands = self.batch_commands.iter();
-        let mut drained = self.batch_events.drain(..);
+        let mut drained = self.output.drain_all();
         // The command being delivered: its sequence and its deliveries still to come.
         let mut current = (0, 0);
         let mut left = deliveries;

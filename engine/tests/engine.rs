@@ -278,8 +278,8 @@ fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it(topology: Topo
     let directory = tempfile::tempdir().unwrap();
     let mut commands = commands(100, 4, 5);
     commands.insert(60, Command::Poison);
-    let engine =
-        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    let (halting, seen) = recording(directory.path(), Durability::PageCache, topology);
+    let engine = halting.open(Bank::default()).unwrap();
     let mut publisher = engine.publisher();
     for command in &commands {
         // Publishing fails once the engine has stopped; it may accept a few before.
@@ -302,6 +302,14 @@ fn a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it(topology: Topo
         }
         other => panic!("expected the panic, got {other}"),
     }
+    // Every command before the poison had its deliveries, the last marked; the poison's
+    // event, emitted before it panicked, was never delivered.
+    let seen = seen.lock().unwrap();
+    let finished: Vec<u64> =
+        seen.iter().filter(|(_, _, last)| *last).map(|(sequence, _, _)| *sequence).collect();
+    assert_eq!(finished, (1..=60).collect::<Vec<u64>>());
+    assert!(seen.iter().all(|(sequence, _, _)| *sequence <= 60));
+    drop(seen);
 
     // Recovery replays to the same panic, deterministically.
     let error = builder(directory.path(), Durability::PageCache, topology)
@@ -375,6 +383,7 @@ fn a_command_that_cannot_be_encoded_halts_the_engine_and_loses_nothing_before_it
     let mut output = keel_engine::Output::new();
     for (sequence, command) in (1..).zip(&commands[..70]) {
         let context = keel_engine::Context { sequence, timestamp_ns: 0 };
+        output.clear();
         expected.apply(&context, command, &mut output);
     }
     assert_eq!(bank.accounts, expected.accounts);

@@ -55,6 +55,8 @@ impl StateMachine for Bank {
     fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
         assert!(context.sequence > self.last_sequence, "sequences go forward");
         assert!(context.timestamp_ns >= self.last_timestamp_ns, "timestamps never decrease");
+        // The engine holds a batch's events in one output: `apply` must still see only its own.
+        assert!(output.events().is_empty(), "each command begins with no events");
         self.last_sequence = context.sequence;
         self.last_timestamp_ns = context.timestamp_ns;
         match *command {
@@ -78,6 +80,11 @@ impl StateMachine for Bank {
                     && amount > 0
                     && self.accounts.contains_key(&to)
                     && self.accounts.get(&from).is_some_and(|balance| *balance >= amount);
+                // A provisional event, taken back: `clear` forgets only this command's events.
+                // Were it to forget the batch's earlier ones too, the event-stream tests would
+                // see them missing live and present on replay.
+                output.emit(Event::Rejected("provisional"));
+                output.clear();
                 if !valid {
                     return output.emit(Event::Rejected("transfer"));
                 }
@@ -87,7 +94,11 @@ impl StateMachine for Bank {
                 output.emit(Event::Balance(to, self.accounts[&to]));
             }
             Command::Echo(count) => (0..count).for_each(|index| output.emit(Event::Opened(index))),
-            Command::Poison => panic!("poison at sequence {}", context.sequence),
+            Command::Poison => {
+                // Emitted before the panic: a halted command's events are never delivered.
+                output.emit(Event::Rejected("poisoned"));
+                panic!("poison at sequence {}", context.sequence)
+            }
             Command::Unencodable(_) => {}
         }
     }
