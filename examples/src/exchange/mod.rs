@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, IdMap};
+use crate::hash::{Digest, IdMap, SequentialIdMap};
 use book::{Book, Fill, OrderSlot, Orders, NIL};
 
 /// A side of the book.
@@ -437,7 +437,7 @@ pub struct Exchange {
     #[serde(skip)]
     account_index: IdMap<u64, u32>,
     #[serde(skip)]
-    order_index: IdMap<u64, u32>,
+    order_index: SequentialIdMap<u64, u32>,
     /// Per-command scratch, reused so that matching allocates nothing once grown.
     #[serde(skip)]
     scratch: Scratch,
