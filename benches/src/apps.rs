@@ -99,13 +99,7 @@ pub fn ledger(root: &Path, system: System, load: Load) -> Result<(Outcome, Optio
 /// Runs the exchange workload's setup and then `load.commands` of its traffic on keel in the
 /// `PageCache` tier.
 pub fn exchange(root: &Path, load: Load) -> Result<(Outcome, Option<Latency>)> {
-    let mut workload = exchange::workload::Workload::new(
-        SEED,
-        TRADERS,
-        SYMBOLS,
-        exchange::workload::Mix::REALISTIC,
-        1,
-    );
+    let mut workload = exchange_workload();
     let setup = workload.setup();
     let scratch = Scratch::new(root, "exchange")?;
     let system = System::Keel(DurabilityArg::PageCache, TopologyArg::Compact);
@@ -116,6 +110,42 @@ pub fn exchange(root: &Path, load: Load) -> Result<(Outcome, Option<Latency>)> {
         bail!("the exchange broke an invariant: {broken}");
     }
     Ok(outcome(&driven, load.rate))
+}
+
+/// The exchange workload applied straight to an `Exchange` on this thread, the commands made
+/// beforehand: no engine, no journal, no rings, no gateway. The state machine's own ceiling,
+/// beside what keel makes of it.
+pub fn exchange_machine(commands: u64) -> Result<(Outcome, Option<Latency>)> {
+    let mut workload = exchange_workload();
+    let setup = workload.setup();
+    let traffic: Vec<exchange::Command> = (0..commands).map(|_| workload.next_command()).collect();
+    let mut exchange = Exchange::with_capacity(TRADERS as usize, 1 << 20);
+    let mut output = Output::new();
+    let mut sequence = 0;
+    let mut apply = |exchange: &mut Exchange, command: &exchange::Command| {
+        sequence += 1;
+        output.clear();
+        exchange.apply(&Context { sequence, timestamp_ns: sequence }, command, &mut output);
+        output.events().len() as u64
+    };
+    for command in &setup {
+        apply(&mut exchange, command);
+    }
+    let started = std::time::Instant::now();
+    let events: u64 = traffic.iter().map(|command| apply(&mut exchange, command)).sum();
+    let elapsed = started.elapsed();
+    if let Err(broken) = exchange.check_invariants() {
+        bail!("the exchange broke an invariant: {broken}");
+    }
+    // Every command answers with at least one event: a run that made fewer did not apply them.
+    if events < commands {
+        bail!("{commands} commands made only {events} events");
+    }
+    Ok((Outcome { elapsed, events: commands, sum: commands }, None))
+}
+
+fn exchange_workload() -> exchange::workload::Workload {
+    exchange::workload::Workload::new(SEED, TRADERS, SYMBOLS, exchange::workload::Mix::REALISTIC, 1)
 }
 
 /// Drives `setup` (unmeasured) and then `load.commands` from `next` through `system`; returns

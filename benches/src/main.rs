@@ -642,7 +642,7 @@ fn ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
 }
 
 /// The exchange cases, sized by `scale`: keel's `PageCache` tier at saturation and at fixed
-/// offered rates.
+/// offered rates, and the state machine alone.
 fn exchange_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     let mut cases: Vec<EngineCase> = Vec::new();
     let commands = 2_000_000 / scale;
@@ -653,6 +653,13 @@ fn exchange_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "compact page-cache".into(),
         commands,
         Box::new(move || apps::exchange(&saturation_root, apps::Load { commands, rate: None })),
+    ));
+    cases.push((
+        "exchange",
+        "machine",
+        "apply on one thread, no engine".into(),
+        commands,
+        Box::new(move || apps::exchange_machine(commands)),
     ));
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
         let commands = (rate as f64 * seconds / scale as f64) as u64;
