@@ -21,6 +21,9 @@ pub const SATURATION_SAMPLE: u64 = 64;
 /// Commands in flight (published, last event not yet read) at most: the send-time table's
 /// size. The loop reads events before it publishes more.
 const WINDOW: u64 = 1 << 17;
+
+/// Spin-loop hints between two offers to a full system when no event came back in between.
+const FULL_BACKOFF_SPINS: u32 = 16;
 const MASK: u64 = WINDOW - 1;
 
 /// How a stream is driven.
@@ -178,7 +181,11 @@ pub fn drive_gateway<G: Gateway>(
             match gateway.try_send(&command)? {
                 Some(sequence) => break sequence,
                 None => {
-                    receive(&mut books, gateway)?;
+                    if !receive(&mut books, gateway)? {
+                        for _ in 0..FULL_BACKOFF_SPINS {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             }
         };
