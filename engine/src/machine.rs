@@ -89,7 +89,7 @@ pub struct Context {
 /// The engine keeps the events of a whole input batch in one `Output`, each command's after
 /// the ones before it, and publishes them from there: moving each command's events to a
 /// buffer of their own copied every event once more (through the stack, in pieces that the
-/// next load could not forward from: a third of the engine's own time under the exchange).
+/// next load could not forward from: most of the engine loop's own time under the exchange).
 /// `apply` sees only its own command's events.
 #[derive(Debug)]
 pub struct Output<E> {

@@ -55,7 +55,7 @@ pub fn table_bytes<K, V, S>(map: &std::collections::HashMap<K, V, S>) -> usize {
     buckets * (std::mem::size_of::<(K, V)>() + 1)
 }
 
-/// A hasher for ids handed out in sequence (order ids, transfer ids): ids that are close in
+/// A hasher for ids handed out in sequence (the exchange's order ids): ids that are close in
 /// value land in buckets close together, so a table whose recent ids are its busy ones keeps
 /// them in a few cache lines instead of scattering them over the whole table. The id's high
 /// bits (all but the low [`BLOCK_BITS`]) go through [`IdHasher`]'s multiply-fold and choose a
