@@ -105,6 +105,91 @@ pub type SequentialIdHash = BuildHasherDefault<SequentialIdHasher>;
 /// A `HashMap` keyed by ids handed out in sequence, hashed the same way everywhere.
 pub type SequentialIdMap<K, V> = std::collections::HashMap<K, V, SequentialIdHash>;
 
+/// An id → slot index for ids that are mostly small: accounts numbered from 1, as most systems
+/// number them. An id below [`DENSE_IDS`] is found by position in a vector, one load from a
+/// table of four bytes an id; any other id, in an [`IdMap`]. With 100 000 accounts the vector
+/// is 400 KB where the map's table was 2.2 MB, and a lookup reads one line of it, not a control
+/// group and then a bucket: the difference between the index staying in the core's cache or
+/// not, on a path that looks up two accounts a transfer.
+///
+/// The vector grows to the highest dense id seen (doubling, at most [`DENSE_IDS`] entries,
+/// 16 MiB): a client that opens one account with a large dense id costs that memory, bounded.
+#[derive(Clone, Debug, Default)]
+pub struct IdIndex {
+    /// Slot by id, [`ABSENT`] where there is none.
+    dense: Vec<u32>,
+    sparse: IdMap<u64, u32>,
+    len: usize,
+}
+
+/// Ids below this are indexed by position.
+pub const DENSE_IDS: u64 = 1 << 22;
+
+/// "No slot" in the dense vector.
+const ABSENT: u32 = u32::MAX;
+
+impl IdIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room for ids 1 to `ids` without growing (and pausing the engine for the copy): the
+    /// dense part is sized for them, as for accounts numbered from 1.
+    pub fn reserve(&mut self, ids: usize) {
+        let wanted = (ids as u64 + 1).min(DENSE_IDS) as usize;
+        if wanted > self.dense.len() {
+            self.dense.resize(wanted, ABSENT);
+        }
+    }
+
+    /// The slot of `id`.
+    #[inline]
+    pub fn get(&self, id: u64) -> Option<u32> {
+        if id < DENSE_IDS {
+            match self.dense.get(id as usize) {
+                Some(&slot) if slot != ABSENT => Some(slot),
+                _ => None,
+            }
+        } else {
+            self.sparse.get(&id).copied()
+        }
+    }
+
+    /// Indexes `id` at `slot` (below `u32::MAX`), replacing any slot it had.
+    pub fn insert(&mut self, id: u64, slot: u32) {
+        assert_ne!(slot, ABSENT, "slot {ABSENT} is reserved");
+        let previous = if id < DENSE_IDS {
+            let position = id as usize;
+            if position >= self.dense.len() {
+                let grown = (position + 1).max(self.dense.len() * 2).min(DENSE_IDS as usize);
+                self.dense.resize(grown, ABSENT);
+            }
+            std::mem::replace(&mut self.dense[position], slot) != ABSENT
+        } else {
+            self.sparse.insert(id, slot).is_some()
+        };
+        if !previous {
+            self.len += 1;
+        }
+    }
+
+    /// How many ids are indexed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no id is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes its tables hold, from their capacities.
+    pub fn bytes(&self) -> usize {
+        self.dense.capacity() * std::mem::size_of::<u32>() + table_bytes(&self.sparse)
+    }
+}
+
 /// A running 64-bit digest of a sequence of words, for state hashes. Order matters: feeding
 /// the same words in another order gives another digest. Not cryptographic: it detects
 /// divergence, it does not resist an adversary.
@@ -196,6 +281,38 @@ mod tests {
             .map(|counter| (build.hash_one(counter << 16 | 7) & mask) >> BLOCK_BITS)
             .collect();
         assert!(regions.len() > 140, "{} of 256 regions used", regions.len());
+    }
+
+    #[test]
+    fn the_id_index_finds_dense_and_sparse_ids_and_counts_each_once() {
+        let mut index = IdIndex::new();
+        assert_eq!((index.len(), index.get(0), index.get(7)), (0, None, None));
+        assert_eq!(index.get(u64::MAX), None);
+        let ids = [1, 2, 1_000, DENSE_IDS - 1, DENSE_IDS, DENSE_IDS + 1, u64::MAX, 0];
+        for (slot, &id) in ids.iter().enumerate() {
+            index.insert(id, slot as u32);
+        }
+        for (slot, &id) in ids.iter().enumerate() {
+            assert_eq!(index.get(id), Some(slot as u32), "id {id}");
+        }
+        assert_eq!(index.len(), ids.len());
+        // Neighbours of indexed ids are not indexed, on both sides of the boundary.
+        for id in [3, 999, 1_001, DENSE_IDS - 2, DENSE_IDS + 2, u64::MAX - 1] {
+            assert_eq!(index.get(id), None, "id {id}");
+        }
+        // Replacing a slot does not count the id twice.
+        index.insert(1_000, 99);
+        index.insert(DENSE_IDS, 98);
+        assert_eq!((index.get(1_000), index.get(DENSE_IDS), index.len()), (Some(99), Some(98), 8));
+        // The dense part never exceeds its bound, whatever the ids.
+        assert!(index.dense.len() <= DENSE_IDS as usize);
+        assert!(index.bytes() >= DENSE_IDS as usize * 4);
+        let mut reserved = IdIndex::new();
+        reserved.reserve(100_000);
+        assert_eq!(
+            (reserved.dense.len(), reserved.len(), reserved.get(100_000)),
+            (100_001, 0, None)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, IdMap, SequentialIdMap};
+use crate::hash::{Digest, IdIndex, SequentialIdMap};
 use book::{Book, Fill, OrderSlot, Orders, NIL};
 
 /// A side of the book.
@@ -435,7 +435,7 @@ pub struct Exchange {
     #[serde(skip)]
     symbol_index: BTreeMap<u32, u32>,
     #[serde(skip)]
-    account_index: IdMap<u64, u32>,
+    account_index: IdIndex,
     #[serde(skip)]
     order_index: SequentialIdMap<u64, u32>,
     /// Per-command scratch, reused so that matching allocates nothing once grown.
@@ -527,7 +527,7 @@ impl Exchange {
 
     /// The account with `id`.
     pub fn account(&self, id: u64) -> Option<&Account> {
-        self.accounts.get(*self.account_index.get(&id)? as usize)
+        self.accounts.get(self.account_index.get(id)? as usize)
     }
 
     /// Every account, in opening order.
@@ -679,7 +679,7 @@ impl Exchange {
     }
 
     fn account_slot(&self, id: u64) -> Option<u32> {
-        self.account_index.get(&id).copied()
+        self.account_index.get(id)
     }
 
     /// The asset's slot, given one if it is new.

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{table_bytes, Digest, IdMap};
+use crate::hash::{Digest, IdIndex};
 use transfers::Transfers;
 pub use transfers::{Kind, Status, TransferRecord};
 
@@ -437,7 +437,7 @@ pub struct Ledger {
     accounts: Vec<Account>,
     /// Rebuilt from `accounts`: not part of the snapshot, and empty in a snapshot's copy.
     #[serde(skip)]
-    index: IdMap<u64, u32>,
+    index: IdIndex,
     transfers: Transfers,
     /// Pending transfers with a timeout, by (expiry time, id). A pending transfer posted or
     /// voided before its time stays here until then and is passed over.
@@ -454,7 +454,7 @@ struct LedgerData {
 
 impl From<LedgerData> for Ledger {
     fn from(data: LedgerData) -> Self {
-        let mut index = IdMap::default();
+        let mut index = IdIndex::new();
         index.reserve(data.accounts.len());
         for (slot, account) in data.accounts.iter().enumerate() {
             index.insert(account.id, slot as u32);
@@ -472,7 +472,7 @@ impl Ledger {
     /// An empty ledger with room for `accounts` accounts and `transfers` transfers, so that
     /// no structure grows (and pauses the engine for the copy) below those numbers.
     pub fn with_capacity(accounts: usize, transfers: usize) -> Self {
-        let mut index = IdMap::default();
+        let mut index = IdIndex::new();
         index.reserve(accounts);
         Self {
             accounts: Vec::with_capacity(accounts),
@@ -484,8 +484,8 @@ impl Ledger {
 
     /// The account with `id`.
     pub fn account(&self, id: u64) -> Option<&Account> {
-        let slot = self.index.get(&id)?;
-        self.accounts.get(*slot as usize)
+        let slot = self.index.get(id)?;
+        self.accounts.get(slot as usize)
     }
 
     /// Every account, in creation order.
@@ -559,7 +559,7 @@ impl Ledger {
     /// The memory the state's structures hold, from their capacities (what the allocator was
     /// asked for, not what the pages touched).
     pub fn memory(&self) -> MemoryUse {
-        let index = table_bytes(&self.index);
+        let index = self.index.bytes();
         let accounts = self.accounts.capacity() * std::mem::size_of::<Account>();
         MemoryUse {
             accounts_bytes: (index + accounts) as u64,
@@ -569,7 +569,7 @@ impl Ledger {
     }
 
     fn slot(&self, id: u64) -> Option<usize> {
-        self.index.get(&id).map(|&slot| slot as usize)
+        self.index.get(id).map(|slot| slot as usize)
     }
 
     fn create_account(&mut self, id: u64, code: u32, account_flags: u16) -> Event {
@@ -827,7 +827,7 @@ impl StateMachine for Ledger {
         accounts.clone_from(&self.accounts);
         Self {
             accounts,
-            index: IdMap::default(),
+            index: IdIndex::new(),
             transfers: self.transfers.clone(),
             expiries: self.expiries.clone(),
         }
