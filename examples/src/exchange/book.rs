@@ -1,7 +1,9 @@
 //! The order book's structures: resting orders in a slab of slots, each price level a queue of
-//! slots linked through the slots themselves, levels in a `BTreeMap` by price. A cancel is a
-//! lookup of the order's slot (by id, in the exchange's index), an unlink, and at most one
-//! level removal; matching walks the best levels from their heads.
+//! slots linked through the slots themselves; the levels in a slab of their own, found by price
+//! through a `BTreeMap` and by an order through the level slot it keeps. A cancel is a lookup of
+//! the order's slot (by id, in the exchange's index), an unlink, and at most one level removal;
+//! a fill changes its level's total without a search; matching walks the best levels from their
+//! heads.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,11 @@ pub(super) struct OrderSlot {
     /// The neighbours in the level's queue (toward the head, toward the tail).
     pub(super) prev: u32,
     pub(super) next: u32,
+    /// The level's slot in its book. Not in a snapshot: a book finds its orders' levels again
+    /// when loaded ([`Book::relink`]), so the snapshot's format is the one before levels had
+    /// slots.
+    #[serde(skip)]
+    pub(super) level: u32,
 }
 
 /// The slab of order slots. Freed slots are reused, most recently freed first, so the slab's
@@ -80,8 +87,17 @@ impl Orders {
         remaining: u64,
     ) -> u32 {
         debug_assert!(order_id != 0 && remaining > 0);
-        let order =
-            OrderSlot { order_id, price, remaining, account, symbol, side, prev: NIL, next: NIL };
+        let order = OrderSlot {
+            order_id,
+            price,
+            remaining,
+            account,
+            symbol,
+            side,
+            prev: NIL,
+            next: NIL,
+            level: NIL,
+        };
         if self.free == NIL {
             self.slots.push(order);
             return (self.slots.len() - 1) as u32;
@@ -109,7 +125,8 @@ impl Orders {
     }
 }
 
-/// A price level: a queue of order slots, oldest at the head.
+/// A price level: a queue of order slots, oldest at the head. A free level slot keeps the next
+/// free one in `head`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(super) struct Level {
     pub(super) head: u32,
@@ -127,18 +144,83 @@ pub(super) struct Fill {
     pub(super) quantity: u64,
 }
 
-/// A symbol's book.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// A symbol's book: each side's levels by price (the level's slot), and the levels' slab.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "BookData", into = "BookData")]
 pub(super) struct Book {
-    pub(super) bids: BTreeMap<u64, Level>,
-    pub(super) asks: BTreeMap<u64, Level>,
+    bids: BTreeMap<u64, u32>,
+    asks: BTreeMap<u64, u32>,
+    levels: Vec<Level>,
+    free_level: u32,
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        Self { bids: BTreeMap::new(), asks: BTreeMap::new(), levels: Vec::new(), free_level: NIL }
+    }
+}
+
+/// A book as a snapshot holds it: each side's levels by price, as before levels had slots.
+#[derive(Serialize, Deserialize)]
+pub(super) struct BookData {
+    bids: BTreeMap<u64, Level>,
+    asks: BTreeMap<u64, Level>,
+}
+
+impl From<Book> for BookData {
+    fn from(book: Book) -> Self {
+        let side = |prices: &BTreeMap<u64, u32>| {
+            prices.iter().map(|(&price, &slot)| (price, book.levels[slot as usize])).collect()
+        };
+        Self { bids: side(&book.bids), asks: side(&book.asks) }
+    }
+}
+
+impl From<BookData> for Book {
+    /// The levels get slots in price order; the orders learn theirs in [`Book::relink`].
+    fn from(data: BookData) -> Self {
+        let mut book = Book::default();
+        for (side, levels) in [(Side::Buy, data.bids), (Side::Sell, data.asks)] {
+            for (price, level) in levels {
+                let slot = book.levels.len() as u32;
+                book.levels.push(level);
+                book.prices_mut(side).insert(price, slot);
+            }
+        }
+        book
+    }
 }
 
 impl Book {
-    fn levels_mut(&mut self, side: Side) -> &mut BTreeMap<u64, Level> {
+    fn prices_mut(&mut self, side: Side) -> &mut BTreeMap<u64, u32> {
         match side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
+        }
+    }
+
+    /// A side's levels by ascending price.
+    pub(super) fn levels(
+        &self,
+        side: Side,
+    ) -> impl DoubleEndedIterator<Item = (u64, u32, &Level)> + '_ {
+        let prices = match side {
+            Side::Buy => &self.bids,
+            Side::Sell => &self.asks,
+        };
+        prices.iter().map(|(&price, &slot)| (price, slot, &self.levels[slot as usize]))
+    }
+
+    /// Points every resting order at its level's slot: after loading a snapshot, which does
+    /// not hold them.
+    pub(super) fn relink(&self, orders: &mut Orders) {
+        for &slot in self.bids.values().chain(self.asks.values()) {
+            let mut order = self.levels[slot as usize].head;
+            while order != NIL {
+                let resting = orders.get_mut(order);
+                resting.level = slot;
+                order = resting.next;
+            }
         }
     }
 
@@ -152,22 +234,34 @@ impl Book {
 
     /// A level's total, 0 if there is no such level.
     pub(super) fn level_quantity(&self, side: Side, price: u64) -> u64 {
-        let levels = match side {
+        let prices = match side {
             Side::Buy => &self.bids,
             Side::Sell => &self.asks,
         };
-        levels.get(&price).map_or(0, |level| level.quantity)
+        prices.get(&price).map_or(0, |&slot| self.levels[slot as usize].quantity)
     }
 
-    /// Appends a slot to the back of its level's queue.
+    /// Appends a slot to the back of its level's queue, opening the level if it is new.
     pub(super) fn push(&mut self, orders: &mut Orders, slot: u32) {
         let order = *orders.get(slot);
-        let level = self.levels_mut(order.side).entry(order.price).or_insert(Level {
-            head: NIL,
-            tail: NIL,
-            quantity: 0,
-            orders: 0,
+        let Book { bids, asks, levels, free_level } = self;
+        let prices = match order.side {
+            Side::Buy => bids,
+            Side::Sell => asks,
+        };
+        let level_slot = *prices.entry(order.price).or_insert_with(|| {
+            let level = Level { head: NIL, tail: NIL, quantity: 0, orders: 0 };
+            if *free_level == NIL {
+                levels.push(level);
+                (levels.len() - 1) as u32
+            } else {
+                let reused = *free_level;
+                *free_level = levels[reused as usize].head;
+                levels[reused as usize] = level;
+                reused
+            }
         });
+        let level = &mut levels[level_slot as usize];
         let tail = level.tail;
         level.tail = slot;
         if tail == NIL {
@@ -180,20 +274,20 @@ impl Book {
         let order = orders.get_mut(slot);
         order.prev = tail;
         order.next = NIL;
+        order.level = level_slot;
     }
 
-    /// Takes `quantity` off a level's total (its order's remaining changes with it).
-    pub(super) fn reduce(&mut self, price: u64, side: Side, quantity: u64) {
-        let level = self.levels_mut(side).get_mut(&price).expect("the order's level exists");
-        level.quantity -= quantity;
+    /// Takes `quantity` off the total of the level at `level` (its order's remaining changes
+    /// with it).
+    pub(super) fn reduce(&mut self, level: u32, quantity: u64) {
+        self.levels[level as usize].quantity -= quantity;
     }
 
     /// Unlinks a slot from its level's queue; removes the level when it empties. The order's
     /// quantity must already be off the level's total.
     pub(super) fn unlink(&mut self, orders: &mut Orders, slot: u32) {
         let order = *orders.get(slot);
-        let levels = self.levels_mut(order.side);
-        let level = levels.get_mut(&order.price).expect("the order's level exists");
+        let level = &mut self.levels[order.level as usize];
         if order.prev == NIL {
             level.head = order.next;
         } else {
@@ -207,7 +301,9 @@ impl Book {
         level.orders -= 1;
         if level.orders == 0 {
             debug_assert_eq!(level.quantity, 0, "an empty level holds nothing");
-            levels.remove(&order.price);
+            level.head = self.free_level;
+            self.free_level = order.level;
+            self.prices_mut(order.side).remove(&order.price);
         }
     }
 
@@ -226,20 +322,33 @@ impl Book {
         fills: &mut Vec<Fill>,
     ) -> bool {
         debug_assert!(fills.is_empty());
+        let level = |(&price, &slot): (&u64, &u32)| (price, &self.levels[slot as usize]);
         match side {
-            Side::Buy => {
-                plan_levels(self.asks.iter(), orders, side, limit, quantity, budget, fills)
-            }
-            Side::Sell => {
-                plan_levels(self.bids.iter().rev(), orders, side, limit, quantity, budget, fills)
-            }
+            Side::Buy => plan_levels(
+                self.asks.iter().map(level),
+                orders,
+                side,
+                limit,
+                quantity,
+                budget,
+                fills,
+            ),
+            Side::Sell => plan_levels(
+                self.bids.iter().rev().map(level),
+                orders,
+                side,
+                limit,
+                quantity,
+                budget,
+                fills,
+            ),
         }
     }
 }
 
 /// [`Book::plan`] over the opposite side's levels, given in priority order.
 fn plan_levels<'a>(
-    levels: impl Iterator<Item = (&'a u64, &'a Level)>,
+    levels: impl Iterator<Item = (u64, &'a Level)>,
     orders: &Orders,
     side: Side,
     limit: Option<u64>,
@@ -248,7 +357,7 @@ fn plan_levels<'a>(
     fills: &mut Vec<Fill>,
 ) -> bool {
     let mut left = quantity;
-    for (&price, level) in levels {
+    for (price, level) in levels {
         let crosses = match (side, limit) {
             (_, None) => true,
             (Side::Buy, Some(limit)) => price <= limit,

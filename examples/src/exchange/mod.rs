@@ -487,6 +487,9 @@ impl From<ExchangeData> for Exchange {
         for (slot, order) in exchange.orders.live() {
             exchange.order_index.insert(order.order_id, slot);
         }
+        for book in &exchange.books {
+            book.relink(&mut exchange.orders);
+        }
         exchange
     }
 }
@@ -559,12 +562,13 @@ impl Exchange {
     /// A symbol's price levels, best first: bids (highest first) and asks (lowest first).
     pub fn depth(&self, symbol: u32) -> Option<(Vec<Level>, Vec<Level>)> {
         let book = &self.books[*self.symbol_index.get(&symbol)? as usize];
-        let level = |(&price, level): (&u64, &book::Level)| Level {
+        let level = |(price, _, level): (u64, u32, &book::Level)| Level {
             price,
             quantity: level.quantity,
             orders: level.orders,
         };
-        Some((book.bids.iter().rev().map(level).collect(), book.asks.iter().map(level).collect()))
+        let bids = book.levels(Side::Buy).rev().map(level).collect();
+        Some((bids, book.levels(Side::Sell).map(level).collect()))
     }
 
     /// A symbol's resting orders in priority order: bids, then asks.
@@ -576,7 +580,7 @@ impl Exchange {
     /// works on a snapshot's copy too.
     fn orders_of(&self, book: &Book) -> Vec<RestingOrder> {
         let mut orders = Vec::new();
-        for level in book.bids.values().rev().chain(book.asks.values()) {
+        for (_, _, level) in book.levels(Side::Buy).rev().chain(book.levels(Side::Sell)) {
             let mut slot = level.head;
             while slot != NIL {
                 let order = self.orders.get(slot);
@@ -639,12 +643,16 @@ impl Exchange {
                     return Err(format!("symbol {}: crossed, bid {bid} ≥ ask {ask}", symbol.id));
                 }
             }
-            for (side, levels) in [(Side::Buy, &book.bids), (Side::Sell, &book.asks)] {
-                for (&price, level) in levels {
+            for side in [Side::Buy, Side::Sell] {
+                for (price, level_slot, level) in book.levels(side) {
                     let (mut quantity, mut count, mut slot) = (0u64, 0u32, level.head);
                     while slot != NIL {
                         let order = self.orders.get(slot);
-                        if order.side != side || order.price != price || order.remaining == 0 {
+                        if order.side != side
+                            || order.price != price
+                            || order.level != level_slot
+                            || order.remaining == 0
+                        {
                             return Err(format!("order {} misfiled", order.order_id));
                         }
                         quantity += order.remaining;
@@ -904,8 +912,8 @@ impl Exchange {
         let maker = self.orders.get_mut(maker_slot);
         maker.remaining -= quantity;
         let maker_account = maker.account;
-        let maker_price = maker.price;
-        self.books[symbol_slot as usize].reduce(maker_price, side.opposite(), quantity);
+        let maker_level = maker.level;
+        self.books[symbol_slot as usize].reduce(maker_level, quantity);
         let (base, quote) = self.symbol_assets[symbol_slot as usize];
         match side {
             Side::Buy => {
@@ -976,7 +984,7 @@ impl Exchange {
         let balance = self.accounts[order.account as usize].at_mut(asset);
         balance.held -= hold;
         balance.available += hold;
-        self.books[symbol_slot as usize].reduce(order.price, order.side, order.remaining);
+        self.books[symbol_slot as usize].reduce(order.level, order.remaining);
         self.books[symbol_slot as usize].unlink(&mut self.orders, slot);
         self.orders.free(slot);
         self.order_index.remove(&order.order_id);
@@ -1034,7 +1042,7 @@ impl Exchange {
             let balance = self.accounts[order.account as usize].at_mut(asset);
             balance.held -= released;
             balance.available += released;
-            self.books[symbol_slot as usize].reduce(price, order.side, order.remaining - quantity);
+            self.books[symbol_slot as usize].reduce(order.level, order.remaining - quantity);
             self.orders.get_mut(slot).remaining = quantity;
             self.scratch.touched.push((order.side, price));
         } else {
