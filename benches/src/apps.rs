@@ -116,34 +116,19 @@ pub fn exchange(root: &Path, load: Load) -> Result<(Outcome, Option<Latency>)> {
 /// beforehand: no engine, no journal, no rings, no gateway. The state machine's own ceiling,
 /// beside what keel makes of it.
 pub fn exchange_machine(commands: u64) -> Result<(Outcome, Option<Latency>)> {
-    let mut workload = exchange_workload();
-    let setup = workload.setup();
-    let traffic: Vec<exchange::Command> = (0..commands).map(|_| workload.next_command()).collect();
-    let mut exchange = Exchange::with_capacity(TRADERS as usize, 1 << 20);
-    let mut output = Output::new();
-    let mut sequence = 0;
-    let mut apply = |exchange: &mut Exchange, command: &exchange::Command| {
-        sequence += 1;
-        output.clear();
-        exchange.apply(&Context { sequence, timestamp_ns: sequence }, command, &mut output);
-        output.events().len() as u64
-    };
-    for command in &setup {
-        apply(&mut exchange, command);
-    }
-    let started = std::time::Instant::now();
-    let events: u64 = traffic.iter().map(|command| apply(&mut exchange, command)).sum();
-    let elapsed = started.elapsed();
-    if let Err(broken) = exchange.check_invariants() {
+    let applied =
+        exchange::workload::apply_directly(exchange_workload(), TRADERS as usize, commands);
+    if let Err(broken) = applied.exchange.check_invariants() {
         bail!("the exchange broke an invariant: {broken}");
     }
     // Every command answers with at least one event: a run that made fewer did not apply them.
-    if events < commands {
-        bail!("{commands} commands made only {events} events");
+    if applied.events < commands {
+        bail!("{commands} commands made only {} events", applied.events);
     }
-    Ok((Outcome { elapsed, events: commands, sum: commands }, None))
+    Ok((Outcome { elapsed: applied.elapsed, events: commands, sum: commands }, None))
 }
 
+/// The exchange workload of every exchange case (and of `examples/exchange_apply.rs`).
 fn exchange_workload() -> exchange::workload::Workload {
     exchange::workload::Workload::new(SEED, TRADERS, SYMBOLS, exchange::workload::Mix::REALISTIC, 1)
 }
