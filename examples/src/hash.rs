@@ -14,6 +14,13 @@ pub struct IdHasher(u64);
 
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// One 64×64→128-bit multiply by [`MULTIPLIER`], the halves folded together.
+#[inline]
+fn fold(value: u64) -> u64 {
+    let product = u128::from(value) * u128::from(MULTIPLIER);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
 impl Hasher for IdHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
@@ -24,8 +31,7 @@ impl Hasher for IdHasher {
 
     #[inline]
     fn write_u64(&mut self, value: u64) {
-        let product = u128::from(self.0 ^ value) * u128::from(MULTIPLIER);
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
+        self.0 = fold(self.0 ^ value);
     }
 
     #[inline]
@@ -82,8 +88,7 @@ impl Hasher for SequentialIdHasher {
     fn write_u64(&mut self, value: u64) {
         const LOW: u64 = (1 << BLOCK_BITS) - 1;
         const TAG: u64 = 0x7f << 57;
-        let product = u128::from((self.0 ^ value) >> BLOCK_BITS) * u128::from(MULTIPLIER);
-        let block = (product as u64) ^ ((product >> 64) as u64);
+        let block = fold((self.0 ^ value) >> BLOCK_BITS);
         let tag = (block ^ (value << 57) ^ (value << 50)) & TAG;
         self.0 = (block & !LOW & !TAG) | ((block ^ value) & LOW) | tag;
     }
@@ -211,8 +216,7 @@ impl Digest {
     /// Mixes in one word.
     #[inline]
     pub fn word(&mut self, value: u64) {
-        let product = u128::from(self.0 ^ value) * u128::from(MULTIPLIER);
-        self.0 = ((product as u64) ^ ((product >> 64) as u64)).rotate_left(23) ^ value;
+        self.0 = fold(self.0 ^ value).rotate_left(23) ^ value;
     }
 
     /// Mixes in several words.
