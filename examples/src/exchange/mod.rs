@@ -433,7 +433,7 @@ pub struct Exchange {
     #[serde(skip)]
     symbol_assets: Vec<(u32, u32)>,
     #[serde(skip)]
-    symbol_index: BTreeMap<u32, u32>,
+    symbol_index: IdIndex,
     #[serde(skip)]
     account_index: IdIndex,
     #[serde(skip)]
@@ -476,7 +476,7 @@ impl From<ExchangeData> for Exchange {
             exchange.asset_slots.insert(asset, slot as u32);
         }
         for (slot, symbol) in exchange.symbols.iter().enumerate() {
-            exchange.symbol_index.insert(symbol.id, slot as u32);
+            exchange.symbol_index.insert(u64::from(symbol.id), slot as u32);
             let assets = (exchange.asset_slots[&symbol.base], exchange.asset_slots[&symbol.quote]);
             exchange.symbol_assets.push(assets);
         }
@@ -520,7 +520,7 @@ impl Exchange {
 
     /// The symbol with `id`.
     pub fn symbol(&self, id: u32) -> Option<&Symbol> {
-        self.symbols.get(*self.symbol_index.get(&id)? as usize)
+        self.symbols.get(self.symbol_index.get(u64::from(id))? as usize)
     }
 
     /// Every symbol, in listing order.
@@ -561,7 +561,7 @@ impl Exchange {
 
     /// A symbol's price levels, best first: bids (highest first) and asks (lowest first).
     pub fn depth(&self, symbol: u32) -> Option<(Vec<Level>, Vec<Level>)> {
-        let book = &self.books[*self.symbol_index.get(&symbol)? as usize];
+        let book = &self.books[self.symbol_index.get(u64::from(symbol))? as usize];
         let level = |(price, _, level): (u64, u32, &book::Level)| Level {
             price,
             quantity: level.quantity,
@@ -573,7 +573,7 @@ impl Exchange {
 
     /// A symbol's resting orders in priority order: bids, then asks.
     pub fn book_orders(&self, symbol: u32) -> Option<Vec<RestingOrder>> {
-        Some(self.orders_of(&self.books[*self.symbol_index.get(&symbol)? as usize]))
+        Some(self.orders_of(&self.books[self.symbol_index.get(u64::from(symbol))? as usize]))
     }
 
     /// A book's resting orders in priority order: bids, then asks. Uses no index, so that it
@@ -593,7 +593,7 @@ impl Exchange {
 
     /// The best bid and best ask of a symbol.
     pub fn touch(&self, symbol: u32) -> Option<(Option<u64>, Option<u64>)> {
-        let book = &self.books[*self.symbol_index.get(&symbol)? as usize];
+        let book = &self.books[self.symbol_index.get(u64::from(symbol))? as usize];
         Some((book.best(Side::Buy), book.best(Side::Sell)))
     }
 
@@ -709,10 +709,10 @@ impl Exchange {
         if base == quote {
             return reject(Reject::SameAsset);
         }
-        if self.symbol_index.contains_key(&symbol) {
+        if self.symbol_index.get(u64::from(symbol)).is_some() {
             return reject(Reject::SymbolExists);
         }
-        self.symbol_index.insert(symbol, self.symbols.len() as u32);
+        self.symbol_index.insert(u64::from(symbol), self.symbols.len() as u32);
         self.symbols.push(Symbol { id: symbol, base, quote });
         let assets = (self.asset_slot(base), self.asset_slot(quote));
         self.symbol_assets.push(assets);
@@ -781,7 +781,7 @@ impl Exchange {
         if order_id == 0 || account == 0 || symbol == 0 {
             return Err(Reject::ZeroId);
         }
-        let symbol_slot = *self.symbol_index.get(&symbol).ok_or(Reject::UnknownSymbol)?;
+        let symbol_slot = self.symbol_index.get(u64::from(symbol)).ok_or(Reject::UnknownSymbol)?;
         if quantity == 0 {
             return Err(Reject::ZeroQuantity);
         }
