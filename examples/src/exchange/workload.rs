@@ -214,10 +214,11 @@ pub struct Applied {
     pub exchange: super::Exchange,
 }
 
-/// Applies the setup and then `commands` commands of `workload` straight to an `Exchange` on
-/// this thread, with the contexts the engine would give them: no engine, no journal, no rings.
-/// The commands are made before the clock starts. The state machine's own rate, for
-/// `keel-bench`'s `exchange machine` case and for profilers and cache simulators.
+/// Applies the setup and then `commands` commands of `workload` straight to an `Exchange` with
+/// room for `accounts` accounts, on this thread, numbered from 1 as the engine numbers them: no
+/// engine, no journal, no rings. The commands are made before the clock starts. The state
+/// machine's own rate, for `keel-bench`'s `exchange machine` case and for profilers and cache
+/// simulators.
 pub fn apply_directly(mut workload: Workload, accounts: usize, commands: u64) -> Applied {
     use keel_engine::{Context, Output, StateMachine};
     let setup = workload.setup();
