@@ -201,6 +201,43 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
         self.len()
     }
 
+    /// Takes into the batch the events published after it, without waiting, so that it holds
+    /// at most `limit` in all; returns how many it took. With
+    /// [`release_through`](Self::release_through), a batch becomes a window that a consumer
+    /// slides along the ring: the engine's compact topology journals what arrives while it
+    /// waits for replicas to acknowledge what it journaled before.
+    pub fn extend(&mut self, limit: usize) -> usize {
+        let next = self.last + 1;
+        let limit_last = self.first + limit.max(1) as u64 - 1;
+        if limit_last < next {
+            return 0;
+        }
+        let available = self.poller.barrier.available(next);
+        if available < next {
+            return 0;
+        }
+        let last = available.min(limit_last);
+        let taken = (last - self.last) as usize;
+        self.last = last;
+        taken
+    }
+
+    /// Releases the events up to `sequence` to the producers and keeps the later ones:
+    /// `sequence` must lie in `first_sequence()..last_sequence()`, for a batch is never empty
+    /// (drop it to release everything).
+    pub fn release_through(&mut self, sequence: u64) {
+        assert!(
+            (self.first..self.last).contains(&sequence),
+            "release through {sequence} of the batch {}..={}: it must keep an event",
+            self.first,
+            self.last
+        );
+        self.poller.sequence.set(sequence);
+        self.poller.next = sequence + 1;
+        self.first = sequence + 1;
+        self.poller.barrier.shared.wait.signal();
+    }
+
     /// The events with their sequences, in order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &E)> + '_ {
         (self.first..=self.last).map(move |sequence| (sequence, self.get_in_batch(sequence)))

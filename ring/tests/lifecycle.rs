@@ -159,6 +159,53 @@ fn poller_batches_hold_slots_until_dropped_and_honour_the_limit() {
 }
 
 #[test]
+fn a_poller_batch_slides_along_the_ring_by_extending_and_releasing() {
+    let mut builder = RingBuilder::multi_producer(8, || 0u64, Yielding::default()).unwrap();
+    let (stage, mut poller) = builder.poller(&[]).unwrap();
+    let (_, mut downstream) = builder.poller(&[stage]).unwrap();
+    let producer = builder.build().unwrap();
+    producer.publish_batch(3, |slot, sequence| *slot = sequence * 10).unwrap();
+    let mut batch = poller.poll(8).unwrap().unwrap();
+    assert_eq!((batch.first_sequence(), batch.last_sequence()), (1, 3));
+    // Nothing new: nothing taken.
+    assert_eq!(batch.extend(8), 0);
+    // The producers are gated by the last stage: 5 more fill the ring.
+    producer.publish_batch(5, |slot, sequence| *slot = sequence * 10).unwrap();
+    assert_eq!(producer.try_publish(|_, _| {}), Err(RingError::Full));
+    // The limit counts the whole batch.
+    assert_eq!(batch.extend(6), 3);
+    assert_eq!((batch.first_sequence(), batch.last_sequence()), (1, 6));
+    assert_eq!(batch.iter().map(|(_, value)| *value).collect::<Vec<_>>(), [10, 20, 30, 40, 50, 60]);
+    // Releasing a prefix frees its slots for the producers and hands it downstream, in order.
+    batch.release_through(4);
+    assert_eq!((batch.first_sequence(), batch.last_sequence(), batch.len()), (5, 6, 2));
+    assert_eq!(*batch.get(6), 60);
+    assert_eq!(downstream.poll_each(8, |_, _, _| {}), Ok(4));
+    assert_eq!(batch.extend(8), 2);
+    assert_eq!((batch.first_sequence(), batch.last_sequence()), (5, 8));
+    assert_eq!(producer.try_publish_batch(2, |slot, sequence| *slot = sequence * 10), Ok(10));
+    assert_eq!(batch.extend(8), 2);
+    assert_eq!(*batch.get(10), 100);
+    drop(batch);
+    assert_eq!(poller.sequence(), 10);
+    assert_eq!(
+        downstream.poll_each(8, |value, sequence, _| assert_eq!(*value, sequence * 10)),
+        Ok(6)
+    );
+}
+
+#[test]
+#[should_panic(expected = "it must keep an event")]
+fn a_poller_batch_cannot_release_all_it_holds() {
+    let mut builder = RingBuilder::single_producer(8, || 0u64, BusySpin).unwrap();
+    let (_, mut poller) = builder.poller(&[]).unwrap();
+    let mut producer = builder.build().unwrap();
+    producer.publish_batch(2, |slot, sequence| *slot = sequence).unwrap();
+    let mut batch = poller.poll(8).unwrap().unwrap();
+    batch.release_through(2);
+}
+
+#[test]
 fn closing_drains_then_stops_every_poller() {
     let mut builder = RingBuilder::multi_producer(8, || 0u64, BusySpin).unwrap();
     let (first, mut upstream) = builder.poller(&[]).unwrap();
