@@ -1,5 +1,6 @@
 //! The engine: its builder, its handle, and the thread that journals and applies.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use crate::recovery::{
     apply_guarded, load_snapshot, panic_message, replay, EventSink, ReplayTarget, Skipped, Start,
     KIND_COMMAND,
 };
-use crate::replicator::{Replication, ReplicationStatus, Replicator};
+use crate::replicator::{AckWait, Replication, ReplicationStatus, Replicator};
 use crate::responses::{Requester, Router, RouterHandler};
 use crate::snapshots::Snapshots;
 use crate::stats::{Counters, Stats};
@@ -583,6 +584,7 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
             journal,
             encoder: CommandEncoder::new(self.codec.clone()),
             replicating,
+            in_flight: VecDeque::with_capacity(64),
             input_control: processor_control,
             numbering,
             stamps: Stamps { clock: Arc::clone(&self.clock), last_timestamp_ns },
@@ -921,6 +923,9 @@ struct Processor<M: StateMachine, C: Codec> {
     encoder: CommandEncoder<C>,
     /// Compact: the replication of what this thread journals.
     replicating: Replicating,
+    /// Compact, `Replicated` tier: the runs journaled and not yet all applied, each as its
+    /// last ring sequence and the timestamp it was journaled with, oldest first.
+    in_flight: VecDeque<(u64, u64)>,
     /// The input ring's state, to tell a shutdown from a wait for replicas.
     input_control: RingControl,
     /// Which journal sequence each ring sequence is.
@@ -957,7 +962,7 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
     fn run_compact(mut self, mut poller: InputPoller<M>) -> M {
         let mut snapshot_wanted = self.snapshots.wanted(&self.shared);
         loop {
-            let batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
+            let mut batch = match poller.wait_or(self.batch_limit, &mut snapshot_wanted) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => {
                     self.snapshot_if_due();
@@ -965,10 +970,15 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
                 }
                 Err(Interrupt::Closed | Interrupt::Halted) => break,
             };
-            self.shared.counters.count_batch(batch.len() as u64);
-            // One clock read per batch: the timestamp of every command in it.
-            let timestamp_ns = self.stamps.next();
-            let outcome = self.journal_and_apply(&batch, timestamp_ns);
+            let outcome = match self.replicating.replicated.clone() {
+                Some(replicated) => self.journal_ahead_and_apply(&mut batch, &replicated),
+                None => {
+                    self.shared.counters.count_batch(batch.len() as u64);
+                    // One clock read per batch: the timestamp of every command in it.
+                    let timestamp_ns = self.stamps.next();
+                    self.journal_and_apply(&batch, timestamp_ns)
+                }
+            };
             // The events of every command applied, the batch's last before a failure included.
             let outcome = self.publish_events().and(outcome);
             drop(batch);
@@ -1020,6 +1030,142 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             }
         }
         Ok(())
+    }
+
+    /// The compact topology in the `Replicated` tier. Waiting for the replicas after each batch
+    /// would leave this thread idle for a round trip (the sender's, the replica's journaling
+    /// of the whole batch, the acknowledgement's) with the batch's slots held, so that the
+    /// gateway could not publish either: the stages took turns. Instead the batch is a window
+    /// that slides along the ring: what arrives is journaled (and streamed) while what the
+    /// quorum holds is applied, and applied slots are released at once. The window is finished
+    /// (everything in it applied) after `batch_limit` commands, so that snapshots between
+    /// batches still get their turn.
+    fn journal_ahead_and_apply(
+        &mut self,
+        batch: &mut InputBatch<'_, M>,
+        replicated: &Replicator,
+    ) -> Result<(), Halt> {
+        let mut applied = batch.first_sequence() - 1;
+        let mut journaled = applied;
+        let extend_until = applied + self.batch_limit as u64;
+        self.in_flight.clear();
+        let mut waiting: Option<AckWait> = None;
+        loop {
+            let mut progressed = false;
+            if journaled < batch.last_sequence() {
+                let through = self.journal_window(batch, journaled, applied)?;
+                if through > journaled {
+                    journaled = through;
+                    progressed = true;
+                }
+            }
+            let held = replicated.replicated()?;
+            let through = self.apply_held(batch, applied, journaled, held)?;
+            if through > applied {
+                applied = through;
+                progressed = true;
+                self.publish_events()?;
+            }
+            let extended = applied < extend_until && batch.extend(self.batch_limit) > 0;
+            if applied == batch.last_sequence() {
+                if !extended {
+                    return Ok(());
+                }
+                batch.release_through(applied);
+                continue;
+            }
+            if applied >= batch.first_sequence() {
+                batch.release_through(applied);
+            }
+            if progressed || extended {
+                waiting = None;
+                continue;
+            }
+            // Everything held is journaled and streamed, and nothing more is acknowledged.
+            let first_unheld = self.numbering.command(applied + 1);
+            let (shared, input) = (&self.shared, &self.input_control);
+            waiting.get_or_insert_with(AckWait::new).wait(
+                replicated,
+                first_unheld,
+                &mut |overdue| give_up_waiting(shared, input, first_unheld, overdue),
+            )?;
+        }
+    }
+
+    /// `Replicated` tier: journals (with one timestamp) and commits the window's commands
+    /// after ring sequence `journaled`, tells the replicas' senders, and returns the last ring
+    /// sequence journaled. It stops at a checkpoint position until every command before it is
+    /// applied, for the checkpoint carries the state's hash there.
+    fn journal_window(
+        &mut self,
+        batch: &InputBatch<'_, M>,
+        journaled: u64,
+        applied: u64,
+    ) -> Result<u64, Halt> {
+        let journal = self.journal.as_mut().expect("the Replicated tier journals");
+        let timestamp_ns = self.stamps.next();
+        let from = journaled + 1;
+        let mut through = journaled;
+        for (offset, first, count) in
+            self.numbering.runs(from, (batch.last_sequence() - journaled) as usize)
+        {
+            if journal.next_sequence() < first {
+                if applied < through {
+                    break;
+                }
+                let covered = journal.next_sequence() - 1;
+                let checkpoint =
+                    Checkpoint { sequence: covered, state_hash: self.machine.state_hash() };
+                append_checkpoint(journal, &self.shared, checkpoint, timestamp_ns)?;
+            }
+            let start = from + offset as u64;
+            let slots = (start..start + count as u64).map(|sequence| batch.get(sequence));
+            journal_batch::<M, C>(journal, &self.shared, &mut self.encoder, slots, timestamp_ns)?;
+            through = start + count as u64 - 1;
+        }
+        if through > journaled {
+            self.shared.counters.count_batch(through - journaled);
+            self.in_flight.push_back((through, timestamp_ns));
+            self.replicating.committed_only(journal)?;
+        }
+        Ok(through)
+    }
+
+    /// `Replicated` tier: applies the window's commands after ring sequence `applied`, up to
+    /// `journaled`, whose journal sequences the quorum holds (up to `held`); returns the last
+    /// ring sequence applied.
+    fn apply_held(
+        &mut self,
+        batch: &InputBatch<'_, M>,
+        applied: u64,
+        journaled: u64,
+        held: u64,
+    ) -> Result<u64, Halt> {
+        let mut through = applied;
+        for (offset, first, count) in
+            self.numbering.runs(applied + 1, (journaled - applied) as usize)
+        {
+            if first > held {
+                break;
+            }
+            let held_here = ((held - first + 1).min(count as u64)) as usize;
+            let start = applied + 1 + offset as u64;
+            for (index, sequence) in (first..first + held_here as u64).enumerate() {
+                let ring = start + index as u64;
+                while self.in_flight.front().is_some_and(|&(last, _)| last < ring) {
+                    self.in_flight.pop_front();
+                }
+                let timestamp_ns = self.in_flight.front().expect("a journaled run").1;
+                let command =
+                    batch.get(ring).command.as_ref().expect("a published slot holds a command");
+                self.apply(&Context { sequence, timestamp_ns }, command)?;
+                through = ring;
+            }
+            if held_here < count {
+                break;
+            }
+        }
+        Ok(through)
     }
 
     /// The pipelined topology: the journaller thread journals each batch and makes it
@@ -1331,18 +1477,37 @@ impl Replicating {
         let sequence = journal.next_sequence() - 1;
         replicator.committed(sequence)?;
         let Some(replicated) = self.replicated.as_ref() else { return Ok(()) };
-        replicated.wait_replicated(sequence, |overdue| {
-            if let Some(halt) = shared.halted() {
-                return Some(halt);
-            }
-            (overdue && input.is_closed()).then(|| Halt::Replication {
-                sequence,
-                message: "the engine is shutting down and the quorum of replicas did not \
-                          acknowledge it in time"
-                    .into(),
-            })
-        })
+        replicated
+            .wait_replicated(sequence, |overdue| give_up_waiting(shared, input, sequence, overdue))
     }
+
+    /// Tells the replicas' senders that the journal holds everything appended, without
+    /// waiting for acknowledgements.
+    fn committed_only(&self, journal: &JournalWriter) -> Result<(), Halt> {
+        match self.replicator.as_ref() {
+            Some(replicator) => replicator.committed(journal.next_sequence() - 1),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a wait for the replicas to acknowledge `sequence` ends without them: the engine halted,
+/// or it is shutting down and the acknowledgement is overdue.
+fn give_up_waiting(
+    shared: &Shared,
+    input: &RingControl,
+    sequence: u64,
+    overdue: bool,
+) -> Option<Halt> {
+    if let Some(halt) = shared.halted() {
+        return Some(halt);
+    }
+    (overdue && input.is_closed()).then(|| Halt::Replication {
+        sequence,
+        message: "the engine is shutting down and the quorum of replicas did not acknowledge it \
+                  in time"
+            .into(),
+    })
 }
 
 /// Waits for the engine thread to hand over the state's hash after `sequence`; `None` if the

@@ -139,6 +139,10 @@ struct Inner {
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+    /// The engine thread asleep waiting for acknowledgements (0 or 1), and where it sleeps.
+    ack_sleepers: AtomicUsize,
+    ack_lock: Mutex<()>,
+    ack_wake: Condvar,
     peers: Mutex<Vec<Arc<Peer>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The epoch of a newer primary a replica told of (0: none): this primary is fenced.
@@ -199,6 +203,9 @@ impl Replicator {
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            ack_sleepers: AtomicUsize::new(0),
+            ack_lock: Mutex::new(()),
+            ack_wake: Condvar::new(),
             peers: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             fenced_by: AtomicU64::new(0),
@@ -247,54 +254,19 @@ impl Replicator {
         sequence: u64,
         mut give_up: impl FnMut(bool) -> Option<Halt>,
     ) -> Result<(), Halt> {
-        let inner = &self.inner;
-        let began = Instant::now();
-        let mut rounds = 0u32;
-        let mut warned = false;
-        loop {
-            let (acknowledged, in_quorum) = inner.count(sequence);
-            if acknowledged >= inner.quorum {
-                return Ok(());
-            }
-            inner.fenced()?;
-            let overdue = began.elapsed() >= inner.ack_timeout;
-            if let Some(halt) = give_up(overdue) {
-                return Err(halt);
-            }
-            if overdue {
-                for peer in inner.peers.lock().iter() {
-                    if peer.alive.load(Ordering::Acquire)
-                        && peer.in_quorum.load(Ordering::Acquire)
-                        && peer.acked.load(Ordering::Acquire) < sequence
-                    {
-                        inner.dropped.fetch_add(1, Ordering::Relaxed);
-                        peer.close(&format!(
-                            "dropped from the quorum: sequence {sequence} not acknowledged \
-                             within {:?}",
-                            inner.ack_timeout
-                        ));
-                    }
-                }
-                if !warned && in_quorum < inner.quorum {
-                    tracing::warn!(
-                        sequence,
-                        replicas = in_quorum,
-                        quorum = inner.quorum,
-                        "fewer replicas than the quorum hold the input: nothing is applied \
-                         until enough catch up"
-                    );
-                    warned = true;
-                }
-            }
-            rounds = rounds.saturating_add(1);
-            if rounds < 256 {
-                std::hint::spin_loop();
-            } else if rounds < 4096 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
+        let mut waiting = AckWait::new();
+        while self.replicated()? < sequence {
+            waiting.wait(self, sequence, &mut give_up)?;
         }
+        Ok(())
+    }
+
+    /// The highest sequence that `quorum` replicas in the quorum acknowledged holding (0 while
+    /// fewer than `quorum` are in it). Fails once a replica proved that a newer primary exists.
+    #[inline]
+    pub(crate) fn replicated(&self) -> Result<u64, Halt> {
+        self.inner.fenced()?;
+        Ok(self.inner.held_by_quorum())
     }
 
     /// The primary's view of its replicas.
@@ -353,6 +325,47 @@ impl Drop for Replicator {
     }
 }
 
+/// One wait of the engine thread for acknowledgements: it spins a little (an acknowledgement
+/// a few microseconds away is common at saturation), then sleeps until the acknowledgement
+/// reader wakes it, so that on two cores its waiting takes no time from the threads it waits
+/// for (the sender, the replica, the reader). Past the acknowledgement timeout it drops the
+/// replicas in the quorum that did not acknowledge, and warns once when too few remain.
+pub(crate) struct AckWait {
+    began: Instant,
+    rounds: u32,
+    warned: bool,
+}
+
+impl AckWait {
+    pub(crate) fn new() -> Self {
+        Self { began: Instant::now(), rounds: 0, warned: false }
+    }
+
+    /// One round of the wait for `sequence`: `give_up(overdue)` may end it with a reason.
+    pub(crate) fn wait(
+        &mut self,
+        replicator: &Replicator,
+        sequence: u64,
+        give_up: &mut impl FnMut(bool) -> Option<Halt>,
+    ) -> Result<(), Halt> {
+        let inner = &replicator.inner;
+        let overdue = self.began.elapsed() >= inner.ack_timeout;
+        if let Some(halt) = give_up(overdue) {
+            return Err(halt);
+        }
+        if overdue {
+            inner.drop_overdue(sequence, &mut self.warned);
+        }
+        self.rounds = self.rounds.saturating_add(1);
+        if self.rounds < 256 {
+            std::hint::spin_loop();
+        } else {
+            inner.sleep_until_acknowledged(sequence);
+        }
+        Ok(())
+    }
+}
+
 impl Inner {
     fn fenced(&self) -> Result<(), Halt> {
         match self.fenced_by.load(Ordering::Acquire) {
@@ -361,20 +374,84 @@ impl Inner {
         }
     }
 
-    /// Replicas in the quorum that acknowledged `sequence`, and replicas in the quorum.
-    fn count(&self, sequence: u64) -> (usize, usize) {
+    /// The highest sequence that `quorum` replicas in the quorum hold: the `quorum`-th
+    /// highest of their acknowledgements (0 while fewer are in the quorum). Replicas are few,
+    /// so each is counted against the others rather than sorted into a new vector.
+    fn held_by_quorum(&self) -> u64 {
         let peers = self.peers.lock();
-        let mut acknowledged = 0;
-        let mut in_quorum = 0;
-        for peer in peers.iter() {
-            if peer.alive.load(Ordering::Acquire) && peer.in_quorum.load(Ordering::Acquire) {
-                in_quorum += 1;
-                if peer.acked.load(Ordering::Acquire) >= sequence {
-                    acknowledged += 1;
-                }
+        let counted = |peer: &&Arc<Peer>| {
+            peer.alive.load(Ordering::Acquire) && peer.in_quorum.load(Ordering::Acquire)
+        };
+        let mut held = 0;
+        for peer in peers.iter().filter(counted) {
+            let acked = peer.acked.load(Ordering::Acquire);
+            if acked > held
+                && peers
+                    .iter()
+                    .filter(counted)
+                    .filter(|other| other.acked.load(Ordering::Acquire) >= acked)
+                    .count()
+                    >= self.quorum
+            {
+                held = acked;
             }
         }
-        (acknowledged, in_quorum)
+        held
+    }
+
+    /// Drops from the quorum every replica in it that has not acknowledged `sequence` in
+    /// time; warns (once per wait: `warned`) when fewer than the quorum remain.
+    fn drop_overdue(&self, sequence: u64, warned: &mut bool) {
+        let mut in_quorum = 0;
+        for peer in self.peers.lock().iter() {
+            if !peer.alive.load(Ordering::Acquire) || !peer.in_quorum.load(Ordering::Acquire) {
+                continue;
+            }
+            if peer.acked.load(Ordering::Acquire) < sequence {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                peer.close(&format!(
+                    "dropped from the quorum: sequence {sequence} not acknowledged within {:?}",
+                    self.ack_timeout
+                ));
+            } else {
+                in_quorum += 1;
+            }
+        }
+        if !*warned && in_quorum < self.quorum {
+            tracing::warn!(
+                sequence,
+                replicas = in_quorum,
+                quorum = self.quorum,
+                "fewer replicas than the quorum hold the input: nothing is applied until enough \
+                 catch up"
+            );
+            *warned = true;
+        }
+    }
+
+    /// Sleeps until an acknowledgement arrives that may complete the quorum for `sequence`,
+    /// or a millisecond passes (the caller checks its timeout and its reasons to give up).
+    fn sleep_until_acknowledged(&self, sequence: u64) {
+        // Sequentially consistent with the reader's store of an acknowledgement and its load
+        // of `ack_sleepers`: either it sees this thread asleep, or this thread sees its store.
+        self.ack_sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.ack_lock.lock();
+        if self.held_by_quorum() < sequence
+            && self.fenced_by.load(Ordering::Acquire) == 0
+            && !self.stopping.load(Ordering::Acquire)
+        {
+            self.ack_wake.wait_for(&mut guard, Duration::from_millis(1));
+        }
+        drop(guard);
+        self.ack_sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes the engine thread if it sleeps waiting for acknowledgements.
+    fn acknowledged(&self) {
+        if self.ack_sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.ack_lock.lock();
+            self.ack_wake.notify_all();
+        }
     }
 
     fn spawn(self: &Arc<Self>, name: &str, work: impl FnOnce() + Send + 'static) {
@@ -728,7 +805,8 @@ fn read_acks(inner: &Inner, peer: &Peer, mut reader: FrameReader) {
                     Ok(durable) => durable,
                     Err(error) => break error.to_string(),
                 };
-                peer.acked.fetch_max(durable, Ordering::AcqRel);
+                peer.acked.fetch_max(durable, Ordering::SeqCst);
+                inner.acknowledged();
                 if !peer.in_quorum.load(Ordering::Acquire)
                     && durable >= inner.committed.load(Ordering::Acquire)
                 {

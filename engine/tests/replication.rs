@@ -9,14 +9,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{commands, records, Bank, Command};
 use keel_engine::{
-    replay_to, Bincode, Durability, Engine, EngineError, Halt, ReplayTarget, Replica, Replication,
-    StateMachine,
+    replay_to, Bincode, Context, Durability, Engine, EngineError, Halt, Output, ReplayTarget,
+    Replica, Replication, StateMachine,
 };
 use keel_journal::format::KIND_CHECKPOINT;
 
@@ -131,6 +131,123 @@ fn the_replicated_tier_applies_only_what_a_replica_holds_and_waits_without_one()
     drop(publisher);
     let follower = Arc::into_inner(follower).unwrap();
     assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+}
+
+/// The test bank, whose hash also covers the sequence and timestamp of every command applied
+/// (the bank's covers only the last): a command applied with another command's timestamp, or
+/// twice, or out of order, changes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Stamped {
+    bank: Bank,
+    contexts: u64,
+}
+
+impl StateMachine for Stamped {
+    type Command = Command;
+    type Event = common::Event;
+
+    fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<common::Event>) {
+        for value in [context.sequence, context.timestamp_ns] {
+            self.contexts = (self.contexts ^ value).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.bank.apply(context, command, output);
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.bank.state_hash() ^ self.contexts.rotate_left(17)
+    }
+}
+
+/// In the `Replicated` tier the compact engine journals (and streams) new input while it waits
+/// for the replica to acknowledge what it journaled before, and applies what the replica
+/// holds: every command is still applied once, in order, with the timestamp it was journaled
+/// with; each checkpoint (where the window stops until everything before it is applied)
+/// carries the hash of the state at its position; and every command's events are delivered
+/// once, in order.
+#[test]
+fn the_replicated_tier_journals_ahead_and_applies_in_order_with_the_journaled_timestamps() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    // Each clock reading is new, so each journaled run has a timestamp of its own.
+    let ticks = Arc::new(AtomicU64::new(1));
+    let clock = {
+        let ticks = Arc::clone(&ticks);
+        move || ticks.fetch_add(1, Ordering::Relaxed) * 1_000
+    };
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&delivered);
+    let engine = Engine::builder(primary_directory.path())
+        .durability(Durability::Replicated)
+        .segment_size(1 << 20)
+        .ring_capacity(256)
+        .checkpoints(250)
+        .clock(clock)
+        .subscriber("recorder", move |delivery| {
+            if delivery.last {
+                sink.lock().unwrap().push(delivery.sequence);
+            }
+        })
+        .replicate(Replication::new(SECRET))
+        .open(Stamped::default())
+        .unwrap();
+    let address = engine.replication_address().unwrap();
+    let follower = Replica::remote(address.to_string(), SECRET, replica_directory.path())
+        .segment_size(1 << 20)
+        .open(Stamped::default())
+        .unwrap();
+    let input = commands(6_000, 30, 33);
+    let publishers: Vec<_> = input
+        .chunks(3_000)
+        .map(|half| {
+            let mut publisher = engine.publisher();
+            let half = half.to_vec();
+            std::thread::spawn(move || {
+                for (index, chunk) in half.chunks(17).enumerate() {
+                    if index % 2 == 0 {
+                        publisher.publish_batch(chunk.to_vec()).unwrap();
+                    } else {
+                        chunk.iter().for_each(|command| drop(publisher.publish(command.clone())));
+                    }
+                }
+            })
+        })
+        .collect();
+    // A primary whose replica halted (on a checkpoint that differs, say) applies nothing more,
+    // and its publishers wait for room for ever: the wait is bounded here, with the reason.
+    let deadline = Instant::now() + PATIENCE;
+    while !publishers.iter().all(|publisher| publisher.is_finished()) {
+        assert!(
+            Instant::now() < deadline,
+            "the publishers are stuck: the primary {:?}, the replica {:?} ({:?})",
+            engine.stats(),
+            follower.stats(),
+            follower.halted()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    publishers.into_iter().for_each(|publisher| publisher.join().unwrap());
+    while engine.stats().applied < engine.stats().published {
+        assert!(Instant::now() < deadline, "the primary applied {:?}", engine.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let journaled = engine.stats().journaled;
+    assert!(follower.wait_for(journaled, PATIENCE).unwrap());
+    let live = engine.shutdown().unwrap();
+    let replicated = follower.stop().unwrap();
+    assert_eq!(replicated, live, "the replica applied the same commands with the same contexts");
+    // Replay applies each command with the timestamp in its record, and halts at a checkpoint
+    // whose hash differs from its own.
+    let replayed =
+        replay_to(primary_directory.path(), Bincode, Stamped::default(), ReplayTarget::End)
+            .unwrap();
+    assert_eq!(replayed.machine, live, "live, each command had its journaled timestamp");
+    let records = records(primary_directory.path());
+    let commands: Vec<u64> =
+        records.iter().filter(|record| record.kind == 1).map(|record| record.sequence).collect();
+    assert_eq!(commands.len(), input.len());
+    // One after every 250 commands but the last, which the next command would bring.
+    assert_eq!(records.iter().filter(|record| record.kind == KIND_CHECKPOINT).count(), 23);
+    assert_eq!(*delivered.lock().unwrap(), commands, "each command's events, once, in order");
 }
 
 /// What the fault proxy does to the bytes it forwards.
