@@ -1006,13 +1006,11 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             let slots = || batch.iter().skip(offset).take(count).map(|(_, slot)| slot);
             if let Some(journal) = self.journal.as_mut() {
                 if journal.next_sequence() < first {
-                    let covered = journal.next_sequence() - 1;
                     debug_assert!(
-                        self.numbering.is_checkpoint(covered + 1) && covered + 2 == first
+                        self.numbering.is_checkpoint(journal.next_sequence())
+                            && journal.next_sequence() + 1 == first
                     );
-                    let checkpoint =
-                        Checkpoint { sequence: covered, state_hash: self.machine.state_hash() };
-                    append_checkpoint(journal, &self.shared, checkpoint, timestamp_ns)?;
+                    checkpoint_now(journal, &self.shared, &self.machine, timestamp_ns)?;
                 }
                 journal_batch::<M, C>(
                     journal,
@@ -1113,10 +1111,7 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
                 if applied < through {
                     break;
                 }
-                let covered = journal.next_sequence() - 1;
-                let checkpoint =
-                    Checkpoint { sequence: covered, state_hash: self.machine.state_hash() };
-                append_checkpoint(journal, &self.shared, checkpoint, timestamp_ns)?;
+                checkpoint_now(journal, &self.shared, &self.machine, timestamp_ns)?;
             }
             let start = from + offset as u64;
             let slots = (start..start + count as u64).map(|sequence| batch.get(sequence));
@@ -1381,6 +1376,19 @@ fn append_checkpoint(
     Ok(())
 }
 
+/// Compact: appends the checkpoint that comes before the next command, with the hash of
+/// `machine` now, when every command journaled before it is applied.
+fn checkpoint_now<M: StateMachine>(
+    journal: &mut JournalWriter,
+    shared: &Shared,
+    machine: &M,
+    timestamp_ns: u64,
+) -> Result<(), Halt> {
+    let checkpoint =
+        Checkpoint { sequence: journal.next_sequence() - 1, state_hash: machine.state_hash() };
+    append_checkpoint(journal, shared, checkpoint, timestamp_ns)
+}
+
 /// The halt for a journal error: at the first sequence not made durable.
 pub(crate) fn journal_failed(journal: &JournalWriter, error: keel_journal::JournalError) -> Halt {
     Halt::Journal { sequence: journal.durable_sequence() + 1, message: error.to_string() }
@@ -1473,10 +1481,9 @@ impl Replicating {
         shared: &Shared,
         input: &RingControl,
     ) -> Result<(), Halt> {
-        let Some(replicator) = self.replicator.as_ref() else { return Ok(()) };
-        let sequence = journal.next_sequence() - 1;
-        replicator.committed(sequence)?;
+        self.committed_only(journal)?;
         let Some(replicated) = self.replicated.as_ref() else { return Ok(()) };
+        let sequence = journal.next_sequence() - 1;
         replicated
             .wait_replicated(sequence, |overdue| give_up_waiting(shared, input, sequence, overdue))
     }

@@ -22,6 +22,8 @@ use keel_journal::format::KIND_CHECKPOINT;
 
 const SECRET: &[u8] = b"correct horse battery staple";
 const PATIENCE: Duration = Duration::from_secs(60);
+/// The record kind keel-engine journals a command under (crate-private there as `KIND_COMMAND`).
+const KIND_COMMAND: u16 = 1;
 
 fn primary(directory: &Path, durability: Durability, replication: Replication) -> Engine<Bank> {
     Engine::builder(directory)
@@ -242,8 +244,11 @@ fn the_replicated_tier_journals_ahead_and_applies_in_order_with_the_journaled_ti
             .unwrap();
     assert_eq!(replayed.machine, live, "live, each command had its journaled timestamp");
     let records = records(primary_directory.path());
-    let commands: Vec<u64> =
-        records.iter().filter(|record| record.kind == 1).map(|record| record.sequence).collect();
+    let commands: Vec<u64> = records
+        .iter()
+        .filter(|record| record.kind == KIND_COMMAND)
+        .map(|record| record.sequence)
+        .collect();
     assert_eq!(commands.len(), input.len());
     // One after every 250 commands but the last, which the next command would bring.
     assert_eq!(records.iter().filter(|record| record.kind == KIND_CHECKPOINT).count(), 23);
