@@ -14,7 +14,7 @@ use crate::format::{
     KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
 };
 use crate::lock::WriterLock;
-use crate::mmap::{ReadableMap, WritableMap};
+use crate::mmap::{prefetch, ReadableMap, WritableMap};
 use crate::scan::{scan_segment, SegmentEnd, SegmentScan};
 use crate::segment::{
     check_torn_roll, classify_spare, create_directory, hex, list_segments, missing_segment,
@@ -35,6 +35,11 @@ pub enum Durability {
     /// loss once `commit` returned.
     Fsync,
 }
+
+/// How far ahead of the record it writes the `PageCache` tier asks for a cache line of the
+/// mapped segment: a few dozen small records. A page ahead (4096) measured slower than this
+/// (BENCHMARKS.md, "the write prefetch").
+const WRITE_PREFETCH_DISTANCE: usize = 1024;
 
 /// The default segment size: 256 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
@@ -474,7 +479,13 @@ impl JournalWriter {
         let offset = self.position;
         let flags = self.first_in_batch_flags();
         let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
-        write_record(&mut map.bytes_mut()[offset..offset + padded], fields, flags, payload);
+        let bytes = map.bytes_mut();
+        // The segment's pages were zeroed by the kernel long before this write reaches them,
+        // so each new cache line (and each new page's translation) is a miss the store
+        // waits for; asking for the line a few dozen records ahead overlaps those misses
+        // with the work on the records between.
+        prefetch(bytes, offset + WRITE_PREFETCH_DISTANCE);
+        write_record(&mut bytes[offset..offset + padded], fields, flags, payload);
         self.publish_held();
         let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
         self.held = Some(Held { offset, length });
