@@ -481,6 +481,10 @@ pub(crate) fn write_record(
     let length = RECORD_HEADER_SIZE + payload.len();
     let padded = record_size_padded(payload.len());
     let record = &mut record[..padded];
+    // The padding (under 8 bytes) lies in the last word: zeroing that word first, before the
+    // header and the payload overwrite what of it is theirs, is one store where a fill of the
+    // padding's variable length would be a call to the C library's `memset`.
+    record[padded - 8..].fill(0);
     record[0..8].fill(0);
     record[8..16].copy_from_slice(&fields.sequence.to_le_bytes());
     record[16..24].copy_from_slice(&fields.timestamp_ns.to_le_bytes());
@@ -488,7 +492,6 @@ pub(crate) fn write_record(
     record[26..28].copy_from_slice(&fields.version.to_le_bytes());
     record[28..32].copy_from_slice(&flags.to_le_bytes());
     record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
-    record[length..].fill(0);
     padded
 }
 

@@ -54,6 +54,21 @@ fn record_fields_sit_at_the_documented_offsets() {
 }
 
 #[test]
+fn every_payload_length_is_copied_whole_and_padded_with_zeros_over_old_bytes() {
+    // The writer zeros a record's last word before the header and payload go in; every
+    // length around the word boundaries, into a buffer whose old bytes are not zero (a reused
+    // staging buffer), must come out as the payload followed by zero padding.
+    for length in 0..=41usize {
+        let payload: Vec<u8> = (0..length).map(|index| 0xA0 ^ index as u8).collect();
+        let mut buffer = vec![0xEEu8; record_size_padded(length)];
+        encode_record(&mut buffer, &fields(7), &payload).unwrap();
+        assert_eq!(&buffer[32..32 + length], &payload[..], "payload of {length} bytes");
+        assert!(buffer[32 + length..].iter().all(|&byte| byte == 0), "padding after {length}");
+        assert_eq!(buffer, encoded(7, &payload), "the same bytes as into a zeroed buffer");
+    }
+}
+
+#[test]
 fn a_batch_checksum_covers_every_byte_before_its_last_record() {
     let batch = encoded_batch(10, 3);
     let second = record_size_padded(0);
