@@ -232,13 +232,10 @@ impl Book {
         }
     }
 
-    /// A level's total, 0 if there is no such level.
-    pub(super) fn level_quantity(&self, side: Side, price: u64) -> u64 {
-        let prices = match side {
-            Side::Buy => &self.bids,
-            Side::Sell => &self.asks,
-        };
-        prices.get(&price).map_or(0, |&slot| self.levels[slot as usize].quantity)
+    /// The total of the level in slot `level`. A level freed when it emptied reads 0 (its
+    /// total was 0, and freeing it changes only its queue's head) until the slot is reused.
+    pub(super) fn quantity_at(&self, level: u32) -> u64 {
+        self.levels[level as usize].quantity
     }
 
     /// Appends a slot to the back of its level's queue, opening the level if it is new.

@@ -446,8 +446,10 @@ pub struct Exchange {
 #[derive(Clone, Debug, Default)]
 struct Scratch {
     fills: Vec<Fill>,
-    /// The levels this command changed: (side, price).
-    touched: Vec<(Side, u64)>,
+    /// The levels this command changed, each time it changed one: (side, price, the order of
+    /// the change in the command, the level's quantity after it). The last change of a level
+    /// is its quantity when the command ends, so its event needs no search of the book.
+    touched: Vec<(Side, u64, u32, u64)>,
 }
 
 /// The exchange as a snapshot holds it.
@@ -859,13 +861,14 @@ impl Exchange {
                 taker_account,
                 taker_side: side,
             });
+            let maker_level = maker.level;
             if maker.remaining == 0 {
                 let maker_id = maker.order_id;
                 self.books[symbol_slot as usize].unlink(&mut self.orders, fill.slot);
                 self.orders.free(fill.slot);
                 self.order_index.remove(&maker_id);
             }
-            self.scratch.touched.push((side.opposite(), fill.price));
+            self.touched(symbol_slot, side.opposite(), fill.price, maker_level);
         }
         fills.clear();
         self.scratch.fills = fills;
@@ -890,7 +893,7 @@ impl Exchange {
                 );
                 self.books[symbol_slot as usize].push(&mut self.orders, slot);
                 self.order_index.insert(order_id, slot);
-                self.scratch.touched.push((side, price));
+                self.touched(symbol_slot, side, price, self.orders.get(slot).level);
                 output.emit(Event::Rested { order_id, symbol: symbol.id, side, price, remaining });
             }
             _ => {
@@ -988,7 +991,7 @@ impl Exchange {
         self.books[symbol_slot as usize].unlink(&mut self.orders, slot);
         self.orders.free(slot);
         self.order_index.remove(&order.order_id);
-        self.scratch.touched.push((order.side, order.price));
+        self.touched(symbol_slot, order.side, order.price, order.level);
         symbol_slot
     }
 
@@ -1044,7 +1047,7 @@ impl Exchange {
             balance.available += released;
             self.books[symbol_slot as usize].reduce(order.level, order.remaining - quantity);
             self.orders.get_mut(slot).remaining = quantity;
-            self.scratch.touched.push((order.side, price));
+            self.touched(symbol_slot, order.side, price, order.level);
         } else {
             self.remove(slot);
             let (side, kind) = (order.side, OrderKind::GoodTillCancelled);
@@ -1053,19 +1056,31 @@ impl Exchange {
         self.emit_levels(symbol_slot, output);
     }
 
-    /// Emits a `BookLevel` for every level this command touched, bids then asks, by price.
+    /// Notes that the level at (`side`, `price`), in level slot `level`, just changed, with
+    /// its quantity now (zero if the change emptied and freed it).
+    fn touched(&mut self, symbol_slot: u32, side: Side, price: u64, level: u32) {
+        let quantity = self.books[symbol_slot as usize].quantity_at(level);
+        let touched = &mut self.scratch.touched;
+        touched.push((side, price, touched.len() as u32, quantity));
+    }
+
+    /// Emits a `BookLevel` for every level this command touched, bids then asks, by price,
+    /// each with its quantity after the command's last change to it.
     fn emit_levels(&mut self, symbol_slot: u32, output: &mut Output<Event>) {
-        let mut touched = std::mem::take(&mut self.scratch.touched);
+        let touched = &mut self.scratch.touched;
+        // By level, then in the order of the changes: the last of each run is the level's
+        // quantity now.
         touched.sort_unstable();
-        touched.dedup();
-        let book = &self.books[symbol_slot as usize];
         let symbol = self.symbols[symbol_slot as usize].id;
-        for &(side, price) in &touched {
-            let quantity = book.level_quantity(side, price);
-            output.emit(Event::BookLevel { symbol, side, price, quantity });
+        for (index, &(side, price, _, quantity)) in touched.iter().enumerate() {
+            let last_change = touched.get(index + 1).is_none_or(|&(next_side, next_price, ..)| {
+                (next_side, next_price) != (side, price)
+            });
+            if last_change {
+                output.emit(Event::BookLevel { symbol, side, price, quantity });
+            }
         }
         touched.clear();
-        self.scratch.touched = touched;
     }
 }
 
