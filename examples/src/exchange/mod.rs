@@ -868,7 +868,7 @@ impl Exchange {
                 self.orders.free(fill.slot);
                 self.order_index.remove(&maker_id);
             }
-            self.touched(symbol_slot, side.opposite(), fill.price, maker_level);
+            self.level_changed(symbol_slot, side.opposite(), fill.price, maker_level);
         }
         fills.clear();
         self.scratch.fills = fills;
@@ -893,7 +893,7 @@ impl Exchange {
                 );
                 self.books[symbol_slot as usize].push(&mut self.orders, slot);
                 self.order_index.insert(order_id, slot);
-                self.touched(symbol_slot, side, price, self.orders.get(slot).level);
+                self.level_changed(symbol_slot, side, price, self.orders.get(slot).level);
                 output.emit(Event::Rested { order_id, symbol: symbol.id, side, price, remaining });
             }
             _ => {
@@ -991,7 +991,7 @@ impl Exchange {
         self.books[symbol_slot as usize].unlink(&mut self.orders, slot);
         self.orders.free(slot);
         self.order_index.remove(&order.order_id);
-        self.touched(symbol_slot, order.side, order.price, order.level);
+        self.level_changed(symbol_slot, order.side, order.price, order.level);
         symbol_slot
     }
 
@@ -1047,7 +1047,7 @@ impl Exchange {
             balance.available += released;
             self.books[symbol_slot as usize].reduce(order.level, order.remaining - quantity);
             self.orders.get_mut(slot).remaining = quantity;
-            self.touched(symbol_slot, order.side, price, order.level);
+            self.level_changed(symbol_slot, order.side, price, order.level);
         } else {
             self.remove(slot);
             let (side, kind) = (order.side, OrderKind::GoodTillCancelled);
@@ -1058,7 +1058,7 @@ impl Exchange {
 
     /// Notes that the level at (`side`, `price`), in level slot `level`, just changed, with
     /// its quantity now (zero if the change emptied and freed it).
-    fn touched(&mut self, symbol_slot: u32, side: Side, price: u64, level: u32) {
+    fn level_changed(&mut self, symbol_slot: u32, side: Side, price: u64, level: u32) {
         let quantity = self.books[symbol_slot as usize].quantity_at(level);
         let touched = &mut self.scratch.touched;
         touched.push((side, price, touched.len() as u32, quantity));
