@@ -126,6 +126,17 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
     }
 }
 
+// Without the bounds of the public methods: a batch's `Drop`, which has none, calls it.
+impl<E, S: Sequencer, W: WaitStrategy> EventPoller<E, S, W> {
+    /// Releases every event up to `sequence` to the producers and later stages; the next
+    /// batch starts after it.
+    fn release_through(&mut self, sequence: u64) {
+        self.sequence.set(sequence);
+        self.next = sequence + 1;
+        self.barrier.shared.wait.signal();
+    }
+}
+
 impl<E, S: Sequencer, W: WaitStrategy> Drop for EventPoller<E, S, W> {
     fn drop(&mut self) {
         let shared = &self.barrier.shared;
@@ -232,10 +243,8 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
             self.first,
             self.last
         );
-        self.poller.sequence.set(sequence);
-        self.poller.next = sequence + 1;
+        self.poller.release_through(sequence);
         self.first = sequence + 1;
-        self.poller.barrier.shared.wait.signal();
     }
 
     /// The events with their sequences, in order.
@@ -246,9 +255,7 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
 
 impl<E, S: Sequencer, W: WaitStrategy> Drop for Batch<'_, E, S, W> {
     fn drop(&mut self) {
-        self.poller.sequence.set(self.last);
-        self.poller.next = self.last + 1;
-        self.poller.barrier.shared.wait.signal();
+        self.poller.release_through(self.last);
     }
 }
 
