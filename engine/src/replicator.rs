@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -135,14 +135,10 @@ struct Inner {
     stopping: AtomicBool,
     /// The last sequence committed to the journal, for the senders.
     committed: AtomicU64,
-    /// Senders asleep waiting for records, and where they sleep.
-    sleepers: AtomicUsize,
-    lock: Mutex<()>,
-    wake: Condvar,
-    /// The engine thread asleep waiting for acknowledgements (0 or 1), and where it sleeps.
-    ack_sleepers: AtomicUsize,
-    ack_lock: Mutex<()>,
-    ack_wake: Condvar,
+    /// Where senders sleep waiting for records: rung when `committed` moves.
+    records: Doorbell,
+    /// Where the engine thread sleeps waiting for acknowledgements: rung when one arrives.
+    acks: Doorbell,
     peers: Mutex<Vec<Arc<Peer>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The epoch of a newer primary a replica told of (0: none): this primary is fenced.
@@ -200,12 +196,8 @@ impl Replicator {
             ack_timeout: options.ack_timeout,
             stopping: AtomicBool::new(false),
             committed: AtomicU64::new(committed),
-            sleepers: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
-            ack_sleepers: AtomicUsize::new(0),
-            ack_lock: Mutex::new(()),
-            ack_wake: Condvar::new(),
+            records: Doorbell::default(),
+            acks: Doorbell::default(),
             peers: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             fenced_by: AtomicU64::new(0),
@@ -237,10 +229,7 @@ impl Replicator {
     #[inline]
     pub(crate) fn committed(&self, sequence: u64) -> Result<(), Halt> {
         self.inner.committed.store(sequence, Ordering::Release);
-        if self.inner.sleepers.load(Ordering::Acquire) > 0 {
-            let _guard = self.inner.lock.lock();
-            self.inner.wake.notify_all();
-        }
+        self.inner.records.ring();
         self.inner.fenced()
     }
 
@@ -296,10 +285,7 @@ impl Replicator {
     /// Stops accepting, closes every replica's connection and joins the threads.
     pub(crate) fn stop(&self) {
         self.inner.stopping.store(true, Ordering::Release);
-        {
-            let _guard = self.inner.lock.lock();
-            self.inner.wake.notify_all();
-        }
+        self.inner.records.ring_all();
         if let Some(listener) = self.listener.lock().take() {
             let _ = listener.join();
         }
@@ -432,26 +418,19 @@ impl Inner {
     /// Sleeps until an acknowledgement arrives that may complete the quorum for `sequence`,
     /// or a millisecond passes (the caller checks its timeout and its reasons to give up).
     fn sleep_until_acknowledged(&self, sequence: u64) {
-        // Sequentially consistent with the reader's store of an acknowledgement and its load
-        // of `ack_sleepers`: either it sees this thread asleep, or this thread sees its store.
-        self.ack_sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.ack_lock.lock();
-        if self.held_by_quorum() < sequence
-            && self.fenced_by.load(Ordering::Acquire) == 0
-            && !self.stopping.load(Ordering::Acquire)
-        {
-            self.ack_wake.wait_for(&mut guard, Duration::from_millis(1));
-        }
-        drop(guard);
-        self.ack_sleepers.fetch_sub(1, Ordering::SeqCst);
+        self.acks.sleep_unless(
+            || {
+                self.held_by_quorum() >= sequence
+                    || self.fenced_by.load(Ordering::Acquire) != 0
+                    || self.stopping.load(Ordering::Acquire)
+            },
+            Duration::from_millis(1),
+        );
     }
 
     /// Wakes the engine thread if it sleeps waiting for acknowledgements.
     fn acknowledged(&self) {
-        if self.ack_sleepers.load(Ordering::SeqCst) > 0 {
-            let _guard = self.ack_lock.lock();
-            self.ack_wake.notify_all();
-        }
+        self.acks.ring();
     }
 
     fn spawn(self: &Arc<Self>, name: &str, work: impl FnOnce() + Send + 'static) {
@@ -488,13 +467,54 @@ impl Inner {
                 std::thread::yield_now();
             }
         }
-        self.sleepers.fetch_add(1, Ordering::AcqRel);
+        self.records.sleep_unless(
+            || {
+                self.committed.load(Ordering::Acquire) >= next
+                    || self.stopping.load(Ordering::Acquire)
+            },
+            timeout,
+        );
+    }
+}
+
+/// Where threads sleep until another thread changes what they wait for and rings. The waker
+/// stores its change, then rings; the sleeper counts itself in, then checks. The two fences
+/// make that the classic pair: either the waker sees the sleeper counted (and wakes it under
+/// the lock, which the sleeper holds from its check until it waits), or the sleeper sees the
+/// change and does not sleep. A waker that sees no sleeper takes no lock, so a hot path that
+/// rings on every batch pays one fence and one load.
+#[derive(Default)]
+struct Doorbell {
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Doorbell {
+    /// Sleeps for at most `timeout` unless `ready()` says the wait is over.
+    fn sleep_unless(&self, ready: impl FnOnce() -> bool, timeout: Duration) {
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         let mut guard = self.lock.lock();
-        if self.committed.load(Ordering::Acquire) < next && !self.stopping.load(Ordering::Acquire) {
+        if !ready() {
             self.wake.wait_for(&mut guard, timeout);
         }
         drop(guard);
-        self.sleepers.fetch_sub(1, Ordering::AcqRel);
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Wakes the sleepers, if any: after the store of what they wait for.
+    fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.ring_all();
+        }
+    }
+
+    /// Wakes the sleepers without looking whether there are any.
+    fn ring_all(&self) {
+        let _guard = self.lock.lock();
+        self.wake.notify_all();
     }
 }
 
@@ -805,7 +825,7 @@ fn read_acks(inner: &Inner, peer: &Peer, mut reader: FrameReader) {
                     Ok(durable) => durable,
                     Err(error) => break error.to_string(),
                 };
-                peer.acked.fetch_max(durable, Ordering::SeqCst);
+                peer.acked.fetch_max(durable, Ordering::AcqRel);
                 inner.acknowledged();
                 if !peer.in_quorum.load(Ordering::Acquire)
                     && durable >= inner.committed.load(Ordering::Acquire)
