@@ -14,7 +14,8 @@
 //! The seed is `ledger run --seed 1`'s. Prints the rate and the final state hash, so that two
 //! builds can be checked to have done the same thing.
 
-use keel_engine::{Context, Output, StateMachine};
+use keel_engine::StateMachine;
+use keel_examples::direct::apply_in_order;
 use keel_examples::ledger::workload::{Mix, Workload};
 use keel_examples::ledger::{Command, Ledger};
 
@@ -37,20 +38,8 @@ fn main() {
         (accounts + u64::from(CODES)) as usize,
         (accounts + commands) as usize,
     );
-    let mut output = Output::new();
-    let mut sequence = 0;
-    let mut apply = |ledger: &mut Ledger, command: &Command| {
-        sequence += 1;
-        output.clear();
-        ledger.apply(&Context { sequence, timestamp_ns: sequence }, command, &mut output);
-        output.events().len() as u64
-    };
-    for command in &setup {
-        apply(&mut ledger, command);
-    }
-    let started = std::time::Instant::now();
-    let events: u64 = traffic.iter().map(|command| apply(&mut ledger, command)).sum();
-    let seconds = started.elapsed().as_secs_f64();
+    let (elapsed, events) = apply_in_order(&mut ledger, &setup, &traffic);
+    let seconds = elapsed.as_secs_f64();
     if let Err(broken) = ledger.check_conservation() {
         panic!("the ledger broke conservation: {broken}");
     }

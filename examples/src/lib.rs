@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod direct;
 pub mod driver;
 pub mod exchange;
 pub mod format;

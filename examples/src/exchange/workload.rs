@@ -220,22 +220,9 @@ pub struct Applied {
 /// machine's own rate, for `keel-bench`'s `exchange machine` case and for profilers and cache
 /// simulators.
 pub fn apply_directly(mut workload: Workload, accounts: usize, commands: u64) -> Applied {
-    use keel_engine::{Context, Output, StateMachine};
     let setup = workload.setup();
     let traffic: Vec<Command> = (0..commands).map(|_| workload.next_command()).collect();
     let mut exchange = super::Exchange::with_capacity(accounts, 1 << 20);
-    let mut output = Output::new();
-    let mut sequence = 0;
-    let mut apply = |exchange: &mut super::Exchange, command: &Command| {
-        sequence += 1;
-        output.clear();
-        exchange.apply(&Context { sequence, timestamp_ns: sequence }, command, &mut output);
-        output.events().len() as u64
-    };
-    for command in &setup {
-        apply(&mut exchange, command);
-    }
-    let started = std::time::Instant::now();
-    let events = traffic.iter().map(|command| apply(&mut exchange, command)).sum();
-    Applied { elapsed: started.elapsed(), events, exchange }
+    let (elapsed, events) = crate::direct::apply_in_order(&mut exchange, &setup, &traffic);
+    Applied { elapsed, events, exchange }
 }

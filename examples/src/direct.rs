@@ -1,0 +1,32 @@
+//! A state machine driven straight from a list of commands on the calling thread: no engine,
+//! no journal, no rings. The state machine's own rate, for `keel-bench`'s `exchange machine`
+//! case and for the `exchange_apply` and `ledger_apply` harnesses that profilers and cache
+//! simulators run.
+
+use std::time::{Duration, Instant};
+
+use keel_engine::{Context, Output, StateMachine};
+
+/// Applies `setup`, then `traffic`, to `machine` in order, numbered from 1 as the engine
+/// numbers commands (each timestamp equal to its sequence). Returns the time the traffic took
+/// and the events it emitted; the setup is neither timed nor counted.
+pub fn apply_in_order<M: StateMachine>(
+    machine: &mut M,
+    setup: &[M::Command],
+    traffic: &[M::Command],
+) -> (Duration, u64) {
+    let mut output = Output::new();
+    let mut sequence = 0;
+    let mut apply = |machine: &mut M, command: &M::Command| {
+        sequence += 1;
+        output.clear();
+        machine.apply(&Context { sequence, timestamp_ns: sequence }, command, &mut output);
+        output.events().len() as u64
+    };
+    for command in setup {
+        apply(machine, command);
+    }
+    let started = Instant::now();
+    let events = traffic.iter().map(|command| apply(machine, command)).sum();
+    (started.elapsed(), events)
+}
