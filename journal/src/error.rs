@@ -72,6 +72,17 @@ pub enum JournalError {
         /// The last sequence it holds (`first - 1` when empty).
         last: u64,
     },
+    /// Records appended whose first sequence is not the next one: a journal holds every
+    /// sequence once, in order.
+    #[error("{path}: records from sequence {found} appended where sequence {expected} is next")]
+    NotNext {
+        /// The journal directory.
+        path: PathBuf,
+        /// The sequence the next record must have.
+        expected: u64,
+        /// The first sequence of the records offered.
+        found: u64,
+    },
     /// A timestamp lower than the previous record's: timestamps must not decrease.
     #[error("timestamp {timestamp_ns} of sequence {sequence} is below the previous record's ({previous_ns})")]
     TimestampRegression {

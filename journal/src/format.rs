@@ -534,6 +534,17 @@ pub struct RecordView<'a> {
 }
 
 impl RecordView<'_> {
+    /// Its header's fields, as a writer takes them: to encode the record again (into a batch
+    /// of another shape), flags aside.
+    pub fn fields(&self) -> RecordFields {
+        RecordFields {
+            sequence: self.sequence,
+            timestamp_ns: self.timestamp_ns,
+            kind: self.kind,
+            version: self.version,
+        }
+    }
+
     /// Whether this record ends a group commit.
     pub fn is_end_of_batch(&self) -> bool {
         self.flags & FLAG_END_OF_BATCH != 0
@@ -608,6 +619,21 @@ impl<'a> BatchView<'a> {
     /// The bytes the batch occupies, padding included: the offset of the next batch.
     pub fn size(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// Its bytes, padding included. Those of a whole batch ([`is_whole`](Self::is_whole)) are
+    /// a group commit exactly as its writer sealed it: another journal may take them as they
+    /// are ([`JournalWriter::append_batch`](crate::JournalWriter::append_batch)).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Whether it is a whole group commit, from its START_OF_BATCH record to its END_OF_BATCH
+    /// record. A reader that starts inside a batch returns the rest of it as a view, which
+    /// holds checked records but is not a batch on its own (its checksum covers bytes before
+    /// it).
+    pub fn is_whole(&self) -> bool {
+        read_u32(self.bytes, 28) & FLAG_START_OF_BATCH != 0
     }
 
     /// How many records it holds.

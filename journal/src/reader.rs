@@ -233,6 +233,16 @@ impl Cursor {
         Ok(Some((start, end, self.batch_last.0, self.batch_last.1)))
     }
 
+    /// [`step_batch`](Self::step_batch)'s records as a view of the mapping.
+    fn next_batch_view(&mut self) -> Result<Option<BatchView<'_>>, JournalError> {
+        let first_sequence = self.next_sequence;
+        let Some((start, end, last_sequence, last_timestamp_ns)) = self.step_batch()? else {
+            return Ok(None);
+        };
+        let bytes = &self.map().bytes()[start..end];
+        Ok(Some(BatchView::checked(bytes, first_sequence, last_sequence, last_timestamp_ns)))
+    }
+
     /// Checks the next batch, moving across segments, and makes it the current one; `false`
     /// at the end of the data.
     fn next_batch(&mut self) -> Result<bool, JournalError> {
@@ -385,12 +395,7 @@ impl JournalReader {
     /// replay: each batch's checksum is verified once, and its records are iterated without
     /// further checks.
     pub fn next_batch(&mut self) -> Result<Option<BatchView<'_>>, JournalError> {
-        let first_sequence = self.cursor.next_sequence;
-        let Some((start, end, last_sequence, last_timestamp_ns)) = self.cursor.step_batch()? else {
-            return Ok(None);
-        };
-        let bytes = &self.cursor.map().bytes()[start..end];
-        Ok(Some(BatchView::checked(bytes, first_sequence, last_sequence, last_timestamp_ns)))
+        self.cursor.next_batch_view()
     }
 
     /// Fills `run` with the next checked batches, as [`next_batch`](Self::next_batch) would
@@ -534,5 +539,13 @@ impl Tailer {
             Step::Record(offset) => Ok(Some(self.cursor.record_at(offset))),
             Step::Idle => Ok(None),
         }
+    }
+
+    /// The records from the next one to the end of its batch, once that batch is complete, or
+    /// `None` if there is none yet: a whole group commit ([`BatchView::is_whole`]) unless
+    /// the tailer started inside one. Mixes with [`poll`](Self::poll): each record is yielded
+    /// once either way.
+    pub fn poll_batch(&mut self) -> Result<Option<BatchView<'_>>, JournalError> {
+        self.cursor.next_batch_view()
     }
 }

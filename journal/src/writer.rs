@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{
-    record_size_padded, seal_batch, validate_record, validate_segment_size, write_record,
-    EpochChange, RecordFields, SegmentHeader, FLAG_START_OF_BATCH, GROUP_COMMIT_BYTES_MAX,
-    KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED,
+    read_u32, record_size_padded, seal_batch, validate_record, validate_segment_size, write_record,
+    BatchView, EpochChange, RecordFields, SegmentHeader, FLAG_START_OF_BATCH,
+    GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+    SEGMENT_HEADER_USED,
 };
 use crate::lock::WriterLock;
 use crate::mmap::{prefetch, ReadableMap, WritableMap};
@@ -250,12 +251,16 @@ pub struct JournalWriter {
     durable_sequence: u64,
     /// Bytes appended since the last commit (bounded by `GROUP_COMMIT_BYTES_MAX`).
     pending_bytes: usize,
+    /// Bytes of the open batch: the records appended one by one since the last batch was
+    /// sealed (by a commit, or before a sealed batch was copied in after them).
+    open_bytes: usize,
     /// `PageCache`: the last record, not yet published.
     held: Option<Held>,
-    /// `Fsync`: the records of the current batch, written with one `pwrite` at `staged_offset`.
+    /// `Fsync`: the batches since the last commit (sealed ones copied in, then the open
+    /// one), written with one `pwrite` at `staged_offset`.
     staging: Vec<u8>,
     staged_offset: u64,
-    /// `Fsync`: the offset in `staging` of the last record.
+    /// `Fsync`: the offset in `staging` of the open batch's last record.
     last_staged: Option<usize>,
     preparer: Preparer,
     /// Set by the first I/O error: the writer refuses everything after it.
@@ -368,6 +373,7 @@ impl JournalWriter {
             last_timestamp_ns,
             durable_sequence: last_sequence,
             pending_bytes: 0,
+            open_bytes: 0,
             held: None,
             staging: Vec::new(),
             staged_offset: position as u64,
@@ -466,6 +472,7 @@ impl JournalWriter {
         }
         self.position += padded;
         self.pending_bytes += padded;
+        self.open_bytes += padded;
         self.next_sequence += 1;
         self.last_timestamp_ns = timestamp_ns;
         if let Some(epoch) = epoch {
@@ -491,9 +498,95 @@ impl JournalWriter {
         self.held = Some(Held { offset, length });
     }
 
+    /// Appends the records of a checked batch (one that
+    /// [`check_batch`](crate::format::check_batch) accepted, or a reader returned), which must
+    /// start at the next sequence, and returns the last one's sequence. They are durable, as
+    /// appended records are, once a later [`commit`](Self::commit) returns.
+    ///
+    /// A whole batch is copied as it is, checksum and all, after the open batch (if any) is
+    /// sealed: a replica keeps its primary's group commits byte for byte, without encoding
+    /// and checksumming every record again. Part of a batch (from a reader that started inside
+    /// one), or a batch too large for this journal's segments, is appended record by record.
+    /// A timestamp below the previous one, or an epoch-change record that does not decode, is
+    /// refused before anything is written, and the writer stays usable.
+    pub fn append_batch(&mut self, batch: &BatchView<'_>) -> Result<u64, JournalError> {
+        self.check_usable()?;
+        if batch.first_sequence != self.next_sequence {
+            return Err(JournalError::NotNext {
+                path: self.directory.clone(),
+                expected: self.next_sequence,
+                found: batch.first_sequence,
+            });
+        }
+        let mut previous_ns = self.last_timestamp_ns;
+        let mut epoch = self.epoch;
+        for record in batch.iter() {
+            if record.timestamp_ns < previous_ns {
+                return Err(JournalError::TimestampRegression {
+                    sequence: record.sequence,
+                    timestamp_ns: record.timestamp_ns,
+                    previous_ns,
+                });
+            }
+            previous_ns = record.timestamp_ns;
+            if record.kind == KIND_EPOCH {
+                let change = EpochChange::decode(record.payload)
+                    .map_err(JournalError::format(&self.segment.path, self.position as u64))?;
+                epoch = epoch.max(change.epoch);
+            }
+        }
+        let bytes = batch.as_bytes();
+        let room = self.segment.size - SEGMENT_HEADER_SIZE;
+        if !batch.is_whole() || bytes.len() > room {
+            for record in batch.iter() {
+                self.append(record.timestamp_ns, record.kind, record.version, record.payload)?;
+            }
+            return Ok(self.next_sequence - 1);
+        }
+        if self.pending_bytes + bytes.len() > GROUP_COMMIT_BYTES_MAX {
+            self.commit()?;
+        }
+        if self.position + bytes.len() > self.segment.size {
+            self.roll()?;
+        } else {
+            self.seal_open_batch();
+        }
+        match self.durability {
+            Durability::PageCache => self.copy_mapped(bytes),
+            Durability::Fsync => self.staging.extend_from_slice(bytes),
+        }
+        self.position += bytes.len();
+        self.pending_bytes += bytes.len();
+        self.next_sequence = batch.last_sequence + 1;
+        self.last_timestamp_ns = batch.last_timestamp_ns;
+        // Segments created from now on carry it.
+        self.epoch = epoch;
+        Ok(batch.last_sequence)
+    }
+
+    /// Copies a sealed batch into the mapping at the writer's position: every byte but its
+    /// first record's length, which is stored last and publishes the whole batch at once (a
+    /// reader stops at a zero length, and the bytes beyond the position are zero).
+    fn copy_mapped(&mut self, bytes: &[u8]) {
+        let offset = self.position;
+        let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
+        map.bytes_mut()[offset + 4..offset + bytes.len()].copy_from_slice(&bytes[4..]);
+        map.publish_length(offset, read_u32(bytes, 0));
+    }
+
+    /// Seals the open batch, if there is one, without making it durable: what follows it
+    /// (a sealed batch copied in) starts a batch of its own.
+    fn seal_open_batch(&mut self) {
+        match self.durability {
+            Durability::PageCache => self.seal_held(),
+            Durability::Fsync => self.seal_staged(),
+        }
+        self.open_bytes = 0;
+    }
+
     /// START_OF_BATCH for the first record of a batch, else no flag.
     fn first_in_batch_flags(&self) -> u32 {
-        if self.pending_bytes == 0 {
+        if self.open_bytes == 0 {
             FLAG_START_OF_BATCH
         } else {
             0
@@ -536,12 +629,10 @@ impl JournalWriter {
         if self.next_sequence - 1 == self.durable_sequence {
             return Ok(self.durable_sequence);
         }
-        match self.durability {
-            Durability::PageCache => self.seal_held(),
-            Durability::Fsync => {
-                if let Err(error) = self.write_staged() {
-                    return Err(self.fail(error));
-                }
+        self.seal_open_batch();
+        if self.durability == Durability::Fsync {
+            if let Err(error) = self.write_staged() {
+                return Err(self.fail(error));
             }
         }
         self.durable_sequence = self.next_sequence - 1;
@@ -552,19 +643,23 @@ impl JournalWriter {
     /// Seals the batch whose last record is the held one, then publishes that record.
     fn seal_held(&mut self) {
         let Some(held) = self.held.take() else { return };
-        let batch_start = self.position - self.pending_bytes;
+        let batch_start = self.position - self.open_bytes;
         let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
         let batch = &mut map.bytes_mut()[batch_start..self.position];
         seal_batch(batch, held.offset - batch_start, held.length);
         map.publish_length(held.offset, held.length);
     }
 
+    /// Seals the open batch in the staging buffer: the last `open_bytes` of it.
+    fn seal_staged(&mut self) {
+        let Some(last) = self.last_staged.take() else { return };
+        let batch_start = self.staging.len() - self.open_bytes;
+        let length = read_u32(&self.staging, last);
+        seal_batch(&mut self.staging[batch_start..], last - batch_start, length);
+    }
+
+    /// Writes the staged batches, all sealed, and waits for them to reach the disk.
     fn write_staged(&mut self) -> Result<(), JournalError> {
-        if let Some(last) = self.last_staged.take() {
-            let mut length = [0u8; 4];
-            length.copy_from_slice(&self.staging[last..last + 4]);
-            seal_batch(&mut self.staging, last, u32::from_le_bytes(length));
-        }
         let path = &self.segment.path;
         self.storage
             .write_at(&self.segment.file, path, self.staged_offset, &self.staging)

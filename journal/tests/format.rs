@@ -360,18 +360,8 @@ proptest! {
     #[test]
     fn random_bytes_are_never_mistaken_for_a_batch(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let BatchCheck::Batch(view) = check_batch(&bytes) {
-            let records: Vec<(RecordFields, &[u8])> = view
-                .iter()
-                .map(|record| {
-                    let fields = RecordFields {
-                        sequence: record.sequence,
-                        timestamp_ns: record.timestamp_ns,
-                        kind: record.kind,
-                        version: record.version,
-                    };
-                    (fields, record.payload)
-                })
-                .collect();
+            let records: Vec<(RecordFields, &[u8])> =
+                view.iter().map(|record| (record.fields(), record.payload)).collect();
             let mut again = vec![0u8; view.size()];
             encode_batch(&mut again, &records).unwrap();
             prop_assert_eq!(&again[..], &bytes[..view.size()]);

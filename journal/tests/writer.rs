@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keel_journal::format::{check_batch, BatchCheck, SEGMENT_HEADER_SIZE};
-use keel_journal::{Durability, JournalError, JournalReader, JournalWriter, Retention, Tailer};
+use keel_journal::{
+    Durability, JournalError, JournalOptions, JournalReader, JournalWriter, Retention, Tailer,
+};
 
 const TIERS: [Durability; 2] = [Durability::PageCache, Durability::Fsync];
 
@@ -300,4 +302,177 @@ fn tailers_opened_at_the_live_end_while_the_writer_rolls_read_without_error() {
     eprintln!("{openings} openings, {records} records read, {rolls} segments");
     assert!(rolls >= 20 && openings >= 100, "{rolls} segments, {openings} openings");
     assert!(failures.is_empty(), "{} of {openings} openings failed: {failures:#?}", failures.len());
+}
+
+/// The batches of a journal, as bytes, from `sequence` on.
+fn batches_from(directory: &Path, sequence: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = JournalReader::open_at(directory, sequence).unwrap();
+    let mut batches = Vec::new();
+    while let Some(batch) = reader.next_batch().unwrap() {
+        batches.push((batch.first_sequence, batch.as_bytes().to_vec()));
+    }
+    batches
+}
+
+#[test]
+fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one() {
+    let (source, last) = journal(120, 157);
+    let source_batches = batches_from(source.path(), 1);
+    for durability in TIERS {
+        let target = tempfile::tempdir().unwrap();
+        let mut writer = JournalWriter::open(target.path(), options(durability)).unwrap();
+        let mut reader = JournalReader::open(source.path()).unwrap();
+        let mut copied = Vec::new();
+        let mut index = 0;
+        while let Some(batch) = reader.next_batch().unwrap() {
+            assert!(batch.is_whole());
+            // Every third batch is appended record by record, and left open for the copied
+            // batch after it to seal; commits fall every fifth batch, so that one commit
+            // covers batches of both kinds.
+            if index % 3 == 0 {
+                for record in batch.iter() {
+                    writer
+                        .append(record.timestamp_ns, record.kind, record.version, record.payload)
+                        .unwrap();
+                }
+            } else {
+                assert_eq!(writer.append_batch(&batch).unwrap(), batch.last_sequence);
+                copied.push(batch.first_sequence);
+            }
+            if index % 5 == 4 {
+                assert_eq!(writer.commit().unwrap(), batch.last_sequence);
+            }
+            index += 1;
+        }
+        assert_eq!(writer.commit().unwrap(), last);
+        drop(writer);
+        assert!(segment_paths(target.path()).len() >= 4, "{durability:?}: it rolled");
+        assert_eq!(check_journal(target.path(), 1), last, "{durability:?}");
+        let target_batches = batches_from(target.path(), 1);
+        for (first, bytes) in source_batches.iter().filter(|(first, _)| copied.contains(first)) {
+            let found = target_batches.iter().find(|(at, _)| at == first);
+            assert_eq!(
+                found.map(|(_, bytes)| bytes),
+                Some(bytes),
+                "{durability:?}: batch at {first}"
+            );
+        }
+    }
+}
+
+#[test]
+fn part_of_a_batch_and_a_batch_larger_than_a_segment_go_record_by_record() {
+    let source = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(
+        source.path(),
+        JournalOptions::new().segment_size(4 << 20).durability(Durability::PageCache),
+    )
+    .unwrap();
+    // One batch of about 1.5 MiB, larger than the target's 1 MiB segments; then a small one.
+    let large = append_batches(&mut writer, 1, 10_000);
+    let last = append_batches(&mut writer, 1, 10);
+    drop(writer);
+    for durability in TIERS {
+        let target = tempfile::tempdir().unwrap();
+        let mut writer = JournalWriter::open(target.path(), options(durability)).unwrap();
+        let mut reader = JournalReader::open(source.path()).unwrap();
+        let batch = reader.next_batch().unwrap().unwrap();
+        assert!(batch.size() > SEGMENT as usize, "{} bytes", batch.size());
+        assert_eq!(writer.append_batch(&batch).unwrap(), large);
+        writer.commit().unwrap();
+        // Then a part of a batch: from a reader that starts inside it.
+        let mut reader = JournalReader::open_at(source.path(), large + 4).unwrap();
+        let part = reader.next_batch().unwrap().unwrap();
+        assert!(!part.is_whole());
+        let refused = writer.append_batch(&part).unwrap_err();
+        assert!(
+            matches!(refused, JournalError::NotNext { expected, found, .. } if expected == large + 1 && found == large + 4),
+            "{refused}"
+        );
+        let mut reader = JournalReader::open_at(source.path(), large + 1).unwrap();
+        let mut whole = reader.next_batch().unwrap().unwrap();
+        assert!(whole.is_whole());
+        // Three records of it one by one, the rest as the part it then is.
+        for record in whole.iter().take(3) {
+            writer
+                .append(record.timestamp_ns, record.kind, record.version, record.payload)
+                .unwrap();
+        }
+        drop(reader);
+        let mut reader = JournalReader::open_at(source.path(), large + 4).unwrap();
+        whole = reader.next_batch().unwrap().unwrap();
+        assert_eq!(writer.append_batch(&whole).unwrap(), last);
+        assert_eq!(writer.commit().unwrap(), last);
+        drop(writer);
+        assert!(segment_paths(target.path()).len() >= 2, "{durability:?}");
+        assert_eq!(check_journal(target.path(), 1), last, "{durability:?}");
+    }
+}
+
+#[test]
+fn a_copied_batch_that_goes_back_in_time_is_refused_whole_and_the_writer_stays_usable() {
+    use keel_journal::format::{
+        encode_batch, EpochChange, RecordFields, EPOCH_VERSION, KIND_EPOCH,
+    };
+    for durability in TIERS {
+        let directory = tempfile::tempdir().unwrap();
+        let mut writer = JournalWriter::open(directory.path(), options(durability)).unwrap();
+        writer.append(timestamp(1), 1, 1, &payload(1)).unwrap();
+        let fields = |sequence, timestamp_ns, kind, version| RecordFields {
+            sequence,
+            timestamp_ns,
+            kind,
+            version,
+        };
+        let epoch = EpochChange { epoch: 7 }.encode();
+        let mut buffer = vec![0u8; 4096];
+        // An epoch change, then a command, at these times.
+        let encode = |buffer: &mut [u8], first_ns, second_ns| {
+            let third = payload(3);
+            let records = [
+                (fields(2, first_ns, KIND_EPOCH, EPOCH_VERSION), &epoch[..]),
+                (fields(3, second_ns, 1, 1), &third[..]),
+            ];
+            encode_batch(buffer, &records).unwrap()
+        };
+        // Its second record's timestamp is below its first's.
+        let size = encode(&mut buffer, timestamp(3), timestamp(2));
+        let BatchCheck::Batch(backwards) = check_batch(&buffer[..size]) else { panic!() };
+        let refused = writer.append_batch(&backwards).unwrap_err();
+        assert!(
+            matches!(refused, JournalError::TimestampRegression { sequence: 3, .. }),
+            "{refused}"
+        );
+        assert_eq!((writer.next_sequence(), writer.epoch()), (2, 0), "nothing was taken");
+        let size = encode(&mut buffer, timestamp(2), timestamp(3));
+        let BatchCheck::Batch(batch) = check_batch(&buffer[..size]) else { panic!() };
+        assert_eq!(writer.append_batch(&batch).unwrap(), 3);
+        assert_eq!(writer.epoch(), 7, "the epoch change it holds counts");
+        assert_eq!(writer.commit().unwrap(), 3);
+        drop(writer);
+        let mut reader = JournalReader::open(directory.path()).unwrap();
+        let sequences: Vec<u64> =
+            std::iter::from_fn(|| reader.next().unwrap().map(|record| record.sequence)).collect();
+        assert_eq!(sequences, [1, 2, 3], "{durability:?}");
+    }
+}
+
+#[test]
+fn a_tailer_yields_whole_batches_once_it_is_past_the_one_it_started_in() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
+    append_batches(&mut writer, 3, 10);
+    let mut tailer = Tailer::open(directory.path(), 5).unwrap();
+    let part = tailer.poll_batch().unwrap().unwrap();
+    assert_eq!((part.first_sequence, part.last_sequence, part.is_whole()), (5, 10, false));
+    assert_eq!(tailer.poll().unwrap().unwrap().sequence, 11, "poll takes one record");
+    let rest = tailer.poll_batch().unwrap().unwrap();
+    assert_eq!((rest.first_sequence, rest.last_sequence, rest.is_whole()), (12, 20, false));
+    let whole = tailer.poll_batch().unwrap().unwrap();
+    assert_eq!((whole.first_sequence, whole.last_sequence, whole.is_whole()), (21, 30, true));
+    assert!(tailer.poll_batch().unwrap().is_none());
+    writer.append(timestamp(31), 1, 1, &payload(31)).unwrap();
+    assert!(tailer.poll_batch().unwrap().is_none(), "not committed yet");
+    writer.commit().unwrap();
+    assert_eq!(tailer.poll_batch().unwrap().unwrap().first_sequence, 31);
 }
