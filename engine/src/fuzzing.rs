@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use keel_journal::format::SnapshotHeader;
+use keel_journal::format::{RecordFields, SnapshotHeader};
 
 use crate::wire::{
     self, Challenge, Fields, FrameReader, Hello, Kind, WireError, HANDSHAKE_BODY_MAX,
@@ -108,21 +108,21 @@ fn check_body(kind: Kind, body: &[u8]) {
         Kind::Records => {
             let mut encoded = Vec::with_capacity(body.len());
             let mut whole = true;
-            for record in wire::records(body) {
-                match record {
-                    Ok(record) => wire::push_record(
-                        &mut encoded,
-                        record.sequence,
-                        record.timestamp_ns,
-                        record.kind,
-                        record.version,
-                        record.payload,
-                    ),
+            for batch in wire::batches(body) {
+                match batch {
+                    Ok(batch) => {
+                        // A batch that passed its checks encodes back to its very bytes.
+                        let records: Vec<(RecordFields, &[u8])> =
+                            batch.iter().map(|record| (record.fields(), record.payload)).collect();
+                        let start = encoded.len();
+                        wire::push_sealed(&mut encoded, &records);
+                        assert_eq!(&encoded[start..], batch.as_bytes(), "a batch re-encodes");
+                    }
                     Err(WireError::Malformed(_)) => {
                         whole = false;
                         break;
                     }
-                    Err(other) => panic!("records failed with {other}"),
+                    Err(other) => panic!("batches failed with {other}"),
                 }
             }
             if whole {
@@ -211,11 +211,21 @@ pub fn replication_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ],
         &mut scratch,
     );
+    let payloads: Vec<Vec<u8>> =
+        (1_001..1_004u64).map(|sequence| vec![sequence as u8; (sequence % 7) as usize]).collect();
+    let fields = |sequence: u64| RecordFields {
+        sequence,
+        timestamp_ns: 1_000_000 + sequence,
+        kind: 1,
+        version: 1,
+    };
     let mut records = Vec::new();
-    for sequence in 1_001..1_004u64 {
-        let payload = vec![sequence as u8; (sequence % 7) as usize];
-        wire::push_record(&mut records, sequence, 1_000_000 + sequence, 1, 1, &payload);
-    }
+    // A batch of one record, then a batch of two.
+    wire::push_sealed(&mut records, &[(fields(1_001), &payloads[0])]);
+    wire::push_sealed(
+        &mut records,
+        &[(fields(1_002), &payloads[1]), (fields(1_003), &payloads[2])],
+    );
     let following = stream(
         9,
         &[

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_journal::format::{EpochChange, EPOCH_VERSION, KIND_EPOCH};
+use keel_journal::format::{BatchView, EpochChange, EPOCH_VERSION, KIND_EPOCH};
 use keel_journal::segment::{hex, list_segments, JOURNAL_DIRECTORY};
 use keel_journal::storage::Storage;
 use keel_journal::{
@@ -31,8 +31,8 @@ use crate::snapshots::{write_snapshot, Ship, Snapshots};
 use crate::stats::{Counters, Stats};
 use crate::wire::{
     self, expect, mac, nonce, receive_snapshot, send_snapshot, verify_mac, write_frame, Challenge,
-    Fields, FrameReader, Hello, Kind, Purpose, WireError, WireRecord, HANDSHAKE_TIMEOUT,
-    PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
+    Fields, FrameReader, Hello, Kind, Purpose, WireError, HANDSHAKE_TIMEOUT, PRIMARY_PROOF,
+    PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// Records at most that a replica takes from the followed journal before it makes them
@@ -737,34 +737,30 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
         }
         let journal = &mut self.journal;
         let (codec, received) = (&self.codec, &mut self.received);
-        let mut take =
-            |record: &WireRecord<'_>| take_record::<M, C>(journal, codec, received, record);
+        let mut take = |batch: &BatchView<'_>| take_batch::<M, C>(journal, codec, received, batch);
         let failure = match &mut self.source {
-            Source::Tail(tailer) => (0..RECEIVE_MAX)
-                .find_map(|_| {
-                    match tailer.poll() {
-                        Ok(Some(record)) => {
-                            // A tailer sees one record at a time: nothing after the payload
-                            // is known to be written yet, so none of it is readable.
-                            let taken = take(&WireRecord {
-                                sequence: record.sequence,
-                                timestamp_ns: record.timestamp_ns,
-                                kind: record.kind,
-                                version: record.version,
-                                payload: record.payload,
-                                readable: record.payload,
-                            });
-                            taken.err().map(Some)
+            Source::Tail(tailer) => {
+                let mut taken = 0;
+                loop {
+                    if taken >= RECEIVE_MAX {
+                        break None;
+                    }
+                    match tailer.poll_batch() {
+                        Ok(Some(batch)) => {
+                            taken += batch.records() as usize;
+                            if let Err(halt) = take(&batch) {
+                                break Some(halt);
+                            }
                         }
                         // Nothing more for now: stop looking.
-                        Ok(None) => Some(None),
+                        Ok(None) => break None,
                         Err(error) => {
                             let sequence = tailer.next_sequence();
-                            Some(Some(Halt::Primary { sequence, message: error.to_string() }))
+                            break Some(Halt::Primary { sequence, message: error.to_string() });
                         }
                     }
-                })
-                .flatten(),
+                }
+            }
             Source::Stream(stream) => stream.receive(&mut take).err(),
         };
         let received = self.received.len();
@@ -822,26 +818,36 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
     }
 }
 
-/// Journals a received record (it must be the next sequence) and decodes it for applying.
-fn take_record<M: StateMachine, C: Codec>(
+/// Journals a received batch (it must start at the next sequence): a whole one as its primary
+/// sealed it, without encoding or checksumming its records again. Then decodes its records for
+/// applying. A record that cannot be decoded stops the replica there, after the records before
+/// it are applied; the batch stays journaled, as the primary's journal holds it.
+fn take_batch<M: StateMachine, C: Codec>(
     journal: &mut JournalWriter,
     codec: &C,
     received: &mut Vec<(Context, Decoded<M::Command>)>,
-    record: &WireRecord<'_>,
+    batch: &BatchView<'_>,
 ) -> Result<(), Halt> {
-    let &WireRecord { sequence, timestamp_ns, kind, version, payload, readable } = record;
     let expected = journal.next_sequence();
-    if sequence != expected {
+    if batch.first_sequence != expected {
         return Err(Halt::Primary {
             sequence: expected,
-            message: format!("the primary sent sequence {sequence} where {expected} was due"),
+            message: format!(
+                "the primary sent sequence {} where {expected} was due",
+                batch.first_sequence
+            ),
         });
     }
-    journal
-        .append(timestamp_ns, kind, version, payload)
-        .map_err(|error| journal_failed(journal, error))?;
-    let decoded = decode_fields::<M, C>(codec, sequence, kind, version, payload, readable)?;
-    received.push((Context { sequence, timestamp_ns }, decoded));
+    journal.append_batch(batch).map_err(|error| journal_failed(journal, error))?;
+    // The batch is checked whole, so each record's decoder may read on past its payload to
+    // the batch's end.
+    let mut records = batch.iter();
+    while let Some((record, readable)) = records.next_with_rest() {
+        let sequence = record.sequence;
+        let (kind, version, payload) = (record.kind, record.version, record.payload);
+        let decoded = decode_fields::<M, C>(codec, sequence, kind, version, payload, readable)?;
+        received.push((Context { sequence, timestamp_ns: record.timestamp_ns }, decoded));
+    }
     Ok(())
 }
 
@@ -893,12 +899,12 @@ impl Stream {
         }
     }
 
-    /// Hands each record received to `take`: what arrived by the end of the read timeout,
-    /// then whatever whole frames arrived with it. A broken, silent or misbehaving connection
-    /// is dropped (and reconnected to later); a refusal stops the replica.
+    /// Hands each journal batch received to `take`: what arrived by the end of the read
+    /// timeout, then whatever whole frames arrived with it. A broken, silent or misbehaving
+    /// connection is dropped (and reconnected to later); a refusal stops the replica.
     fn receive(
         &mut self,
-        take: &mut impl FnMut(&WireRecord<'_>) -> Result<(), Halt>,
+        take: &mut impl FnMut(&BatchView<'_>) -> Result<(), Halt>,
     ) -> Result<usize, Halt> {
         let Some((connection, reader)) = self.connection.as_mut() else {
             return Ok(0);
@@ -913,11 +919,11 @@ impl Stream {
                 Ok(None) => break,
                 Ok(Some((Kind::Records, body))) => {
                     self.heard = Instant::now();
-                    for record in wire::records(body) {
-                        match record {
-                            Ok(record) => {
-                                take(&record)?;
-                                taken += 1;
+                    for batch in wire::batches(body) {
+                        match batch {
+                            Ok(batch) => {
+                                take(&batch)?;
+                                taken += batch.records() as usize;
                             }
                             Err(error) => {
                                 broken = Some(error.to_string());

@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keel_journal::format::{record_size_padded, BatchView, RecordFields};
 use keel_journal::segment::hex;
 use keel_journal::{JournalReader, SnapshotStore, Tailer};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{EngineError, Halt};
 use crate::wire::{
-    begin_frame, expect, frame_body_len, mac, nonce, push_record, receive_snapshot, seal_frame,
+    begin_frame, expect, frame_body_len, mac, nonce, push_sealed, receive_snapshot, seal_frame,
     send_snapshot, verify_mac, write_frame, Challenge, Fields, FrameReader, Hello, Kind, Purpose,
-    WireError, FRAME_RECORDS_TARGET, HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT, PRIMARY_PROOF,
-    PROTOCOL_VERSION, REPLICA_PROOF,
+    WireError, FRAME_BODY_MAX, FRAME_RECORDS_TARGET, HANDSHAKE_BODY_MAX, HANDSHAKE_TIMEOUT,
+    PRIMARY_PROOF, PROTOCOL_VERSION, REPLICA_PROOF,
 };
 
 /// How often an idle sender tells its replica it is alive.
@@ -778,27 +779,17 @@ fn io_error(error: keel_journal::JournalError) -> WireError {
 /// replication ends.
 fn send(inner: &Inner, peer: &Peer, stream: &mut TcpStream, start: u64) -> Result<(), WireError> {
     let mut tailer = Tailer::open(&inner.directory, start).map_err(io_error)?;
-    let mut frame = Vec::with_capacity(FRAME_RECORDS_TARGET * 2);
+    let mut frame = RecordsFrame::new();
     let mut scratch = Vec::new();
     let mut last_sent = Instant::now();
     while peer.alive.load(Ordering::Acquire) && !inner.stopping.load(Ordering::Acquire) {
-        begin_frame(&mut frame, Kind::Records);
-        while frame_body_len(&frame) < FRAME_RECORDS_TARGET {
-            match tailer.poll().map_err(io_error)? {
-                Some(record) => push_record(
-                    &mut frame,
-                    record.sequence,
-                    record.timestamp_ns,
-                    record.kind,
-                    record.version,
-                    record.payload,
-                ),
+        while frame.body_len() < FRAME_RECORDS_TARGET {
+            match tailer.poll_batch().map_err(io_error)? {
+                Some(batch) => frame.push(&batch, stream)?,
                 None => break,
             }
         }
-        if frame_body_len(&frame) > 1 {
-            seal_frame(&mut frame);
-            stream.write_all(&frame)?;
+        if frame.flush(stream)? {
             last_sent = Instant::now();
             continue;
         }
@@ -810,6 +801,75 @@ fn send(inner: &Inner, peer: &Peer, stream: &mut TcpStream, start: u64) -> Resul
         inner.wait_for_records(tailer.next_sequence(), HEARTBEAT);
     }
     Ok(())
+}
+
+/// A `Records` frame being filled with the journal's batches, written to the replica when it
+/// holds enough (or would overflow).
+struct RecordsFrame {
+    bytes: Vec<u8>,
+}
+
+impl RecordsFrame {
+    fn new() -> Self {
+        let mut bytes = Vec::with_capacity(FRAME_RECORDS_TARGET * 2);
+        begin_frame(&mut bytes, Kind::Records);
+        Self { bytes }
+    }
+
+    /// Bytes of records in it.
+    fn body_len(&self) -> usize {
+        frame_body_len(&self.bytes) - 1
+    }
+
+    /// Writes the frame if it holds any records, and begins the next; whether it wrote.
+    fn flush(&mut self, stream: &mut impl Write) -> std::io::Result<bool> {
+        if self.body_len() == 0 {
+            return Ok(false);
+        }
+        seal_frame(&mut self.bytes);
+        stream.write_all(&self.bytes)?;
+        begin_frame(&mut self.bytes, Kind::Records);
+        Ok(true)
+    }
+
+    /// Adds a batch the tailer read. A whole batch goes as its writer sealed it: the replica
+    /// checks that checksum and copies the bytes into its journal, and neither side encodes
+    /// or checksums a record again. Part of a batch (the stream started inside one), or a
+    /// batch larger than a frame, is sealed anew in pieces of at most
+    /// `FRAME_RECORDS_TARGET` bytes (or one record).
+    fn push(&mut self, batch: &BatchView<'_>, stream: &mut impl Write) -> std::io::Result<()> {
+        if batch.is_whole() && batch.size() <= FRAME_BODY_MAX {
+            self.make_room(batch.size(), stream)?;
+            self.bytes.extend_from_slice(batch.as_bytes());
+            return Ok(());
+        }
+        let mut piece: Vec<(RecordFields, &[u8])> = Vec::new();
+        let mut size = 0;
+        for record in batch.iter() {
+            let padded = record_size_padded(record.payload.len());
+            if size + padded > FRAME_RECORDS_TARGET && !piece.is_empty() {
+                self.make_room(size, stream)?;
+                push_sealed(&mut self.bytes, &piece);
+                piece.clear();
+                size = 0;
+            }
+            piece.push((record.fields(), record.payload));
+            size += padded;
+        }
+        if !piece.is_empty() {
+            self.make_room(size, stream)?;
+            push_sealed(&mut self.bytes, &piece);
+        }
+        Ok(())
+    }
+
+    /// Writes the frame first if `size` more bytes would take it past the largest body.
+    fn make_room(&mut self, size: usize, stream: &mut impl Write) -> std::io::Result<()> {
+        if self.body_len() + size > FRAME_BODY_MAX {
+            self.flush(stream)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads a replica's acknowledgements until its connection ends.
@@ -840,4 +900,86 @@ fn read_acks(inner: &Inner, peer: &Peer, mut reader: FrameReader) {
         }
     };
     peer.close(&reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_journal::{Durability, JournalOptions, JournalReader, JournalWriter};
+
+    use super::*;
+    use crate::wire::batches;
+
+    /// The frames a sender writes for a journal read from `from`, read back as a replica
+    /// reads them: each frame's size, and every record as (sequence, timestamp, payload), with
+    /// the bytes of each batch received.
+    #[allow(clippy::type_complexity)]
+    fn sent(directory: &Path, from: u64) -> (Vec<usize>, Vec<(u64, u64, Vec<u8>)>, Vec<Vec<u8>>) {
+        let mut reader = JournalReader::open_at(directory, from).unwrap();
+        let mut wire = Vec::new();
+        let mut frame = RecordsFrame::new();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            frame.push(&batch, &mut wire).unwrap();
+        }
+        frame.flush(&mut wire).unwrap();
+        let (mut sizes, mut records, mut received) = (Vec::new(), Vec::new(), Vec::new());
+        let mut frames = FrameReader::default();
+        let mut input = &wire[..];
+        while let Ok(Some((kind, body))) = frames.next(&mut input) {
+            assert_eq!(kind, Kind::Records);
+            sizes.push(body.len());
+            for batch in batches(body) {
+                let batch = batch.unwrap();
+                received.push(batch.as_bytes().to_vec());
+                for record in batch.iter() {
+                    let payload = record.payload.to_vec();
+                    records.push((record.sequence, record.timestamp_ns, payload));
+                }
+            }
+        }
+        (sizes, records, received)
+    }
+
+    /// A sender sends its journal's batches as they are, and splits into batches sealed anew
+    /// what is not a whole batch (a start inside one) or would not fit a frame: no record is
+    /// lost, doubled or changed, and no frame exceeds the protocol's largest.
+    #[test]
+    fn a_sender_sends_whole_batches_as_they_are_and_reseals_the_rest_to_fit_frames() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = JournalOptions::new().segment_size(16 << 20).durability(Durability::Fsync);
+        let mut writer = JournalWriter::open(directory.path(), options).unwrap();
+        let payload = |sequence: u64| vec![sequence as u8; (sequence % 200) as usize + 1];
+        // Batches of 1, 50 and 30 000 records (about 3.3 MiB, more than a frame holds), then
+        // 10 records.
+        for size in [1u64, 50, 30_000, 10] {
+            for _ in 0..size {
+                let sequence = writer.next_sequence();
+                writer.append(sequence * 3, 1, 1, &payload(sequence)).unwrap();
+            }
+            writer.commit().unwrap();
+        }
+        drop(writer);
+        let mut originals = Vec::new();
+        let mut reader = JournalReader::open(directory.path()).unwrap();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            originals.push(batch.as_bytes().to_vec());
+        }
+        for from in [1, 2, 30, 52, 20_000, 30_052, 30_061] {
+            let (sizes, records, received) = sent(directory.path(), from);
+            let expected: Vec<_> = (from..=30_061)
+                .map(|sequence| (sequence, sequence * 3, payload(sequence)))
+                .collect();
+            assert_eq!(records, expected, "from {from}");
+            assert!(sizes.iter().all(|&size| size <= FRAME_BODY_MAX + 1), "from {from}: {sizes:?}");
+            // The whole batches after the start, except the one too large, went unchanged.
+            for (index, original) in originals.iter().enumerate() {
+                let first = [1, 2, 52, 30_052][index];
+                let whole_after_start = first >= from && original.len() <= FRAME_BODY_MAX;
+                assert_eq!(
+                    received.contains(original),
+                    whole_after_start,
+                    "from {from}: the batch at {first}"
+                );
+            }
+        }
+    }
 }

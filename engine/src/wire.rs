@@ -5,7 +5,10 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use keel_journal::format::{SnapshotHeader, SNAPSHOT_HEADER_SIZE};
+use keel_journal::format::{
+    check_batch, encode_batch, record_size_padded, BatchCheck, BatchView, RecordFields,
+    SnapshotHeader, SNAPSHOT_HEADER_SIZE,
+};
 use keel_journal::snapshot::{check_snapshot, read_snapshot};
 use keel_journal::{SnapshotMeta, SnapshotStore};
 
@@ -13,15 +16,15 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The protocol's version, exchanged in the handshake.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
 /// Bytes before a frame's body: its length (u32), its checksum (u32).
 const FRAME_HEADER: usize = 8;
-/// The largest frame body: a record of the largest size (512 KiB) fits with room to spare.
+/// The largest frame body (after the kind byte): a journal batch up to this size is sent as it
+/// is; a larger one (a batch may reach 64 MiB) in pieces, each sealed as a batch of its own.
 pub(crate) const FRAME_BODY_MAX: usize = 2 << 20;
-/// Record bytes a sender gathers into one frame before it writes it.
+/// Record bytes a sender gathers into one frame before it writes it, and the most a piece of a
+/// split batch holds (a record of the largest size, 512 KiB, is a piece alone).
 pub(crate) const FRAME_RECORDS_TARGET: usize = 256 << 10;
-/// The bytes of a record's header in a `Records` frame.
-const WIRE_RECORD_HEADER: usize = 24;
 /// How long each step of a handshake may take before the connection is closed.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Snapshot payload bytes per frame.
@@ -44,7 +47,8 @@ pub(crate) enum Kind {
     Accepted = 4,
     /// Either way: the connection is refused, with the reason.
     Refused = 5,
-    /// Primary → replica: journal records, consecutive.
+    /// Primary → replica: journal batches, sealed as the journal format seals them, of
+    /// consecutive records.
     Records = 6,
     /// Replica → primary: the highest sequence it holds durably.
     Ack = 7,
@@ -277,21 +281,6 @@ impl<'a> Fields<'a> {
         Ok(Self { bytes, what })
     }
 
-    /// The body of a `what` message of at least `length` bytes.
-    pub(crate) fn at_least(
-        bytes: &'a [u8],
-        length: usize,
-        what: &'static str,
-    ) -> Result<Self, WireError> {
-        if bytes.len() < length {
-            return Err(WireError::malformed(format!(
-                "a {what} of {} bytes, expected at least {length}",
-                bytes.len()
-            )));
-        }
-        Ok(Self { bytes, what })
-    }
-
     fn take(&mut self, length: usize) -> Result<&'a [u8], WireError> {
         if self.bytes.len() < length {
             return Err(WireError::malformed(format!("a truncated {}", self.what)));
@@ -305,20 +294,12 @@ impl<'a> Fields<'a> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-
     pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
-    }
-
-    pub(crate) fn rest(self) -> &'a [u8] {
-        self.bytes
     }
 }
 
@@ -535,69 +516,38 @@ pub(crate) fn snapshot_begin(body: &[u8]) -> Result<SnapshotHeader, WireError> {
     SnapshotHeader::decode(body).map_err(|error| WireError::malformed(error.to_string()))
 }
 
-/// Appends a record to a `Records` frame being built.
-pub(crate) fn push_record(
-    frame: &mut Vec<u8>,
-    sequence: u64,
-    timestamp_ns: u64,
-    kind: u16,
-    version: u16,
-    payload: &[u8],
-) {
-    frame.extend_from_slice(&sequence.to_le_bytes());
-    frame.extend_from_slice(&timestamp_ns.to_le_bytes());
-    frame.extend_from_slice(&kind.to_le_bytes());
-    frame.extend_from_slice(&version.to_le_bytes());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(payload);
+/// Appends records to a `Records` frame being built, sealed as one journal batch of their
+/// own: for a sender whose records are not a whole batch of its journal (it started inside
+/// one, or the batch is larger than a frame). They must be consecutive records read from a
+/// journal, which the format accepts.
+pub(crate) fn push_sealed(frame: &mut Vec<u8>, records: &[(RecordFields, &[u8])]) {
+    let size: usize = records.iter().map(|(_, payload)| record_size_padded(payload.len())).sum();
+    let start = frame.len();
+    frame.resize(start + size, 0);
+    encode_batch(&mut frame[start..], records).expect("records read from a journal encode");
 }
 
-/// A record read from a `Records` frame.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WireRecord<'a> {
-    pub(crate) sequence: u64,
-    pub(crate) timestamp_ns: u64,
-    pub(crate) kind: u16,
-    pub(crate) version: u16,
-    pub(crate) payload: &'a [u8],
-    /// The payload and whatever follows it that may be read (the rest of its frame's body),
-    /// for a decoder that reads ahead ([`Codec::decode_prefix`](crate::Codec::decode_prefix)).
-    pub(crate) readable: &'a [u8],
-}
-
-/// The records of a `Records` frame's body, each checked to lie within it.
-pub(crate) fn records(body: &[u8]) -> impl Iterator<Item = Result<WireRecord<'_>, WireError>> {
+/// The journal batches of a `Records` frame's body, each checked whole (its checksum, then
+/// its records' fields) before it is handed out; the first that is not a batch ends the
+/// iteration with the reason.
+pub(crate) fn batches(body: &[u8]) -> impl Iterator<Item = Result<BatchView<'_>, WireError>> {
     let mut rest = body;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let record = (|| {
-            let mut fields = Fields::at_least(rest, WIRE_RECORD_HEADER, "record")?;
-            let sequence = fields.u64()?;
-            let timestamp_ns = fields.u64()?;
-            let kind = fields.u16()?;
-            let version = fields.u16()?;
-            let length = fields.u32()? as usize;
-            let after = fields.rest();
-            if after.len() < length {
-                return Err(WireError::malformed("a record longer than its frame"));
+        let found = match check_batch(rest) {
+            BatchCheck::Batch(batch) => {
+                rest = &rest[batch.size()..];
+                return Some(Ok(batch));
             }
-            let (payload, remaining) = after.split_at(length);
-            let record =
-                WireRecord { sequence, timestamp_ns, kind, version, payload, readable: after };
-            Ok((record, remaining))
-        })();
-        Some(match record {
-            Ok((record, remaining)) => {
-                rest = remaining;
-                Ok(record)
+            BatchCheck::End => WireError::malformed("zeros where a journal batch should start"),
+            BatchCheck::Invalid(invalid) => {
+                WireError::malformed(format!("records that are not a journal batch: {invalid}"))
             }
-            Err(error) => {
-                rest = &[];
-                Err(error)
-            }
-        })
+        };
+        rest = &[];
+        Some(Err(found))
     })
 }
 
@@ -617,20 +567,27 @@ pub(crate) fn frame_body_len(frame: &[u8]) -> usize {
 mod tests {
     use super::*;
 
+    fn fields(sequence: u64, kind: u16) -> RecordFields {
+        RecordFields { sequence, timestamp_ns: 1_000 + sequence, kind, version: 1 }
+    }
+
     #[test]
     fn frames_round_trip_and_any_flipped_bit_is_refused() {
         let mut frame = Vec::new();
         begin_frame(&mut frame, Kind::Records);
-        push_record(&mut frame, 7, 1_000, 1, 1, b"open 42");
-        push_record(&mut frame, 8, 1_001, 0x8001, 1, &[9; 16]);
+        push_sealed(&mut frame, &[(fields(7, 1), b"open 42"), (fields(8, 0x8001), &[9; 16])]);
+        push_sealed(&mut frame, &[(fields(9, 1), b"close 42")]);
         seal_frame(&mut frame);
         let mut reader = FrameReader::default();
         let (kind, body) = reader.next(&mut &frame[..]).unwrap().unwrap();
         assert_eq!(kind, Kind::Records);
-        let records: Vec<_> = records(body).map(Result::unwrap).collect();
-        assert_eq!(records.len(), 2);
+        let batches: Vec<_> = batches(body).map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 2);
+        let records: Vec<_> = batches.iter().flat_map(|batch| batch.iter()).collect();
+        assert_eq!(records.len(), 3);
         assert_eq!((records[0].sequence, records[0].payload), (7, &b"open 42"[..]));
         assert_eq!((records[1].kind, records[1].payload.len()), (0x8001, 16));
+        assert_eq!((records[2].timestamp_ns, records[2].payload), (1_009, &b"close 42"[..]));
         for byte in 0..frame.len() {
             for bit in 0..8 {
                 let mut damaged = frame.clone();
@@ -698,8 +655,8 @@ mod tests {
                 let _ = Challenge::decode(body);
                 let _ = Fields::exact(body, 8, "ack").and_then(|mut ack| ack.u64());
                 let _ = SnapshotHeader::decode(body);
-                for record in records(body) {
-                    if record.is_err() {
+                for batch in batches(body) {
+                    if batch.is_err() {
                         break;
                     }
                 }
@@ -726,8 +683,16 @@ mod tests {
         ) {
             let mut frame = Vec::new();
             begin_frame(&mut frame, Kind::Records);
-            for (index, payload) in payloads.iter().enumerate() {
-                push_record(&mut frame, index as u64 + 1, 7, 1, 1, payload);
+            // A batch of one record, then one of the rest.
+            let records: Vec<(RecordFields, &[u8])> = payloads
+                .iter()
+                .enumerate()
+                .map(|(index, payload)| (fields(index as u64 + 1, 1), &payload[..]))
+                .collect();
+            let (first, rest) = records.split_at(1);
+            push_sealed(&mut frame, first);
+            if !rest.is_empty() {
+                push_sealed(&mut frame, rest);
             }
             seal_frame(&mut frame);
             let at = at % frame.len();
@@ -736,12 +701,26 @@ mod tests {
         }
     }
 
+    /// A frame's checksum covers its body, but the body is read as journal batches too: each
+    /// must be whole and pass its own checks, and nothing may follow the last.
     #[test]
-    fn a_record_past_its_frame_is_refused() {
+    fn records_that_are_not_whole_journal_batches_are_refused() {
         let mut body = Vec::new();
-        push_record(&mut body, 1, 1, 1, 1, b"abc");
-        body.truncate(body.len() - 1);
-        assert!(records(&body).any(|record| record.is_err()));
+        push_sealed(&mut body, &[(fields(1, 1), b"abc"), (fields(2, 1), b"defg")]);
+        let whole = body.len();
+        assert!(batches(&body).all(|batch| batch.is_ok()));
+        let cut = &body[..whole - 8];
+        assert!(matches!(batches(cut).last(), Some(Err(WireError::Malformed(_)))));
+        let mut damaged = body.clone();
+        damaged[40] ^= 1;
+        assert!(matches!(batches(&damaged).next(), Some(Err(WireError::Malformed(_)))));
+        for trailing in [&[0u8; 8][..], &[0u8; 40], &[1, 2, 3]] {
+            let mut longer = body.clone();
+            longer.extend_from_slice(trailing);
+            let found: Vec<_> = batches(&longer).collect();
+            assert!(found[0].is_ok() && found.len() == 2, "{trailing:?}");
+            assert!(matches!(found[1], Err(WireError::Malformed(_))), "{trailing:?}");
+        }
     }
 
     /// Found by the `replication_frames` fuzz target: a snapshot's first frame with bytes
