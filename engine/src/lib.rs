@@ -46,6 +46,7 @@
 pub mod cli;
 mod codec;
 mod config;
+mod cow;
 mod engine;
 mod error;
 mod machine;
@@ -66,6 +67,7 @@ pub mod fuzzing;
 
 pub use codec::{Bincode, Codec, CodecError};
 pub use config::{Durability, SnapshotPolicy, Topology, Wait};
+pub use cow::{CowVec, CowVecIter};
 pub use engine::{Delivery, Engine, EngineBuilder, OutputPoller, RecoveryReport};
 pub use error::{EngineError, Halt};
 pub use machine::{Context, Output, StateMachine};

@@ -736,6 +736,78 @@ fn snapshots_reuse_the_previous_copy_when_the_machine_asks() {
     assert_eq!(engine.shutdown().unwrap(), live);
 }
 
+/// Balances in a copy-on-write vector: `(account, delta)` commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct CowBalances {
+    balances: keel_engine::CowVec<i64>,
+}
+
+impl StateMachine for CowBalances {
+    type Command = (u32, i64);
+    type Event = ();
+
+    fn apply(
+        &mut self,
+        _: &keel_engine::Context,
+        &(account, delta): &(u32, i64),
+        _: &mut keel_engine::Output<()>,
+    ) {
+        let index = account as usize % self.balances.len();
+        let balance = self.balances.get_mut(index).expect("an index modulo the length");
+        *balance = balance.wrapping_add(delta);
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.balances.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &balance| {
+            (hash ^ balance as u64).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+}
+
+/// A snapshot of a state held in a `CowVec` shares its chunks with the state the engine goes on
+/// writing; the snapshot written must still be the state at its sequence, not one with later
+/// writes in it. The commands after the snapshot are published without waiting for it, and they
+/// write into every chunk.
+#[test]
+fn a_copy_on_write_state_snapshots_the_state_at_its_sequence_while_writes_go_on() {
+    let directory = tempfile::tempdir().unwrap();
+    let initial = CowBalances { balances: keel_engine::CowVec::from_elem(0, 100_000) };
+    let command = |index: u64| ((index * 7_919 % 100_000) as u32, index as i64);
+    let engine =
+        Engine::builder(directory.path()).segment_size(1 << 20).open(initial.clone()).unwrap();
+    let mut publisher = engine.publisher();
+    for index in 1..=2_000 {
+        publisher.publish(command(index)).unwrap();
+    }
+    wait_until("applied", || engine.stats().applied == 2_000);
+    engine.snapshot();
+    for index in 2_001..=60_000 {
+        publisher.publish(command(index)).unwrap();
+    }
+    drop(publisher);
+    // The engine takes it between two batches, wherever the stream then is.
+    wait_until("snapshot", || engine.stats().snapshots == 1);
+    let taken = engine.stats().last_snapshot_sequence;
+    let live = engine.shutdown().unwrap();
+    assert!((2_000..=60_000).contains(&taken), "the snapshot at {taken}");
+
+    let mut expected = initial.clone();
+    let mut output = keel_engine::Output::new();
+    for index in 1..=taken {
+        let context = keel_engine::Context { sequence: index, timestamp_ns: 0 };
+        expected.apply(&context, &command(index), &mut output);
+    }
+    let at_snapshot =
+        replay_to(directory.path(), Bincode, initial.clone(), ReplayTarget::Sequence(taken))
+            .unwrap();
+    assert_eq!(at_snapshot.snapshot.map(|(_, sequence)| sequence), Some(taken));
+    assert_eq!(at_snapshot.replayed, 0, "the state came from the snapshot alone");
+    assert_eq!(at_snapshot.state_hash, expected.state_hash());
+    let engine = Engine::builder(directory.path()).segment_size(1 << 20).open(initial).unwrap();
+    assert_eq!(engine.recovery().replayed, 60_000 - taken);
+    assert_eq!(engine.shutdown().unwrap(), live);
+}
+
 /// A replay longer than what its reading thread checks ahead (runs of up to 8 Ki records, a
 /// few runs ahead) and crossing segments: every point's state is the one applying the
 /// journaled commands directly gives, the replayed events come in order, and damage that the
