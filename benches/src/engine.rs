@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context as _, Result};
 use hdrhistogram::Histogram;
 use keel_engine::{
-    Context, Durability, Engine, EngineBuilder, EngineError, Output, Publish, Replica, Replication,
-    StateMachine, Topology, Wait,
+    Context, CowVec, Durability, Engine, EngineBuilder, EngineError, Output, Publish, Replica,
+    Replication, StateMachine, Topology, Wait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,16 +27,68 @@ use crate::scratch::Scratch;
 /// Slots of the state machine's `Vec`.
 const SLOTS: usize = 1024;
 
-/// The benchmark's state machine: adds each command's amount to one slot of a `Vec`, and
-/// emits the command's send time and journal time (for the latency and lag runs).
+/// The benchmark's state machine: adds each command's amount to one slot of its values (a
+/// `Vec`, or a [`CowVec`] for the snapshot case that compares them), and emits the command's
+/// send time and journal time (for the latency and lag runs).
 #[derive(Clone, Serialize, Deserialize)]
-pub struct Slots {
-    values: Vec<u64>,
+#[serde(bound = "")]
+pub struct Slots<V: Values = Vec<u64>> {
+    values: V,
 }
 
 impl Default for Slots {
     fn default() -> Self {
         Self { values: vec![0; SLOTS] }
+    }
+}
+
+/// Where [`Slots`] keeps its values, and how it copies them for a snapshot.
+pub trait Values: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static {
+    /// The slot for `index` (modulo the length).
+    fn slot(&mut self, index: usize) -> &mut u64;
+    /// The sum of the values.
+    fn sum(&self) -> u64;
+    /// A copy for a snapshot, given the previous snapshot's copy (handed back by the engine).
+    fn copy_for_snapshot(&self, previous: Option<Self>) -> Self;
+}
+
+impl Values for Vec<u64> {
+    #[inline]
+    fn slot(&mut self, index: usize) -> &mut u64 {
+        let length = self.len();
+        &mut self[index % length]
+    }
+
+    fn sum(&self) -> u64 {
+        self.iter().fold(0u64, |sum, value| sum.wrapping_add(*value))
+    }
+
+    /// Copies into the previous snapshot's `Vec`, already mapped, rather than a fresh one.
+    fn copy_for_snapshot(&self, previous: Option<Self>) -> Self {
+        match previous {
+            Some(mut copy) => {
+                copy.clone_from(self);
+                copy
+            }
+            None => self.clone(),
+        }
+    }
+}
+
+impl Values for CowVec<u64> {
+    #[inline]
+    fn slot(&mut self, index: usize) -> &mut u64 {
+        let length = self.len();
+        self.get_mut(index % length).expect("an index modulo the length")
+    }
+
+    fn sum(&self) -> u64 {
+        self.iter().fold(0u64, |sum, value| sum.wrapping_add(*value))
+    }
+
+    /// Shares every chunk: the writes after it copy the chunks they change.
+    fn copy_for_snapshot(&self, _previous: Option<Self>) -> Self {
+        self.clone()
     }
 }
 
@@ -57,14 +109,13 @@ pub struct Applied {
     journaled_ns: u64,
 }
 
-impl StateMachine for Slots {
+impl<V: Values> StateMachine for Slots<V> {
     type Command = Add;
     type Event = Applied;
 
     #[inline]
     fn apply(&mut self, context: &Context, add: &Add, output: &mut Output<Applied>) {
-        let length = self.values.len();
-        let slot = &mut self.values[add.slot as usize % length];
+        let slot = self.values.slot(add.slot as usize);
         *slot = slot.wrapping_add(add.amount);
         if add.sent_ns != 0 {
             output.emit(Applied { sent_ns: add.sent_ns, journaled_ns: context.timestamp_ns });
@@ -75,21 +126,15 @@ impl StateMachine for Slots {
         self.sum()
     }
 
-    /// Copies into the previous snapshot's `Vec`, already mapped, rather than a fresh one.
     fn copy_for_snapshot(&self, previous: &mut Option<Self>) -> Self {
-        match previous.take() {
-            Some(mut copy) => {
-                copy.values.clone_from(&self.values);
-                copy
-            }
-            None => self.clone(),
-        }
+        let values = self.values.copy_for_snapshot(previous.take().map(|copy| copy.values));
+        Self { values }
     }
 }
 
-impl Slots {
+impl<V: Values> Slots<V> {
     fn sum(&self) -> u64 {
-        self.values.iter().fold(0u64, |sum, value| sum.wrapping_add(*value))
+        self.values.sum()
     }
 }
 
@@ -232,7 +277,7 @@ pub fn bare_ring(commands: u64) -> Result<Outcome> {
             || add(0),
             keel_ring::Yielding::default(),
         )?;
-        let mut machine = Slots::default();
+        let mut machine = Slots::<Vec<u64>>::default();
         let mut output = Output::new();
         let (_, processor) =
             builder.processor("apply", &[], move |command: &Add, sequence, end| {
@@ -265,7 +310,7 @@ pub fn disruptor(commands: u64) -> Result<Outcome> {
     isolated(|| {
         let sum = Arc::new(AtomicU64::new(0));
         let total = Arc::clone(&sum);
-        let mut machine = Slots::default();
+        let mut machine = Slots::<Vec<u64>>::default();
         let mut output = Output::new();
         let mut producer = disruptor::build_single_producer(
             64 * 1024,
@@ -478,16 +523,17 @@ pub fn replica_catch_up(root: &std::path::Path, commands: u64) -> Result<Outcome
     })
 }
 
-/// The engine thread's pause for a snapshot of a state of `entries` small entries (a `Vec` of
-/// that many `u64`): the time its copy takes. Returns the pause and the sum for the check.
-pub fn snapshot_pause(root: &std::path::Path, entries: usize) -> Result<(Outcome, Latency)> {
+/// The engine thread's pause for a snapshot of a state of small entries, `values` (a `Vec` of
+/// `u64`s, or a `CowVec` of them): the time its copy takes. Returns the pause and the sum for
+/// the check.
+pub fn snapshot_pause<V: Values>(root: &std::path::Path, values: V) -> Result<(Outcome, Latency)> {
     let scratch = Scratch::new(root, "snapshot")?;
     isolated(|| {
         let engine = Engine::builder(&scratch.0)
             .durability(Durability::PageCache)
             .wait(Wait::Yielding)
             .segment_size(SEGMENT_SIZE)
-            .open(Slots { values: vec![0; entries] })?;
+            .open(Slots { values })?;
         let mut publisher = engine.publisher();
         for value in 1..=1_000 {
             publisher.publish(add(value))?;
@@ -545,6 +591,58 @@ pub fn copy_floor(entries: usize, copies: usize) -> Result<(Outcome, Latency)> {
         }
         let outcome = Outcome { elapsed: started.elapsed(), events: copies as u64, sum: 0 };
         Ok((outcome, Latency::from_histogram(&histogram)))
+    })
+}
+
+/// Where a [`CowVec`]'s snapshot puts the copy it does not make: `rounds` times, a clone of
+/// `entries` `u64`s (kept, as the snapshot thread keeps its copy while it writes), then one
+/// write to each of its chunks, each of which copies its chunk. Each round's time is what the
+/// first writes after a snapshot pay in all, spread over the commands that make them, set
+/// against [`copy_floor`]'s whole copy.
+pub fn copy_on_write_floor(entries: usize, rounds: usize) -> Result<(Outcome, Latency)> {
+    isolated(|| {
+        let mut state = CowVec::from_elem(0u64, entries);
+        let mut histogram = Histogram::<u64>::new(3)?;
+        let started = Instant::now();
+        for round in 0..rounds {
+            let snapshot = state.clone();
+            let chunks = state.shared_chunks();
+            let began = Instant::now();
+            let mut index = 0;
+            while index < entries {
+                *state.get_mut(index).expect("in bounds") += 1;
+                index += 4096;
+            }
+            histogram.record((began.elapsed().as_nanos() as u64).max(1))?;
+            ensure!(state.shared_chunks() == 0, "{chunks} chunks shared, some not copied");
+            // Each round adds 1 to one element of every chunk: the snapshot holds the rounds
+            // before this one.
+            let written = entries.div_ceil(4096) as u64;
+            let sum = |values: &CowVec<u64>| values.iter().sum::<u64>();
+            ensure!(sum(&snapshot) == round as u64 * written, "a snapshot changed");
+            ensure!(sum(&state) == (round as u64 + 1) * written, "a write was lost");
+        }
+        let outcome = Outcome { elapsed: started.elapsed(), events: rounds as u64, sum: 0 };
+        Ok((outcome, Latency::from_histogram(&histogram)))
+    })
+}
+
+/// What a write costs in `values` (a `Vec` of `u64`s, or a `CowVec` whose chunks are its own,
+/// so that no write copies): `writes` additions at indices from a seeded xorshift, as
+/// [`Slots`] makes them. The `CowVec`'s extra is its check that the chunk is not shared.
+pub fn write_cost<V: Values>(mut values: V, writes: u64) -> Result<Outcome> {
+    isolated(|| {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let started = Instant::now();
+        for amount in 1..=writes {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let slot = values.slot(state as usize);
+            *slot = slot.wrapping_add(amount);
+        }
+        let elapsed = started.elapsed();
+        Ok(Outcome { elapsed, events: writes, sum: values.sum() })
     })
 }
 

@@ -445,7 +445,19 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "pause for 1M entries (copy reused)".into(),
         engine::expected_sum(1_000),
         Box::new(move || {
-            let (outcome, pause) = engine::snapshot_pause(&snapshot_root, 1_000_000)?;
+            let (outcome, pause) = engine::snapshot_pause(&snapshot_root, vec![0u64; 1_000_000])?;
+            Ok((outcome, Some(pause)))
+        }),
+    ));
+    let snapshot_root = root.to_owned();
+    cases.push((
+        "engine-snapshot",
+        "keel",
+        "pause for 1M entries in a CowVec (chunks shared)".into(),
+        engine::expected_sum(1_000),
+        Box::new(move || {
+            let values = keel_engine::CowVec::from_elem(0u64, 1_000_000);
+            let (outcome, pause) = engine::snapshot_pause(&snapshot_root, values)?;
             Ok((outcome, Some(pause)))
         }),
     ));
@@ -457,6 +469,35 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         Box::new(|| {
             let (outcome, copies) = engine::copy_floor(1_000_000, 20)?;
             Ok((outcome, Some(copies)))
+        }),
+    ));
+    cases.push((
+        "engine-snapshot",
+        "machine",
+        "CowVec of 1M entries: a write to each chunk after a clone".into(),
+        0,
+        Box::new(|| {
+            let (outcome, writes) = engine::copy_on_write_floor(1_000_000, 20)?;
+            Ok((outcome, Some(writes)))
+        }),
+    ));
+    let writes = 20_000_000 / scale;
+    let written = writes * (writes + 1) / 2;
+    cases.push((
+        "engine-snapshot",
+        "machine",
+        "random writes to a Vec of 1M entries".into(),
+        written,
+        Box::new(move || Ok((engine::write_cost(vec![0u64; 1_000_000], writes)?, None))),
+    ));
+    cases.push((
+        "engine-snapshot",
+        "machine",
+        "random writes to a CowVec of 1M entries".into(),
+        written,
+        Box::new(move || {
+            let values = keel_engine::CowVec::from_elem(0u64, 1_000_000);
+            Ok((engine::write_cost(values, writes)?, None))
         }),
     ));
     cases.push((
