@@ -100,6 +100,20 @@ fn a_remote_replica_reaches_the_primarys_state_and_journal() {
     let status = engine.replication_status().unwrap();
     assert_eq!(status.replicas.len(), 1, "{status:?}");
     assert_caught_up(engine, follower, replica_directory.path(), primary_directory.path());
+    // The stream started at a batch's start and no batch exceeded a frame: the replica's
+    // journal holds the primary's group commits byte for byte, not only its records.
+    assert_eq!(batches(replica_directory.path()), batches(primary_directory.path()));
+}
+
+/// The bytes of each batch of a journal.
+fn batches(directory: &Path) -> Vec<Vec<u8>> {
+    let mut reader = keel_journal::JournalReader::open(directory).unwrap();
+    let mut batches = Vec::new();
+    while let Some(batch) = reader.next_batch().unwrap() {
+        assert!(batch.is_whole());
+        batches.push(batch.as_bytes().to_vec());
+    }
+    batches
 }
 
 #[test]
