@@ -15,7 +15,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bytes of elements a chunk holds at most: a chunk copied by a write after a snapshot costs a
-/// few microseconds, and a million `u64`s are 256 chunks, so the snapshot's copy is 256 pointer
+/// few microseconds, and a million `u64`s are 245 chunks, so the snapshot's copy is 245 pointer
 /// copies (each an atomic increment).
 const CHUNK_BYTES: usize = 32 << 10;
 
