@@ -2,11 +2,14 @@
 //! came to.
 //!
 //! Records whose id is above every earlier one (ascending ids, the common case) are appended
-//! to chunks of [`CHUNK`] records, which stay sorted by id and are searched by bisection: no
-//! index, 48 bytes a transfer. A record whose id arrives out of order goes to a hash map.
+//! to a short tail of at most [`TAIL`] records, which moves into chunks of [`CHUNK`] records
+//! when it is full; tail and chunks stay sorted by id and are searched by bisection: no index,
+//! 48 bytes a transfer. A record whose id arrives out of order goes to a hash map.
 //! The chunks are reference-counted, so a copy of the history (for a snapshot) is a copy of
-//! the chunks' handles; a chunk still shared with such a copy is copied the first time it is
-//! changed (copy on write).
+//! the chunks' handles and of the tail; a chunk still shared with such a copy is copied the
+//! first time it is changed (copy on write). The tail is owned outright because asking a
+//! chunk whether it is shared costs two atomic operations, which on every append were a
+//! fifth of the ledger's `apply` (ARCHITECTURE.md, "The transfer history is in memory").
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +26,11 @@ use crate::hash::{table_bytes, Digest, IdMap};
 /// shared it costs tens of microseconds; a snapshot's copy of the history costs one handle
 /// per chunk.
 pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Records in the tail at most: 48 KiB, which a snapshot's copy copies (a few microseconds).
+/// `CHUNK` is a multiple of it, so a full tail fills a chunk's room exactly unless a snapshot
+/// left the last chunk with another length.
+pub(crate) const TAIL: usize = 1 << 8;
 
 /// What a transfer command was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,7 +164,9 @@ impl TransferRecord {
 pub(crate) struct Transfers {
     /// Sorted by id, within and across chunks; every chunk but the last is full.
     chunks: Vec<Arc<Vec<TransferRecord>>>,
-    /// Records in `chunks`.
+    /// The newest sorted records, above every id in `chunks`.
+    tail: Vec<TransferRecord>,
+    /// Records in `chunks` and `tail`.
     sorted: usize,
     /// Ids that were not above every earlier id when they arrived.
     unsorted: IdMap<u64, TransferRecord>,
@@ -166,7 +176,11 @@ pub(crate) struct Transfers {
 
 impl Transfers {
     pub(crate) fn with_capacity(records: usize) -> Self {
-        Self { chunks: Vec::with_capacity(records / CHUNK + 1), ..Self::default() }
+        Self {
+            chunks: Vec::with_capacity(records / CHUNK + 1),
+            tail: Vec::with_capacity(TAIL),
+            ..Self::default()
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -178,7 +192,15 @@ impl Transfers {
     }
 
     fn max_id(&self) -> u64 {
-        self.chunks.last().and_then(|chunk| chunk.last()).map_or(0, |record| record.id)
+        self.tail
+            .last()
+            .or_else(|| self.chunks.last().and_then(|chunk| chunk.last()))
+            .map_or(0, |record| record.id)
+    }
+
+    /// The sorted records in id order.
+    fn sorted_records(&self) -> impl Iterator<Item = &TransferRecord> + Clone {
+        self.chunks.iter().flat_map(|chunk| chunk.iter()).chain(&self.tail)
     }
 
     /// Records a new id (the caller has checked that it is not taken).
@@ -191,22 +213,37 @@ impl Transfers {
             return;
         }
         self.sorted += 1;
-        match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < CHUNK => unshared(chunk).push(record),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                chunk.push(record);
-                self.chunks.push(Arc::new(chunk));
-            }
+        if self.tail.len() == TAIL {
+            self.move_tail();
         }
+        self.tail.push(record);
     }
 
-    /// Where `id`'s record is among the chunks: (chunk, position).
-    fn locate(&self, id: u64) -> Option<(usize, usize)> {
+    /// Moves the tail's records to the chunks, filling the last one first.
+    fn move_tail(&mut self) {
+        let mut records = &self.tail[..];
+        while !records.is_empty() {
+            match self.chunks.last_mut() {
+                Some(chunk) if chunk.len() < CHUNK => {
+                    let (now, later) = records.split_at(records.len().min(CHUNK - chunk.len()));
+                    unshared(chunk).extend_from_slice(now);
+                    records = later;
+                }
+                _ => self.chunks.push(Arc::new(Vec::with_capacity(CHUNK))),
+            }
+        }
+        self.tail.clear();
+    }
+
+    /// Where `id`'s sorted record is.
+    fn locate(&self, id: u64) -> Option<Place> {
+        if self.tail.first().is_some_and(|first| first.id <= id) {
+            return self.tail.binary_search_by_key(&id, |record| record.id).ok().map(Place::Tail);
+        }
         let chunk = self.chunks.partition_point(|chunk| chunk[chunk.len() - 1].id < id);
         let position =
             self.chunks.get(chunk)?.binary_search_by_key(&id, |record| record.id).ok()?;
-        Some((chunk, position))
+        Some(Place::Chunk(chunk, position))
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&TransferRecord> {
@@ -216,28 +253,30 @@ impl Transfers {
         if let Some(record) = self.unsorted.get(&id) {
             return Some(record);
         }
-        let (chunk, position) = self.locate(id)?;
-        Some(&self.chunks[chunk][position])
+        match self.locate(id)? {
+            Place::Tail(position) => Some(&self.tail[position]),
+            Place::Chunk(chunk, position) => Some(&self.chunks[chunk][position]),
+        }
     }
 
     /// Changes the status of a pending transfer (which exists).
     pub(crate) fn set_status(&mut self, id: u64, status: Status) {
         let record = match self.unsorted.get_mut(&id) {
             Some(record) => record,
-            None => {
-                let (chunk, position) = self.locate(id).expect("the record exists");
-                &mut unshared(&mut self.chunks[chunk])[position]
-            }
+            None => match self.locate(id).expect("the record exists") {
+                Place::Tail(position) => &mut self.tail[position],
+                Place::Chunk(chunk, position) => &mut unshared(&mut self.chunks[chunk])[position],
+            },
         };
         debug_assert_eq!(record.status, Status::Pending);
         record.status = status;
         self.pending -= 1;
     }
 
-    /// Bytes held: the chunks' capacity and the map's table.
+    /// Bytes held: the chunks' and the tail's capacity and the map's table.
     pub(crate) fn memory(&self) -> usize {
         let chunks = self.chunks.iter().map(|chunk| chunk.capacity()).sum::<usize>();
-        chunks * std::mem::size_of::<TransferRecord>()
+        (chunks + self.tail.capacity()) * std::mem::size_of::<TransferRecord>()
             + table_bytes(&self.unsorted)
             + self.chunks.capacity() * std::mem::size_of::<Arc<Vec<TransferRecord>>>()
     }
@@ -251,13 +290,19 @@ impl Transfers {
 
     pub(crate) fn digest(&self, digest: &mut Digest) {
         digest.words(&[self.sorted as u64, self.unsorted.len() as u64, self.pending]);
-        for record in self.chunks.iter().flat_map(|chunk| chunk.iter()) {
+        for record in self.sorted_records() {
             record.digest(digest);
         }
         for record in self.unsorted_by_id() {
             record.digest(digest);
         }
     }
+}
+
+/// Where a sorted record is: in a chunk (chunk, position), or in the tail.
+enum Place {
+    Chunk(usize, usize),
+    Tail(usize),
 }
 
 /// The chunk, copied first if a snapshot's copy still shares it, with room for a full chunk
@@ -291,10 +336,7 @@ impl Serialize for Transfers {
     /// Two sequences: the sorted records in id order, then the others in id order. The
     /// chunks are not part of the format.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let sorted = Records {
-            len: self.sorted,
-            records: self.chunks.iter().flat_map(|chunk| chunk.iter()),
-        };
+        let sorted = Records { len: self.sorted, records: self.sorted_records() };
         let others = self.unsorted_by_id();
         let unsorted = Records { len: others.len(), records: others.iter().copied() };
         (sorted, unsorted).serialize(serializer)
@@ -375,7 +417,8 @@ impl<'de> Deserialize<'de> for Transfers {
         for record in chunks.iter().flat_map(|chunk| chunk.iter()).chain(unsorted.values()) {
             pending += u64::from(record.status == Status::Pending);
         }
-        Ok(Self { chunks, sorted, unsorted, pending })
+        let tail = Vec::with_capacity(TAIL);
+        Ok(Self { chunks, tail, sorted, unsorted, pending })
     }
 }
 
@@ -399,7 +442,9 @@ mod tests {
             transfers.push(record(id));
         }
         assert_eq!(transfers.len(), ids.len() + 4);
-        assert_eq!(transfers.chunks.len(), 4);
+        // The tail moves into the chunks a full tail at a time: 48 moves fill three chunks.
+        assert_eq!(transfers.chunks.len(), 3);
+        assert_eq!(transfers.tail.len(), 17);
         for &id in ids.iter().chain(&[1, 2, 4, 5000]) {
             assert_eq!(transfers.get(id).map(|record| record.id), Some(id), "id {id}");
         }
@@ -426,6 +471,19 @@ mod tests {
         assert_eq!(transfers.get(5).map(|record| record.status), Some(Status::Posted));
         assert_eq!(transfers.pending_count(), 2 * CHUNK as u64 - 1);
         assert_eq!(copy.pending_count(), 2 * CHUNK as u64);
+
+        // The tail is the copy's own; the moved tail copies the shared chunk it fills.
+        let last = 2 * CHUNK as u64;
+        assert_eq!(transfers.tail.last().map(|record| record.id), Some(last));
+        transfers.set_status(last, Status::Voided);
+        transfers.push(record(last + 1));
+        assert!(!Arc::ptr_eq(&copy.chunks[1], &transfers.chunks[1]), "filled chunk copied");
+        assert_eq!(transfers.chunks[1].len(), CHUNK);
+        assert_eq!(copy.chunks[1].len(), CHUNK - TAIL);
+        assert_eq!(copy.get(last).map(|record| record.status), Some(Status::Pending));
+        assert_eq!(transfers.get(last).map(|record| record.status), Some(Status::Voided));
+        assert_eq!(copy.get(last + 1), None);
+        assert_eq!(transfers.get(last + 1).map(|record| record.id), Some(last + 1));
     }
 
     #[test]
@@ -446,6 +504,20 @@ mod tests {
         assert_eq!(digest(&decoded), digest(&transfers));
         assert_eq!(decoded.len(), transfers.len());
         assert_eq!(decoded.get(2), transfers.get(2));
+
+        // The decoded history keeps its records in chunks of another length than the
+        // original's tail did; the same appends keep them equal.
+        let mut decoded = decoded;
+        for id in (CHUNK as u64 + 100)..(3 * CHUNK as u64) {
+            transfers.push(record(id));
+            decoded.push(record(id));
+        }
+        assert_eq!(digest(&decoded), digest(&transfers));
+        assert!(decoded.chunks.iter().all(|chunk| chunk.len() <= CHUNK));
+        for id in [1, 10, CHUNK as u64 + 99, CHUNK as u64 + 100, 3 * CHUNK as u64 - 1] {
+            assert_eq!(decoded.get(id), transfers.get(id), "id {id}");
+            assert!(decoded.get(id).is_some(), "id {id}");
+        }
 
         let disordered: (Vec<TransferRecord>, Vec<TransferRecord>) =
             (vec![record(5), record(4)], Vec::new());
