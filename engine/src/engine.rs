@@ -948,6 +948,41 @@ struct Processor<M: StateMachine, C: Codec> {
     batch_commands: Vec<(u64, usize)>,
 }
 
+/// The command a published input slot holds.
+fn command_of<C>(slot: &InputSlot<C>) -> &C {
+    slot.command.as_ref().expect("a published slot holds a command")
+}
+
+/// Hands the commands of a run to the machine's [`StateMachine::prefetch`],
+/// [`StateMachine::PREFETCH_AHEAD`] commands before each is applied. With the default of 0 it
+/// compiles to nothing.
+struct Lookahead<I> {
+    commands: I,
+}
+
+impl<'a, C: 'a, I: Iterator<Item = &'a C>> Lookahead<I> {
+    /// Prefetches the run's first commands; `commands` is the run from its first command.
+    #[inline]
+    fn start<M: StateMachine<Command = C>>(machine: &M, mut commands: I) -> Self {
+        if M::PREFETCH_AHEAD > 0 {
+            for command in commands.by_ref().take(M::PREFETCH_AHEAD) {
+                machine.prefetch(command);
+            }
+        }
+        Self { commands }
+    }
+
+    /// Before each command's apply: prefetches the one `PREFETCH_AHEAD` after it.
+    #[inline]
+    fn step<M: StateMachine<Command = C>>(&mut self, machine: &M) {
+        if M::PREFETCH_AHEAD > 0 {
+            if let Some(command) = self.commands.next() {
+                machine.prefetch(command);
+            }
+        }
+    }
+}
+
 /// Deliveries (commands and their events) at most that wait to be published together.
 const EVENTS_PER_PUBLISH: usize = 256;
 
@@ -1022,9 +1057,10 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
                 self.replicating.committed(journal, &self.shared, &self.input_control)?;
             }
             // Durable per the tier: now, and only now, apply.
+            let mut ahead = Lookahead::start(&self.machine, slots().map(command_of));
             for (sequence, slot) in (first..).zip(slots()) {
-                let command = slot.command.as_ref().expect("a published slot holds a command");
-                self.apply(&Context { sequence, timestamp_ns }, command)?;
+                ahead.step(&self.machine);
+                self.apply(&Context { sequence, timestamp_ns }, command_of(slot))?;
             }
         }
         Ok(())
@@ -1145,15 +1181,19 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             }
             let held_here = ((held - first + 1).min(count as u64)) as usize;
             let start = applied + 1 + offset as u64;
+            let ring_end = start + held_here as u64;
+            let mut ahead = Lookahead::start(
+                &self.machine,
+                (start..ring_end).map(|ring| command_of(batch.get(ring))),
+            );
             for (index, sequence) in (first..first + held_here as u64).enumerate() {
                 let ring = start + index as u64;
                 while self.in_flight.front().is_some_and(|&(last, _)| last < ring) {
                     self.in_flight.pop_front();
                 }
                 let timestamp_ns = self.in_flight.front().expect("a journaled run").1;
-                let command =
-                    batch.get(ring).command.as_ref().expect("a published slot holds a command");
-                self.apply(&Context { sequence, timestamp_ns }, command)?;
+                ahead.step(&self.machine);
+                self.apply(&Context { sequence, timestamp_ns }, command_of(batch.get(ring)))?;
                 through = ring;
             }
             if held_here < count {
@@ -1187,11 +1227,13 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             'runs: for (offset, first, count) in
                 self.numbering.runs(batch.first_sequence(), batch.len())
             {
-                for (sequence, (_, slot)) in (first..).zip(batch.iter().skip(offset).take(count)) {
-                    let command = slot.command.as_ref().expect("a published slot holds a command");
+                let slots = || batch.iter().skip(offset).take(count).map(|(_, slot)| slot);
+                let mut ahead = Lookahead::start(&self.machine, slots().map(command_of));
+                for (sequence, slot) in (first..).zip(slots()) {
                     let timestamp_ns = slot.timestamp_ns.load(Ordering::Relaxed);
                     self.stamps.last_timestamp_ns = timestamp_ns;
-                    outcome = self.apply(&Context { sequence, timestamp_ns }, command);
+                    ahead.step(&self.machine);
+                    outcome = self.apply(&Context { sequence, timestamp_ns }, command_of(slot));
                     if outcome.is_err() {
                         break 'runs;
                     }

@@ -70,6 +70,7 @@ pub use config::{Durability, SnapshotPolicy, Topology, Wait};
 pub use cow::{CowVec, CowVecIter};
 pub use engine::{Delivery, Engine, EngineBuilder, OutputPoller, RecoveryReport};
 pub use error::{EngineError, Halt};
+pub use keel_ring::prefetch;
 pub use machine::{Context, Output, StateMachine};
 pub use publisher::{Publish, Publisher, SolePublisher};
 pub use recovery::{

@@ -643,6 +643,42 @@ fn a_clock_set_on_the_builder_stamps_every_command(topology: Topology) {
 }
 
 /// Every test above, in both topologies.
+/// The engine hands each command to the machine's `prefetch` before applying it, up to
+/// `PREFETCH_AHEAD` commands ahead, in both durable tiers and in the `Memory` tier; a replay
+/// hints nothing and reaches the same state.
+fn every_command_is_hinted_before_it_is_applied(topology: Topology) {
+    use common::Hinted;
+    for durability in [Durability::PageCache, Durability::Memory] {
+        let directory = tempfile::tempdir().unwrap();
+        let machine = Hinted::default();
+        let hints = Arc::clone(&machine.hints);
+        let engine = Engine::builder(directory.path())
+            .durability(durability)
+            .topology(topology)
+            .segment_size(1 << 20)
+            .ring_capacity(1024)
+            .open(machine)
+            .unwrap();
+        let mut publisher = engine.publisher();
+        // Batches larger than the distance, published whole, so that the engine finds
+        // commands ahead of the one it applies.
+        for batch in commands(2_000, 16, 41).chunks(50) {
+            publisher.publish_batch(batch.to_vec()).unwrap();
+        }
+        drop(publisher);
+        let live = engine.shutdown().unwrap();
+        let hints = hints.lock().unwrap();
+        assert_eq!(hints.hinted_first, 2_000, "{durability:?}: {hints:?}");
+        assert_eq!(hints.not_hinted, 0, "{durability:?}: {hints:?}");
+        assert_eq!(hints.farthest, Hinted::PREFETCH_AHEAD + 1, "{durability:?}: {hints:?}");
+        if durability != Durability::Memory {
+            let replayed =
+                replay_to(directory.path(), Bincode, Hinted::default(), ReplayTarget::End).unwrap();
+            assert_eq!(replayed.machine, live);
+        }
+    }
+}
+
 macro_rules! in_both_topologies {
     ($($name:ident),* $(,)?) => {
         mod compact {
@@ -655,6 +691,7 @@ macro_rules! in_both_topologies {
 }
 
 in_both_topologies!(
+    every_command_is_hinted_before_it_is_applied,
     a_clock_set_on_the_builder_stamps_every_command,
     an_output_poller_sees_every_delivery_on_its_owners_thread,
     a_full_disk_stops_the_engine_and_loses_nothing_applied,

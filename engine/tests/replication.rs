@@ -269,6 +269,46 @@ fn the_replicated_tier_journals_ahead_and_applies_in_order_with_the_journaled_ti
     assert_eq!(*delivered.lock().unwrap(), commands, "each command's events, once, in order");
 }
 
+/// In the `Replicated` tier the engine applies what the quorum holds, a window at a time, and
+/// hands each command to the machine's `prefetch` before applying it there too; the replica,
+/// which hints nothing, reaches the same state.
+#[test]
+fn the_replicated_tier_hints_every_command_before_applying_it() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let machine = common::Hinted::default();
+    let hints = Arc::clone(&machine.hints);
+    let engine = Engine::builder(primary_directory.path())
+        .durability(Durability::Replicated)
+        .segment_size(1 << 20)
+        .ring_capacity(256)
+        .checkpoints(100)
+        .replicate(Replication::new(SECRET))
+        .open(machine)
+        .unwrap();
+    let address = engine.replication_address().unwrap();
+    let follower = Replica::remote(address.to_string(), SECRET, replica_directory.path())
+        .segment_size(1 << 20)
+        .open(common::Hinted::default())
+        .unwrap();
+    let mut publisher = engine.publisher();
+    for batch in commands(3_000, 20, 43).chunks(50) {
+        publisher.publish_batch(batch.to_vec()).unwrap();
+    }
+    drop(publisher);
+    let deadline = Instant::now() + PATIENCE;
+    while engine.stats().applied < 3_000 {
+        assert!(Instant::now() < deadline, "the primary applied {:?}", engine.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(follower.wait_for(engine.stats().journaled, PATIENCE).unwrap());
+    let live = engine.shutdown().unwrap();
+    let replicated = follower.stop().unwrap();
+    assert_eq!(replicated, live);
+    let hints = hints.lock().unwrap();
+    assert_eq!((hints.hinted_first, hints.not_hinted), (3_000, 0), "{hints:?}");
+}
+
 /// What the fault proxy does to the bytes it forwards.
 const PASS: u8 = 0;
 const FREEZE: u8 = 1;

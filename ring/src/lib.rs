@@ -54,6 +54,7 @@
 
 mod dsl;
 mod error;
+mod hint;
 mod poller;
 mod processor;
 mod producer;
@@ -66,6 +67,7 @@ mod wait;
 
 pub use dsl::{RingBuilder, Stage, CAPACITY_MAX};
 pub use error::RingError;
+pub use hint::prefetch;
 pub use poller::{Batch, EventPoller};
 pub use processor::{EventHandler, ProcessorHandle};
 pub use producer::{MultiProducer, SingleProducer, SoleProducer};

@@ -205,3 +205,63 @@ impl StateMachine for Skewed {
         self.bank.state_hash() ^ self.skew.rotate_left(29)
     }
 }
+
+/// The bank, with a record of the engine's [`StateMachine::prefetch`] calls: whether each
+/// command was handed to `prefetch` before its `apply`, and how far ahead. The record is
+/// shared with every copy and is not part of the state (nor of its hash, nor of snapshots),
+/// so a replica or a replay, which hint nothing, reaches the same state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Hinted {
+    pub bank: Bank,
+    #[serde(skip)]
+    pub hints: std::sync::Arc<std::sync::Mutex<Hints>>,
+}
+
+/// What [`Hinted`] saw.
+#[derive(Debug, Default)]
+pub struct Hints {
+    /// Commands hinted and not applied yet, in the order they were hinted.
+    waiting: std::collections::VecDeque<Command>,
+    /// Commands applied after their hint.
+    pub hinted_first: u64,
+    /// Commands applied without a hint waiting for them.
+    pub not_hinted: u64,
+    /// The most commands hinted and not applied, the one being applied included.
+    pub farthest: usize,
+}
+
+impl PartialEq for Hinted {
+    fn eq(&self, other: &Self) -> bool {
+        self.bank == other.bank
+    }
+}
+
+impl StateMachine for Hinted {
+    type Command = Command;
+    type Event = Event;
+
+    const PREFETCH_AHEAD: usize = 5;
+
+    fn prefetch(&self, command: &Command) {
+        self.hints.lock().unwrap().waiting.push_back(command.clone());
+    }
+
+    fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
+        {
+            let mut hints = self.hints.lock().unwrap();
+            hints.farthest = hints.farthest.max(hints.waiting.len());
+            if hints.waiting.front() == Some(command) {
+                hints.waiting.pop_front();
+                hints.hinted_first += 1;
+            } else {
+                hints.waiting.clear();
+                hints.not_hinted += 1;
+            }
+        }
+        self.bank.apply(context, command, output);
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.bank.state_hash()
+    }
+}

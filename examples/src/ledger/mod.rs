@@ -423,6 +423,11 @@ pub struct MemoryUse {
     pub transfers_bytes: u64,
 }
 
+/// Accounts from which [`Ledger::prefetch`](StateMachine::prefetch) asks for their lines
+/// ahead: 16 Ki accounts are 768 KiB, about what stays in a core's second-level cache beside
+/// the history's appends.
+const PREFETCHED_ACCOUNTS: usize = 1 << 14;
+
 /// The ledger's state.
 ///
 /// Accounts live in a `Vec` in creation order with an id → slot index beside it (hashed
@@ -570,6 +575,13 @@ impl Ledger {
 
     fn slot(&self, id: u64) -> Option<usize> {
         self.index.get(id).map(|slot| slot as usize)
+    }
+
+    #[inline]
+    fn prefetch_account(&self, id: u64) {
+        if let Some(account) = self.slot(id).and_then(|slot| self.accounts.get(slot)) {
+            keel_engine::prefetch(account);
+        }
     }
 
     fn create_account(&mut self, id: u64, code: u32, account_flags: u16) -> Event {
@@ -756,6 +768,26 @@ impl StateMachine for Ledger {
     /// records in id order (the in-memory chunks are not part of the format), the expiry
     /// schedule.
     const SCHEMA_VERSION: u32 = 1;
+
+    /// An account is a random one among many: `apply` waits for memory twice a transfer
+    /// unless the lines are asked for early. Eight commands cover a load from memory.
+    const PREFETCH_AHEAD: usize = 8;
+
+    /// A transfer's two accounts, when there are too many of them to stay in the core's
+    /// cache (with a few thousand accounts the hints are work for nothing: about a tenth of
+    /// `apply`). A post or a void finds its pending transfer by bisection, which is most of
+    /// the cost of looking for it, so it is not looked for twice.
+    fn prefetch(&self, command: &Command) {
+        if self.accounts.len() < PREFETCHED_ACCOUNTS {
+            return;
+        }
+        if let Command::Transfer { debit, credit, .. } | Command::Pending { debit, credit, .. } =
+            *command
+        {
+            self.prefetch_account(debit);
+            self.prefetch_account(credit);
+        }
+    }
 
     fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
         let now = context.timestamp_ns;
