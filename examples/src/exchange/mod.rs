@@ -1092,6 +1092,39 @@ impl StateMachine for Exchange {
     /// order slots, the asset totals.
     const SCHEMA_VERSION: u32 = 1;
 
+    /// Accounts are picked at random among many, and their balances and resting orders are
+    /// scattered over more memory than the core's cache holds.
+    const PREFETCH_AHEAD: usize = 8;
+
+    /// An order's account balances in the symbol's two assets (validation reads one, a fill
+    /// moves both), or the resting order a cancel or an amend names. The makers an order will
+    /// meet are not known before it is matched, so they are not hinted.
+    fn prefetch(&self, command: &Command) {
+        match *command {
+            Command::Place { account, symbol, .. } => {
+                let account =
+                    self.account_slot(account).and_then(|slot| self.accounts.get(slot as usize));
+                let assets = self
+                    .symbol_index
+                    .get(u64::from(symbol))
+                    .and_then(|slot| self.symbol_assets.get(slot as usize));
+                if let (Some(account), Some(&(base, quote))) = (account, assets) {
+                    for asset in [base, quote] {
+                        if let Some(balance) = account.balances.get(asset as usize) {
+                            keel_engine::prefetch(balance);
+                        }
+                    }
+                }
+            }
+            Command::Cancel { order_id, .. } | Command::Amend { order_id, .. } => {
+                if let Some(&slot) = self.order_index.get(&order_id) {
+                    keel_engine::prefetch(self.orders.get(slot));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn apply(&mut self, _: &Context, command: &Command, output: &mut Output<Event>) {
         match *command {
             Command::AddSymbol { symbol, base, quote } => {
