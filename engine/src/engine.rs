@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use crate::codec::{Bincode, Codec, CodecError};
 use crate::config::{AnyWait, Durability, SnapshotPolicy, Topology, Wait};
 use crate::error::{EngineError, Halt};
-use crate::machine::{Context, Output, StateMachine};
+use crate::machine::{Context, Lookahead, Output, StateMachine};
 use crate::numbering::Numbering;
 use crate::publisher::{InputSlot, Publisher, SolePublisher};
 use crate::recovery::{
@@ -951,36 +951,6 @@ struct Processor<M: StateMachine, C: Codec> {
 /// The command a published input slot holds.
 fn command_of<C>(slot: &InputSlot<C>) -> &C {
     slot.command.as_ref().expect("a published slot holds a command")
-}
-
-/// Hands the commands of a run to the machine's [`StateMachine::prefetch`],
-/// [`StateMachine::PREFETCH_AHEAD`] commands before each is applied. With the default of 0 it
-/// compiles to nothing.
-struct Lookahead<I> {
-    commands: I,
-}
-
-impl<'a, C: 'a, I: Iterator<Item = &'a C>> Lookahead<I> {
-    /// Prefetches the run's first commands; `commands` is the run from its first command.
-    #[inline]
-    fn start<M: StateMachine<Command = C>>(machine: &M, mut commands: I) -> Self {
-        if M::PREFETCH_AHEAD > 0 {
-            for command in commands.by_ref().take(M::PREFETCH_AHEAD) {
-                machine.prefetch(command);
-            }
-        }
-        Self { commands }
-    }
-
-    /// Before each command's apply: prefetches the one `PREFETCH_AHEAD` after it.
-    #[inline]
-    fn step<M: StateMachine<Command = C>>(&mut self, machine: &M) {
-        if M::PREFETCH_AHEAD > 0 {
-            if let Some(command) = self.commands.next() {
-                machine.prefetch(command);
-            }
-        }
-    }
 }
 
 /// Deliveries (commands and their events) at most that wait to be published together.

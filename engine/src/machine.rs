@@ -49,11 +49,11 @@ pub trait StateMachine: Clone + Serialize + DeserializeOwned + Send + 'static {
     /// applied: look up where its records are and call [`prefetch`](crate::prefetch) on them,
     /// and the cache misses of several commands overlap instead of following one another.
     /// A ledger whose accounts do not fit in the cache spends most of `apply` waiting for its
-    /// two accounts' lines; this is where that wait goes. Called on the engine thread with
-    /// every command, [`PREFETCH_AHEAD`](Self::PREFETCH_AHEAD) commands before its `apply`
-    /// (fewer at the start of a batch), and not on replay. It must not change the state (the
-    /// `&self` says so; do not get around it with interior mutability): only `apply` does,
-    /// so a hint cannot change a result.
+    /// two accounts' lines; this is where that wait goes. Called with every command,
+    /// [`PREFETCH_AHEAD`](Self::PREFETCH_AHEAD) commands before its `apply` (fewer at the
+    /// start of a batch), by the engine, by a replay and by a replica. It must not change the
+    /// state (the `&self` says so; do not get around it with interior mutability): only
+    /// `apply` does, so a hint cannot change a result.
     fn prefetch(&self, command: &Self::Command) {
         let _ = command;
     }
@@ -169,5 +169,35 @@ impl<E> Output<E> {
     /// How many events are held, the earlier commands' and this one's.
     pub(crate) fn held(&self) -> usize {
         self.events.len()
+    }
+}
+
+/// Hands the commands of a run to the machine's [`StateMachine::prefetch`],
+/// [`StateMachine::PREFETCH_AHEAD`] commands before each is applied. With the default of 0 it
+/// compiles to nothing.
+pub(crate) struct Lookahead<I> {
+    commands: I,
+}
+
+impl<'a, C: 'a, I: Iterator<Item = &'a C>> Lookahead<I> {
+    /// Prefetches the run's first commands; `commands` is the run from its first command.
+    #[inline]
+    pub(crate) fn start<M: StateMachine<Command = C>>(machine: &M, mut commands: I) -> Self {
+        if M::PREFETCH_AHEAD > 0 {
+            for command in commands.by_ref().take(M::PREFETCH_AHEAD) {
+                machine.prefetch(command);
+            }
+        }
+        Self { commands }
+    }
+
+    /// Before each command's apply: prefetches the one `PREFETCH_AHEAD` after it.
+    #[inline]
+    pub(crate) fn step<M: StateMachine<Command = C>>(&mut self, machine: &M) {
+        if M::PREFETCH_AHEAD > 0 {
+            if let Some(command) = self.commands.next() {
+                machine.prefetch(command);
+            }
+        }
     }
 }

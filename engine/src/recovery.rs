@@ -1,6 +1,7 @@
 //! Recovery and replay: the newest valid snapshot, then every later journaled command through
 //! the state machine, checked and in order.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -151,12 +152,74 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
                 thread: "replay's reading".into(),
                 message: error.to_string(),
             })?;
+        // After each record applied: its events to the sink, the counts; whether to stop.
+        let mut applied_one = |context: &Context, command: bool, output: &Output<M::Event>| {
+            // Without a sink the events are dropped here: no call per command.
+            if let (true, Some(sink)) = (command, sink.as_mut()) {
+                sink(context.sequence, output.events());
+            }
+            last_sequence = context.sequence;
+            last_timestamp_ns = context.timestamp_ns;
+            records += 1;
+            if records % (1 << 20) == 0 {
+                progress(records);
+            }
+            context.sequence == until
+        };
+        // Records decoded ahead of `apply`, for a machine that asks for hints.
+        let mut ahead = VecDeque::with_capacity(M::PREFETCH_AHEAD + 1);
         let applied = 'runs: loop {
             // The reading thread only hangs up after sending its last run: a closed channel
             // here is its panic, which the join below passes on.
             let Ok((run, outcome)) = runs.recv() else { break Ok(()) };
             for batch in run.batches() {
                 let mut batch = batch.iter();
+                if M::PREFETCH_AHEAD > 0 {
+                    // Each record is decoded `PREFETCH_AHEAD` records before it is applied,
+                    // and a command handed to the machine's hint then, as the live engine
+                    // does. A record that does not decode halts the replay when its turn
+                    // comes, after the records before it.
+                    loop {
+                        while ahead.len() <= M::PREFETCH_AHEAD {
+                            let Some((record, from_payload)) = batch.next_with_rest() else {
+                                break;
+                            };
+                            let decoded = decode_fields::<M, C>(
+                                codec,
+                                record.sequence,
+                                record.kind,
+                                record.version,
+                                record.payload,
+                                from_payload,
+                            );
+                            if let Ok(Decoded::Command(command)) = &decoded {
+                                machine.prefetch(command);
+                            }
+                            let context = Context {
+                                sequence: record.sequence,
+                                timestamp_ns: record.timestamp_ns,
+                            };
+                            ahead.push_back((context, decoded));
+                        }
+                        let Some((context, decoded)) = ahead.pop_front() else { break };
+                        if !target.admits(context.sequence, context.timestamp_ns) {
+                            break 'runs Ok(());
+                        }
+                        output.clear();
+                        let replayed = decoded.and_then(|decoded| {
+                            apply_record(machine, &context, &decoded, &mut output)
+                                .map(|()| matches!(decoded, Decoded::Command(_)))
+                        });
+                        match replayed {
+                            Ok(command) if applied_one(&context, command, &output) => {
+                                break 'runs Ok(())
+                            }
+                            Ok(_) => {}
+                            Err(halt) => break 'runs Err(EngineError::Halted(halt)),
+                        }
+                    }
+                    continue;
+                }
                 while let Some((record, from_payload)) = batch.next_with_rest() {
                     if !target.admits(record.sequence, record.timestamp_ns) {
                         break 'runs Ok(());
@@ -166,22 +229,12 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
                     output.clear();
                     let replayed =
                         replay_record(codec, machine, &context, &record, from_payload, &mut output);
-                    let command = match replayed {
-                        Ok(command) => command,
+                    match replayed {
+                        Ok(command) if applied_one(&context, command, &output) => {
+                            break 'runs Ok(())
+                        }
+                        Ok(_) => {}
                         Err(halt) => break 'runs Err(EngineError::Halted(halt)),
-                    };
-                    // Without a sink the events are dropped here: no call per command.
-                    if let (true, Some(sink)) = (command, sink.as_mut()) {
-                        sink(record.sequence, output.events());
-                    }
-                    last_sequence = record.sequence;
-                    last_timestamp_ns = record.timestamp_ns;
-                    records += 1;
-                    if records % (1 << 20) == 0 {
-                        progress(records);
-                    }
-                    if record.sequence == until {
-                        break 'runs Ok(());
                     }
                 }
             }

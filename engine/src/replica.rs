@@ -25,7 +25,7 @@ use crate::codec::{Bincode, Codec};
 use crate::config::{Durability, SnapshotPolicy, Wait};
 use crate::engine::{journal_failed, recover_journal, RecoveryReport, Shared};
 use crate::error::{EngineError, Halt};
-use crate::machine::{Context, Output, StateMachine};
+use crate::machine::{Context, Lookahead, Output, StateMachine};
 use crate::recovery::{apply_record, decode_fields, load_snapshot, Decoded, Start};
 use crate::snapshots::{write_snapshot, Ship, Snapshots};
 use crate::stats::{Counters, Stats};
@@ -774,9 +774,20 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
         if let Source::Stream(stream) = &mut self.source {
             stream.acknowledge(self.journal.durable_sequence());
         }
-        for (context, decoded) in self.received.drain(..) {
+        // Decoded before any is applied, so the machine's hints can run ahead of `apply` as
+        // they do on the primary.
+        let mut batch = std::mem::take(&mut self.received);
+        let commands = batch.iter().filter_map(|(_, decoded)| match decoded {
+            Decoded::Command(command) => Some(command),
+            _ => None,
+        });
+        let mut ahead = Lookahead::start(&self.machine, commands);
+        for (context, decoded) in &batch {
+            if let Decoded::Command(_) = decoded {
+                ahead.step(&self.machine);
+            }
             self.output.clear();
-            apply_record(&mut self.machine, &context, &decoded, &mut self.output)?;
+            apply_record(&mut self.machine, context, decoded, &mut self.output)?;
             match decoded {
                 Decoded::Command(_) => {
                     if let Some(events) = self.events.as_mut() {
@@ -789,6 +800,8 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
             self.last_timestamp_ns = context.timestamp_ns;
             Counters::set(&self.shared.counters.applied, context.sequence);
         }
+        batch.clear();
+        self.received = batch;
         match failure {
             Some(halt) => Err(halt),
             None => Ok(received),

@@ -13,7 +13,7 @@ use keel_engine::{
     replay_to, Bincode, Delivery, Durability, Engine, EngineBuilder, EngineError, Halt, Publish,
     ReplayTarget, SnapshotPolicy, StateMachine, Topology,
 };
-use keel_journal::{JournalReader, SnapshotMeta, SnapshotStore};
+use keel_journal::{JournalOptions, JournalReader, JournalWriter, SnapshotMeta, SnapshotStore};
 use proptest::prelude::*;
 
 type Seen = Arc<Mutex<Vec<(u64, Option<Event>, bool)>>>;
@@ -644,8 +644,8 @@ fn a_clock_set_on_the_builder_stamps_every_command(topology: Topology) {
 
 /// Every test above, in both topologies.
 /// The engine hands each command to the machine's `prefetch` before applying it, up to
-/// `PREFETCH_AHEAD` commands ahead, in both durable tiers and in the `Memory` tier; a replay
-/// hints nothing and reaches the same state.
+/// `PREFETCH_AHEAD` commands ahead, in both durable tiers and in the `Memory` tier; so does a
+/// replay, which reaches the same state.
 fn every_command_is_hinted_before_it_is_applied(topology: Topology) {
     use common::Hinted;
     for durability in [Durability::PageCache, Durability::Memory] {
@@ -672,11 +672,58 @@ fn every_command_is_hinted_before_it_is_applied(topology: Topology) {
         assert_eq!(hints.not_hinted, 0, "{durability:?}: {hints:?}");
         assert_eq!(hints.farthest, Hinted::PREFETCH_AHEAD + 1, "{durability:?}: {hints:?}");
         if durability != Durability::Memory {
+            let machine = Hinted::default();
+            let replay_hints = Arc::clone(&machine.hints);
             let replayed =
-                replay_to(directory.path(), Bincode, Hinted::default(), ReplayTarget::End).unwrap();
+                replay_to(directory.path(), Bincode, machine, ReplayTarget::End).unwrap();
             assert_eq!(replayed.machine, live);
+            let replay_hints = replay_hints.lock().unwrap();
+            assert_eq!(
+                (replay_hints.hinted_first, replay_hints.not_hinted),
+                (2_000, 0),
+                "replay: {replay_hints:?}"
+            );
+            assert!(replay_hints.farthest > 1, "replay: {replay_hints:?}");
         }
     }
+}
+
+/// A replay that decodes records ahead for the machine's hints still halts at a record that
+/// does not decode only when its turn comes, after every record before it, and not at all
+/// when it stops before it.
+#[test]
+fn a_hinted_replay_halts_at_an_undecodable_record_in_its_turn() {
+    use common::Hinted;
+    let directory = tempfile::tempdir().unwrap();
+    let mut writer =
+        JournalWriter::open(directory.path(), JournalOptions::new().segment_size(1 << 20)).unwrap();
+    let mut bytes = Vec::new();
+    for (index, command) in commands(20, 4, 7).iter().enumerate() {
+        bytes.clear();
+        if index == 10 {
+            // No variant of the command enum has this tag.
+            bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
+        } else {
+            keel_engine::Codec::encode(&Bincode, command, &mut bytes).unwrap();
+        }
+        writer.append(index as u64 + 1, 1, 1, &bytes).unwrap();
+    }
+    writer.commit().unwrap();
+    drop(writer);
+
+    let machine = Hinted::default();
+    let hints = Arc::clone(&machine.hints);
+    match replay_to(directory.path(), Bincode, machine, ReplayTarget::End) {
+        Err(EngineError::Halted(Halt::Decode { sequence: 11, .. })) => {}
+        other => panic!("expected a decode error at 11, got {other:?}"),
+    }
+    assert_eq!(hints.lock().unwrap().hinted_first, 10, "every command before it applied");
+
+    let machine = Hinted::default();
+    let hints = Arc::clone(&machine.hints);
+    let to_ten = replay_to(directory.path(), Bincode, machine, ReplayTarget::Sequence(10)).unwrap();
+    assert_eq!(to_ten.last_sequence, 10);
+    assert_eq!(hints.lock().unwrap().hinted_first, 10);
 }
 
 macro_rules! in_both_topologies {

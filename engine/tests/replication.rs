@@ -270,8 +270,8 @@ fn the_replicated_tier_journals_ahead_and_applies_in_order_with_the_journaled_ti
 }
 
 /// In the `Replicated` tier the engine applies what the quorum holds, a window at a time, and
-/// hands each command to the machine's `prefetch` before applying it there too; the replica,
-/// which hints nothing, reaches the same state.
+/// hands each command to the machine's `prefetch` before applying it there too; so does the
+/// replica, which reaches the same state.
 #[test]
 fn the_replicated_tier_hints_every_command_before_applying_it() {
     let primary_directory = tempfile::tempdir().unwrap();
@@ -287,9 +287,11 @@ fn the_replicated_tier_hints_every_command_before_applying_it() {
         .open(machine)
         .unwrap();
     let address = engine.replication_address().unwrap();
+    let replica_machine = common::Hinted::default();
+    let replica_hints = Arc::clone(&replica_machine.hints);
     let follower = Replica::remote(address.to_string(), SECRET, replica_directory.path())
         .segment_size(1 << 20)
-        .open(common::Hinted::default())
+        .open(replica_machine)
         .unwrap();
     let mut publisher = engine.publisher();
     for batch in commands(3_000, 20, 43).chunks(50) {
@@ -307,6 +309,8 @@ fn the_replicated_tier_hints_every_command_before_applying_it() {
     assert_eq!(replicated, live);
     let hints = hints.lock().unwrap();
     assert_eq!((hints.hinted_first, hints.not_hinted), (3_000, 0), "{hints:?}");
+    let hints = replica_hints.lock().unwrap();
+    assert_eq!((hints.hinted_first, hints.not_hinted), (3_000, 0), "replica: {hints:?}");
 }
 
 /// What the fault proxy does to the bytes it forwards.

@@ -208,8 +208,7 @@ impl StateMachine for Skewed {
 
 /// The bank, with a record of the engine's [`StateMachine::prefetch`] calls: whether each
 /// command was handed to `prefetch` before its `apply`, and how far ahead. The record is
-/// shared with every copy and is not part of the state (nor of its hash, nor of snapshots),
-/// so a replica or a replay, which hint nothing, reaches the same state.
+/// shared with every copy and is not part of the state (nor of its hash, nor of snapshots).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Hinted {
     pub bank: Bank,
