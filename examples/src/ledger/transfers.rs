@@ -27,9 +27,10 @@ use crate::hash::{table_bytes, Digest, IdMap};
 /// per chunk.
 pub(crate) const CHUNK: usize = 1 << 14;
 
-/// Records in the tail at most: 48 KiB, which a snapshot's copy copies (a few microseconds).
-/// `CHUNK` is a multiple of it, so a full tail fills a chunk's room exactly unless a snapshot
-/// left the last chunk with another length.
+/// Records in the tail at most: 12 KiB, which stays in the first-level cache and which a
+/// snapshot's copy copies (about a microsecond). `CHUNK` is a multiple of it, so a full tail
+/// fills a chunk's room exactly unless a decoded snapshot left the last chunk with another
+/// length.
 pub(crate) const TAIL: usize = 1 << 8;
 
 /// What a transfer command was.
