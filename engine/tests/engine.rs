@@ -642,7 +642,6 @@ fn a_clock_set_on_the_builder_stamps_every_command(topology: Topology) {
     assert_eq!(stamps, [100, 100, 100, 200]);
 }
 
-/// Every test above, in both topologies.
 /// The engine hands each command to the machine's `prefetch` before applying it, up to
 /// `PREFETCH_AHEAD` commands ahead, in both durable tiers and in the `Memory` tier; so does a
 /// replay, which reaches the same state.
@@ -726,6 +725,7 @@ fn a_hinted_replay_halts_at_an_undecodable_record_in_its_turn() {
     assert_eq!(hints.lock().unwrap().hinted_first, 10);
 }
 
+/// Every test above, in both topologies.
 macro_rules! in_both_topologies {
     ($($name:ident),* $(,)?) => {
         mod compact {
