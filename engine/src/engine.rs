@@ -1027,7 +1027,7 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
                 self.replicating.committed(journal, &self.shared, &self.input_control)?;
             }
             // Durable per the tier: now, and only now, apply.
-            let mut ahead = Lookahead::start(&self.machine, slots().map(command_of));
+            let mut ahead = Lookahead::start(&self.machine, || slots().map(command_of));
             for (sequence, slot) in (first..).zip(slots()) {
                 ahead.step(&self.machine);
                 self.apply(&Context { sequence, timestamp_ns }, command_of(slot))?;
@@ -1152,10 +1152,9 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             let held_here = ((held - first + 1).min(count as u64)) as usize;
             let start = applied + 1 + offset as u64;
             let ring_end = start + held_here as u64;
-            let mut ahead = Lookahead::start(
-                &self.machine,
-                (start..ring_end).map(|ring| command_of(batch.get(ring))),
-            );
+            let mut ahead = Lookahead::start(&self.machine, || {
+                (start..ring_end).map(|ring| command_of(batch.get(ring)))
+            });
             for (index, sequence) in (first..first + held_here as u64).enumerate() {
                 let ring = start + index as u64;
                 while self.in_flight.front().is_some_and(|&(last, _)| last < ring) {
@@ -1198,7 +1197,7 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
                 self.numbering.runs(batch.first_sequence(), batch.len())
             {
                 let slots = || batch.iter().skip(offset).take(count).map(|(_, slot)| slot);
-                let mut ahead = Lookahead::start(&self.machine, slots().map(command_of));
+                let mut ahead = Lookahead::start(&self.machine, || slots().map(command_of));
                 for (sequence, slot) in (first..).zip(slots()) {
                     let timestamp_ns = slot.timestamp_ns.load(Ordering::Relaxed);
                     self.stamps.last_timestamp_ns = timestamp_ns;

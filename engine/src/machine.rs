@@ -58,6 +58,17 @@ pub trait StateMachine: Clone + Serialize + DeserializeOwned + Send + 'static {
         let _ = command;
     }
 
+    /// The first of two hints, [`PREFETCH_AHEAD`](Self::PREFETCH_AHEAD) commands before
+    /// [`prefetch`](Self::prefetch) gets the same command: warm what finding its records reads
+    /// (the index entries that give their places), so that `prefetch` reads them from the
+    /// cache instead of waiting for memory before it can ask for the records. A hint that must
+    /// load an index entry to know where a record is stalls on that load: measured, half of
+    /// the ledger's `prefetch` over 100 000 accounts. Same rules as `prefetch`; the default
+    /// does nothing.
+    fn prefetch_index(&self, command: &Self::Command) {
+        let _ = command;
+    }
+
     /// A deterministic digest of the whole state: equal states, equal hashes, on every
     /// machine. Recovery, replicas and tests compare it at the same sequence.
     fn state_hash(&self) -> u64;
@@ -172,30 +183,46 @@ impl<E> Output<E> {
     }
 }
 
-/// Hands the commands of a run to the machine's [`StateMachine::prefetch`],
-/// [`StateMachine::PREFETCH_AHEAD`] commands before each is applied. With the default of 0 it
-/// compiles to nothing.
+/// Hands the commands of a run to the machine's hints: each to
+/// [`StateMachine::prefetch_index`] `2 × PREFETCH_AHEAD` commands before it is applied, and to
+/// [`StateMachine::prefetch`] [`StateMachine::PREFETCH_AHEAD`] commands before (the first
+/// commands of a run sooner, at its start). With the default of 0 it compiles to nothing.
 pub(crate) struct Lookahead<I> {
-    commands: I,
+    /// The next command for `prefetch_index`.
+    indexed: I,
+    /// The next command for `prefetch`.
+    fetched: I,
 }
 
 impl<'a, C: 'a, I: Iterator<Item = &'a C>> Lookahead<I> {
-    /// Prefetches the run's first commands; `commands` is the run from its first command.
+    /// Hints the run's first commands; `commands` makes an iterator over the run from its
+    /// first command (each hint walks its own).
     #[inline]
-    pub(crate) fn start<M: StateMachine<Command = C>>(machine: &M, mut commands: I) -> Self {
+    pub(crate) fn start<M: StateMachine<Command = C>>(
+        machine: &M,
+        commands: impl Fn() -> I,
+    ) -> Self {
+        let mut indexed = commands();
+        let mut fetched = commands();
         if M::PREFETCH_AHEAD > 0 {
-            for command in commands.by_ref().take(M::PREFETCH_AHEAD) {
+            for command in indexed.by_ref().take(2 * M::PREFETCH_AHEAD) {
+                machine.prefetch_index(command);
+            }
+            for command in fetched.by_ref().take(M::PREFETCH_AHEAD) {
                 machine.prefetch(command);
             }
         }
-        Self { commands }
+        Self { indexed, fetched }
     }
 
-    /// Before each command's apply: prefetches the one `PREFETCH_AHEAD` after it.
+    /// Before each command's apply: hints the ones `PREFETCH_AHEAD` and twice that after it.
     #[inline]
     pub(crate) fn step<M: StateMachine<Command = C>>(&mut self, machine: &M) {
         if M::PREFETCH_AHEAD > 0 {
-            if let Some(command) = self.commands.next() {
+            if let Some(command) = self.indexed.next() {
+                machine.prefetch_index(command);
+            }
+            if let Some(command) = self.fetched.next() {
                 machine.prefetch(command);
             }
         }

@@ -166,8 +166,11 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
             }
             context.sequence == until
         };
-        // Records decoded ahead of `apply`, for a machine that asks for hints.
-        let mut ahead = VecDeque::with_capacity(M::PREFETCH_AHEAD + 1);
+        // Records decoded ahead of `apply`, for a machine that asks for hints, and how many
+        // of them from the front have been handed to `prefetch` (all of them to
+        // `prefetch_index`, as they were decoded).
+        let mut ahead = VecDeque::with_capacity(2 * M::PREFETCH_AHEAD + 1);
+        let mut fetched = 0;
         let applied = 'runs: loop {
             // The reading thread only hangs up after sending its last run: a closed channel
             // here is its panic, which the join below passes on.
@@ -175,12 +178,13 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
             for batch in run.batches() {
                 let mut batch = batch.iter();
                 if M::PREFETCH_AHEAD > 0 {
-                    // Each record is decoded `PREFETCH_AHEAD` records before it is applied,
-                    // and a command handed to the machine's hint then, as the live engine
-                    // does. A record that does not decode halts the replay when its turn
-                    // comes, after the records before it.
+                    // Each record is decoded `2 × PREFETCH_AHEAD` records before it is
+                    // applied, and a command handed to the machine's hints then and
+                    // `PREFETCH_AHEAD` records before, as the live engine does. A record that
+                    // does not decode halts the replay when its turn comes, after the records
+                    // before it.
                     loop {
-                        while ahead.len() <= M::PREFETCH_AHEAD {
+                        while ahead.len() <= 2 * M::PREFETCH_AHEAD {
                             let Some((record, from_payload)) = batch.next_with_rest() else {
                                 break;
                             };
@@ -193,7 +197,7 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
                                 from_payload,
                             );
                             if let Ok(Decoded::Command(command)) = &decoded {
-                                machine.prefetch(command);
+                                machine.prefetch_index(command);
                             }
                             let context = Context {
                                 sequence: record.sequence,
@@ -201,7 +205,14 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
                             };
                             ahead.push_back((context, decoded));
                         }
+                        while fetched < ahead.len().min(M::PREFETCH_AHEAD + 1) {
+                            if let Ok(Decoded::Command(command)) = &ahead[fetched].1 {
+                                machine.prefetch(command);
+                            }
+                            fetched += 1;
+                        }
                         let Some((context, decoded)) = ahead.pop_front() else { break };
+                        fetched -= 1;
                         if !target.admits(context.sequence, context.timestamp_ns) {
                             break 'runs Ok(());
                         }

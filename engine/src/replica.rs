@@ -777,10 +777,12 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
         // Decoded before any is applied, so the machine's hints can run ahead of `apply` as
         // they do on the primary.
         let mut batch = std::mem::take(&mut self.received);
-        let commands = batch.iter().filter_map(|(_, decoded)| match decoded {
-            Decoded::Command(command) => Some(command),
-            _ => None,
-        });
+        let commands = || {
+            batch.iter().filter_map(|(_, decoded)| match decoded {
+                Decoded::Command(command) => Some(command),
+                _ => None,
+            })
+        };
         let mut ahead = Lookahead::start(&self.machine, commands);
         for (context, decoded) in &batch {
             if let Decoded::Command(_) = decoded {

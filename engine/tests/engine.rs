@@ -642,9 +642,9 @@ fn a_clock_set_on_the_builder_stamps_every_command(topology: Topology) {
     assert_eq!(stamps, [100, 100, 100, 200]);
 }
 
-/// The engine hands each command to the machine's `prefetch` before applying it, up to
-/// `PREFETCH_AHEAD` commands ahead, in both durable tiers and in the `Memory` tier; so does a
-/// replay, which reaches the same state.
+/// The engine hands each command to the machine's `prefetch_index`, then to its `prefetch`,
+/// before applying it, up to twice `PREFETCH_AHEAD` and `PREFETCH_AHEAD` commands ahead, in
+/// both durable tiers and in the `Memory` tier; so does a replay, which reaches the same state.
 fn every_command_is_hinted_before_it_is_applied(topology: Topology) {
     use common::Hinted;
     for durability in [Durability::PageCache, Durability::Memory] {
@@ -669,7 +669,13 @@ fn every_command_is_hinted_before_it_is_applied(topology: Topology) {
         let hints = hints.lock().unwrap();
         assert_eq!(hints.hinted_first, 2_000, "{durability:?}: {hints:?}");
         assert_eq!(hints.not_hinted, 0, "{durability:?}: {hints:?}");
+        assert_eq!(hints.not_indexed, 0, "{durability:?}: {hints:?}");
         assert_eq!(hints.farthest, Hinted::PREFETCH_AHEAD + 1, "{durability:?}: {hints:?}");
+        assert_eq!(
+            hints.farthest_indexed,
+            2 * Hinted::PREFETCH_AHEAD + 1,
+            "{durability:?}: {hints:?}"
+        );
         if durability != Durability::Memory {
             let machine = Hinted::default();
             let replay_hints = Arc::clone(&machine.hints);
@@ -678,11 +684,15 @@ fn every_command_is_hinted_before_it_is_applied(topology: Topology) {
             assert_eq!(replayed.machine, live);
             let replay_hints = replay_hints.lock().unwrap();
             assert_eq!(
-                (replay_hints.hinted_first, replay_hints.not_hinted),
-                (2_000, 0),
+                (replay_hints.hinted_first, replay_hints.not_hinted, replay_hints.not_indexed),
+                (2_000, 0, 0),
                 "replay: {replay_hints:?}"
             );
             assert!(replay_hints.farthest > 1, "replay: {replay_hints:?}");
+            assert!(
+                replay_hints.farthest_indexed > replay_hints.farthest,
+                "replay: {replay_hints:?}"
+            );
         }
     }
 }

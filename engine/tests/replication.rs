@@ -308,9 +308,17 @@ fn the_replicated_tier_hints_every_command_before_applying_it() {
     let replicated = follower.stop().unwrap();
     assert_eq!(replicated, live);
     let hints = hints.lock().unwrap();
-    assert_eq!((hints.hinted_first, hints.not_hinted), (3_000, 0), "{hints:?}");
+    assert_eq!(
+        (hints.hinted_first, hints.not_hinted, hints.not_indexed),
+        (3_000, 0, 0),
+        "{hints:?}"
+    );
     let hints = replica_hints.lock().unwrap();
-    assert_eq!((hints.hinted_first, hints.not_hinted), (3_000, 0), "replica: {hints:?}");
+    assert_eq!(
+        (hints.hinted_first, hints.not_hinted, hints.not_indexed),
+        (3_000, 0, 0),
+        "replica: {hints:?}"
+    );
 }
 
 /// What the fault proxy does to the bytes it forwards.

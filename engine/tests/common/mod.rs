@@ -206,9 +206,10 @@ impl StateMachine for Skewed {
     }
 }
 
-/// The bank, with a record of the engine's [`StateMachine::prefetch`] calls: whether each
-/// command was handed to `prefetch` before its `apply`, and how far ahead. The record is
-/// shared with every copy and is not part of the state (nor of its hash, nor of snapshots).
+/// The bank, with a record of the engine's [`StateMachine::prefetch_index`] and
+/// [`StateMachine::prefetch`] calls: whether each command was handed to `prefetch_index`, then
+/// to `prefetch`, then to `apply`, and how far ahead. The record is shared with every copy and
+/// is not part of the state (nor of its hash, nor of snapshots).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Hinted {
     pub bank: Bank,
@@ -219,6 +220,10 @@ pub struct Hinted {
 /// What [`Hinted`] saw.
 #[derive(Debug, Default)]
 pub struct Hints {
+    /// Commands handed to `prefetch_index` and not to `prefetch` yet, in that order.
+    indexed: std::collections::VecDeque<Command>,
+    /// Commands handed to `prefetch` without `prefetch_index` before.
+    pub not_indexed: u64,
     /// Commands hinted and not applied yet, in the order they were hinted.
     waiting: std::collections::VecDeque<Command>,
     /// Commands applied after their hint.
@@ -227,6 +232,9 @@ pub struct Hints {
     pub not_hinted: u64,
     /// The most commands hinted and not applied, the one being applied included.
     pub farthest: usize,
+    /// The most commands handed to `prefetch_index` and not applied, the one being applied
+    /// included.
+    pub farthest_indexed: usize,
 }
 
 impl PartialEq for Hinted {
@@ -241,14 +249,27 @@ impl StateMachine for Hinted {
 
     const PREFETCH_AHEAD: usize = 5;
 
+    fn prefetch_index(&self, command: &Command) {
+        self.hints.lock().unwrap().indexed.push_back(command.clone());
+    }
+
     fn prefetch(&self, command: &Command) {
-        self.hints.lock().unwrap().waiting.push_back(command.clone());
+        let mut hints = self.hints.lock().unwrap();
+        if hints.indexed.front() == Some(command) {
+            hints.indexed.pop_front();
+        } else {
+            hints.indexed.clear();
+            hints.not_indexed += 1;
+        }
+        hints.waiting.push_back(command.clone());
     }
 
     fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
         {
             let mut hints = self.hints.lock().unwrap();
             hints.farthest = hints.farthest.max(hints.waiting.len());
+            hints.farthest_indexed =
+                hints.farthest_indexed.max(hints.waiting.len() + hints.indexed.len());
             if hints.waiting.front() == Some(command) {
                 hints.waiting.pop_front();
                 hints.hinted_first += 1;
