@@ -20,12 +20,18 @@ pub fn apply_in_order<M: StateMachine>(
     let mut sequence = 0;
     let mut apply = |machine: &mut M, commands: &[M::Command]| {
         let ahead = M::PREFETCH_AHEAD;
+        for command in &commands[..(2 * ahead).min(commands.len())] {
+            machine.prefetch_index(command);
+        }
         for command in &commands[..ahead.min(commands.len())] {
             machine.prefetch(command);
         }
         let mut events = 0;
         for (index, command) in commands.iter().enumerate() {
             if ahead > 0 {
+                if let Some(next) = commands.get(index + 2 * ahead) {
+                    machine.prefetch_index(next);
+                }
                 if let Some(next) = commands.get(index + ahead) {
                     machine.prefetch(next);
                 }

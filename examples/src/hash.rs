@@ -161,6 +161,15 @@ impl IdIndex {
         }
     }
 
+    /// Asks for the line that holds `id`'s entry, if it is a dense id inside the vector (a
+    /// sparse id's place in the map is not known without reading the map).
+    #[inline]
+    pub fn prefetch(&self, id: u64) {
+        if let Some(entry) = self.dense.get(id as usize).filter(|_| id < DENSE_IDS) {
+            keel_engine::prefetch(entry);
+        }
+    }
+
     /// Indexes `id` at `slot` (below `u32::MAX`), replacing any slot it had.
     pub fn insert(&mut self, id: u64, slot: u32) {
         assert_ne!(slot, ABSENT, "slot {ABSENT} is reserved");

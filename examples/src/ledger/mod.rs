@@ -789,6 +789,19 @@ impl StateMachine for Ledger {
         }
     }
 
+    /// The index entries of a transfer's two accounts, under the same condition.
+    fn prefetch_index(&self, command: &Command) {
+        if self.accounts.len() < PREFETCHED_ACCOUNTS {
+            return;
+        }
+        if let Command::Transfer { debit, credit, .. } | Command::Pending { debit, credit, .. } =
+            *command
+        {
+            self.index.prefetch(debit);
+            self.index.prefetch(credit);
+        }
+    }
+
     fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
         let now = context.timestamp_ns;
         if self.expiries.first().is_some_and(|&(expires_at_ns, _)| expires_at_ns <= now) {
