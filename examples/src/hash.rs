@@ -165,8 +165,10 @@ impl IdIndex {
     /// sparse id's place in the map is not known without reading the map).
     #[inline]
     pub fn prefetch(&self, id: u64) {
-        if let Some(entry) = self.dense.get(id as usize).filter(|_| id < DENSE_IDS) {
-            keel_engine::prefetch(entry);
+        if id < DENSE_IDS {
+            if let Some(entry) = self.dense.get(id as usize) {
+                keel_engine::prefetch(entry);
+            }
         }
     }
 
@@ -313,6 +315,14 @@ mod tests {
         for id in [3, 999, 1_001, DENSE_IDS - 2, DENSE_IDS + 2, u64::MAX - 1] {
             assert_eq!(index.get(id), None, "id {id}");
         }
+        // A hint for any id, indexed or not, inside the dense vector or past it, or sparse,
+        // reads nothing the index answers with.
+        let before: Vec<_> = ids.iter().map(|&id| index.get(id)).collect();
+        for id in [0, 3, 1_000, DENSE_IDS - 1, DENSE_IDS, u64::MAX, index.dense.len() as u64] {
+            index.prefetch(id);
+        }
+        assert_eq!(ids.iter().map(|&id| index.get(id)).collect::<Vec<_>>(), before);
+        assert_eq!(index.len(), ids.len());
         // Replacing a slot does not count the id twice.
         index.insert(1_000, 99);
         index.insert(DENSE_IDS, 98);
