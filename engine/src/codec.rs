@@ -122,7 +122,7 @@ impl Codec for Bincode {
         self.decode_prefix(bytes, bytes.len())
     }
 
-    /// Lets bincode see up to [`LOOKAHEAD`] bytes past the value. It reads an integer in one
+    /// Lets bincode see up to `LOOKAHEAD` bytes past the value. It reads an integer in one
     /// step only when 9 bytes remain from it; nearer the end, nearly always so in a command of
     /// a few integers, it reads the discriminant and then the bytes, one call each, which was
     /// a quarter of a replay's decoding by `perf`. Reading ahead never changes a value: any
