@@ -42,8 +42,9 @@ pub trait StateMachine: Clone + Serialize + DeserializeOwned + Send + 'static {
 
     /// How many commands ahead of the one it applies the engine hands a command to
     /// [`prefetch`](Self::prefetch) (and twice as many to
-    /// [`prefetch_index`](Self::prefetch_index)). 0, the default, calls neither. A few commands (4 to 16)
-    /// are enough to cover a load from memory when `apply` takes tens of nanoseconds.
+    /// [`prefetch_index`](Self::prefetch_index)). 0, the default, calls neither. A few
+    /// commands (4 to 16) are enough to cover a load from memory when `apply` takes tens of
+    /// nanoseconds.
     const PREFETCH_AHEAD: usize = 0;
 
     /// Warms the memory that applying `command` will read, while the commands before it are

@@ -577,6 +577,21 @@ impl Ledger {
         self.index.get(id).map(|slot| slot as usize)
     }
 
+    /// The ids of the two accounts a transfer (plain or pending) names, when there are enough
+    /// accounts for the hints to pay (see `prefetch`); `None` otherwise.
+    #[inline]
+    fn hinted_accounts(&self, command: &Command) -> Option<[u64; 2]> {
+        if self.accounts.len() < PREFETCHED_ACCOUNTS {
+            return None;
+        }
+        match *command {
+            Command::Transfer { debit, credit, .. } | Command::Pending { debit, credit, .. } => {
+                Some([debit, credit])
+            }
+            _ => None,
+        }
+    }
+
     #[inline]
     fn prefetch_account(&self, id: u64) {
         if let Some(account) = self.slot(id).and_then(|slot| self.accounts.get(slot)) {
@@ -778,27 +793,15 @@ impl StateMachine for Ledger {
     /// `apply`). A post or a void finds its pending transfer by bisection, which is most of
     /// the cost of looking for it, so it is not looked for twice.
     fn prefetch(&self, command: &Command) {
-        if self.accounts.len() < PREFETCHED_ACCOUNTS {
-            return;
-        }
-        if let Command::Transfer { debit, credit, .. } | Command::Pending { debit, credit, .. } =
-            *command
-        {
-            self.prefetch_account(debit);
-            self.prefetch_account(credit);
+        for id in self.hinted_accounts(command).into_iter().flatten() {
+            self.prefetch_account(id);
         }
     }
 
-    /// The index entries of a transfer's two accounts, under the same condition.
+    /// The index entries of the same accounts.
     fn prefetch_index(&self, command: &Command) {
-        if self.accounts.len() < PREFETCHED_ACCOUNTS {
-            return;
-        }
-        if let Command::Transfer { debit, credit, .. } | Command::Pending { debit, credit, .. } =
-            *command
-        {
-            self.index.prefetch(debit);
-            self.index.prefetch(credit);
+        for id in self.hinted_accounts(command).into_iter().flatten() {
+            self.index.prefetch(id);
         }
     }
 
