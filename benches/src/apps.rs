@@ -4,7 +4,10 @@
 //! - **keel**: the ledger (or exchange) state machine in an engine opened with the settings
 //!   `ledger run` uses, fed by `keel_examples::driver`'s gateway loop (publisher in, output
 //!   poller out, on the sending thread): the compact topology is two threads in all, the
-//!   pipelined one three (its journaller syncs while the engine thread applies).
+//!   pipelined one three (its journaller syncs while the engine thread applies). Followed,
+//!   the engine also serves a replica over loopback TCP in this process (`ledger serve
+//!   --replicate` and `ledger replica` in one), which journals and applies every command
+//!   again: in the `Replicated` tier each command waits for its acknowledgement.
 //! - **no journal** (the ceiling of "no durability"): the same loop sends each command through
 //!   a bounded `crossbeam-channel` to one thread that owns a `Ledger`, applies every command
 //!   it finds waiting and sends the batch's events back through a second channel. Two threads,
@@ -23,12 +26,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use keel_engine::{Bincode, Codec, Context, Delivery, Output, SnapshotPolicy, StateMachine};
+use hdrhistogram::Histogram;
+use keel_engine::{
+    Bincode, Codec, Context, Delivery, Output, Replication, SnapshotPolicy, StateMachine,
+};
 use keel_examples::cli::{DurabilityArg, EngineOptions, TopologyArg, RING_CAPACITY};
 use keel_examples::driver::{drive_gateway, Driven, Gateway, Keel, Pace};
 use keel_examples::exchange::{self, Exchange};
 use keel_examples::ledger::{self, Ledger};
 
+use crate::engine::{self, Follower};
 use crate::report::Latency;
 use crate::ring::Outcome;
 use crate::scratch::Scratch;
@@ -49,6 +56,9 @@ const SYMBOLS: u32 = 16;
 pub enum System {
     /// keel, in this tier and topology, yielding waits.
     Keel(DurabilityArg, TopologyArg),
+    /// keel in this tier, compact topology, yielding waits, with one replica over loopback
+    /// TCP in this process (required by the `Replicated` tier, asynchronous in the others).
+    Followed(DurabilityArg),
     /// One thread applying commands from a channel, no journal.
     NoJournal,
     /// One thread appending to a SQLite event store, then applying; `full` is
@@ -80,20 +90,44 @@ fn outcome(driven: &Driven, rate: Option<u64>) -> (Outcome, Option<Latency>) {
 
 /// Runs the ledger workload's setup and then `load.commands` of its traffic on `system`.
 pub fn ledger(root: &Path, system: System, load: Load) -> Result<(Outcome, Option<Latency>)> {
+    let (driven, _) = ledger_followed(root, system, load)?;
+    Ok(outcome(&driven, load.rate))
+}
+
+/// [`ledger`] with a replica's lag reported instead of the latency: from the primary
+/// journaling each command after the warm-up to the replica applying it.
+pub fn ledger_lag(
+    root: &Path,
+    durability: DurabilityArg,
+    load: Load,
+) -> Result<(Outcome, Latency)> {
+    let (driven, lag) = ledger_followed(root, System::Followed(durability), load)?;
+    let lag = lag.context("a followed run measures its replica's lag")?;
+    Ok((outcome(&driven, None).0, Latency::from_histogram(&lag)))
+}
+
+/// The ledger run of [`ledger`], and the replica's lag when `system` has one.
+fn ledger_followed(
+    root: &Path,
+    system: System,
+    load: Load,
+) -> Result<(Driven, Option<Histogram<u64>>)> {
     let mut workload =
         ledger::workload::Workload::new(SEED, ACCOUNTS, CODES, ledger::workload::Mix::PAYMENTS, 1);
     let setup = workload.setup();
-    let initial = Ledger::with_capacity(
-        (ACCOUNTS + u64::from(CODES)) as usize,
-        (ACCOUNTS + load.commands) as usize,
-    );
+    let initial = || {
+        Ledger::with_capacity(
+            (ACCOUNTS + u64::from(CODES)) as usize,
+            (ACCOUNTS + load.commands) as usize,
+        )
+    };
     let scratch = Scratch::new(root, "ledger")?;
-    let (driven, ledger) =
+    let (driven, ledger, lag) =
         run_system(&scratch.0, system, initial, setup, || workload.next_command(), load)?;
     if let Err(broken) = ledger.check_conservation() {
         bail!("the ledger on {system:?} broke conservation: {broken}");
     }
-    Ok(outcome(&driven, load.rate))
+    Ok((driven, lag))
 }
 
 /// Runs the exchange workload's setup and then `load.commands` of its traffic on keel in the
@@ -103,8 +137,8 @@ pub fn exchange(root: &Path, load: Load) -> Result<(Outcome, Option<Latency>)> {
     let setup = workload.setup();
     let scratch = Scratch::new(root, "exchange")?;
     let system = System::Keel(DurabilityArg::PageCache, TopologyArg::Compact);
-    let initial = Exchange::with_capacity(TRADERS as usize, 1 << 20);
-    let (driven, exchange) =
+    let initial = || Exchange::with_capacity(TRADERS as usize, 1 << 20);
+    let (driven, exchange, _) =
         run_system(&scratch.0, system, initial, setup, || workload.next_command(), load)?;
     if let Err(broken) = exchange.check_invariants() {
         bail!("the exchange broke an invariant: {broken}");
@@ -133,16 +167,18 @@ fn exchange_workload() -> exchange::workload::Workload {
     exchange::workload::Workload::new(SEED, TRADERS, SYMBOLS, exchange::workload::Mix::REALISTIC, 1)
 }
 
-/// Drives `setup` (unmeasured) and then `load.commands` from `next` through `system`; returns
-/// what the traffic measured and the final state.
+/// Drives `setup` (unmeasured) and then `load.commands` from `next` through `system`, whose
+/// state starts as `initial` makes it (a replica's too); returns what the traffic measured,
+/// the final state, and the replica's lag when `system` has one (checked to have reached the
+/// primary's state).
 fn run_system<M>(
     data: &Path,
     system: System,
-    initial: M,
+    initial: impl Fn() -> M,
     setup: Vec<M::Command>,
     next: impl FnMut() -> M::Command,
     load: Load,
-) -> Result<(Driven, M)>
+) -> Result<(Driven, M, Option<Histogram<u64>>)>
 where
     M: StateMachine,
     M::Command: Clone,
@@ -150,16 +186,10 @@ where
 {
     match system {
         System::Keel(durability, topology) => {
-            let options = EngineOptions { durability, topology, ..EngineOptions::default() };
-            let mut engine = options.open(data, initial, SnapshotPolicy::default())?;
-            let mut output = engine.take_output_poller().context("the output poller")?;
-            // One gateway thread publishes: the engine's sole publisher, as `ledger run` uses.
-            let mut publisher = engine.sole_publisher()?;
-            let mut gateway = Keel { publisher: &mut publisher, output: &mut output };
-            let driven = drive(&mut gateway, setup, next, load)?;
-            drop(publisher);
-            drop(output);
-            Ok((driven, engine.shutdown().context("shutting the engine down")?))
+            run_keel(data, durability, topology, false, initial, setup, next, load)
+        }
+        System::Followed(durability) => {
+            run_keel(data, durability, TopologyArg::Compact, true, initial, setup, next, load)
         }
         System::NoJournal | System::Sqlite { .. } => {
             let store = match system {
@@ -168,16 +198,69 @@ where
             };
             let (commands, worker_commands) = crossbeam_channel::bounded(RING_CAPACITY);
             let (worker_replies, replies) = crossbeam_channel::bounded(RING_CAPACITY / 64);
+            let state = initial();
             let worker = std::thread::Builder::new()
                 .name("bench-peer".into())
-                .spawn(move || peer_worker(initial, store, worker_commands, worker_replies))?;
+                .spawn(move || peer_worker(state, store, worker_commands, worker_replies))?;
             let mut gateway = Channels { commands, replies, next: 1, pending: Vec::new() };
             let driven = drive(&mut gateway, setup, next, load);
             drop(gateway);
             let state = worker.join().map_err(|_| anyhow::anyhow!("the peer's thread panicked"))?;
-            Ok((driven?, state?))
+            Ok((driven?, state?, None))
         }
     }
+}
+
+/// [`run_system`] on keel, `followed` by a replica over loopback TCP in this process.
+#[allow(clippy::too_many_arguments)] // run_system's, and the two that name keel's settings.
+fn run_keel<M>(
+    data: &Path,
+    durability: DurabilityArg,
+    topology: TopologyArg,
+    followed: bool,
+    initial: impl Fn() -> M,
+    setup: Vec<M::Command>,
+    next: impl FnMut() -> M::Command,
+    load: Load,
+) -> Result<(Driven, M, Option<Histogram<u64>>)>
+where
+    M: StateMachine,
+    M::Command: Clone,
+    M::Event: Clone,
+{
+    let options = EngineOptions { durability, topology, ..EngineOptions::default() };
+    let replication = followed.then(|| Replication::new(engine::SECRET));
+    let mut engine =
+        options.open_replicating(data, initial(), SnapshotPolicy::default(), replication)?;
+    let follower = match engine.replication_address() {
+        Some(address) => {
+            // The lag is recorded after the setup and the traffic's warm-up.
+            let warm_up = setup.len() as u64 + load.pace().warm_up;
+            let root = data.parent().context("the run's directory has a parent")?;
+            Some(Follower::attach(root, address, warm_up, initial())?)
+        }
+        None => None,
+    };
+    let mut output = engine.take_output_poller().context("the output poller")?;
+    // One gateway thread publishes: the engine's sole publisher, as `ledger run` uses.
+    let mut publisher = engine.sole_publisher()?;
+    let mut gateway = Keel { publisher: &mut publisher, output: &mut output };
+    let driven = drive(&mut gateway, setup, next, load)?;
+    let followed = match follower {
+        Some(follower) => Some(follower.finish(driven.last_sequence)?),
+        None => None,
+    };
+    drop(publisher);
+    drop(output);
+    let state = engine.shutdown().context("shutting the engine down")?;
+    let lag = match followed {
+        Some((replica, lag)) => {
+            engine::ensure_same_state(&state, &replica)?;
+            Some(lag)
+        }
+        None => None,
+    };
+    Ok((driven, state, lag))
 }
 
 /// The setup as fast as it goes, then the measured traffic.

@@ -101,12 +101,10 @@ pub struct Add {
     sent_ns: u64,
 }
 
-/// A timed command's event: when it was meant to be sent (ns from the run's start) and when
-/// the primary journaled it (its `Context` timestamp, ns since the Unix epoch).
+/// A timed command's event: when it was meant to be sent (ns from the run's start).
 #[derive(Clone, Copy, Debug)]
 pub struct Applied {
     sent_ns: u64,
-    journaled_ns: u64,
 }
 
 impl<V: Values> StateMachine for Slots<V> {
@@ -114,11 +112,11 @@ impl<V: Values> StateMachine for Slots<V> {
     type Event = Applied;
 
     #[inline]
-    fn apply(&mut self, context: &Context, add: &Add, output: &mut Output<Applied>) {
+    fn apply(&mut self, _: &Context, add: &Add, output: &mut Output<Applied>) {
         let slot = self.values.slot(add.slot as usize);
         *slot = slot.wrapping_add(add.amount);
         if add.sent_ns != 0 {
-            output.emit(Applied { sent_ns: add.sent_ns, journaled_ns: context.timestamp_ns });
+            output.emit(Applied { sent_ns: add.sent_ns });
         }
     }
 
@@ -147,7 +145,7 @@ fn add(value: u64) -> Add {
 const SEGMENT_SIZE: u64 = 64 << 20;
 
 /// The replication secret of the runs with a replica.
-const SECRET: &[u8] = b"keel-bench";
+pub const SECRET: &[u8] = b"keel-bench";
 
 /// An engine on `directory` in `durability`, serving replicas when `replicated`.
 fn builder(
@@ -170,49 +168,61 @@ fn builder(
     }
 }
 
-/// A replica over loopback TCP, in this process, of the engine; it records, for each timed
-/// command after `warm_up`, its lag: from the primary journaling it to the replica applying it
-/// (both clocks are this host's).
-struct Follower {
-    replica: Replica<Slots>,
+/// A replica over loopback TCP, in this process, of the engine serving replicas at `address`;
+/// it records, for each command after `warm_up`, its lag: from the primary journaling it (the
+/// command's timestamp) to the replica applying it (both clocks are this host's).
+pub struct Follower<M: StateMachine> {
+    replica: Replica<M>,
     lag: Arc<Mutex<Histogram<u64>>>,
     _scratch: Scratch,
 }
 
-impl Follower {
-    fn attach(root: &std::path::Path, engine: &Engine<Slots>, warm_up: u64) -> Result<Self> {
+impl<M: StateMachine> Follower<M> {
+    pub fn attach(
+        root: &std::path::Path,
+        address: std::net::SocketAddr,
+        warm_up: u64,
+        initial: M,
+    ) -> Result<Self> {
         let scratch = Scratch::new(root, "replica")?;
-        let address = engine.replication_address().context("the engine replicates")?;
         let lag = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?));
         let record = Arc::clone(&lag);
         let replica = Replica::remote(address.to_string(), SECRET, &scratch.0)
             .segment_size(SEGMENT_SIZE)
-            .on_events(move |sequence, events: &[Applied]| {
-                if sequence <= warm_up {
+            .on_events(move |context: &Context, _: &[M::Event]| {
+                if context.sequence <= warm_up {
                     return;
                 }
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |since| since.as_nanos() as u64);
                 let mut lag = record.lock().expect("the lag histogram");
-                for event in events {
-                    let _ = lag.record(now.saturating_sub(event.journaled_ns).max(1));
-                }
+                let _ = lag.record(now.saturating_sub(context.timestamp_ns).max(1));
             })
-            .open(Slots::default())?;
+            .open(initial)?;
         Ok(Self { replica, lag, _scratch: scratch })
     }
 
-    /// Waits for the replica to apply `sequence`, stops it, and returns its lag.
-    fn finish(self, sequence: u64) -> Result<Histogram<u64>> {
+    /// Waits for the replica to apply `sequence`, stops it, and returns its state and lag.
+    pub fn finish(self, sequence: u64) -> Result<(M, Histogram<u64>)> {
         ensure!(
             self.replica.wait_for(sequence, Duration::from_secs(60))?,
             "the replica never reached {sequence}"
         );
-        self.replica.stop()?;
+        let state = self.replica.stop()?;
         let lag = self.lag.lock().expect("the lag histogram").clone();
-        Ok(lag)
+        Ok((state, lag))
     }
+}
+
+/// Checks that a replica's final state is the primary's.
+pub fn ensure_same_state<M: StateMachine>(primary: &M, replica: &M) -> Result<()> {
+    let (primary, replica) = (primary.state_hash(), replica.state_hash());
+    ensure!(
+        primary == replica,
+        "the replica's state hash {replica:#018x} is not the primary's {primary:#018x}"
+    );
+    Ok(())
 }
 
 /// Publishes `commands` commands one at a time as fast as the engine takes them; the time is
@@ -229,13 +239,13 @@ pub fn saturation(
     commands: u64,
 ) -> Result<Outcome> {
     /// Publishes, waits for the last command to be applied (and the replica to have it), and
-    /// returns the time; the publisher is dropped after, by the caller.
+    /// returns the time and the replica's state; the publisher is dropped after, by the caller.
     fn measure(
         engine: &Engine<Slots>,
         publisher: &mut impl Publish<Slots>,
-        follower: Option<Follower>,
+        follower: Option<Follower<Slots>>,
         commands: u64,
-    ) -> Result<Duration> {
+    ) -> Result<(Duration, Option<Slots>)> {
         let started = Instant::now();
         for value in 1..=commands {
             publisher.publish(add(value))?;
@@ -244,26 +254,43 @@ pub fn saturation(
             std::thread::yield_now();
         }
         let elapsed = started.elapsed();
-        if let Some(follower) = follower {
-            follower.finish(engine.stats().journaled)?;
-        }
-        Ok(elapsed)
+        let replica = match follower {
+            Some(follower) => Some(follower.finish(engine.stats().journaled)?.0),
+            None => None,
+        };
+        Ok((elapsed, replica))
     }
     let scratch = Scratch::new(root, "saturation")?;
     isolated(|| {
         let mut engine =
             builder(&scratch.0, topology, durability, replicated).open(Slots::default())?;
-        let follower =
-            if replicated { Some(Follower::attach(root, &engine, commands)?) } else { None };
-        let elapsed = if sole {
+        let follower = follow(root, &engine, replicated, commands)?;
+        let (elapsed, replica) = if sole {
             let mut publisher = engine.sole_publisher()?;
             measure(&engine, &mut publisher, follower, commands)?
         } else {
             measure(&engine, &mut engine.publisher(), follower, commands)?
         };
         let state = engine.shutdown()?;
+        if let Some(replica) = replica {
+            ensure_same_state(&state, &replica)?;
+        }
         Ok(Outcome { elapsed, events: commands, sum: state.sum() })
     })
+}
+
+/// A replica of `engine` when `replicated`, its lag recorded after `warm_up`.
+fn follow(
+    root: &std::path::Path,
+    engine: &Engine<Slots>,
+    replicated: bool,
+    warm_up: u64,
+) -> Result<Option<Follower<Slots>>> {
+    if !replicated {
+        return Ok(None);
+    }
+    let address = engine.replication_address().context("the engine replicates")?;
+    Ok(Some(Follower::attach(root, address, warm_up, Slots::default())?))
 }
 
 /// The same commands through keel's bare ring into the same state machine: no journal, no
@@ -381,8 +408,7 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
         let mut engine = builder(&scratch.0, topology, durability, replicated)
             .output_poller()
             .open(Slots::default())?;
-        let follower =
-            if replicated { Some(Follower::attach(root, &engine, warm_up)?) } else { None };
+        let follower = follow(root, &engine, replicated, warm_up)?;
         let mut output = engine.take_output_poller().context("the output poller")?;
         // One gateway thread publishes: the engine's sole publisher.
         let mut publisher = engine.sole_publisher()?;
@@ -428,12 +454,19 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
             received += receive(&mut histogram)?;
         }
         let elapsed = epoch.elapsed();
-        let lag = match follower {
+        let followed = match follower {
             Some(follower) => Some(follower.finish(engine.stats().journaled)?),
             None => None,
         };
         drop(publisher);
         let state = engine.shutdown()?;
+        let lag = match followed {
+            Some((replica, lag)) => {
+                ensure_same_state(&state, &replica)?;
+                Some(lag)
+            }
+            None => None,
+        };
         ensure!(
             histogram.len() == commands - warm_up,
             "recorded {} of {} latencies",

@@ -568,7 +568,8 @@ fn open_loop_case(
 
 /// The replication cases, sized by `scale`: the compact topology in the `PageCache`, `Fsync`
 /// and `Replicated` tiers (one replica over loopback TCP, in this process), at saturation and
-/// at fixed offered rates; and the replica's lag at 1 M/s, replicated and asynchronous.
+/// at fixed offered rates; the replica's lag at 1 M/s, replicated and asynchronous; all of it
+/// for the engine's trivial machine and for the ledger; and a replica catching up.
 fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     use keel_engine::{Durability, Topology};
     let mut cases: Vec<EngineCase> = Vec::new();
@@ -618,6 +619,7 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         let variant = format!("journaled to applied, {tier} 1M/s");
         cases.push(open_loop_case("replica-lag", variant, root, offered, true));
     }
+    cases.extend(replica_ledger_cases(root, scale));
     let caught_up = 10_000_000 / scale;
     let catch_up_root = root.to_owned();
     cases.push((
@@ -627,6 +629,67 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         engine::expected_sum(caught_up),
         Box::new(move || Ok((engine::replica_catch_up(&catch_up_root, caught_up)?, None))),
     ));
+    cases
+}
+
+/// The replication cases on the ledger (the workload issue 6 names), sized by `scale`: the
+/// compact topology in the `PageCache`, `Fsync` and `Replicated` tiers (one replica over
+/// loopback TCP, in this process), at saturation and at fixed offered rates, on the commands of
+/// the `ledger` scenario; and the replica's lag at 1 M/s, replicated and asynchronous.
+fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
+    use apps::System;
+    use keel_examples::cli::{DurabilityArg, TopologyArg};
+    let compact = TopologyArg::Compact;
+    let tiers: [(&'static str, System); 3] = [
+        ("compact page-cache", System::Keel(DurabilityArg::PageCache, compact)),
+        ("compact fsync", System::Keel(DurabilityArg::Fsync, compact)),
+        ("compact replicated, 1 replica", System::Followed(DurabilityArg::Replicated)),
+    ];
+    let mut cases: Vec<EngineCase> = Vec::new();
+    let commands = 2_000_000 / scale;
+    for (variant, which) in tiers {
+        let root = root.to_owned();
+        let load = apps::Load { commands, rate: None };
+        cases.push((
+            "replica-ledger",
+            "keel",
+            variant.to_owned(),
+            commands,
+            Box::new(move || apps::ledger(&root, which, load)),
+        ));
+    }
+    for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
+        let commands = (rate as f64 * seconds / scale as f64) as u64;
+        for (variant, which) in tiers {
+            let root = root.to_owned();
+            let load = apps::Load { commands, rate: Some(rate) };
+            cases.push((
+                "replica-ledger-latency",
+                "keel",
+                format!("{variant} {}/s", human(rate)),
+                commands,
+                Box::new(move || apps::ledger(&root, which, load)),
+            ));
+        }
+    }
+    let commands = 1_000_000 / scale;
+    for (durability, tier) in [
+        (DurabilityArg::Replicated, "replicated"),
+        (DurabilityArg::PageCache, "asynchronous, page-cache"),
+    ] {
+        let root = root.to_owned();
+        let load = apps::Load { commands, rate: Some(1_000_000) };
+        cases.push((
+            "replica-ledger-lag",
+            "keel",
+            format!("journaled to applied, {tier} 1M/s"),
+            commands,
+            Box::new(move || {
+                let (outcome, lag) = apps::ledger_lag(&root, durability, load)?;
+                Ok((outcome, Some(lag)))
+            }),
+        ));
+    }
     cases
 }
 

@@ -66,7 +66,7 @@ type RouterInstaller<E> =
 /// The router callers register with, and how to start it.
 type RouterSetup<E> = (Arc<Router<E>>, RouterInstaller<E>);
 type DeliverFn<E> = Box<dyn FnMut(&OutputSlot<E>, u64, bool) + Send>;
-type ReplaySink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
+type ReplaySink<E> = Box<dyn FnMut(&Context, &[E]) + Send>;
 
 /// A subscriber polled by its owner: see [`EngineBuilder::output_poller`].
 pub struct OutputPoller<E> {
@@ -369,9 +369,10 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         self
     }
 
-    /// Receives the events that recovery's replay recomputes, with their command's sequence,
-    /// so that projections can rebuild (by default they are discarded).
-    pub fn on_replay(mut self, sink: impl FnMut(u64, &[M::Event]) + Send + 'static) -> Self {
+    /// Receives the events that recovery's replay recomputes, with their command's context
+    /// (its sequence and journaled timestamp, as `apply` saw them), so that projections can
+    /// rebuild (by default they are discarded).
+    pub fn on_replay(mut self, sink: impl FnMut(&Context, &[M::Event]) + Send + 'static) -> Self {
         self.replay_sink = Some(Box::new(sink));
         self
     }
@@ -650,8 +651,10 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         if let Some(storage) = &self.storage {
             options = options.storage(Arc::clone(storage));
         }
-        let sink =
-            self.replay_sink.as_deref_mut().map(|sink| sink as &mut dyn FnMut(u64, &[M::Event]));
+        let sink = self
+            .replay_sink
+            .as_deref_mut()
+            .map(|sink| sink as &mut dyn FnMut(&Context, &[M::Event]));
         let mut no_progress = |_| {};
         let progress: &mut dyn FnMut(u64) = match self.progress.as_mut() {
             Some(progress) => progress,

@@ -87,7 +87,7 @@ pub(crate) fn load_snapshot<M: StateMachine, C: Codec>(
 }
 
 /// Where a replay sends each command's events, with its sequence.
-pub(crate) type EventSink<'a, E> = &'a mut dyn FnMut(u64, &[E]);
+pub(crate) type EventSink<'a, E> = &'a mut dyn FnMut(&Context, &[E]);
 
 /// How far a replay went.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -156,7 +156,7 @@ pub(crate) fn replay<M: StateMachine, C: Codec>(
         let mut applied_one = |context: &Context, command: bool, output: &Output<M::Event>| {
             // Without a sink the events are dropped here: no call per command.
             if let (true, Some(sink)) = (command, sink.as_mut()) {
-                sink(context.sequence, output.events());
+                sink(context, output.events());
             }
             last_sequence = context.sequence;
             last_timestamp_ns = context.timestamp_ns;

@@ -39,7 +39,7 @@ use crate::wire::{
 /// durable and applies them: a bound on the work between two looks at `stop`.
 const RECEIVE_MAX: usize = 4096;
 
-type EventSink<E> = Box<dyn FnMut(u64, &[E]) + Send>;
+type EventSink<E> = Box<dyn FnMut(&Context, &[E]) + Send>;
 /// A replica's recovered state, its journal, what recovery did, and where its input comes from.
 type Opened<M> = (M, JournalWriter, RecoveryReport, Source, u64);
 
@@ -152,9 +152,10 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
         self
     }
 
-    /// Receives the events of every command the replica applies, with its sequence, on the
-    /// replica's thread: a read model kept beside the replica's state.
-    pub fn on_events(mut self, sink: impl FnMut(u64, &[M::Event]) + Send + 'static) -> Self {
+    /// Receives the events of every command the replica applies, with its context (the
+    /// sequence and the primary's journaled timestamp), on the replica's thread: a read model
+    /// kept beside the replica's state.
+    pub fn on_events(mut self, sink: impl FnMut(&Context, &[M::Event]) + Send + 'static) -> Self {
         self.events = Some(Box::new(sink));
         self
     }
@@ -793,7 +794,7 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
             match decoded {
                 Decoded::Command(_) => {
                     if let Some(events) = self.events.as_mut() {
-                        events(context.sequence, self.output.events());
+                        events(context, self.output.events());
                     }
                 }
                 Decoded::Checkpoint(_) => self.shared.counters.count_checkpoint(context.sequence),

@@ -127,7 +127,9 @@ proptest! {
         let replayed: Arc<Mutex<Grouped>> = Arc::default();
         let sink = Arc::clone(&replayed);
         let engine = builder(directory.path(), durability, topology)
-            .on_replay(move |sequence, events| sink.lock().unwrap().push((sequence, events.to_vec())))
+            .on_replay(move |context, events| {
+                sink.lock().unwrap().push((context.sequence, events.to_vec()))
+            })
             .open(Bank::default())
             .unwrap();
         prop_assert_eq!(engine.recovery().replayed, count as u64);
@@ -936,7 +938,9 @@ fn a_replay_read_ahead_on_another_thread_gives_every_point_and_stops_at_damage()
     let replayed: Arc<Mutex<Grouped>> = Arc::default();
     let sink = Arc::clone(&replayed);
     let engine = builder(directory.path(), Durability::PageCache, Topology::Compact)
-        .on_replay(move |sequence, events| sink.lock().unwrap().push((sequence, events.to_vec())))
+        .on_replay(move |context, events| {
+            sink.lock().unwrap().push((context.sequence, events.to_vec()))
+        })
         .open(Bank::default())
         .unwrap();
     assert_eq!(engine.recovery().replayed, 60_000);

@@ -95,7 +95,13 @@ fn a_remote_replica_reaches_the_primarys_state_and_journal() {
     let input = commands(8_000, 40, 21);
     // Some before the replica connects (it catches up from the journal), the rest live.
     publish(&engine, &input[..3_000]);
-    let follower = replica(address, replica_directory.path());
+    let delivered: Delivered = Arc::default();
+    let sink = Arc::clone(&delivered);
+    let follower = Replica::remote(address.to_string(), SECRET, replica_directory.path())
+        .segment_size(1 << 20)
+        .on_events(move |context, events| sink.lock().unwrap().push((*context, events.to_vec())))
+        .open(Bank::default())
+        .unwrap();
     publish(&engine, &input[3_000..]);
     let status = engine.replication_status().unwrap();
     assert_eq!(status.replicas.len(), 1, "{status:?}");
@@ -103,7 +109,33 @@ fn a_remote_replica_reaches_the_primarys_state_and_journal() {
     // The stream started at a batch's start and no batch exceeded a frame: the replica's
     // journal holds the primary's group commits byte for byte, not only its records.
     assert_eq!(batches(replica_directory.path()), batches(primary_directory.path()));
+
+    // The replica's read model was handed every command once, in order, with the context the
+    // primary journaled (caught up and live alike), and the events a replay of the primary's
+    // journal recomputes.
+    let delivered = std::mem::take(&mut *delivered.lock().unwrap());
+    let journaled: Vec<Context> = records(primary_directory.path())
+        .iter()
+        .filter(|record| record.kind == KIND_COMMAND)
+        .map(|record| Context { sequence: record.sequence, timestamp_ns: record.timestamp_ns })
+        .collect();
+    assert_eq!(journaled.len(), input.len());
+    let contexts: Vec<Context> = delivered.iter().map(|(context, _)| *context).collect();
+    assert!(contexts == journaled, "the replica's sink saw other contexts than the journal's");
+    let replayed: Delivered = Arc::default();
+    let sink = Arc::clone(&replayed);
+    Engine::builder(primary_directory.path())
+        .segment_size(1 << 20)
+        .on_replay(move |context, events| sink.lock().unwrap().push((*context, events.to_vec())))
+        .open(Bank::default())
+        .unwrap()
+        .shutdown()
+        .unwrap();
+    assert!(*replayed.lock().unwrap() == delivered, "the replay's sink saw other events");
 }
+
+/// What an event sink was handed: each command's context and events.
+type Delivered = Arc<Mutex<Vec<(Context, Vec<common::Event>)>>>;
 
 /// The bytes of each batch of a journal.
 fn batches(directory: &Path) -> Vec<Vec<u8>> {

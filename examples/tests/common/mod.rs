@@ -71,9 +71,9 @@ where
         let replayed = Arc::clone(&replayed);
         Engine::builder(data)
             .topology(topology)
-            .on_replay(move |sequence, events: &[M::Event]| {
+            .on_replay(move |context: &keel_engine::Context, events: &[M::Event]| {
                 let mut replayed = replayed.lock().unwrap();
-                replayed.extend(events.iter().map(|event| (sequence, event.clone())));
+                replayed.extend(events.iter().map(|event| (context.sequence, event.clone())));
             })
             .open(initial())
             .expect("reopens")
