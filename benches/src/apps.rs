@@ -24,7 +24,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use hdrhistogram::Histogram;
 use keel_engine::{
@@ -103,6 +103,8 @@ pub fn ledger_lag(
 ) -> Result<(Outcome, Latency)> {
     let (driven, lag) = ledger_followed(root, System::Followed(durability), load)?;
     let lag = lag.context("a followed run measures its replica's lag")?;
+    let timed = load.commands - load.pace().warm_up;
+    ensure!(lag.len() == timed, "the replica's lag of {} commands, not {timed}", lag.len());
     Ok((outcome(&driven, None).0, Latency::from_histogram(&lag)))
 }
 
@@ -234,8 +236,13 @@ where
         options.open_replicating(data, initial(), SnapshotPolicy::default(), replication)?;
     let follower = match engine.replication_address() {
         Some(address) => {
-            // The lag is recorded after the setup and the traffic's warm-up.
-            let warm_up = setup.len() as u64 + load.pace().warm_up;
+            // The lag is recorded after the setup and the traffic's warm-up, at a fixed rate
+            // only: at saturation a clock read per command on the replica's thread would slow
+            // the run it measures.
+            let warm_up = match load.rate {
+                Some(_) => setup.len() as u64 + load.pace().warm_up,
+                None => u64::MAX,
+            };
             let root = data.parent().context("the run's directory has a parent")?;
             Some(Follower::attach(root, address, warm_up, initial())?)
         }
