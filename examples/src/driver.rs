@@ -24,6 +24,11 @@ const WINDOW: u64 = 1 << 17;
 
 /// Spin-loop hints between two offers to a full system when no event came back in between.
 const FULL_BACKOFF_SPINS: u32 = 16;
+
+/// Offers in a row to a full system, with no event back, after which the loop yields its core
+/// between offers instead of spinning: the system is behind, and on a machine with fewer cores
+/// than busy threads (a replica's, a journaller's) the core is what it is behind for.
+const FULL_OFFERS_BEFORE_YIELDING: u32 = 64;
 const MASK: u64 = WINDOW - 1;
 
 /// How a stream is driven.
@@ -177,14 +182,20 @@ pub fn drive_gateway<G: Gateway>(
         let timed = index >= pace.warm_up && (intended.is_some() || index % SATURATION_SAMPLE == 0);
         // Never wait in the gateway while holding unread events: with both directions full
         // the system and this thread would wait for each other.
+        let mut refused = 0u32;
         let sequence = loop {
             match gateway.try_send(&command)? {
                 Some(sequence) => break sequence,
                 None => {
-                    if !receive(&mut books, gateway)? {
+                    if receive(&mut books, gateway)? {
+                        refused = 0;
+                    } else if refused < FULL_OFFERS_BEFORE_YIELDING {
+                        refused += 1;
                         for _ in 0..FULL_BACKOFF_SPINS {
                             std::hint::spin_loop();
                         }
+                    } else {
+                        std::thread::yield_now();
                     }
                 }
             }
