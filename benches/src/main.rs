@@ -1092,13 +1092,15 @@ fn comparable(scenario: &str, keel: &str, peer: &str) -> bool {
     }
 }
 
+/// keel's tiers compared within one run, where an issue's target is such a ratio: the
+/// scenario, the variant and the variant it is divided by (issue 6: the `Replicated` tier with
+/// one replica at half the `PageCache` tier's throughput or more).
+const TIER_RATIOS: [(&str, &str, &str); 2] = [
+    ("replica-saturation", "compact replicated, 1 replica", "compact page-cache"),
+    ("replica-ledger", "compact replicated, 1 replica", "compact page-cache"),
+];
+
 fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {
-    let runs_of = |system: &str, scenario: &str, variant: &str| -> Vec<&Measurement> {
-        measurements
-            .iter()
-            .filter(|m| m.system == system && m.scenario == scenario && m.variant == variant)
-            .collect()
-    };
     let mut ratios = Vec::new();
     for keel in summaries.iter().filter(|summary| summary.system == "keel") {
         // A ceiling of the journal and the machine's own stalls are not peers.
@@ -1107,39 +1109,65 @@ fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {
                 && summary.scenario == keel.scenario
                 && comparable(keel.scenario, &keel.variant, &summary.variant)
         }) {
-            let keel_runs = runs_of("keel", keel.scenario, &keel.variant);
-            let peer_runs = runs_of(peer.system, peer.scenario, &peer.variant);
-            let pairs: Vec<(&Measurement, &Measurement)> = keel_runs
-                .iter()
-                .filter_map(|k| peer_runs.iter().find(|p| p.run == k.run).map(|p| (*k, *p)))
-                .collect();
-            if pairs.is_empty() {
-                continue;
-            }
-            let spread = |ratio: &dyn Fn(&Measurement, &Measurement) -> Option<f64>| {
-                let values: Option<Vec<f64>> = pairs.iter().map(|(k, p)| ratio(k, p)).collect();
-                values.map(|values| report::Spread::of(&values))
-            };
-            let latency_ratio = |field: fn(&Latency) -> u64| {
-                move |k: &Measurement, p: &Measurement| {
-                    Some(field(k.latency.as_ref()?) as f64 / field(p.latency.as_ref()?) as f64)
-                }
-            };
-            ratios.push(Ratio {
-                kind: "ratio",
-                scenario: keel.scenario,
-                keel_variant: keel.variant.clone(),
-                peer: peer.system,
-                peer_variant: peer.variant.clone(),
-                runs: pairs.len(),
-                throughput: spread(&|k, p| Some(k.ops_per_sec / p.ops_per_sec))
-                    .expect("every run has a throughput"),
-                p50: spread(&latency_ratio(|latency| latency.p50_ns)),
-                p99: spread(&latency_ratio(|latency| latency.p99_ns)),
-            });
+            ratios.extend(ratio(measurements, keel, peer));
+        }
+    }
+    for (scenario, variant, baseline) in TIER_RATIOS {
+        let find = |variant: &str| {
+            summaries.iter().find(|summary| {
+                summary.system == "keel"
+                    && summary.scenario == scenario
+                    && summary.variant == variant
+            })
+        };
+        if let (Some(tier), Some(baseline)) = (find(variant), find(baseline)) {
+            ratios.extend(ratio(measurements, tier, baseline));
         }
     }
     ratios
+}
+
+/// The per-run ratios of `keel`'s runs over `peer`'s in the same runs, if they share any.
+fn ratio(measurements: &[Measurement], keel: &Summary, peer: &Summary) -> Option<Ratio> {
+    let runs_of = |summary: &Summary| -> Vec<&Measurement> {
+        measurements
+            .iter()
+            .filter(|m| {
+                m.system == summary.system
+                    && m.scenario == summary.scenario
+                    && m.variant == summary.variant
+            })
+            .collect()
+    };
+    let peer_runs = runs_of(peer);
+    let pairs: Vec<(&Measurement, &Measurement)> = runs_of(keel)
+        .iter()
+        .filter_map(|k| peer_runs.iter().find(|p| p.run == k.run).map(|p| (*k, *p)))
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let spread = |ratio: &dyn Fn(&Measurement, &Measurement) -> Option<f64>| {
+        let values: Option<Vec<f64>> = pairs.iter().map(|(k, p)| ratio(k, p)).collect();
+        values.map(|values| report::Spread::of(&values))
+    };
+    let latency_ratio = |field: fn(&Latency) -> u64| {
+        move |k: &Measurement, p: &Measurement| {
+            Some(field(k.latency.as_ref()?) as f64 / field(p.latency.as_ref()?) as f64)
+        }
+    };
+    Some(Ratio {
+        kind: "ratio",
+        scenario: keel.scenario,
+        keel_variant: keel.variant.clone(),
+        peer: peer.system,
+        peer_variant: peer.variant.clone(),
+        runs: pairs.len(),
+        throughput: spread(&|k, p| Some(k.ops_per_sec / p.ops_per_sec))
+            .expect("every run has a throughput"),
+        p50: spread(&latency_ratio(|latency| latency.p50_ns)),
+        p99: spread(&latency_ratio(|latency| latency.p99_ns)),
+    })
 }
 
 fn ratio_lines(ratios: &[Ratio]) -> String {
@@ -1150,7 +1178,8 @@ fn ratio_lines(ratios: &[Ratio]) -> String {
     }
     let _ = writeln!(
         text,
-        "keel / peer, median [min..max] of the per-run ratios (same run, same placement):"
+        "keel / peer (or keel's tier / another of its tiers), median [min..max] of the per-run \
+         ratios (same run, same placement):"
     );
     for ratio in ratios {
         let mut line = format!(
@@ -1194,6 +1223,53 @@ mod tests {
         assert_eq!(expand(&["ring".to_owned()]).unwrap(), RING_SCENARIOS);
         let error = expand(&["ledgr".to_owned()]).unwrap_err().to_string();
         assert!(error.contains("ledgr") && error.contains("ledger"), "{error}");
+    }
+
+    #[test]
+    fn the_replicated_tier_is_divided_by_the_page_cache_tier_of_the_same_runs() {
+        // Every tier ratio names cases that exist, so that renaming one cannot drop it.
+        let cases = replica_cases(std::path::Path::new("/nonexistent"), 10);
+        for (scenario, variant, baseline) in TIER_RATIOS {
+            for variant in [variant, baseline] {
+                assert!(
+                    cases.iter().any(|case| case.0 == scenario && case.2 == variant),
+                    "{scenario} has no variant {variant}"
+                );
+            }
+        }
+        let run = |variant: &str, run: usize, ops_per_sec: f64| Measurement {
+            scenario: "replica-ledger",
+            system: "keel",
+            variant: variant.into(),
+            run,
+            events: 1,
+            ops_per_sec,
+            latency: None,
+            probe_ns: 100.0,
+            details: Default::default(),
+        };
+        let (replicated, page_cache) = ("compact replicated, 1 replica", "compact page-cache");
+        // Per run: 0.5, 0.25 and 1.0; the median of the ratios, not the ratio of the medians.
+        let measurements = [
+            run(replicated, 1, 2.0),
+            run(page_cache, 1, 4.0),
+            run(replicated, 2, 1.0),
+            run(page_cache, 2, 4.0),
+            run(replicated, 3, 3.0),
+            run(page_cache, 3, 3.0),
+            run("compact fsync", 1, 1.0),
+        ];
+        let ratios = ratios(&summarize(&measurements), &measurements);
+        assert_eq!(ratios.len(), 1, "{ratios:?}");
+        let ratio = &ratios[0];
+        assert_eq!(
+            (ratio.keel_variant.as_str(), ratio.peer_variant.as_str()),
+            (replicated, page_cache)
+        );
+        assert_eq!(ratio.runs, 3);
+        let throughput = ratio.throughput;
+        assert_eq!((throughput.median, throughput.min, throughput.max), (0.5, 0.25, 1.0));
+        assert!(ratio_lines(&ratios).contains("throughput 0.50x [0.25..1.00]"));
     }
 
     #[test]
