@@ -71,7 +71,7 @@ pub use cow::{CowVec, CowVecIter};
 pub use engine::{Delivery, Engine, EngineBuilder, OutputPoller, RecoveryReport};
 pub use error::{EngineError, Halt};
 pub use keel_ring::prefetch;
-pub use machine::{Context, Output, StateMachine};
+pub use machine::{Context, Lookahead, Output, StateMachine};
 pub use publisher::{Publish, Publisher, SolePublisher};
 pub use recovery::{
     decode_command, replay_from, replay_to, ReplayFrom, ReplayTarget, ReplayedState,

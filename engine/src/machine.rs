@@ -189,7 +189,26 @@ impl<E> Output<E> {
 /// [`StateMachine::prefetch_index`] `2 × PREFETCH_AHEAD` commands before it is applied, and to
 /// [`StateMachine::prefetch`] [`StateMachine::PREFETCH_AHEAD`] commands before (the first
 /// commands of a run sooner, at its start). With the default of 0 it compiles to nothing.
-pub(crate) struct Lookahead<I> {
+///
+/// Every loop of the engine that applies commands hints through it. It is public for code that
+/// applies commands to a state machine outside the engine (a benchmark of `apply` alone, a
+/// tool), so that it hints exactly as the engine does:
+///
+/// ```
+/// # use keel_engine::{Context, Lookahead, Output, StateMachine};
+/// fn apply_all<M: StateMachine>(machine: &mut M, commands: &[M::Command]) {
+///     let mut output = Output::new();
+///     let mut ahead = Lookahead::start(machine, || commands.iter());
+///     for (index, command) in commands.iter().enumerate() {
+///         ahead.step(machine);
+///         let sequence = index as u64 + 1;
+///         output.clear();
+///         machine.apply(&Context { sequence, timestamp_ns: sequence }, command, &mut output);
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Lookahead<I> {
     /// The next command for `prefetch_index`.
     indexed: I,
     /// The next command for `prefetch`.
@@ -200,10 +219,7 @@ impl<'a, C: 'a, I: Iterator<Item = &'a C>> Lookahead<I> {
     /// Hints the run's first commands; `commands` makes an iterator over the run from its
     /// first command (each hint walks its own).
     #[inline]
-    pub(crate) fn start<M: StateMachine<Command = C>>(
-        machine: &M,
-        commands: impl Fn() -> I,
-    ) -> Self {
+    pub fn start<M: StateMachine<Command = C>>(machine: &M, commands: impl Fn() -> I) -> Self {
         let mut indexed = commands();
         let mut fetched = commands();
         if M::PREFETCH_AHEAD > 0 {
@@ -219,7 +235,7 @@ impl<'a, C: 'a, I: Iterator<Item = &'a C>> Lookahead<I> {
 
     /// Before each command's apply: hints the ones `PREFETCH_AHEAD` and twice that after it.
     #[inline]
-    pub(crate) fn step<M: StateMachine<Command = C>>(&mut self, machine: &M) {
+    pub fn step<M: StateMachine<Command = C>>(&mut self, machine: &M) {
         if M::PREFETCH_AHEAD > 0 {
             if let Some(command) = self.indexed.next() {
                 machine.prefetch_index(command);
