@@ -26,7 +26,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use hdrhistogram::Histogram;
 use keel_engine::{
     Bincode, Codec, Context, Delivery, Output, Replication, SnapshotPolicy, StateMachine,
 };
@@ -35,7 +34,7 @@ use keel_examples::driver::{drive_gateway, Driven, Gateway, Keel, Pace};
 use keel_examples::exchange::{self, Exchange};
 use keel_examples::ledger::{self, Ledger};
 
-use crate::engine::{self, Follower};
+use crate::engine::{self, Follower, Lag};
 use crate::report::Latency;
 use crate::ring::Outcome;
 use crate::scratch::Scratch;
@@ -94,26 +93,19 @@ pub fn ledger(root: &Path, system: System, load: Load) -> Result<(Outcome, Optio
     Ok(outcome(&driven, load.rate))
 }
 
-/// [`ledger`] with a replica's lag reported instead of the latency: from the primary
-/// journaling each command after the warm-up to the replica applying it.
-pub fn ledger_lag(
-    root: &Path,
-    durability: DurabilityArg,
-    load: Load,
-) -> Result<(Outcome, Latency)> {
+/// [`ledger`] with a replica, whose lag is reported instead of the latency: from the primary
+/// journaling each command after the warm-up to the replica applying it, and in sequences.
+pub fn ledger_lag(root: &Path, durability: DurabilityArg, load: Load) -> Result<(Outcome, Lag)> {
     let (driven, lag) = ledger_followed(root, System::Followed(durability), load)?;
     let lag = lag.context("a followed run measures its replica's lag")?;
     let timed = load.commands - load.pace().warm_up;
-    ensure!(lag.len() == timed, "the replica's lag of {} commands, not {timed}", lag.len());
-    Ok((outcome(&driven, None).0, Latency::from_histogram(&lag)))
+    let recorded = lag.time.len();
+    ensure!(recorded == timed, "the replica's lag of {recorded} commands, not {timed}");
+    Ok((outcome(&driven, None).0, lag))
 }
 
 /// The ledger run of [`ledger`], and the replica's lag when `system` has one.
-fn ledger_followed(
-    root: &Path,
-    system: System,
-    load: Load,
-) -> Result<(Driven, Option<Histogram<u64>>)> {
+fn ledger_followed(root: &Path, system: System, load: Load) -> Result<(Driven, Option<Lag>)> {
     let mut workload =
         ledger::workload::Workload::new(SEED, ACCOUNTS, CODES, ledger::workload::Mix::PAYMENTS, 1);
     let setup = workload.setup();
@@ -180,7 +172,7 @@ fn run_system<M>(
     setup: Vec<M::Command>,
     next: impl FnMut() -> M::Command,
     load: Load,
-) -> Result<(Driven, M, Option<Histogram<u64>>)>
+) -> Result<(Driven, M, Option<Lag>)>
 where
     M: StateMachine,
     M::Command: Clone,
@@ -224,7 +216,7 @@ fn run_keel<M>(
     setup: Vec<M::Command>,
     next: impl FnMut() -> M::Command,
     load: Load,
-) -> Result<(Driven, M, Option<Histogram<u64>>)>
+) -> Result<(Driven, M, Option<Lag>)>
 where
     M: StateMachine,
     M::Command: Clone,
@@ -234,7 +226,7 @@ where
     let replication = followed.then(|| Replication::new(engine::SECRET));
     let mut engine =
         options.open_replicating(data, initial(), SnapshotPolicy::default(), replication)?;
-    let follower = match engine.replication_address() {
+    let mut follower = match engine.replication_address() {
         Some(address) => {
             // The lag is recorded after the setup and the traffic's warm-up, at a fixed rate
             // only: at saturation a clock read per command on the replica's thread would slow
@@ -252,7 +244,18 @@ where
     // One gateway thread publishes: the engine's sole publisher, as `ledger run` uses.
     let mut publisher = engine.sole_publisher()?;
     let mut gateway = Keel { publisher: &mut publisher, output: &mut output };
-    let driven = drive(&mut gateway, setup, next, load)?;
+    let mut pace = load.pace();
+    let warm_up = pace.warm_up;
+    if follower.is_some() && load.rate.is_some() {
+        // The replica's lag in sequences, sampled about every millisecond after the warm-up.
+        pace.progress_every = Some(std::time::Duration::from_millis(1));
+    }
+    let sample = |answered: u64| {
+        if let Some(follower) = follower.as_mut().filter(|_| answered >= warm_up) {
+            follower.sample(engine.stats().journaled);
+        }
+    };
+    let driven = drive_paced(&mut gateway, setup, next, load.commands, pace, sample)?;
     let followed = match follower {
         Some(follower) => Some(follower.finish(driven.last_sequence)?),
         None => None,
@@ -277,11 +280,24 @@ fn drive<G: Gateway>(
     next: impl FnMut() -> G::Command,
     load: Load,
 ) -> Result<Driven> {
+    drive_paced(gateway, setup, next, load.commands, load.pace(), |_| {})
+}
+
+/// [`drive`] with the traffic's pace given, and `progress` called as it says with the commands
+/// of the traffic answered so far.
+fn drive_paced<G: Gateway>(
+    gateway: &mut G,
+    setup: Vec<G::Command>,
+    next: impl FnMut() -> G::Command,
+    commands: u64,
+    pace: Pace,
+    progress: impl FnMut(u64),
+) -> Result<Driven> {
     let count = setup.len() as u64;
     let mut setup = setup.into_iter();
     let next_setup = || setup.next().expect("one setup command per count");
     drive_gateway(gateway, next_setup, count, Pace::default(), |_, _| {}, |_| {})?;
-    drive_gateway(gateway, next, load.commands, load.pace(), |_, _| {}, |_| {})
+    drive_gateway(gateway, next, commands, pace, |_, _| {}, progress)
 }
 
 /// One command's deliveries as the peer thread sends them back: its sequence, an event (none

@@ -8,6 +8,7 @@
 //! on the sending thread (an output poller, the gateway shape), so the compact topology runs
 //! on two threads; the pipelined one needs three, one more than this machine's cores.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -170,11 +171,36 @@ fn builder(
 
 /// A replica over loopback TCP, in this process, of the engine serving replicas at `address`;
 /// it records, for each command after `warm_up`, its lag: from the primary journaling it (the
-/// command's timestamp) to the replica applying it (both clocks are this host's).
+/// command's timestamp) to the replica applying it (both clocks are this host's). The gateway
+/// also samples its lag in sequences ([`sample`](Self::sample)).
 pub struct Follower<M: StateMachine> {
     replica: Replica<M>,
     lag: Arc<Mutex<Histogram<u64>>>,
+    sequences: Histogram<u64>,
     _scratch: Scratch,
+}
+
+/// A replica's lag over a run: per command, nanoseconds from the primary journaling it to the
+/// replica applying it; and in samples taken by the gateway, how many sequences the replica's
+/// last applied was behind the primary's last journaled.
+pub struct Lag {
+    pub time: Histogram<u64>,
+    pub sequences: Histogram<u64>,
+}
+
+impl Lag {
+    /// The lag in sequences, as a case's figures: its median, 99th percentile and maximum.
+    pub fn sequence_details(&self) -> Result<BTreeMap<&'static str, f64>> {
+        ensure!(!self.sequences.is_empty(), "the replica's lag in sequences was never sampled");
+        let at = |quantile| self.sequences.value_at_quantile(quantile) as f64;
+        Ok([
+            ("lag_seq_p50", at(0.5)),
+            ("lag_seq_p99", at(0.99)),
+            ("lag_seq_max", self.sequences.max() as f64),
+        ]
+        .into_iter()
+        .collect())
+    }
 }
 
 impl<M: StateMachine> Follower<M> {
@@ -200,18 +226,24 @@ impl<M: StateMachine> Follower<M> {
                 let _ = lag.record(now.saturating_sub(context.timestamp_ns).max(1));
             })
             .open(initial)?;
-        Ok(Self { replica, lag, _scratch: scratch })
+        Ok(Self { replica, lag, sequences: Histogram::new(3)?, _scratch: scratch })
+    }
+
+    /// Records how far the replica is behind the primary, whose journal is at `journaled`.
+    pub fn sample(&mut self, journaled: u64) {
+        let behind = journaled.saturating_sub(self.replica.stats().applied);
+        let _ = self.sequences.record(behind);
     }
 
     /// Waits for the replica to apply `sequence`, stops it, and returns its state and lag.
-    pub fn finish(self, sequence: u64) -> Result<(M, Histogram<u64>)> {
+    pub fn finish(self, sequence: u64) -> Result<(M, Lag)> {
         ensure!(
             self.replica.wait_for(sequence, Duration::from_secs(60))?,
             "the replica never reached {sequence}"
         );
         let state = self.replica.stop()?;
-        let lag = self.lag.lock().expect("the lag histogram").clone();
-        Ok((state, lag))
+        let time = self.lag.lock().expect("the lag histogram").clone();
+        Ok((state, Lag { time, sequences: self.sequences }))
     }
 }
 
@@ -371,6 +403,9 @@ pub fn expected_sum(commands: u64) -> u64 {
     (1..=commands).fold(0u64, |sum, value| sum.wrapping_add(value))
 }
 
+/// Commands between two samples of a replica's lag in sequences (a millisecond at 1 M/s).
+pub const LAG_SAMPLE_EVERY: u64 = 1024;
+
 /// An open-loop run's shape: the engine's topology and tier, whether a replica follows it over
 /// loopback TCP (in this process), and the offered rate for how long.
 #[derive(Clone, Copy, Debug)]
@@ -408,7 +443,7 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
         let mut engine = builder(&scratch.0, topology, durability, replicated)
             .output_poller()
             .open(Slots::default())?;
-        let follower = follow(root, &engine, replicated, warm_up)?;
+        let mut follower = follow(root, &engine, replicated, warm_up)?;
         let mut output = engine.take_output_poller().context("the output poller")?;
         // One gateway thread publishes: the engine's sole publisher.
         let mut publisher = engine.sole_publisher()?;
@@ -445,6 +480,11 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
                     Ok(_) => break,
                     Err(keel_engine::EngineError::Full) => received += receive(&mut histogram)?,
                     Err(error) => return Err(error.into()),
+                }
+            }
+            if let Some(follower) = follower.as_mut().filter(|_| index >= warm_up) {
+                if index % LAG_SAMPLE_EVERY == 0 {
+                    follower.sample(engine.stats().journaled);
                 }
             }
         }
@@ -488,8 +528,8 @@ pub struct OpenLoop {
     /// Each command's latency, from its intended send time to its event's arrival.
     #[allow(dead_code)] // Kept for the `.hgrm` files of issue 7.
     pub histogram: Histogram<u64>,
-    /// The replica's lag, when the run had one: from journaled to applied on the replica.
-    pub lag: Option<Histogram<u64>>,
+    /// The replica's lag, when the run had one.
+    pub lag: Option<Lag>,
 }
 
 /// The engine of the journals that are replayed (recovery) or followed (a replica's catch-up):

@@ -26,6 +26,8 @@ mod ring;
 mod save;
 mod scratch;
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
 use keel_ring::{Blocking, BusySpin, Sleeping, Yielding};
@@ -357,13 +359,28 @@ fn run_journal(arguments: &Arguments, runs: usize, scale: u64) -> Result<Results
 }
 
 /// One engine case: scenario, system, variant, the sum its state must reach, how to run it.
-type EngineCase = (
-    &'static str,
-    &'static str,
-    String,
-    u64,
-    Box<dyn Fn() -> Result<(ring::Outcome, Option<Latency>)>>,
-);
+type EngineCase = (&'static str, &'static str, String, u64, Box<dyn Fn() -> Result<CaseRun>>);
+
+/// What one run of an engine case measured: its outcome, its latency (at a fixed rate), and
+/// figures that are neither (a replica's lag in sequences), by name.
+struct CaseRun {
+    outcome: ring::Outcome,
+    latency: Option<Latency>,
+    details: BTreeMap<&'static str, f64>,
+}
+
+impl From<(ring::Outcome, Option<Latency>)> for CaseRun {
+    fn from((outcome, latency): (ring::Outcome, Option<Latency>)) -> Self {
+        Self { outcome, latency, details: BTreeMap::new() }
+    }
+}
+
+/// An engine case's run from a closure that measures an outcome and maybe a latency.
+fn case(
+    run: impl Fn() -> Result<(ring::Outcome, Option<Latency>)> + 'static,
+) -> Box<dyn Fn() -> Result<CaseRun>> {
+    Box::new(move || run().map(CaseRun::from))
+}
 
 /// The engine cases, sized by `scale` (1 for the full run, 10 for `--quick`).
 fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
@@ -385,7 +402,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                 "keel",
                 format!("{topology_name} {tier} yielding"),
                 expected,
-                Box::new(move || {
+                case(move || {
                     let outcome =
                         engine::saturation(&root, topology, durability, false, true, commands)?;
                     Ok((outcome, None))
@@ -402,7 +419,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             "keel",
             format!("compact {tier} yielding, shared publisher"),
             expected,
-            Box::new(move || {
+            case(move || {
                 let outcome = engine::saturation(
                     &root,
                     Topology::Compact,
@@ -420,14 +437,14 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "keel-ring",
         "no journal, yielding".into(),
         expected,
-        Box::new(move || Ok((engine::bare_ring(commands)?, None))),
+        case(move || Ok((engine::bare_ring(commands)?, None))),
     ));
     cases.push((
         "engine-saturation",
         "disruptor",
         "no journal, busy-spin+hint".into(),
         expected,
-        Box::new(move || Ok((engine::disruptor(commands)?, None))),
+        case(move || Ok((engine::disruptor(commands)?, None))),
     ));
     let replayed = 10_000_000 / scale;
     let recovery_root = root.to_owned();
@@ -436,7 +453,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "keel",
         "replay, page-cache, no snapshot".into(),
         engine::expected_sum(replayed),
-        Box::new(move || Ok((engine::recovery(&recovery_root, replayed)?, None))),
+        case(move || Ok((engine::recovery(&recovery_root, replayed)?, None))),
     ));
     let snapshot_root = root.to_owned();
     cases.push((
@@ -444,7 +461,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "keel",
         "pause for 1M entries (copy reused)".into(),
         engine::expected_sum(1_000),
-        Box::new(move || {
+        case(move || {
             let (outcome, pause) = engine::snapshot_pause(&snapshot_root, vec![0u64; 1_000_000])?;
             Ok((outcome, Some(pause)))
         }),
@@ -455,7 +472,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "keel",
         "pause for 1M entries in a CowVec (chunks shared)".into(),
         engine::expected_sum(1_000),
-        Box::new(move || {
+        case(move || {
             let values = keel_engine::CowVec::from_elem(0u64, 1_000_000);
             let (outcome, pause) = engine::snapshot_pause(&snapshot_root, values)?;
             Ok((outcome, Some(pause)))
@@ -466,7 +483,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "machine",
         "clone_from of 1M entries, no engine".into(),
         0,
-        Box::new(|| {
+        case(|| {
             let (outcome, copies) = engine::copy_floor(1_000_000, 20)?;
             Ok((outcome, Some(copies)))
         }),
@@ -476,7 +493,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "machine",
         "CowVec of 1M entries: a write to each chunk after a clone".into(),
         0,
-        Box::new(|| {
+        case(|| {
             let (outcome, writes) = engine::copy_on_write_floor(1_000_000, 20)?;
             Ok((outcome, Some(writes)))
         }),
@@ -488,14 +505,14 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "machine",
         "random writes to a Vec of 1M entries".into(),
         written,
-        Box::new(move || Ok((engine::write_cost(vec![0u64; 1_000_000], writes)?, None))),
+        case(move || Ok((engine::write_cost(vec![0u64; 1_000_000], writes)?, None))),
     ));
     cases.push((
         "engine-snapshot",
         "machine",
         "random writes to a CowVec of 1M entries".into(),
         written,
-        Box::new(move || {
+        case(move || {
             let values = keel_engine::CowVec::from_elem(0u64, 1_000_000);
             Ok((engine::write_cost(values, writes)?, None))
         }),
@@ -505,7 +522,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "machine",
         "first touch of fresh memory, M pages/s".into(),
         0,
-        Box::new(|| {
+        case(|| {
             let (outcome, rewritten) = engine::first_touch(1 << 30)?;
             let gigabytes = (1u64 << 30) as f64 / 1e9;
             // The rewrite's rate has no column of its own: said on stderr, beside the table
@@ -524,7 +541,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "machine",
         "stalls of 2 spinning threads, per 1 us".into(),
         0,
-        Box::new(move || {
+        case(move || {
             let (outcome, stalls) = engine::hiccups(hiccup_duration)?;
             Ok((outcome, Some(stalls)))
         }),
@@ -555,13 +572,16 @@ fn open_loop_case(
     let expected = engine::expected_sum(offered.commands());
     let run = move || {
         let run = engine::open_loop(&root, offered)?;
-        let latency = if lag {
-            let lag = run.lag.context("a replicated run measures the lag")?;
-            Latency::from_histogram(&lag)
-        } else {
-            run.latency
-        };
-        Ok((run.outcome, Some(latency)))
+        if !lag {
+            return Ok(CaseRun::from((run.outcome, Some(run.latency))));
+        }
+        let lag = run.lag.context("a replicated run measures the lag")?;
+        let details = lag.sequence_details()?;
+        Ok(CaseRun {
+            outcome: run.outcome,
+            latency: Some(Latency::from_histogram(&lag.time)),
+            details,
+        })
     };
     (scenario, "keel", variant, expected, Box::new(run))
 }
@@ -586,7 +606,7 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             "keel",
             format!("compact {tier}"),
             engine::expected_sum(commands),
-            Box::new(move || {
+            case(move || {
                 let outcome = engine::saturation(
                     &root,
                     Topology::Compact,
@@ -627,7 +647,7 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "keel",
         "same host, page-cache, from the start".into(),
         engine::expected_sum(caught_up),
-        Box::new(move || Ok((engine::replica_catch_up(&catch_up_root, caught_up)?, None))),
+        case(move || Ok((engine::replica_catch_up(&catch_up_root, caught_up)?, None))),
     ));
     cases
 }
@@ -655,7 +675,7 @@ fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             "keel",
             variant.to_owned(),
             commands,
-            Box::new(move || apps::ledger(&root, which, load)),
+            case(move || apps::ledger(&root, which, load)),
         ));
     }
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
@@ -668,7 +688,7 @@ fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                 "keel",
                 format!("{variant} {}/s", human(rate)),
                 commands,
-                Box::new(move || apps::ledger(&root, which, load)),
+                case(move || apps::ledger(&root, which, load)),
             ));
         }
     }
@@ -686,7 +706,9 @@ fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             commands,
             Box::new(move || {
                 let (outcome, lag) = apps::ledger_lag(&root, durability, load)?;
-                Ok((outcome, Some(lag)))
+                let details = lag.sequence_details()?;
+                let latency = Some(Latency::from_histogram(&lag.time));
+                Ok(CaseRun { outcome, latency, details })
             }),
         ));
     }
@@ -720,7 +742,7 @@ fn ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             system,
             variant.to_owned(),
             commands,
-            Box::new(move || apps::ledger(&root, which, load)),
+            case(move || apps::ledger(&root, which, load)),
         ));
     }
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
@@ -738,7 +760,7 @@ fn ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                 system,
                 format!("{variant} {}/s", human(rate)),
                 commands,
-                Box::new(move || apps::ledger(&root, which, load)),
+                case(move || apps::ledger(&root, which, load)),
             ));
         }
     }
@@ -756,14 +778,14 @@ fn exchange_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         "keel",
         "compact page-cache".into(),
         commands,
-        Box::new(move || apps::exchange(&saturation_root, apps::Load { commands, rate: None })),
+        case(move || apps::exchange(&saturation_root, apps::Load { commands, rate: None })),
     ));
     cases.push((
         "exchange",
         "machine",
         "apply on one thread, no engine".into(),
         commands,
-        Box::new(move || apps::exchange_machine(commands)),
+        case(move || apps::exchange_machine(commands)),
     ));
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
         let commands = (rate as f64 * seconds / scale as f64) as u64;
@@ -773,7 +795,7 @@ fn exchange_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             "keel",
             format!("compact page-cache {}/s", human(rate)),
             commands,
-            Box::new(move || apps::exchange(&root, apps::Load { commands, rate: Some(rate) })),
+            case(move || apps::exchange(&root, apps::Load { commands, rate: Some(rate) })),
         ));
     }
     cases
@@ -817,14 +839,15 @@ fn run_cases(
         }
         for index in 0..cases.len() {
             let (scenario, system, variant, expected, case) = cases[(index + run) % cases.len()];
-            let (outcome, latency) = case()?;
+            let CaseRun { outcome, latency, details } = case()?;
             ensure!(
                 outcome.sum == *expected,
                 "{scenario} {system} {variant}: the state sums to {}, expected {expected}",
                 outcome.sum
             );
-            let measurement =
+            let mut measurement =
                 measured((scenario, system, variant.clone()), run, &outcome, latency, probe_ns);
+            measurement.details = details;
             print_measurement(arguments, &measurement)?;
             measurements.push(measurement);
         }
