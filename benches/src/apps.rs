@@ -178,40 +178,35 @@ where
     M::Command: Clone,
     M::Event: Clone,
 {
-    match system {
+    let store = match system {
         System::Keel(durability, topology) => {
-            run_keel(data, durability, topology, false, initial, setup, next, load)
+            return run_keel(data, (durability, topology, false), initial, setup, next, load);
         }
         System::Followed(durability) => {
-            run_keel(data, durability, TopologyArg::Compact, true, initial, setup, next, load)
+            let settings = (durability, TopologyArg::Compact, true);
+            return run_keel(data, settings, initial, setup, next, load);
         }
-        System::NoJournal | System::Sqlite { .. } => {
-            let store = match system {
-                System::Sqlite { full } => Some(EventStore::open(&data.join("events.db"), full)?),
-                _ => None,
-            };
-            let (commands, worker_commands) = crossbeam_channel::bounded(RING_CAPACITY);
-            let (worker_replies, replies) = crossbeam_channel::bounded(RING_CAPACITY / 64);
-            let state = initial();
-            let worker = std::thread::Builder::new()
-                .name("bench-peer".into())
-                .spawn(move || peer_worker(state, store, worker_commands, worker_replies))?;
-            let mut gateway = Channels { commands, replies, next: 1, pending: Vec::new() };
-            let driven = drive(&mut gateway, setup, next, load);
-            drop(gateway);
-            let state = worker.join().map_err(|_| anyhow::anyhow!("the peer's thread panicked"))?;
-            Ok((driven?, state?, None))
-        }
-    }
+        System::NoJournal => None,
+        System::Sqlite { full } => Some(EventStore::open(&data.join("events.db"), full)?),
+    };
+    let (commands, worker_commands) = crossbeam_channel::bounded(RING_CAPACITY);
+    let (worker_replies, replies) = crossbeam_channel::bounded(RING_CAPACITY / 64);
+    let state = initial();
+    let worker = std::thread::Builder::new()
+        .name("bench-peer".into())
+        .spawn(move || peer_worker(state, store, worker_commands, worker_replies))?;
+    let mut gateway = Channels { commands, replies, next: 1, pending: Vec::new() };
+    let driven = drive(&mut gateway, setup, next, load);
+    drop(gateway);
+    let state = worker.join().map_err(|_| anyhow::anyhow!("the peer's thread panicked"))?;
+    Ok((driven?, state?, None))
 }
 
-/// [`run_system`] on keel, `followed` by a replica over loopback TCP in this process.
-#[allow(clippy::too_many_arguments)] // run_system's, and the two that name keel's settings.
+/// [`run_system`] on keel in this tier and topology, followed (when the flag says so) by a
+/// replica over loopback TCP in this process.
 fn run_keel<M>(
     data: &Path,
-    durability: DurabilityArg,
-    topology: TopologyArg,
-    followed: bool,
+    (durability, topology, followed): (DurabilityArg, TopologyArg, bool),
     initial: impl Fn() -> M,
     setup: Vec<M::Command>,
     next: impl FnMut() -> M::Command,
