@@ -252,7 +252,8 @@ where
     };
     let driven = drive_paced(&mut gateway, setup, next, load.commands, pace, sample)?;
     let followed = match follower {
-        Some(follower) => Some(follower.finish(driven.last_sequence)?),
+        // Every command is answered, so the journal holds them all: the replica must too.
+        Some(follower) => Some(follower.finish(engine.stats().journaled)?),
         None => None,
     };
     drop(publisher);

@@ -29,8 +29,8 @@ use crate::scratch::Scratch;
 const SLOTS: usize = 1024;
 
 /// The benchmark's state machine: adds each command's amount to one slot of its values (a
-/// `Vec`, or a [`CowVec`] for the snapshot case that compares them), and emits the command's
-/// send time and journal time (for the latency and lag runs).
+/// `Vec`, or a [`CowVec`] for the snapshot case that compares them), and emits a timed
+/// command's send time (for the latency runs; a replica's lag is taken from its `Context`).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Slots<V: Values = Vec<u64>> {
