@@ -1071,6 +1071,8 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             if through > applied {
                 applied = through;
                 progressed = true;
+                // The wait for acknowledgements starts again: for the next unheld command.
+                waiting = None;
                 self.publish_events()?;
             }
             let extended = applied < extend_until && batch.extend(self.batch_limit) > 0;
@@ -1084,8 +1086,10 @@ impl<M: StateMachine, C: Codec> Processor<M, C> {
             if applied >= batch.first_sequence() {
                 batch.release_through(applied);
             }
+            // New input journaled and streamed does not start the wait again: at a moderate
+            // rate a command arrives every few microseconds, and a wait begun afresh at each
+            // would spin for ever, holding a core that the replicas' threads need to answer.
             if progressed || extended {
-                waiting = None;
                 continue;
             }
             // Everything held is journaled and streamed, and nothing more is acknowledged.
