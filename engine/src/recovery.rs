@@ -86,7 +86,7 @@ pub(crate) fn load_snapshot<M: StateMachine, C: Codec>(
     })
 }
 
-/// Where a replay sends each command's events, with its sequence.
+/// Where a replay sends each command's events, with its context.
 pub(crate) type EventSink<'a, E> = &'a mut dyn FnMut(&Context, &[E]);
 
 /// How far a replay went.
