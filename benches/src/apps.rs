@@ -251,21 +251,9 @@ where
         }
     };
     let driven = drive_paced(&mut gateway, setup, next, load.commands, pace, sample)?;
-    let followed = match follower {
-        // Every command is answered, so the journal holds them all: the replica must too.
-        Some(follower) => Some(follower.finish(engine.stats().journaled)?),
-        None => None,
-    };
     drop(publisher);
     drop(output);
-    let state = engine.shutdown().context("shutting the engine down")?;
-    let lag = match followed {
-        Some((replica, lag)) => {
-            engine::ensure_same_state(&state, &replica)?;
-            Some(lag)
-        }
-        None => None,
-    };
+    let (state, lag) = engine::shut_down(engine, follower)?;
     Ok((driven, state, lag))
 }
 

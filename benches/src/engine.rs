@@ -236,7 +236,7 @@ impl<M: StateMachine> Follower<M> {
     }
 
     /// Waits for the replica to apply `sequence`, stops it, and returns its state and lag.
-    pub fn finish(self, sequence: u64) -> Result<(M, Lag)> {
+    fn finish(self, sequence: u64) -> Result<(M, Lag)> {
         ensure!(
             self.replica.wait_for(sequence, Duration::from_secs(60))?,
             "the replica never reached {sequence}"
@@ -247,14 +247,26 @@ impl<M: StateMachine> Follower<M> {
     }
 }
 
-/// Checks that a replica's final state is the primary's.
-pub fn ensure_same_state<M: StateMachine>(primary: &M, replica: &M) -> Result<()> {
-    let (primary, replica) = (primary.state_hash(), replica.state_hash());
+/// Shuts `engine` down once its replica, when it has one, holds everything the engine
+/// journaled, and checks that the replica reached the engine's state. Returns the engine's
+/// final state and the replica's lag. Every publisher must be gone, and every command answered.
+pub fn shut_down<M: StateMachine>(
+    engine: Engine<M>,
+    follower: Option<Follower<M>>,
+) -> Result<(M, Option<Lag>)> {
+    // The replica is streamed by the running engine: it catches up before the engine stops.
+    let followed = match follower {
+        Some(follower) => Some(follower.finish(engine.stats().journaled)?),
+        None => None,
+    };
+    let state = engine.shutdown().context("shutting the engine down")?;
+    let Some((replica, lag)) = followed else { return Ok((state, None)) };
+    let (primary_hash, replica_hash) = (state.state_hash(), replica.state_hash());
     ensure!(
-        primary == replica,
-        "the replica's state hash {replica:#018x} is not the primary's {primary:#018x}"
+        primary_hash == replica_hash,
+        "the replica's state hash {replica_hash:#018x} is not the primary's {primary_hash:#018x}"
     );
-    Ok(())
+    Ok((state, Some(lag)))
 }
 
 /// Publishes `commands` commands one at a time as fast as the engine takes them; the time is
@@ -270,14 +282,13 @@ pub fn saturation(
     sole: bool,
     commands: u64,
 ) -> Result<Outcome> {
-    /// Publishes, waits for the last command to be applied (and the replica to have it), and
-    /// returns the time and the replica's state; the publisher is dropped after, by the caller.
+    /// Publishes, waits for the last command to be applied, and returns the time; the
+    /// publisher is dropped after, by the caller.
     fn measure(
         engine: &Engine<Slots>,
         publisher: &mut impl Publish<Slots>,
-        follower: Option<Follower<Slots>>,
         commands: u64,
-    ) -> Result<(Duration, Option<Slots>)> {
+    ) -> Result<Duration> {
         let started = Instant::now();
         for value in 1..=commands {
             publisher.publish(add(value))?;
@@ -285,28 +296,20 @@ pub fn saturation(
         while engine.stats().applied < commands {
             std::thread::yield_now();
         }
-        let elapsed = started.elapsed();
-        let replica = match follower {
-            Some(follower) => Some(follower.finish(engine.stats().journaled)?.0),
-            None => None,
-        };
-        Ok((elapsed, replica))
+        Ok(started.elapsed())
     }
     let scratch = Scratch::new(root, "saturation")?;
     isolated(|| {
         let mut engine =
             builder(&scratch.0, topology, durability, replicated).open(Slots::default())?;
         let follower = follow(root, &engine, replicated, commands)?;
-        let (elapsed, replica) = if sole {
+        let elapsed = if sole {
             let mut publisher = engine.sole_publisher()?;
-            measure(&engine, &mut publisher, follower, commands)?
+            measure(&engine, &mut publisher, commands)?
         } else {
-            measure(&engine, &mut engine.publisher(), follower, commands)?
+            measure(&engine, &mut engine.publisher(), commands)?
         };
-        let state = engine.shutdown()?;
-        if let Some(replica) = replica {
-            ensure_same_state(&state, &replica)?;
-        }
+        let (state, _) = shut_down(engine, follower)?;
         Ok(Outcome { elapsed, events: commands, sum: state.sum() })
     })
 }
@@ -404,7 +407,7 @@ pub fn expected_sum(commands: u64) -> u64 {
 }
 
 /// Commands between two samples of a replica's lag in sequences (a millisecond at 1 M/s).
-pub const LAG_SAMPLE_EVERY: u64 = 1024;
+const LAG_SAMPLE_EVERY: u64 = 1024;
 
 /// An open-loop run's shape: the engine's topology and tier, whether a replica follows it over
 /// loopback TCP (in this process), and the offered rate for how long.
@@ -494,19 +497,8 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
             received += receive(&mut histogram)?;
         }
         let elapsed = epoch.elapsed();
-        let followed = match follower {
-            Some(follower) => Some(follower.finish(engine.stats().journaled)?),
-            None => None,
-        };
         drop(publisher);
-        let state = engine.shutdown()?;
-        let lag = match followed {
-            Some((replica, lag)) => {
-                ensure_same_state(&state, &replica)?;
-                Some(lag)
-            }
-            None => None,
-        };
+        let (state, lag) = shut_down(engine, follower)?;
         ensure!(
             histogram.len() == commands - warm_up,
             "recorded {} of {} latencies",
