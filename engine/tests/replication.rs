@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{commands, records, Bank, Command};
 use keel_engine::{
     replay_to, Bincode, Context, Durability, Engine, EngineError, Halt, Output, ReplayTarget,
-    Replica, Replication, StateMachine,
+    Replica, Replication, StateMachine, Wait,
 };
 use keel_journal::format::KIND_CHECKPOINT;
 
@@ -26,8 +26,18 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const KIND_COMMAND: u16 = 1;
 
 fn primary(directory: &Path, durability: Durability, replication: Replication) -> Engine<Bank> {
+    primary_waiting(directory, durability, replication, Wait::default())
+}
+
+fn primary_waiting(
+    directory: &Path,
+    durability: Durability,
+    replication: Replication,
+    wait: Wait,
+) -> Engine<Bank> {
     Engine::builder(directory)
         .durability(durability)
+        .wait(wait)
         .segment_size(1 << 20)
         .ring_capacity(256)
         .checkpoints(100)
@@ -494,10 +504,23 @@ fn a_replica_behind_a_faulty_link_reconnects_and_never_diverges() {
 
 #[test]
 fn a_replica_that_stops_acknowledging_is_dropped_from_the_quorum() {
+    dropped_from_the_quorum(Wait::default());
+}
+
+/// A primary whose engine thread busy-spins for input (and spins before it sleeps for
+/// acknowledgements) notices the timeout, drops the replica and applies nothing unacknowledged,
+/// as a yielding one does.
+#[test]
+fn a_busy_spinning_primary_drops_a_replica_that_stops_acknowledging() {
+    dropped_from_the_quorum(Wait::BusySpin);
+}
+
+fn dropped_from_the_quorum(wait: Wait) {
     let primary_directory = tempfile::tempdir().unwrap();
     let replica_directory = tempfile::tempdir().unwrap();
     let replication = Replication::new(SECRET).ack_timeout(Duration::from_millis(200));
-    let engine = primary(primary_directory.path(), Durability::Replicated, replication);
+    let engine =
+        primary_waiting(primary_directory.path(), Durability::Replicated, replication, wait);
     let proxy = FaultProxy::start(engine.replication_address().unwrap());
     let follower = replica(proxy.address, replica_directory.path());
     let input = commands(600, 10, 3);
