@@ -26,15 +26,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use keel_engine::{
-    Bincode, Codec, Context, Delivery, Output, Replication, SnapshotPolicy, StateMachine,
-};
+use keel_engine::{Bincode, Codec, Context, Delivery, Output, SnapshotPolicy, StateMachine};
 use keel_examples::cli::{DurabilityArg, EngineOptions, TopologyArg, RING_CAPACITY};
 use keel_examples::driver::{drive_gateway, Driven, Gateway, Keel, Pace};
 use keel_examples::exchange::{self, Exchange};
 use keel_examples::ledger::{self, Ledger};
 
-use crate::engine::{self, Follower, Lag};
+use crate::engine::{self, Follower, Lag, Replicas};
 use crate::report::Latency;
 use crate::ring::Outcome;
 use crate::scratch::Scratch;
@@ -56,8 +54,10 @@ pub enum System {
     /// keel, in this tier and topology, yielding waits.
     Keel(DurabilityArg, TopologyArg),
     /// keel in this tier, compact topology, yielding waits, with one replica over loopback
-    /// TCP in this process (required by the `Replicated` tier, asynchronous in the others).
-    Followed(DurabilityArg),
+    /// TCP in this process (required by the `Replicated` tier, asynchronous in the others),
+    /// and this many rounds of spinning for its acknowledgements (the engine's default when
+    /// `None`).
+    Followed(DurabilityArg, Option<u32>),
     /// One thread applying commands from a channel, no journal.
     NoJournal,
     /// One thread appending to a SQLite event store, then applying; `full` is
@@ -95,8 +95,12 @@ pub fn ledger(root: &Path, system: System, load: Load) -> Result<(Outcome, Optio
 
 /// [`ledger`] with a replica, whose lag is reported instead of the latency: from the primary
 /// journaling each command after the warm-up to the replica applying it, and in sequences.
-pub fn ledger_lag(root: &Path, durability: DurabilityArg, load: Load) -> Result<(Outcome, Lag)> {
-    let (driven, lag) = ledger_followed(root, System::Followed(durability), load)?;
+pub fn ledger_lag(
+    root: &Path,
+    (durability, ack_spin): (DurabilityArg, Option<u32>),
+    load: Load,
+) -> Result<(Outcome, Lag)> {
+    let (driven, lag) = ledger_followed(root, System::Followed(durability, ack_spin), load)?;
     let lag = lag.context("a followed run measures its replica's lag")?;
     let timed = load.commands - load.pace().warm_up;
     let recorded = lag.time.len();
@@ -180,10 +184,11 @@ where
 {
     let store = match system {
         System::Keel(durability, topology) => {
-            return run_keel(data, (durability, topology, false), initial, setup, next, load);
+            let settings = (durability, topology, Replicas::None);
+            return run_keel(data, settings, initial, setup, next, load);
         }
-        System::Followed(durability) => {
-            let settings = (durability, TopologyArg::Compact, true);
+        System::Followed(durability, ack_spin) => {
+            let settings = (durability, TopologyArg::Compact, Replicas::One { ack_spin });
             return run_keel(data, settings, initial, setup, next, load);
         }
         System::NoJournal => None,
@@ -202,11 +207,11 @@ where
     Ok((driven?, state?, None))
 }
 
-/// [`run_system`] on keel in this tier and topology, followed (when the flag says so) by a
+/// [`run_system`] on keel in this tier and topology, followed (with `replicas`) by a
 /// replica over loopback TCP in this process.
 fn run_keel<M>(
     data: &Path,
-    (durability, topology, followed): (DurabilityArg, TopologyArg, bool),
+    (durability, topology, replicas): (DurabilityArg, TopologyArg, Replicas),
     initial: impl Fn() -> M,
     setup: Vec<M::Command>,
     next: impl FnMut() -> M::Command,
@@ -218,7 +223,7 @@ where
     M::Event: Clone,
 {
     let options = EngineOptions { durability, topology, ..EngineOptions::default() };
-    let replication = followed.then(|| Replication::new(engine::SECRET));
+    let replication = replicas.replication();
     let mut engine =
         options.open_replicating(data, initial(), SnapshotPolicy::default(), replication)?;
     let mut follower = match engine.replication_address() {

@@ -148,12 +148,42 @@ const SEGMENT_SIZE: u64 = 64 << 20;
 /// The replication secret of the runs with a replica.
 pub const SECRET: &[u8] = b"keel-bench";
 
-/// An engine on `directory` in `durability`, serving replicas when `replicated`.
+/// Whether a run's engine serves one replica over loopback TCP (in this process), and how it
+/// waits for the replica's acknowledgements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    None,
+    /// One replica; `ack_spin`: the engine's rounds of spinning for an acknowledgement
+    /// ([`Replication::ack_spin`]), or its default.
+    One {
+        ack_spin: Option<u32>,
+    },
+}
+
+impl Replicas {
+    /// One replica, the engine waiting for acknowledgements in its default way.
+    pub const ONE: Self = Self::One { ack_spin: None };
+
+    fn any(self) -> bool {
+        self != Self::None
+    }
+
+    /// The replication of an engine with these replicas.
+    pub fn replication(self) -> Option<Replication> {
+        match self {
+            Self::None => None,
+            Self::One { ack_spin: None } => Some(Replication::new(SECRET)),
+            Self::One { ack_spin: Some(rounds) } => Some(Replication::new(SECRET).ack_spin(rounds)),
+        }
+    }
+}
+
+/// An engine on `directory` in `durability`, serving `replicas`.
 fn builder(
     directory: &std::path::Path,
     topology: Topology,
     durability: Durability,
-    replicated: bool,
+    replicas: Replicas,
 ) -> EngineBuilder<Slots> {
     let builder = Engine::builder(directory)
         .durability(durability)
@@ -162,10 +192,9 @@ fn builder(
         .ring_capacity(64 * 1024)
         .output_capacity(64 * 1024)
         .segment_size(SEGMENT_SIZE);
-    if replicated {
-        builder.replicate(Replication::new(SECRET))
-    } else {
-        builder
+    match replicas.replication() {
+        Some(replication) => builder.replicate(replication),
+        None => builder,
     }
 }
 
@@ -270,7 +299,7 @@ pub fn shut_down<M: StateMachine>(
 }
 
 /// Publishes `commands` commands one at a time as fast as the engine takes them; the time is
-/// from the first publish to the last command applied. `replicated`: with a replica over
+/// from the first publish to the last command applied. `replicas`: with a replica over
 /// loopback TCP (in the `Replicated` tier, every command waits for its acknowledgement).
 /// `sole`: through the engine's [`SolePublisher`](keel_engine::SolePublisher), as an
 /// application with one publishing thread does; otherwise through a shared `Publisher`.
@@ -278,7 +307,7 @@ pub fn saturation(
     root: &std::path::Path,
     topology: Topology,
     durability: Durability,
-    replicated: bool,
+    replicas: Replicas,
     sole: bool,
     commands: u64,
 ) -> Result<Outcome> {
@@ -301,8 +330,8 @@ pub fn saturation(
     let scratch = Scratch::new(root, "saturation")?;
     isolated(|| {
         let mut engine =
-            builder(&scratch.0, topology, durability, replicated).open(Slots::default())?;
-        let follower = follow(root, &engine, replicated, commands)?;
+            builder(&scratch.0, topology, durability, replicas).open(Slots::default())?;
+        let follower = follow(root, &engine, replicas, commands)?;
         let elapsed = if sole {
             let mut publisher = engine.sole_publisher()?;
             measure(&engine, &mut publisher, commands)?
@@ -314,14 +343,14 @@ pub fn saturation(
     })
 }
 
-/// A replica of `engine` when `replicated`, its lag recorded after `warm_up`.
+/// A replica of `engine` when it has `replicas`, its lag recorded after `warm_up`.
 fn follow(
     root: &std::path::Path,
     engine: &Engine<Slots>,
-    replicated: bool,
+    replicas: Replicas,
     warm_up: u64,
 ) -> Result<Option<Follower<Slots>>> {
-    if !replicated {
+    if !replicas.any() {
         return Ok(None);
     }
     let address = engine.replication_address().context("the engine replicates")?;
@@ -415,7 +444,7 @@ const LAG_SAMPLE_EVERY: u64 = 1024;
 pub struct Offered {
     pub topology: Topology,
     pub durability: Durability,
-    pub replicated: bool,
+    pub replicas: Replicas,
     /// Commands per second.
     pub rate: u64,
     pub duration: Duration,
@@ -437,16 +466,16 @@ impl Offered {
 /// warm-up and is not recorded. Returns the outcome, the percentiles and the histogram, and
 /// with a replica the replica's lag.
 pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
-    let Offered { topology, durability, replicated, rate, .. } = offered;
+    let Offered { topology, durability, replicas, rate, .. } = offered;
     let scratch = Scratch::new(root, "latency")?;
     let commands = offered.commands();
     let warm_up = commands / 10;
     isolated(|| {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-        let mut engine = builder(&scratch.0, topology, durability, replicated)
+        let mut engine = builder(&scratch.0, topology, durability, replicas)
             .output_poller()
             .open(Slots::default())?;
-        let mut follower = follow(root, &engine, replicated, warm_up)?;
+        let mut follower = follow(root, &engine, replicas, warm_up)?;
         let mut output = engine.take_output_poller().context("the output poller")?;
         // One gateway thread publishes: the engine's sole publisher.
         let mut publisher = engine.sole_publisher()?;

@@ -32,6 +32,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
 use keel_ring::{Blocking, BusySpin, Sleeping, Yielding};
 
+use crate::engine::Replicas;
 use crate::machine::{inter_core_round_trip_ns, Machine};
 use crate::report::{figure, summarize, table, Latency, Measurement, Summary};
 use crate::ring::{sum_to, Outcome, PingPong, Pinning};
@@ -403,8 +404,14 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                 format!("{topology_name} {tier} yielding"),
                 expected,
                 case(move || {
-                    let outcome =
-                        engine::saturation(&root, topology, durability, false, true, commands)?;
+                    let outcome = engine::saturation(
+                        &root,
+                        topology,
+                        durability,
+                        Replicas::None,
+                        true,
+                        commands,
+                    )?;
                     Ok((outcome, None))
                 }),
             ));
@@ -424,7 +431,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                     &root,
                     Topology::Compact,
                     durability,
-                    false,
+                    Replicas::None,
                     false,
                     commands,
                 )?;
@@ -550,8 +557,13 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
         for (topology, topology_name) in topologies {
             for (durability, tier) in [tiers[1], tiers[2]] {
-                let offered =
-                    engine::Offered { topology, durability, replicated: false, rate, duration };
+                let offered = engine::Offered {
+                    topology,
+                    durability,
+                    replicas: Replicas::None,
+                    rate,
+                    duration,
+                };
                 let variant = format!("{topology_name} {tier} {}/s", human(rate));
                 cases.push(open_loop_case("engine-latency", variant, root, offered, false));
             }
@@ -590,16 +602,25 @@ fn open_loop_case(
 /// and `Replicated` tiers (one replica over loopback TCP, in this process), at saturation and
 /// at fixed offered rates; the replica's lag at 1 M/s, replicated and asynchronous; all of it
 /// for the engine's trivial machine and for the ledger; and a replica catching up.
+/// The few rounds of spinning for acknowledgements of the `Replicated` tier's second setting
+/// in the replica scenario (`Replication::ack_spin`), against the engine's default.
+const ACK_SPIN_FEW: u32 = 4;
+
 fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     use keel_engine::{Durability, Topology};
     let mut cases: Vec<EngineCase> = Vec::new();
     let commands = 5_000_000 / scale;
+    // The `Replicated` tier twice: spinning for acknowledgements as long as the engine does by
+    // default, and only a few rounds, the setting for replicas that share the engine's cores
+    // (`Replication::ack_spin`): the trade between them is this table's to show.
+    let few_spins = Replicas::One { ack_spin: Some(ACK_SPIN_FEW) };
     let tiers = [
-        (Durability::PageCache, false, "page-cache"),
-        (Durability::Fsync, false, "fsync"),
-        (Durability::Replicated, true, "replicated, 1 replica"),
+        (Durability::PageCache, Replicas::None, "page-cache".to_owned()),
+        (Durability::Fsync, Replicas::None, "fsync".to_owned()),
+        (Durability::Replicated, Replicas::ONE, "replicated, 1 replica".to_owned()),
+        (Durability::Replicated, few_spins, format!("replicated, 1 replica, spin {ACK_SPIN_FEW}")),
     ];
-    for (durability, replicated, tier) in tiers {
+    for (durability, replicas, tier) in tiers.clone() {
         let root = root.to_owned();
         cases.push((
             "replica-saturation",
@@ -611,7 +632,7 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                     &root,
                     Topology::Compact,
                     durability,
-                    replicated,
+                    replicas,
                     true,
                     commands,
                 )?;
@@ -621,21 +642,22 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     }
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
         let duration = std::time::Duration::from_secs_f64(seconds / scale as f64);
-        for (durability, replicated, tier) in tiers {
-            let topology = Topology::Compact;
-            let offered = engine::Offered { topology, durability, replicated, rate, duration };
+        for (durability, replicas, tier) in &tiers {
+            let (topology, durability, replicas) = (Topology::Compact, *durability, *replicas);
+            let offered = engine::Offered { topology, durability, replicas, rate, duration };
             let variant = format!("compact {tier} {}/s", human(rate));
             cases.push(open_loop_case("replica-latency", variant, root, offered, false));
         }
     }
     let duration = std::time::Duration::from_secs_f64(1.0 / scale as f64);
-    for (durability, tier) in [
-        (Durability::Replicated, "replicated"),
-        (Durability::PageCache, "asynchronous, page-cache"),
+    for (durability, replicas, tier) in [
+        (Durability::Replicated, Replicas::ONE, "replicated".to_owned()),
+        (Durability::Replicated, few_spins, format!("replicated, spin {ACK_SPIN_FEW}")),
+        (Durability::PageCache, Replicas::ONE, "asynchronous, page-cache".to_owned()),
     ] {
         let topology = Topology::Compact;
         let rate = 1_000_000;
-        let offered = engine::Offered { topology, durability, replicated: true, rate, duration };
+        let offered = engine::Offered { topology, durability, replicas, rate, duration };
         let variant = format!("journaled to applied, {tier} 1M/s");
         cases.push(open_loop_case("replica-lag", variant, root, offered, true));
     }
@@ -660,27 +682,32 @@ fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     use apps::System;
     use keel_examples::cli::{DurabilityArg, TopologyArg};
     let compact = TopologyArg::Compact;
-    let tiers: [(&'static str, System); 3] = [
-        ("compact page-cache", System::Keel(DurabilityArg::PageCache, compact)),
-        ("compact fsync", System::Keel(DurabilityArg::Fsync, compact)),
-        ("compact replicated, 1 replica", System::Followed(DurabilityArg::Replicated)),
+    let replicated = DurabilityArg::Replicated;
+    let tiers: [(String, System); 4] = [
+        ("compact page-cache".into(), System::Keel(DurabilityArg::PageCache, compact)),
+        ("compact fsync".into(), System::Keel(DurabilityArg::Fsync, compact)),
+        ("compact replicated, 1 replica".into(), System::Followed(replicated, None)),
+        (
+            format!("compact replicated, 1 replica, spin {ACK_SPIN_FEW}"),
+            System::Followed(replicated, Some(ACK_SPIN_FEW)),
+        ),
     ];
     let mut cases: Vec<EngineCase> = Vec::new();
     let commands = 2_000_000 / scale;
-    for (variant, which) in tiers {
+    for (variant, which) in tiers.clone() {
         let root = root.to_owned();
         let load = apps::Load { commands, rate: None };
         cases.push((
             "replica-ledger",
             "keel",
-            variant.to_owned(),
+            variant,
             commands,
             case(move || apps::ledger(&root, which, load)),
         ));
     }
     for (rate, seconds) in [(100_000u64, 2.0), (1_000_000, 1.0)] {
         let commands = (rate as f64 * seconds / scale as f64) as u64;
-        for (variant, which) in tiers {
+        for (variant, which) in tiers.clone() {
             let root = root.to_owned();
             let load = apps::Load { commands, rate: Some(rate) };
             cases.push((
@@ -693,9 +720,10 @@ fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
         }
     }
     let commands = 1_000_000 / scale;
-    for (durability, tier) in [
-        (DurabilityArg::Replicated, "replicated"),
-        (DurabilityArg::PageCache, "asynchronous, page-cache"),
+    for (followed, tier) in [
+        ((replicated, None), "replicated".to_owned()),
+        ((replicated, Some(ACK_SPIN_FEW)), format!("replicated, spin {ACK_SPIN_FEW}")),
+        ((DurabilityArg::PageCache, None), "asynchronous, page-cache".to_owned()),
     ] {
         let root = root.to_owned();
         let load = apps::Load { commands, rate: Some(1_000_000) };
@@ -705,7 +733,7 @@ fn replica_ledger_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
             format!("journaled to applied, {tier} 1M/s"),
             commands,
             Box::new(move || {
-                let (outcome, lag) = apps::ledger_lag(&root, durability, load)?;
+                let (outcome, lag) = apps::ledger_lag(&root, followed, load)?;
                 let details = lag.sequence_details()?;
                 let latency = Some(Latency::from_histogram(&lag.time));
                 Ok(CaseRun { outcome, latency, details })
@@ -1118,9 +1146,11 @@ fn comparable(scenario: &str, keel: &str, peer: &str) -> bool {
 /// keel's tiers compared within one run, where an issue's target is such a ratio: the
 /// scenario, the variant and the variant it is divided by (issue 6: the `Replicated` tier with
 /// one replica at half the `PageCache` tier's throughput or more).
-const TIER_RATIOS: [(&str, &str, &str); 2] = [
+const TIER_RATIOS: [(&str, &str, &str); 4] = [
     ("replica-saturation", "compact replicated, 1 replica", "compact page-cache"),
+    ("replica-saturation", "compact replicated, 1 replica, spin 4", "compact page-cache"),
     ("replica-ledger", "compact replicated, 1 replica", "compact page-cache"),
+    ("replica-ledger", "compact replicated, 1 replica, spin 4", "compact page-cache"),
 ];
 
 fn ratios(summaries: &[Summary], measurements: &[Measurement]) -> Vec<Ratio> {

@@ -160,9 +160,20 @@ fn batches(directory: &Path) -> Vec<Vec<u8>> {
 
 #[test]
 fn the_replicated_tier_applies_only_what_a_replica_holds_and_waits_without_one() {
+    applies_only_what_a_replica_holds(Replication::new(SECRET));
+}
+
+/// An engine that sleeps at once when it waits for acknowledgements, spinning no round, is
+/// woken by each one and applies only what the replica holds.
+#[test]
+fn a_primary_that_does_not_spin_for_acknowledgements_applies_what_a_replica_holds() {
+    applies_only_what_a_replica_holds(Replication::new(SECRET).ack_spin(0));
+}
+
+fn applies_only_what_a_replica_holds(replication: Replication) {
     let primary_directory = tempfile::tempdir().unwrap();
     let replica_directory = tempfile::tempdir().unwrap();
-    let replication = Replication::new(SECRET).quorum(1).ack_timeout(Duration::from_millis(500));
+    let replication = replication.quorum(1).ack_timeout(Duration::from_millis(500));
     let engine = primary(primary_directory.path(), Durability::Replicated, replication);
     let address = engine.replication_address().unwrap();
     let input = commands(3_000, 20, 5);
