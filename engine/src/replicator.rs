@@ -94,15 +94,16 @@ impl Replication {
         self
     }
 
-    /// `Replicated` tier: how many rounds the engine thread spins, once it has nothing to
-    /// journal or apply, before it sleeps until an acknowledgement wakes it (default 256).
-    /// Spinning spares the acknowledgement reader a wake-up and the engine thread a sleep on
-    /// every round trip, which pays at saturation when the replication threads have a core to
-    /// run on meanwhile. When they share the engine thread's core (fewer cores than busy
-    /// threads, a replica on the same host), a spin only holds that core from the threads it
-    /// waits for: a few rounds then answer sooner at moderate rates. On the 2-vCPU VM of
-    /// BENCHMARKS.md, 4 rounds cut the p50 latency at 100 K/s and 1 M/s 1.5 to 4 times and
-    /// cost about a tenth of the ledger's replicated saturation throughput.
+    /// `Replicated` tier: how many rounds the engine thread (the journaller, in the pipelined
+    /// topology) spins, once it has nothing to journal or apply, before it sleeps until an
+    /// acknowledgement wakes it (default 256). Spinning spares the acknowledgement reader a
+    /// wake-up and the waiting thread a sleep on every round trip, which pays at saturation
+    /// when the replication threads have a core to run on meanwhile. When they share its core
+    /// (fewer cores than busy threads, a replica on the same host), a spin only holds that core
+    /// from the threads it waits for, and a few rounds answer sooner at moderate rates. On the
+    /// 2-vCPU VM of BENCHMARKS.md, 4 rounds cut the p50 latency at 100 K/s and 1 M/s 1.5 to 4
+    /// times; the ledger's replicated saturation throughput was the same in some runs and
+    /// about a tenth lower in others.
     pub fn ack_spin(mut self, rounds: u32) -> Self {
         self.ack_spin = rounds;
         self
