@@ -480,6 +480,9 @@ impl ChildArgs {
                 "--ack-timeout-ms".into(),
                 replication.ack_timeout_ms.to_string(),
             ]);
+            if let Some(rounds) = replication.ack_spin {
+                arguments.extend(["--ack-spin".into(), rounds.to_string()]);
+            }
             if let Some(file) = &replication.secret_file {
                 arguments.extend(["--secret-file".into(), file.display().to_string()]);
             }

@@ -13,8 +13,9 @@ use keel_journal::JournalReader;
 
 const SECRET: &str = "a secret shared by the primary and its replicas";
 
-/// A ledger service in the replicated tier, on free ports.
-const SERVE_REPLICATED: [&str; 11] = [
+/// A ledger service in the replicated tier, on free ports, spinning only a few rounds for each
+/// acknowledgement (the setting for replicas on the primary's host).
+const SERVE_REPLICATED: [&str; 13] = [
     "serve",
     "--listen",
     "127.0.0.1:0",
@@ -24,6 +25,8 @@ const SERVE_REPLICATED: [&str; 11] = [
     "replicated",
     "--ack-timeout-ms",
     "300",
+    "--ack-spin",
+    "4",
     "--checkpoint-every",
     "500",
 ];
