@@ -598,14 +598,16 @@ fn open_loop_case(
     (scenario, "keel", variant, expected, Box::new(run))
 }
 
-/// The replication cases, sized by `scale`: the compact topology in the `PageCache`, `Fsync`
-/// and `Replicated` tiers (one replica over loopback TCP, in this process), at saturation and
-/// at fixed offered rates; the replica's lag at 1 M/s, replicated and asynchronous; all of it
-/// for the engine's trivial machine and for the ledger; and a replica catching up.
 /// The few rounds of spinning for acknowledgements of the `Replicated` tier's second setting
 /// in the replica scenario (`Replication::ack_spin`), against the engine's default.
 const ACK_SPIN_FEW: u32 = 4;
 
+/// The replication cases, sized by `scale`: the compact topology in the `PageCache`, `Fsync`
+/// and `Replicated` tiers (one replica over loopback TCP, in this process; the last twice, with
+/// the engine's default spin for acknowledgements and with [`ACK_SPIN_FEW`] rounds), at
+/// saturation and at fixed offered rates; the replica's lag at 1 M/s, replicated and
+/// asynchronous; all of it for the engine's trivial machine and for the ledger; and a replica
+/// catching up.
 fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
     use keel_engine::{Durability, Topology};
     let mut cases: Vec<EngineCase> = Vec::new();
