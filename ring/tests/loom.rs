@@ -79,6 +79,33 @@ fn multi_producer_consumer_sees_only_published_slots() {
     });
 }
 
+/// A batch from a multi-producer handle is published whole: a consumer's poll takes none of
+/// it or all of it, never the part marked before the rest (the engine journals what one poll
+/// takes as one write, so a split batch made a journal's shape depend on the threads' timing).
+#[test]
+fn multi_producer_batch_is_seen_whole() {
+    loom::model(|| {
+        let mut builder = RingBuilder::multi_producer(4, || 0u64, BusySpin).unwrap();
+        let (_, mut poller) = builder.poller(&[]).unwrap();
+        let producer = builder.build().unwrap();
+        let consumer = thread::spawn(move || {
+            let mut polls = Vec::new();
+            loop {
+                let mut taken = Vec::new();
+                match poller.poll_each(8, |value, _, _| taken.push(*value)) {
+                    Ok(0) => thread::yield_now(),
+                    Ok(_) => polls.push(taken),
+                    Err(Interrupt::Closed) => return polls,
+                    Err(Interrupt::Halted) => panic!("nobody halts in this model"),
+                }
+            }
+        });
+        producer.publish_batch(3, |slot, sequence| *slot = sequence * 10).unwrap();
+        drop(producer);
+        assert_eq!(consumer.join().unwrap(), vec![vec![10, 20, 30]]);
+    });
+}
+
 /// Multi-producer wrap: a claim beyond the ring waits for the consumer, through the shared
 /// gating cache that another producer may have filled. (Threads sleep in the blocking strategy
 /// rather than spin, which keeps the model finite; the fast paths still run on atomics alone.)

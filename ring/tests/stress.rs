@@ -22,6 +22,8 @@ struct Checker {
     counter_last: Vec<u64>,
     sum: u64,
     events: u64,
+    /// Events still to come of the `publish_batch` in hand.
+    owed: u64,
     batches: u64,
     batch_events: u64,
     end_of_batch_seen: u64,
@@ -40,6 +42,7 @@ impl Checker {
             counter_last: vec![0; producers as usize],
             sum: 0,
             events: 0,
+            owed: 0,
             batches: 0,
             batch_events: 0,
             end_of_batch_seen: 0,
@@ -64,8 +67,14 @@ impl EventHandler<Event> for Checker {
         }
         self.sum = self.sum.wrapping_add(event.value);
         self.events += 1;
+        self.owed = event.rest;
         if end_of_batch {
             self.end_of_batch_seen += 1;
+            // A handler behind other handlers sees what they have passed, which may end inside
+            // a producer's batch; one on the producers sees each batch whole.
+            if self.upstream.is_empty() {
+                assert_eq!(self.owed, 0, "a batch publish is seen whole");
+            }
         }
         self.seen.store(sequence, Ordering::Release);
     }
@@ -106,8 +115,9 @@ fn assert_complete(checker: &Checker, producers: u64, per_producer: u64) {
     assert_eq!(checker.end_of_batch_seen, checker.batches, "one end_of_batch per batch");
 }
 
-fn fill(event: &mut Event, producer: u64, counter: u64) {
-    *event = Event { producer, counter, value: producer * 1_000_000_007 + counter, padding: 0 };
+/// Fills an event; `rest` is how many events of the same `publish_batch` follow it.
+fn fill(event: &mut Event, producer: u64, counter: u64, rest: u64) {
+    *event = Event { producer, counter, value: producer * 1_000_000_007 + counter, rest };
 }
 
 /// One producer, one handler; single and batch publish interleaved.
@@ -119,15 +129,17 @@ fn one_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
     while counter < per_producer {
         if counter % 3 == 0 {
             let size = (per_producer - counter).min(17) as usize;
+            let mut rest = size as u64;
             producer
                 .publish_batch(size, |event, _| {
                     counter += 1;
-                    fill(event, 0, counter);
+                    rest -= 1;
+                    fill(event, 0, counter, rest);
                 })
                 .unwrap();
         } else {
             counter += 1;
-            producer.publish(|event, _| fill(event, 0, counter)).unwrap();
+            producer.publish(|event, _| fill(event, 0, counter, 0)).unwrap();
         }
     }
     drop(producer);
@@ -144,7 +156,7 @@ fn sole_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
     let other = producer.clone();
     std::thread::spawn(move || {
         for counter in 1..=10 {
-            other.publish(|event, _| fill(event, 0, counter)).unwrap();
+            other.publish(|event, _| fill(event, 0, counter, 0)).unwrap();
         }
     })
     .join()
@@ -154,15 +166,17 @@ fn sole_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
     while counter < per_producer {
         if counter % 3 == 0 {
             let size = (per_producer - counter).min(17) as usize;
+            let mut rest = size as u64;
             producer
                 .publish_batch(size, |event, _| {
                     counter += 1;
-                    fill(event, 0, counter);
+                    rest -= 1;
+                    fill(event, 0, counter, rest);
                 })
                 .unwrap();
         } else {
             counter += 1;
-            producer.publish(|event, _| fill(event, 0, counter)).unwrap();
+            producer.publish(|event, _| fill(event, 0, counter, 0)).unwrap();
         }
     }
     drop(producer);
@@ -182,15 +196,17 @@ fn many_to_one<W: WaitStrategy>(wait: W, per_producer: u64) {
                 while counter < per_producer {
                     if id == 0 && counter % 5 == 0 {
                         let size = (per_producer - counter).min(9) as usize;
+                        let mut rest = size as u64;
                         producer
                             .publish_batch(size, |event, _| {
                                 counter += 1;
-                                fill(event, id, counter);
+                                rest -= 1;
+                                fill(event, id, counter, rest);
                             })
                             .unwrap();
                     } else {
                         counter += 1;
-                        producer.publish(|event, _| fill(event, id, counter)).unwrap();
+                        producer.publish(|event, _| fill(event, id, counter, 0)).unwrap();
                     }
                 }
             })
@@ -228,7 +244,7 @@ fn diamond<W: WaitStrategy>(wait: W, multi: bool, per_producer: u64) {
                 let producer = producer.clone();
                 std::thread::spawn(move || {
                     for counter in 1..=per_producer {
-                        producer.publish(|event, _| fill(event, id, counter)).unwrap();
+                        producer.publish(|event, _| fill(event, id, counter, 0)).unwrap();
                     }
                 })
             })
@@ -241,7 +257,7 @@ fn diamond<W: WaitStrategy>(wait: W, multi: bool, per_producer: u64) {
         let processors = wire(&mut builder, producers);
         let mut producer = builder.build().unwrap();
         for counter in 1..=per_producer {
-            producer.publish(|event, _| fill(event, 0, counter)).unwrap();
+            producer.publish(|event, _| fill(event, 0, counter, 0)).unwrap();
         }
         processors
     };

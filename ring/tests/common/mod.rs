@@ -33,5 +33,6 @@ pub struct Event {
     /// 1, 2, 3, ... per producer.
     pub counter: u64,
     pub value: u64,
-    pub padding: u64,
+    /// How many events of the same batch publish follow this one.
+    pub rest: u64,
 }
