@@ -11,6 +11,7 @@ use keel_journal::format::{Checkpoint, CHECKPOINT_VERSION, KIND_CHECKPOINT};
 use keel_journal::storage::Storage;
 use keel_journal::{
     Durability as JournalDurability, JournalOptions, JournalWriter, OpenReport, Repair, RepairPlan,
+    SnapshotStore,
 };
 use keel_ring::{
     EventPoller, Interrupt, MultiProducerSequencer, ProcessorHandle, RingBuilder, RingControl,
@@ -680,6 +681,27 @@ pub(crate) fn recover_journal<M: StateMachine, C: Codec>(
     let writer = JournalWriter::open(directory, options)?;
     let opened = writer.open_report().clone();
     let (first, last) = (opened.first_sequence, opened.last_sequence);
+    // A snapshot past the journal's end covers commands the journal lost. The commands that
+    // come next take their sequences, and once the journal reaches it again nothing but this
+    // would tell the snapshot from one of theirs: it is moved out of the store now, and said.
+    let set_aside: Vec<Skipped> = SnapshotStore::open(directory)?
+        .set_aside_after(last)?
+        .into_iter()
+        .map(|(snapshot, to)| {
+            let reason = format!(
+                "it covers sequence {}, past the journal's end ({last}): the journal lost \
+                 the records it covers (unsynced when the power went); moved to {}",
+                snapshot.sequence,
+                to.display()
+            );
+            (snapshot.path, reason)
+        })
+        .collect();
+    for (path, reason) in &set_aside {
+        tracing::warn!(snapshot = %path.display(), "snapshot set aside: {reason}");
+    }
+    // Past the end is checked again, for a snapshot that a replica on this host wrote into the
+    // store since (`ReplicaBuilder::snapshots_for`).
     let start = load_snapshot(directory, codec, initial, false, |sequence, _| {
         if sequence > last {
             Err(format!(
@@ -693,6 +715,7 @@ pub(crate) fn recover_journal<M: StateMachine, C: Codec>(
         }
     })?;
     let Start { mut machine, snapshot, sequence, timestamp_ns, skipped } = start;
+    let skipped: Vec<Skipped> = set_aside.into_iter().chain(skipped).collect();
     if snapshot.is_none() && first > 1 {
         return Err(EngineError::Recovery(format!(
             "the journal starts at sequence {first} and no usable snapshot covers the commands \

@@ -192,6 +192,66 @@ fn recovery_from_a_snapshot_replays_only_what_follows_it(topology: Topology) {
     assert_eq!((late.snapshot.map(|(_, sequence)| sequence), late.replayed), (Some(2_000), 500));
 }
 
+/// After the journal lost commands a snapshot covers (a power loss in the `PageCache` tier), new
+/// commands take their sequences: that snapshot, whose state the journal can
+/// reach again by sequence but no longer holds, must never be loaded for them.
+fn a_snapshot_of_commands_the_journal_lost_is_never_loaded_again(topology: Topology) {
+    let directory = tempfile::tempdir().unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    let mut publisher = engine.publisher();
+    for command in commands(120, 8, 21) {
+        publisher.publish(command).unwrap();
+    }
+    wait_until("the first history applied", || engine.stats().applied == 120);
+    engine.snapshot();
+    wait_until("the snapshot", || engine.stats().last_snapshot_sequence == 120);
+    drop(publisher);
+    engine.shutdown().unwrap();
+
+    // The journal loses everything after 50 and the snapshot at 120 stays, as a power loss
+    // leaves them (the synced snapshot kept, the page cache's journal tail gone): a repair cuts
+    // the journal (and moves the snapshot out), and the snapshot is put back.
+    let snapshot = SnapshotStore::open(directory.path()).unwrap().list().unwrap()[0].clone();
+    assert_eq!(snapshot.sequence, 120);
+    let kept = std::fs::read(&snapshot.path).unwrap();
+    builder(directory.path(), Durability::PageCache, topology)
+        .stop_before(51)
+        .open(Bank::default())
+        .unwrap()
+        .shutdown()
+        .unwrap();
+    std::fs::write(&snapshot.path, kept).unwrap();
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    let recovery = engine.recovery().clone();
+    assert_eq!((recovery.snapshot.clone(), recovery.last_sequence), (None, 50));
+    assert_eq!(recovery.skipped_snapshots.len(), 1, "{:?}", recovery.skipped_snapshots);
+    let (path, reason) = &recovery.skipped_snapshots[0];
+    assert_eq!(path, &snapshot.path);
+    assert!(reason.contains("past the journal's end (50)") && reason.contains("moved to"));
+    // Out of the store, kept under `dropped/` for whoever wants to look.
+    assert!(SnapshotStore::open(directory.path()).unwrap().list().unwrap().is_empty());
+    let kept = directory.path().join("dropped/snapshots-past-50").join(path.file_name().unwrap());
+    assert!(kept.is_file(), "{reason}");
+    let mut publisher = engine.publisher();
+    for command in commands(100, 8, 22) {
+        publisher.publish(command).unwrap();
+    }
+    drop(publisher);
+    let live = engine.shutdown().unwrap();
+    assert_eq!(live.last_sequence, 150);
+
+    // The journal now reaches past 120 with other commands: recovery replays them all.
+    let engine =
+        builder(directory.path(), Durability::PageCache, topology).open(Bank::default()).unwrap();
+    assert_eq!(engine.recovery().snapshot, None, "{:?}", engine.recovery());
+    assert_eq!(engine.shutdown().unwrap(), live);
+    let replayed =
+        replay_to(directory.path(), Bincode, Bank::default(), ReplayTarget::End).unwrap();
+    assert_eq!(replayed.machine, live);
+}
+
 fn snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one(topology: Topology) {
     let directory = tempfile::tempdir().unwrap();
     let commands = commands(5_000, 16, 11);
@@ -755,6 +815,7 @@ in_both_topologies!(
     an_output_poller_sees_every_delivery_on_its_owners_thread,
     a_full_disk_stops_the_engine_and_loses_nothing_applied,
     recovery_from_a_snapshot_replays_only_what_follows_it,
+    a_snapshot_of_commands_the_journal_lost_is_never_loaded_again,
     snapshots_follow_the_policy_and_a_bad_one_is_skipped_for_an_older_one,
     no_event_is_released_before_its_command_is_in_the_journal,
     a_panic_in_apply_halts_the_engine_and_stop_before_gets_past_it,

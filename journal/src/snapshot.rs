@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{FormatError, SnapshotHeader, SNAPSHOT_HEADER_SIZE};
+use crate::repair::DROPPED_DIRECTORY;
 use crate::segment::{
     create_directory, parse_sequence_name, remove_if_present, SNAPSHOT_DIRECTORY,
 };
@@ -193,6 +194,45 @@ impl SnapshotStore {
         let mut snapshots = self.list()?;
         snapshots.reverse();
         load_first(snapshots, decode)
+    }
+
+    /// Moves every snapshot past `last`, the last sequence of the journal beside it, out of
+    /// the store into a new folder under the data directory's `dropped/`; returns each one
+    /// moved and where it went. Such a snapshot covers commands the journal lost (its page
+    /// cache's tail, in a power loss): once new commands take those sequences the journal
+    /// reaches it again, and loading it then would put the lost commands' state under the new
+    /// ones. The writer that opens the journal sets it aside first, so that never happens; the
+    /// file is kept for whoever wants to look at what was lost.
+    pub fn set_aside_after(&self, last: u64) -> Result<Vec<(SnapshotFile, PathBuf)>, JournalError> {
+        let past: Vec<SnapshotFile> =
+            self.list()?.into_iter().filter(|snapshot| snapshot.sequence > last).collect();
+        if past.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data = self.directory.parent().unwrap_or(&self.directory);
+        let dropped = data.join(DROPPED_DIRECTORY);
+        let folder = (1..)
+            .map(|attempt| {
+                let suffix = if attempt == 1 { String::new() } else { format!("-{attempt}") };
+                dropped.join(format!("snapshots-past-{last}{suffix}"))
+            })
+            .find(|candidate| !candidate.exists())
+            .expect("some name is free");
+        // Each creation syncs the directory that holds it.
+        create_directory(&*self.storage, &dropped)?;
+        create_directory(&*self.storage, &folder)?;
+        let sync = |directory: &Path| {
+            self.storage.sync_directory(directory).map_err(JournalError::io(directory))
+        };
+        let mut moved = Vec::with_capacity(past.len());
+        for snapshot in past {
+            let to = folder.join(snapshot.path.file_name().unwrap_or_default());
+            self.storage.rename(&snapshot.path, &to).map_err(JournalError::io(&snapshot.path))?;
+            moved.push((snapshot, to));
+        }
+        sync(&folder)?;
+        sync(&self.directory)?;
+        Ok(moved)
     }
 
     /// Removes every snapshot but the newest `keep`; returns the files removed.
