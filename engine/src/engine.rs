@@ -684,7 +684,11 @@ pub(crate) fn recover_journal<M: StateMachine, C: Codec>(
     // A snapshot past the journal's end covers commands the journal lost. The commands that
     // come next take their sequences, and once the journal reaches it again nothing but this
     // would tell the snapshot from one of theirs: it is moved out of the store now, and said.
-    let set_aside: Vec<Skipped> = SnapshotStore::open(directory)?
+    let store = SnapshotStore::open(directory)?;
+    for leftover in store.remove_leftovers()? {
+        tracing::info!(file = %leftover.display(), "removed a snapshot its writer never finished");
+    }
+    let set_aside: Vec<Skipped> = store
         .set_aside_after(last)?
         .into_iter()
         .map(|(snapshot, to)| {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use keel_engine::{
     replay_to, Bincode, Codec, Context, Durability, Engine, EngineError, Output, ReplayTarget,
-    Replica, Replication, StateMachine, Topology,
+    Replica, Replication, SnapshotPolicy, StateMachine, Topology,
 };
 use network::Network;
 
@@ -63,6 +63,9 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const KIND_COMMAND: u16 = 1;
 /// The replication secret.
 const SECRET: &[u8] = b"simulation";
+/// The same-host replica's snapshots.
+const REPLICA_SNAPSHOTS: SnapshotPolicy =
+    SnapshotPolicy { every_commands: Some(150), every_interval: None, keep: 0 };
 
 /// One record of the primary's journal as the simulation expects it.
 #[derive(Clone, Debug, PartialEq)]
@@ -522,7 +525,12 @@ impl Simulation {
         let mut attempts = 0;
         loop {
             let opened = match self.replicas[which].kind {
-                Where::SameHost => Replica::builder(&self.primary, directory),
+                // It takes snapshots every few batches and writes each into the primary's
+                // store too, where the primary's recovery finds it: one it took of records
+                // the primary's power loss then took away must be set aside, never loaded.
+                Where::SameHost => Replica::builder(&self.primary, directory)
+                    .snapshots(REPLICA_SNAPSHOTS)
+                    .snapshots_for(&self.primary),
                 Where::Remote => {
                     Replica::remote(self.network.address().to_string(), SECRET, directory)
                 }

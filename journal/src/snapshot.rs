@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::JournalError;
@@ -47,6 +48,20 @@ pub struct LoadedSnapshot<T> {
     pub loaded: Option<(SnapshotFile, SnapshotHeader, T)>,
     /// Newer snapshots that failed a check, newest first, each with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// How a snapshot's temporary file ends: `<snapshot name>.<pid>-<number>.tmp`.
+const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// Numbers this process's temporary snapshot files.
+static TEMPORARY_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+/// The process that writes the temporary snapshot file `name`, if that is what it is.
+fn temporary_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_suffix(TEMPORARY_SUFFIX)?;
+    let (snapshot, writer) = rest.rsplit_once('.')?;
+    parse_sequence_name(snapshot, ".snapshot")?;
+    writer.split_once('-')?.0.parse().ok()
 }
 
 /// The file name of the snapshot covering `sequence`.
@@ -98,7 +113,13 @@ impl SnapshotStore {
     ) -> Result<SnapshotFile, JournalError> {
         let name = snapshot_file_name(meta.sequence);
         let path = self.directory.join(&name);
-        let temporary = self.directory.join(format!("{name}.tmp"));
+        // A name of this writer's own: two writers of one sequence (an engine, and a replica
+        // on its host writing into its store) once shared `{name}.tmp`, and one removed or
+        // renamed the file the other was writing.
+        let writer = TEMPORARY_NUMBER.fetch_add(1, Ordering::Relaxed);
+        let temporary = self
+            .directory
+            .join(format!("{name}.{}-{writer}{TEMPORARY_SUFFIX}", std::process::id()));
         let result = self.write_temporary(meta, &temporary, write).and_then(|()| {
             self.storage.rename(&temporary, &path).map_err(JournalError::io(&temporary))?;
             self.storage.sync_directory(&self.directory).map_err(JournalError::io(&self.directory))
@@ -116,7 +137,6 @@ impl SnapshotStore {
         temporary: &Path,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<(), JournalError> {
-        remove_if_present(temporary)?;
         let file = File::options()
             .read(true)
             .write(true)
@@ -194,6 +214,31 @@ impl SnapshotStore {
         let mut snapshots = self.list()?;
         snapshots.reverse();
         load_first(snapshots, decode)
+    }
+
+    /// Removes the temporary files of snapshots whose writing process is gone (a crash while
+    /// writing one leaves its file); returns them. Another live process's file is in use and
+    /// stays. Where processes cannot be looked up (no `/proc`), it removes nothing.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, JournalError> {
+        if !Path::new("/proc/self").exists() {
+            return Ok(Vec::new());
+        }
+        let entries = match std::fs::read_dir(&self.directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(JournalError::io(&self.directory)(error)),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(JournalError::io(&self.directory))?;
+            let name = entry.file_name();
+            let Some(writer) = name.to_str().and_then(temporary_writer) else { continue };
+            if writer != std::process::id() && !Path::new(&format!("/proc/{writer}")).exists() {
+                remove_if_present(&entry.path())?;
+                removed.push(entry.path());
+            }
+        }
+        Ok(removed)
     }
 
     /// Moves every snapshot past `last`, the last sequence of the journal beside it, out of

@@ -146,3 +146,55 @@ fn the_oldest_valid_snapshot_loads_past_damaged_older_ones() {
     assert_eq!(loaded.skipped[0].0, oldest.path);
     assert!(loaded.skipped[0].1.contains("checksum"), "{:?}", loaded.skipped);
 }
+
+/// Two writers of one sequence's snapshot into one store at once (an engine, and a replica on
+/// its host writing into the engine's store) both succeed, and the file is whole: they once
+/// shared one temporary name, and the second to begin removed the file the first was writing.
+/// Each writer here waits for the other to have begun before it writes its payload.
+#[test]
+fn two_writers_of_one_snapshot_at_once_both_write_it_whole() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    let both_begun = Arc::new(std::sync::Barrier::new(2));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, both_begun) = (store.clone(), Arc::clone(&both_begun));
+            std::thread::spawn(move || {
+                store.write_streaming(&meta(5), |writer| {
+                    both_begun.wait();
+                    writer.write_all(&state(5))
+                })
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap().unwrap();
+    }
+    let (header, payload) = read_snapshot(&store.list().unwrap()[0].path).unwrap();
+    assert_eq!((header.sequence, payload), (5, state(5)));
+    let names: Vec<String> = std::fs::read_dir(store.directory())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec![format!("{:020}.snapshot", 5)], "temporary files left behind");
+}
+
+/// A temporary file whose writer died (a crash while writing a snapshot) is removed; one of a
+/// live process is not, nor anything else in the folder.
+#[test]
+fn leftovers_of_dead_writers_are_removed_and_nothing_else() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    store.write(&meta(7), &state(7)).unwrap();
+    let name = format!("{:020}.snapshot", 7);
+    // Linux's process ids stop below 2^22: this one never runs.
+    let dead = store.directory().join(format!("{name}.4294967295-3.tmp"));
+    let live = store.directory().join(format!("{name}.{}-9.tmp", std::process::id()));
+    let other = store.directory().join("notes.tmp");
+    for path in [&dead, &live, &other] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+    assert_eq!(store.remove_leftovers().unwrap(), vec![dead.clone()]);
+    assert!(!dead.exists() && live.exists() && other.exists());
+    assert_eq!(store.list().unwrap().len(), 1);
+}
