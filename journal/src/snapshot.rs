@@ -218,7 +218,9 @@ impl SnapshotStore {
 
     /// Removes the temporary files of snapshots whose writing process is gone (a crash while
     /// writing one leaves its file); returns them. Another live process's file is in use and
-    /// stays. Where processes cannot be looked up (no `/proc`), it removes nothing.
+    /// stays. Where processes cannot be looked up (no `/proc`), it removes nothing. A writer in
+    /// another PID namespace (a container sharing the directory) looks gone from here: its
+    /// snapshot in progress then fails at its rename, and its next one is written.
     pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, JournalError> {
         if !Path::new("/proc/self").exists() {
             return Ok(Vec::new());
