@@ -610,12 +610,18 @@ impl Simulation {
         if promotion.sequence != last + 1 {
             self.fail(&format!("the epoch record is at {}, not {}", promotion.sequence, last + 1));
         }
+        self.tally.promotions += 1;
+        self.trace(format!("{kind:?} replica promoted at {last}, epoch {}", promotion.epoch));
+        self.take_over(which, last);
+    }
+
+    /// The promoted replica `which`, holding the journal up to `last` and then its epoch record,
+    /// is the primary from now on.
+    fn take_over(&mut self, which: usize, last: u64) {
         self.entries.truncate(last as usize);
         self.entries.push(Entry::Epoch);
         self.primary = self.replicas[which].directory.take().expect("the replica's directory");
         self.storage = FaultyStorage::new();
-        self.tally.promotions += 1;
-        self.trace(format!("{kind:?} replica promoted at {last}, epoch {}", promotion.epoch));
         self.open();
     }
 
@@ -643,13 +649,9 @@ impl Simulation {
             self.fail(&format!("the replica holds {last}, past the primary's journal"));
         }
         self.compare("the replica taking over", &promotion.machine, last);
-        self.entries.truncate(last as usize);
-        self.entries.push(Entry::Epoch);
-        self.primary = self.replicas[1].directory.take().expect("the replica's directory");
-        self.storage = FaultyStorage::new();
         self.tally.failovers += 1;
         self.trace(format!("failed over at {last}, epoch {}", promotion.epoch));
-        self.open();
+        self.take_over(1, last);
     }
 
     /// A running replica's own disk fails its next journal write or sync (full, failing, a torn

@@ -210,14 +210,8 @@ impl Repair {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        let dropped_directory = (1..)
-            .map(|attempt| {
-                let suffix = if attempt == 1 { String::new() } else { format!("-{attempt}") };
-                let name = format!("after-{truncate_after}-{stamp}{suffix}");
-                directory.join(DROPPED_DIRECTORY).join(name)
-            })
-            .find(|candidate| !candidate.exists())
-            .expect("some name is free");
+        let dropped_directory =
+            free_dropped_folder(&directory, &format!("after-{truncate_after}-{stamp}"));
         #[allow(clippy::reversed_empty_ranges)]
         let zeroed = if dirty_end > cut.offset { cut.offset..=dirty_end - 1 } else { 1..=0 };
         let plan = RepairPlan {
@@ -575,6 +569,18 @@ fn copy_range(
 
 /// Moves `files`, the last first, from `directory` into `dropped`, syncing both directories
 /// after each: a repair cut short leaves a prefix of the segments, never a gap.
+/// A folder under `directory`'s `dropped/` named `name`, or `name-2`, `name-3`, … when that
+/// exists: files moved out of the journal or the snapshot store go there, never over others.
+pub(crate) fn free_dropped_folder(directory: &Path, name: &str) -> PathBuf {
+    (1..)
+        .map(|attempt| {
+            let suffix = if attempt == 1 { String::new() } else { format!("-{attempt}") };
+            directory.join(DROPPED_DIRECTORY).join(format!("{name}{suffix}"))
+        })
+        .find(|candidate| !candidate.exists())
+        .expect("some name is free")
+}
+
 fn move_files(files: &[PathBuf], dropped: &Path, directory: &Path) -> Result<(), JournalError> {
     for path in files.iter().rev() {
         let name = path.file_name().unwrap_or_default();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{FormatError, SnapshotHeader, SNAPSHOT_HEADER_SIZE};
-use crate::repair::DROPPED_DIRECTORY;
+use crate::repair::{free_dropped_folder, DROPPED_DIRECTORY};
 use crate::segment::{
     create_directory, parse_sequence_name, remove_if_present, SNAPSHOT_DIRECTORY,
 };
@@ -172,23 +172,34 @@ impl SnapshotStore {
         self.storage.sync_data(&file, temporary).map_err(JournalError::io(temporary))
     }
 
-    /// The snapshots, newest (highest sequence) first. Temporary files are not listed.
-    pub fn list(&self) -> Result<Vec<SnapshotFile>, JournalError> {
+    /// The files of the store's folder with a name that `parse` takes, with what it makes of
+    /// the name (none if the folder does not exist).
+    fn files<T>(
+        &self,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<(T, PathBuf)>, JournalError> {
         let entries = match std::fs::read_dir(&self.directory) {
             Ok(entries) => entries,
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => return Err(JournalError::io(&self.directory)(error)),
         };
-        let mut snapshots = Vec::new();
+        let mut files = Vec::new();
         for entry in entries {
             let entry = entry.map_err(JournalError::io(&self.directory))?;
-            let name = entry.file_name();
-            if let Some(sequence) =
-                name.to_str().and_then(|name| parse_sequence_name(name, ".snapshot"))
-            {
-                snapshots.push(SnapshotFile { sequence, path: entry.path() });
+            if let Some(parsed) = entry.file_name().to_str().and_then(&parse) {
+                files.push((parsed, entry.path()));
             }
         }
+        Ok(files)
+    }
+
+    /// The snapshots, newest (highest sequence) first. Temporary files are not listed.
+    pub fn list(&self) -> Result<Vec<SnapshotFile>, JournalError> {
+        let mut snapshots: Vec<SnapshotFile> = self
+            .files(|name| parse_sequence_name(name, ".snapshot"))?
+            .into_iter()
+            .map(|(sequence, path)| SnapshotFile { sequence, path })
+            .collect();
         snapshots.sort_by_key(|snapshot| std::cmp::Reverse(snapshot.sequence));
         Ok(snapshots)
     }
@@ -225,19 +236,11 @@ impl SnapshotStore {
         if !Path::new("/proc/self").exists() {
             return Ok(Vec::new());
         }
-        let entries = match std::fs::read_dir(&self.directory) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(JournalError::io(&self.directory)(error)),
-        };
         let mut removed = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(JournalError::io(&self.directory))?;
-            let name = entry.file_name();
-            let Some(writer) = name.to_str().and_then(temporary_writer) else { continue };
+        for (writer, path) in self.files(temporary_writer)? {
             if writer != std::process::id() && !Path::new(&format!("/proc/{writer}")).exists() {
-                remove_if_present(&entry.path())?;
-                removed.push(entry.path());
+                remove_if_present(&path)?;
+                removed.push(path);
             }
         }
         Ok(removed)
@@ -258,13 +261,7 @@ impl SnapshotStore {
         }
         let data = self.directory.parent().unwrap_or(&self.directory);
         let dropped = data.join(DROPPED_DIRECTORY);
-        let folder = (1..)
-            .map(|attempt| {
-                let suffix = if attempt == 1 { String::new() } else { format!("-{attempt}") };
-                dropped.join(format!("snapshots-past-{last}{suffix}"))
-            })
-            .find(|candidate| !candidate.exists())
-            .expect("some name is free");
+        let folder = free_dropped_folder(data, &format!("snapshots-past-{last}"));
         // Each creation syncs the directory that holds it.
         create_directory(&*self.storage, &dropped)?;
         create_directory(&*self.storage, &folder)?;

@@ -12,12 +12,20 @@ use loom::thread;
 /// Drains `poller` until the ring closes, through the tracked per-event path; returns what it
 /// saw as (sequence, value) pairs.
 fn drain<S: Sequencer, W: WaitStrategy>(poller: &mut EventPoller<u64, S, W>) -> Vec<(u64, u64)> {
-    let mut seen = Vec::new();
+    drain_polls(poller).concat()
+}
+
+/// Like `drain`, but what each poll took apart from the others.
+fn drain_polls<S: Sequencer, W: WaitStrategy>(
+    poller: &mut EventPoller<u64, S, W>,
+) -> Vec<Vec<(u64, u64)>> {
+    let mut polls = Vec::new();
     loop {
-        match poller.poll_each(8, |value, sequence, _| seen.push((sequence, *value))) {
+        let mut taken = Vec::new();
+        match poller.poll_each(8, |value, sequence, _| taken.push((sequence, *value))) {
             Ok(0) => thread::yield_now(),
-            Ok(_) => {}
-            Err(Interrupt::Closed) => return seen,
+            Ok(_) => polls.push(taken),
+            Err(Interrupt::Closed) => return polls,
             Err(Interrupt::Halted) => panic!("nobody halts in this model"),
         }
     }
@@ -88,21 +96,10 @@ fn multi_producer_batch_is_seen_whole() {
         let mut builder = RingBuilder::multi_producer(4, || 0u64, BusySpin).unwrap();
         let (_, mut poller) = builder.poller(&[]).unwrap();
         let producer = builder.build().unwrap();
-        let consumer = thread::spawn(move || {
-            let mut polls = Vec::new();
-            loop {
-                let mut taken = Vec::new();
-                match poller.poll_each(8, |value, _, _| taken.push(*value)) {
-                    Ok(0) => thread::yield_now(),
-                    Ok(_) => polls.push(taken),
-                    Err(Interrupt::Closed) => return polls,
-                    Err(Interrupt::Halted) => panic!("nobody halts in this model"),
-                }
-            }
-        });
+        let consumer = thread::spawn(move || drain_polls(&mut poller));
         producer.publish_batch(3, |slot, sequence| *slot = sequence * 10).unwrap();
         drop(producer);
-        assert_eq!(consumer.join().unwrap(), vec![vec![10, 20, 30]]);
+        assert_eq!(consumer.join().unwrap(), vec![vec![(1, 10), (2, 20), (3, 30)]]);
     });
 }
 
