@@ -178,14 +178,17 @@ impl Replicas {
     }
 }
 
-/// An engine on `directory` in `durability`, serving `replicas`.
+/// An engine on `directory` in `durability`, serving `replicas`, with a checkpoint after
+/// every `checkpoint_every` commands (0: none).
 fn builder(
     directory: &std::path::Path,
     topology: Topology,
     durability: Durability,
     replicas: Replicas,
+    checkpoint_every: u64,
 ) -> EngineBuilder<Slots> {
     let builder = Engine::builder(directory)
+        .checkpoints(checkpoint_every)
         .durability(durability)
         .topology(topology)
         .wait(Wait::Yielding)
@@ -303,12 +306,15 @@ pub fn shut_down<M: StateMachine>(
 /// loopback TCP (in the `Replicated` tier, every command waits for its acknowledgement).
 /// `sole`: through the engine's [`SolePublisher`](keel_engine::SolePublisher), as an
 /// application with one publishing thread does; otherwise through a shared `Publisher`.
+/// `checkpoint_every`: a checkpoint record (the state's hash) after every so many commands, 0
+/// for none.
 pub fn saturation(
     root: &std::path::Path,
     topology: Topology,
     durability: Durability,
     replicas: Replicas,
     sole: bool,
+    checkpoint_every: u64,
     commands: u64,
 ) -> Result<Outcome> {
     /// Publishes, waits for the last command to be applied, and returns the time; the
@@ -329,8 +335,8 @@ pub fn saturation(
     }
     let scratch = Scratch::new(root, "saturation")?;
     isolated(|| {
-        let mut engine =
-            builder(&scratch.0, topology, durability, replicas).open(Slots::default())?;
+        let mut engine = builder(&scratch.0, topology, durability, replicas, checkpoint_every)
+            .open(Slots::default())?;
         let follower = follow(root, &engine, replicas, commands)?;
         let elapsed = if sole {
             let mut publisher = engine.sole_publisher()?;
@@ -472,7 +478,7 @@ pub fn open_loop(root: &std::path::Path, offered: Offered) -> Result<OpenLoop> {
     let warm_up = commands / 10;
     isolated(|| {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-        let mut engine = builder(&scratch.0, topology, durability, replicas)
+        let mut engine = builder(&scratch.0, topology, durability, replicas, 0)
             .output_poller()
             .open(Slots::default())?;
         let mut follower = follow(root, &engine, replicas, warm_up)?;

@@ -410,6 +410,7 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                         durability,
                         Replicas::None,
                         true,
+                        0,
                         commands,
                     )?;
                     Ok((outcome, None))
@@ -433,6 +434,32 @@ fn engine_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                     durability,
                     Replicas::None,
                     false,
+                    0,
+                    commands,
+                )?;
+                Ok((outcome, None))
+            }),
+        ));
+    }
+    // Divergence detection's price: a checkpoint (the state's hash, a record of its own)
+    // every 1 000 commands. The bench's state hashes in a microsecond or so, so what is
+    // measured is the engine's side: the compact topology splits its batches at each
+    // checkpoint, and the pipelined journaller takes at most the commands up to the next one.
+    for (topology, topology_name) in topologies {
+        let root = root.to_owned();
+        cases.push((
+            "engine-saturation",
+            "keel",
+            format!("{topology_name} page-cache yielding, checkpoints every 1 000"),
+            expected,
+            case(move || {
+                let outcome = engine::saturation(
+                    &root,
+                    topology,
+                    Durability::PageCache,
+                    Replicas::None,
+                    true,
+                    1_000,
                     commands,
                 )?;
                 Ok((outcome, None))
@@ -636,6 +663,7 @@ fn replica_cases(root: &std::path::Path, scale: u64) -> Vec<EngineCase> {
                     durability,
                     replicas,
                     true,
+                    0,
                     commands,
                 )?;
                 Ok((outcome, None))
