@@ -34,7 +34,7 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
         if self.barrier.shared.is_halted() {
             return Err(Interrupt::Halted);
         }
-        let available = self.barrier.available(self.next);
+        let available = self.barrier.available(self.next, self.last_wanted(limit));
         if available < self.next {
             if let Some(interrupt) = self.barrier.shared.consumer_interrupt(self.next) {
                 return Err(interrupt);
@@ -47,13 +47,19 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
     /// Waits, per the ring's wait strategy, for at least one event; returns at most `limit`.
     pub fn wait(&mut self, limit: usize) -> Result<Batch<'_, E, S, W>, Interrupt> {
         assert!(limit > 0, "a poll limit of zero would never make progress");
-        let available = self.barrier.wait_for(self.next)?;
+        let available = self.barrier.wait_for(self.next, self.last_wanted(limit))?;
         Ok(self.batch(available, limit))
+    }
+
+    /// The last sequence of a batch of `limit` events from `next`: the barrier looks no
+    /// further.
+    fn last_wanted(&self, limit: usize) -> u64 {
+        self.next.saturating_add(limit as u64 - 1)
     }
 
     fn batch(&mut self, available: u64, limit: usize) -> Batch<'_, E, S, W> {
         let first = self.next;
-        let last = available.min(first + limit as u64 - 1);
+        let last = available.min(self.last_wanted(limit));
         Batch { poller: self, first, last }
     }
 
@@ -69,11 +75,12 @@ impl<E: Send + Sync + 'static, S: Sequencer, W: WaitStrategy> EventPoller<E, S, 
     ) -> Result<Option<Batch<'_, E, S, W>>, Interrupt> {
         assert!(limit > 0, "a poll limit of zero would never make progress");
         let next = self.next;
+        let last = self.last_wanted(limit);
         let mut woken = false;
         let barrier = &self.barrier;
         let waited = barrier.shared.wait.wait_for(
             next,
-            || barrier.available(next),
+            || barrier.available(next, last),
             || {
                 let interrupt = barrier.shared.consumer_interrupt(next);
                 if interrupt.is_none() && wake() {
@@ -223,7 +230,7 @@ impl<E, S: Sequencer, W: WaitStrategy> Batch<'_, E, S, W> {
         if limit_last < next {
             return 0;
         }
-        let available = self.poller.barrier.available(next);
+        let available = self.poller.barrier.available(next, limit_last);
         if available < next {
             return 0;
         }

@@ -72,7 +72,7 @@ where
     let _halt_on_panic = HaltOnPanic { shared };
     handler.on_start();
     let mut next = sequence.get() + 1;
-    while let Ok(available) = barrier.wait_for(next) {
+    while let Ok(available) = barrier.wait_for(next, u64::MAX) {
         handler.on_batch_start(available - next + 1);
         for current in next..=available {
             // SAFETY: the barrier returned `available` (acquire ordering on the cursor, the

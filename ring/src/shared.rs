@@ -92,23 +92,24 @@ impl<E, S: Sequencer, W: WaitStrategy> SequenceBarrier<E, S, W> {
         Self { shared, dependencies }
     }
 
-    /// The highest sequence at or above `next - 1` that this barrier lets through now.
+    /// The highest sequence at or above `next - 1`, and at most `last`, that this barrier
+    /// lets through now.
     #[inline(always)]
-    pub(crate) fn available(&self, next: u64) -> u64 {
+    pub(crate) fn available(&self, next: u64, last: u64) -> u64 {
         if self.dependencies.is_empty() {
-            self.shared.sequencer.available(next)
+            self.shared.sequencer.available(next, last)
         } else {
-            minimum_sequence(&self.dependencies, u64::MAX)
+            minimum_sequence(&self.dependencies, u64::MAX).min(last)
         }
     }
 
     /// Waits, per the wait strategy, until `next` may be read; returns the highest sequence
-    /// that may be read (a batch).
+    /// that may be read (a batch), at most `last`.
     #[inline]
-    pub(crate) fn wait_for(&self, next: u64) -> Result<u64, Interrupt> {
+    pub(crate) fn wait_for(&self, next: u64, last: u64) -> Result<u64, Interrupt> {
         self.shared.wait.wait_for(
             next,
-            || self.available(next),
+            || self.available(next, last),
             || self.shared.consumer_interrupt(next),
         )
     }
