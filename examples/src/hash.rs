@@ -240,13 +240,45 @@ impl Digest {
 
     /// The digest so far, finalized (another word may still be mixed in after).
     pub fn finish(&self) -> u64 {
-        let mut value = self.0;
-        value ^= value >> 33;
-        value = value.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        value ^= value >> 33;
-        value = value.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        value ^ (value >> 33)
+        avalanche(self.0)
     }
+}
+
+/// Spreads every bit of `value` over the whole word (MurmurHash3's finalizer).
+#[inline]
+fn avalanche(mut value: u64) -> u64 {
+    value ^= value >> 33;
+    value = value.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    value ^= value >> 33;
+    value = value.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    value ^ (value >> 33)
+}
+
+/// A key per word position of [`hash_words`], so that the same words in other positions hash
+/// differently.
+const POSITION_KEYS: [u64; 8] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+    0x4528_21e6_38d0_1377,
+    0xbe54_66cf_34e9_0c6c,
+    0xc0ac_29b7_c97c_50dd,
+    0x3f84_d5b5_b547_0917,
+];
+
+/// A hash of a record of a few words, as one value: for a state that keeps a digest of a
+/// collection as a wrapping sum of its items' hashes, which an item's change adjusts by
+/// subtracting its old hash and adding its new one, and which does not depend on the order the
+/// items are summed in. Each word's multiply is independent of the others', so the processor
+/// runs them side by side; a [`Digest`] chains them. Not cryptographic, as `Digest` is not.
+#[inline]
+pub fn hash_words(words: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for (position, &word) in words.iter().enumerate() {
+        sum = sum.wrapping_add(fold(word ^ POSITION_KEYS[position % POSITION_KEYS.len()]));
+    }
+    avalanche(sum ^ words.len() as u64)
 }
 
 #[cfg(test)]

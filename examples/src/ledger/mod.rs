@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, IdIndex};
+use crate::hash::{hash_words, Digest, IdIndex};
 use transfers::Transfers;
 pub use transfers::{Kind, Status, TransferRecord};
 
@@ -781,8 +781,11 @@ impl StateMachine for Ledger {
 
     /// Version 1: the accounts in creation order, the transfers as one flat sequence of
     /// records in id order (the in-memory chunks are not part of the format), the expiry
-    /// schedule.
-    const SCHEMA_VERSION: u32 = 1;
+    /// schedule. Version 2: the same encoding, with the state hash of [`Self::state_hash`]
+    /// as it is now (the history as a sum of its records' hashes) in the snapshot's header; a
+    /// version 1 snapshot's header carries the hash that walked the history in order, which
+    /// this build would not match, so it is skipped for its version, which says why.
+    const SCHEMA_VERSION: u32 = 2;
 
     /// An account is a random one among many: `apply` waits for memory twice a transfer
     /// unless the lines are asked for early. Eight commands cover a load from memory.
@@ -845,18 +848,22 @@ impl StateMachine for Ledger {
         output.emit(event);
     }
 
+    /// The accounts in order, each hashed as one word first (its six words' multiplies run
+    /// side by side; chained, they cost the history's walk 10–15 ns a record); the history
+    /// by the sum it keeps, so that a checkpoint costs a walk of the accounts, not of every
+    /// transfer.
     fn state_hash(&self) -> u64 {
         let mut digest = Digest::new();
         digest.word(self.accounts.len() as u64);
         for account in &self.accounts {
-            digest.words(&[
+            digest.word(hash_words(&[
                 account.id,
                 account.debits_pending,
                 account.debits_posted,
                 account.credits_pending,
                 account.credits_posted,
                 (u64::from(account.code) << 16) | u64::from(account.flags),
-            ]);
+            ]));
         }
         self.transfers.digest(&mut digest);
         digest.word(self.expiries.len() as u64);

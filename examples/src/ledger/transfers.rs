@@ -11,6 +11,7 @@
 //! chunk whether it is shared costs two atomic operations, which on every append were a
 //! fifth of the ledger's `apply` (ARCHITECTURE.md, "The transfer history is in memory").
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Event, Outcome, Reject};
-use crate::hash::{table_bytes, Digest, IdMap};
+use crate::hash::{hash_words, table_bytes, Digest, IdMap};
 
 /// Records per chunk: 16 Ki records of 48 bytes, 768 KiB. Copying one after a snapshot
 /// shared it costs tens of microseconds; a snapshot's copy of the history costs one handle
@@ -148,29 +149,49 @@ impl TransferRecord {
         }
     }
 
-    fn digest(&self, digest: &mut Digest) {
-        digest.words(&[
+    /// The record's hash, whose wrapping sum over the history is the history's part of the
+    /// state hash.
+    fn hash(&self) -> u64 {
+        hash_words(&[
             self.id,
             self.debit,
             self.credit,
             self.amount,
             self.extra,
             (u64::from(self.code) << 16) | ((self.kind as u64) << 8) | self.status.code(),
-        ]);
+        ])
     }
 }
 
+/// The wrapping sum of `records`' hashes.
+fn hash_sum<'a>(records: impl IntoIterator<Item = &'a TransferRecord>) -> u64 {
+    records.into_iter().fold(0u64, |sum, record| sum.wrapping_add(record.hash()))
+}
+
 /// The history. See the module's documentation.
+///
+/// Its part of the state hash is the wrapping sum of every record's hash, so that a checkpoint
+/// (a state hash every `N` commands) does not walk the whole history, which only grows: each
+/// chunk's sum is kept as far as a state hash has counted its records (chunks only grow, at
+/// the end), a status change of a counted record adjusts it, and the out-of-order records' sum
+/// is kept as they come and change. A state hash walks only the records appended since the
+/// last one, and the tail (ARCHITECTURE.md, "The ledger's state hash is kept, not walked").
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Transfers {
     /// Sorted by id, within and across chunks; every chunk but the last is full.
     chunks: Vec<Arc<Vec<TransferRecord>>>,
+    /// For the first chunks, the sum of the hashes of each one's first records and how many
+    /// that is, as far as a state hash has counted them. A cache of what the chunks hold,
+    /// filled behind `&self` (a state hash's), so in a cell; nothing outside this type sees it.
+    chunk_sums: RefCell<Vec<(u64, usize)>>,
     /// The newest sorted records, above every id in `chunks`.
     tail: Vec<TransferRecord>,
     /// Records in `chunks` and `tail`.
     sorted: usize,
     /// Ids that were not above every earlier id when they arrived.
     unsorted: IdMap<u64, TransferRecord>,
+    /// The sum of `unsorted`'s records' hashes.
+    unsorted_sum: u64,
     /// Pending transfers still holding their amounts.
     pending: u64,
 }
@@ -210,6 +231,7 @@ impl Transfers {
             self.pending += 1;
         }
         if record.id <= self.max_id() {
+            self.unsorted_sum = self.unsorted_sum.wrapping_add(record.hash());
             self.unsorted.insert(record.id, record);
             return;
         }
@@ -262,15 +284,27 @@ impl Transfers {
 
     /// Changes the status of a pending transfer (which exists).
     pub(crate) fn set_status(&mut self, id: u64, status: Status) {
-        let record = match self.unsorted.get_mut(&id) {
-            Some(record) => record,
+        // The sum the record's hash is part of, when one is kept.
+        let (record, sum) = match self.unsorted.get_mut(&id) {
+            Some(record) => (record, Some(&mut self.unsorted_sum)),
             None => match self.locate(id).expect("the record exists") {
-                Place::Tail(position) => &mut self.tail[position],
-                Place::Chunk(chunk, position) => &mut unshared(&mut self.chunks[chunk])[position],
+                Place::Tail(position) => (&mut self.tail[position], None),
+                Place::Chunk(chunk, position) => (
+                    &mut unshared(&mut self.chunks[chunk])[position],
+                    self.chunk_sums
+                        .get_mut()
+                        .get_mut(chunk)
+                        .filter(|(_, counted)| position < *counted)
+                        .map(|(sum, _)| sum),
+                ),
             },
         };
         debug_assert_eq!(record.status, Status::Pending);
+        let before = record.hash();
         record.status = status;
+        if let Some(sum) = sum {
+            *sum = sum.wrapping_sub(before).wrapping_add(record.hash());
+        }
         self.pending -= 1;
     }
 
@@ -289,14 +323,35 @@ impl Transfers {
         records
     }
 
+    /// The wrapping sum of every record's hash: the kept chunk sums, brought up to date with
+    /// the records appended to the chunks since they were counted, the tail's and the
+    /// out-of-order records'.
+    fn sum_of_hashes(&self) -> u64 {
+        let mut sums = self.chunk_sums.borrow_mut();
+        // Only the last chunk counted may have grown since; later chunks are new.
+        for (index, chunk) in self.chunks.iter().enumerate().skip(sums.len().saturating_sub(1)) {
+            if index == sums.len() {
+                sums.push((0, 0));
+            }
+            let (sum, counted) = &mut sums[index];
+            *sum = sum.wrapping_add(hash_sum(&chunk[*counted..]));
+            *counted = chunk.len();
+        }
+        sums.iter()
+            .fold(self.unsorted_sum, |total, &(sum, _)| total.wrapping_add(sum))
+            .wrapping_add(hash_sum(&self.tail))
+    }
+
+    /// Mixes the history into a state digest: its counts and the sum of its records' hashes,
+    /// the same however the records are cut into chunks (a decoded snapshot's may be cut
+    /// otherwise than the history it was taken of).
     pub(crate) fn digest(&self, digest: &mut Digest) {
-        digest.words(&[self.sorted as u64, self.unsorted.len() as u64, self.pending]);
-        for record in self.sorted_records() {
-            record.digest(digest);
-        }
-        for record in self.unsorted_by_id() {
-            record.digest(digest);
-        }
+        digest.words(&[
+            self.sorted as u64,
+            self.unsorted.len() as u64,
+            self.pending,
+            self.sum_of_hashes(),
+        ]);
     }
 }
 
@@ -418,8 +473,10 @@ impl<'de> Deserialize<'de> for Transfers {
         for record in chunks.iter().flat_map(|chunk| chunk.iter()).chain(unsorted.values()) {
             pending += u64::from(record.status == Status::Pending);
         }
+        let unsorted_sum = hash_sum(unsorted.values());
         let tail = Vec::with_capacity(TAIL);
-        Ok(Self { chunks, tail, sorted, unsorted, pending })
+        let chunk_sums = RefCell::default();
+        Ok(Self { chunks, chunk_sums, tail, sorted, unsorted, unsorted_sum, pending })
     }
 }
 
@@ -487,6 +544,79 @@ mod tests {
         assert_eq!(transfers.get(last + 1).map(|record| record.id), Some(last + 1));
     }
 
+    fn digest(transfers: &Transfers) -> u64 {
+        let mut digest = Digest::new();
+        transfers.digest(&mut digest);
+        digest.finish()
+    }
+
+    /// The same history decoded from its encoding: its hash is computed afresh.
+    fn decoded(transfers: &Transfers) -> Transfers {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(transfers, config).expect("encodes");
+        bincode::serde::decode_from_slice(&bytes, config).expect("decodes").0
+    }
+
+    #[test]
+    fn the_kept_hash_sums_follow_every_change_and_equal_a_fresh_walk() {
+        let mut transfers = Transfers::default();
+        let pending = |id: u64| {
+            let mut record = record(id);
+            record.kind = Kind::Pending;
+            record.status = Status::Pending;
+            record
+        };
+        for id in 100..(3 * CHUNK as u64 + 400) {
+            transfers.push(pending(id));
+        }
+        for id in [7, 3, 50] {
+            transfers.push(pending(id));
+        }
+        let before = digest(&transfers);
+        let counted: Vec<usize> = transfers.chunk_sums.borrow().iter().map(|&(_, n)| n).collect();
+        assert_eq!(counted, [CHUNK, CHUNK, CHUNK, TAIL], "every chunk's records are counted");
+        assert_eq!(before, digest(&decoded(&transfers)));
+
+        // A status change in a kept chunk, in the last chunk, in the tail and among the
+        // out-of-order records: each changes the hash, and the kept sums stay those a walk
+        // gives.
+        let tail_id = transfers.tail[0].id;
+        let mut previous = before;
+        for (id, status) in [
+            (100, Status::Posted),
+            (CHUNK as u64 + 150, Status::Voided),
+            (3 * CHUNK as u64 + 150, Status::Expired),
+            (tail_id, Status::Posted),
+            (3, Status::Voided),
+        ] {
+            transfers.set_status(id, status);
+            let now = digest(&transfers);
+            assert_ne!(now, previous, "the change of {id} shows");
+            assert_eq!(now, digest(&decoded(&transfers)), "after the change of {id}");
+            previous = now;
+        }
+
+        // A copy keeps the sums; the same changes on both keep them equal, and apart from a
+        // copy that did not change.
+        let copy = transfers.clone();
+        let mut changed = transfers.clone();
+        changed.set_status(101, Status::Posted);
+        for transfers in [&mut transfers, &mut changed] {
+            for id in (3 * CHUNK as u64 + 400)..(5 * CHUNK as u64 + 10) {
+                transfers.push(pending(id));
+            }
+            // Records appended to the last counted chunk, and to a new one, not counted yet.
+            transfers.set_status(3 * CHUNK as u64 + 500, Status::Posted);
+            transfers.set_status(4 * CHUNK as u64 + 500, Status::Voided);
+        }
+        assert_eq!(transfers.chunk_sums.borrow().len(), 4);
+        assert_eq!(digest(&transfers), digest(&decoded(&transfers)));
+        assert_eq!(transfers.chunk_sums.borrow().len(), 5);
+        assert_eq!(digest(&changed), digest(&decoded(&changed)));
+        assert_ne!(digest(&transfers), digest(&changed));
+        assert_eq!(digest(&copy), previous);
+    }
+
     #[test]
     fn survives_an_encoding_round_trip_and_rejects_disorder() {
         let mut transfers = Transfers::default();
@@ -494,14 +624,7 @@ mod tests {
             transfers.push(record(id));
         }
         let config = bincode::config::standard();
-        let bytes = bincode::serde::encode_to_vec(&transfers, config).expect("encodes");
-        let (decoded, _): (Transfers, _) =
-            bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
-        let digest = |transfers: &Transfers| {
-            let mut digest = Digest::new();
-            transfers.digest(&mut digest);
-            digest.finish()
-        };
+        let decoded = decoded(&transfers);
         assert_eq!(digest(&decoded), digest(&transfers));
         assert_eq!(decoded.len(), transfers.len());
         assert_eq!(decoded.get(2), transfers.get(2));
