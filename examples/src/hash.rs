@@ -287,6 +287,24 @@ mod tests {
     use std::hash::BuildHasher;
 
     #[test]
+    fn a_record_hash_sees_every_word_its_position_and_the_record_length() {
+        let record = [1u64, 2, 3, 4, 5, 6];
+        let hash = hash_words(&record);
+        let mut seen = std::collections::BTreeSet::from([hash]);
+        for position in 0..record.len() {
+            for bit in [0, 17, 63] {
+                let mut changed = record;
+                changed[position] ^= 1 << bit;
+                assert!(seen.insert(hash_words(&changed)), "word {position}, bit {bit}");
+            }
+        }
+        assert_ne!(hash_words(&[1, 2]), hash_words(&[2, 1]), "positions count");
+        assert_ne!(hash_words(&[0]), hash_words(&[0, 0]), "so does the length");
+        // Equal records, equal hashes: a sum of them is a multiset's digest.
+        assert_eq!(hash_words(&record), hash);
+    }
+
+    #[test]
     fn the_id_hasher_spreads_sequential_keys_over_buckets_and_tags() {
         let build = IdHash::default();
         let mut low = std::collections::BTreeSet::new();
