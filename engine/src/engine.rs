@@ -305,8 +305,9 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
     /// in `apply` is caught by the next checkpoint after it, by replay alone. The checkpoints
     /// take journal sequences (every `commands + 1`-th), so with them a command's sequence
     /// skips the checkpoints'. Computing the hash pauses the engine thread for as long as
-    /// [`StateMachine::state_hash`] takes; keep it cheap or the interval long. Off by default,
-    /// and in the `Memory` tier, which has no journal.
+    /// [`StateMachine::state_hash`] takes; keep it cheap (its documentation says how a growing
+    /// state can) or the interval long. Off by default, and in the `Memory` tier, which has no
+    /// journal.
     pub fn checkpoints(mut self, commands: u64) -> Self {
         self.checkpoint_every = Some(commands).filter(|&commands| commands > 0);
         self

@@ -73,6 +73,13 @@ pub trait StateMachine: Clone + Serialize + DeserializeOwned + Send + 'static {
 
     /// A deterministic digest of the whole state: equal states, equal hashes, on every
     /// machine. Recovery, replicas and tests compare it at the same sequence.
+    ///
+    /// With [`checkpoints`](crate::EngineBuilder::checkpoints) on, it runs on the engine thread
+    /// every `N` commands, and the engine waits for it. A state that only grows (a history of
+    /// transfers, say) need not be walked each time: a wrapping sum of its items' hashes can be
+    /// kept as items come and change, and does not depend on the order they are summed in. The
+    /// ledger example keeps one (`docs/ARCHITECTURE.md`, "The ledger's state hash is kept, not
+    /// walked").
     fn state_hash(&self) -> u64;
 
     /// Makes the copy of the state that a snapshot is written from: the engine thread pauses
