@@ -233,16 +233,18 @@ fn millions(value: f64) -> String {
 }
 
 /// The human table: one row per (scenario, system, variant), then the other figures of those
-/// that have some.
+/// that have some. The variant column is as wide as its longest name, so the figures line up.
 pub fn table(summaries: &[Summary]) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
+    let width =
+        summaries.iter().map(|summary| summary.variant.chars().count()).fold(44, usize::max);
     let row = |text: &mut String, cells: [&str; 11]| {
         let [scenario, system, variant, median, min, max, p50, p99, p999, p9999, worst] = cells;
         let _ = writeln!(
             text,
-            "{scenario:<18} {system:<10} {variant:<44} {median:>9} {min:>9} {max:>9}  {p50:>7} \
-             {p99:>7} {p999:>7} {p9999:>8} {worst:>9}"
+            "{scenario:<18} {system:<10} {variant:<width$} {median:>9} {min:>9} {max:>9}  \
+             {p50:>7} {p99:>7} {p999:>7} {p9999:>8} {worst:>9}"
         );
     };
     row(
@@ -279,7 +281,7 @@ pub fn table(summaries: &[Summary]) -> String {
             .collect();
         let _ = writeln!(
             text,
-            "{:<18} {:<10} {:<44} {}",
+            "{:<18} {:<10} {:<width$} {}",
             summary.scenario,
             summary.system,
             summary.variant,
