@@ -176,6 +176,7 @@ fn hash_sum<'a>(records: impl IntoIterator<Item = &'a TransferRecord>) -> u64 {
 /// the end), a status change of a counted record adjusts it, and the out-of-order records' sum
 /// is kept as they come and change. A state hash walks only the records appended since the
 /// last one, and the tail (ARCHITECTURE.md, "The ledger's state hash is kept, not walked").
+/// Appends in order, the common case, cost nothing for it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Transfers {
     /// Sorted by id, within and across chunks; every chunk but the last is full.
