@@ -567,8 +567,6 @@ fn copy_range(
     sync_directory(dropped)
 }
 
-/// Moves `files`, the last first, from `directory` into `dropped`, syncing both directories
-/// after each: a repair cut short leaves a prefix of the segments, never a gap.
 /// A folder under `directory`'s `dropped/` named `name`, or `name-2`, `name-3`, … when that
 /// exists: files moved out of the journal or the snapshot store go there, never over others.
 pub(crate) fn free_dropped_folder(directory: &Path, name: &str) -> PathBuf {
@@ -581,6 +579,8 @@ pub(crate) fn free_dropped_folder(directory: &Path, name: &str) -> PathBuf {
         .expect("some name is free")
 }
 
+/// Moves `files`, the last first, from `directory` into `dropped`, syncing both directories
+/// after each: a repair cut short leaves a prefix of the segments, never a gap.
 fn move_files(files: &[PathBuf], dropped: &Path, directory: &Path) -> Result<(), JournalError> {
     for path in files.iter().rev() {
         let name = path.file_name().unwrap_or_default();
