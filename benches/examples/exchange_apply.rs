@@ -9,9 +9,10 @@
 //! ```
 //!
 //! (`--LL` makes the simulated last level a 2 MiB cache, the core's L2 on the machine of
-//! `BENCHMARKS.md`, instead of the shared L3 the VM reports.) The one argument is the number of
-//! commands, 1 000 000 by default. Prints the rate and the final state hash, so that two builds
-//! can be checked to have done the same thing.
+//! `BENCHMARKS.md`, instead of the shared L3 the VM reports.) The arguments: the number of
+//! commands, 1 000 000 by default, and how often to ask for the state hash, as checkpoints do
+//! (every that many commands; 0, the default, never). Prints the rate and the final state hash,
+//! so that two builds can be checked to have done the same thing.
 
 use keel_examples::exchange::workload::{apply_directly, Mix, Workload};
 
@@ -21,12 +22,11 @@ const TRADERS: u64 = 10_000;
 const SYMBOLS: u32 = 16;
 
 fn main() {
-    let commands = match std::env::args().nth(1) {
-        Some(argument) => argument.parse().expect("the number of commands"),
-        None => 1_000_000,
-    };
+    let mut arguments = std::env::args().skip(1);
+    let commands: u64 = arguments.next().map_or(1_000_000, |n| n.parse().expect("commands"));
+    let hash_every: u64 = arguments.next().map_or(0, |n| n.parse().expect("hash every"));
     let workload = Workload::new(SEED, TRADERS, SYMBOLS, Mix::REALISTIC, 1);
-    let applied = apply_directly(workload, TRADERS as usize, commands);
+    let applied = apply_directly(workload, TRADERS as usize, commands, hash_every);
     if let Err(broken) = applied.exchange.check_invariants() {
         panic!("the exchange broke an invariant: {broken}");
     }

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! The arguments: the number of commands (1 000 000 by default), of customer accounts (1 000,
-//! as `ledger run --accounts 1000`), and the mix (`transfers`, the default, or `payments`).
+//! as `ledger run --accounts 1000`), the mix (`transfers`, the default, or `payments`), and how
+//! often to ask for the state hash, as checkpoints do (every that many commands; 0, the
+//! default, never).
 //! The seed is `ledger run --seed 1`'s. Prints the rate and the final state hash, so that two
 //! builds can be checked to have done the same thing.
 
@@ -31,6 +33,7 @@ fn main() {
         Some("payments") => Mix::PAYMENTS,
         Some(other) => panic!("unknown mix {other:?}: transfers or payments"),
     };
+    let hash_every: u64 = arguments.next().map_or(0, |n| n.parse().expect("hash every"));
     let mut workload = Workload::new(1, accounts, CODES, mix, 1);
     let setup = workload.setup();
     let traffic: Vec<Command> = (0..commands).map(|_| workload.next_command()).collect();
@@ -38,7 +41,7 @@ fn main() {
         (accounts + u64::from(CODES)) as usize,
         (accounts + commands) as usize,
     );
-    let (elapsed, events) = apply_in_order(&mut ledger, &setup, &traffic);
+    let (elapsed, events) = apply_in_order(&mut ledger, &setup, &traffic, hash_every);
     let seconds = elapsed.as_secs_f64();
     if let Err(broken) = ledger.check_conservation() {
         panic!("the ledger broke conservation: {broken}");

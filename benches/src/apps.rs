@@ -149,7 +149,7 @@ pub fn exchange(root: &Path, load: Load) -> Result<(Outcome, Option<Latency>)> {
 /// beside what keel makes of it.
 pub fn exchange_machine(commands: u64) -> Result<(Outcome, Option<Latency>)> {
     let applied =
-        exchange::workload::apply_directly(exchange_workload(), TRADERS as usize, commands);
+        exchange::workload::apply_directly(exchange_workload(), TRADERS as usize, commands, 0);
     if let Err(broken) = applied.exchange.check_invariants() {
         bail!("the exchange broke an invariant: {broken}");
     }

@@ -218,11 +218,18 @@ pub struct Applied {
 /// room for `accounts` accounts, on this thread, numbered from 1 as the engine numbers them: no
 /// engine, no journal, no rings. The commands are made before the clock starts. The state
 /// machine's own rate, for `keel-bench`'s `exchange machine` case and for profilers and cache
-/// simulators.
-pub fn apply_directly(mut workload: Workload, accounts: usize, commands: u64) -> Applied {
+/// simulators. With `hash_every` above 0, the state hash is asked for every that many
+/// commands, as checkpoints ask for it.
+pub fn apply_directly(
+    mut workload: Workload,
+    accounts: usize,
+    commands: u64,
+    hash_every: u64,
+) -> Applied {
     let setup = workload.setup();
     let traffic: Vec<Command> = (0..commands).map(|_| workload.next_command()).collect();
     let mut exchange = super::Exchange::with_capacity(accounts, 1 << 20);
-    let (elapsed, events) = crate::direct::apply_in_order(&mut exchange, &setup, &traffic);
+    let (elapsed, events) =
+        crate::direct::apply_in_order(&mut exchange, &setup, &traffic, hash_every);
     Applied { elapsed, events, exchange }
 }
