@@ -281,6 +281,110 @@ pub fn hash_words(words: &[u64]) -> u64 {
     avalanche(sum ^ words.len() as u64)
 }
 
+/// A digest of a slab (items found by position, in a `Vec` that only grows), kept as the
+/// wrapping sum of one hash per slot and brought up to date only when asked for: the owner
+/// marks a slot when it changes the item there, and [`SlotHashes::sum`] hashes again the marked
+/// slots and the slots added since the last sum, subtracting what each one counted before. A
+/// state hash then costs the changes since the previous one, not a walk of the state, and a
+/// state machine that is never asked for a hash pays a comparison per mark.
+///
+/// The slot's position must be among the words its hash is made of, so that two items trading
+/// places change the sum. Marks are not deduplicated (a slot changed twice is hashed twice, the
+/// second time to no effect). When more marks pile up than the slab has slots, they are dropped
+/// and the next sum hashes every slot, which costs no more than the marks would: the list, and
+/// its memory, stays bounded by the slab's size. A new value (and [`SlotHashes::forget`]) is
+/// in that state, so a copy or a decoded state that starts from it hashes everything once.
+#[derive(Clone, Debug, Default)]
+pub struct SlotHashes {
+    /// Each slot's hash, as counted in `sum`.
+    hashes: Vec<u64>,
+    sum: u64,
+    /// The slots changed since the last sum.
+    marked: Vec<u32>,
+    /// How many marks may pile up before hashing every slot is cheaper; 0 while the next sum
+    /// must hash every slot anyway.
+    room: usize,
+}
+
+/// How many marks ahead a sum asks for a marked slot's memory.
+const MARKS_AHEAD: usize = 8;
+
+/// Marks that may pile up however small the slab: a few thousand slots are hashed in
+/// microseconds, and the list's memory is 16 KiB.
+const MIN_MARK_ROOM: usize = 4_096;
+
+impl SlotHashes {
+    /// Whether marks are kept: not before the first sum (nor after a `forget`), so that a
+    /// state never asked for a hash pays this one test per change, not a slot's computation.
+    #[inline(always)]
+    pub fn keeping(&self) -> bool {
+        self.room != 0
+    }
+
+    /// Notes that the item in `slot` changed (or appeared, or went).
+    #[inline(always)]
+    pub fn mark(&mut self, slot: u32) {
+        if self.keeping() {
+            if self.marked.len() < self.room {
+                self.marked.push(slot);
+            } else {
+                self.forget();
+            }
+        }
+    }
+
+    /// Makes the next sum hash every slot: for a change that moves every slot's hash, or marks
+    /// too many to keep.
+    #[cold]
+    pub fn forget(&mut self) {
+        self.room = 0;
+        self.marked.clear();
+    }
+
+    /// The sum of `hash(slot)` over the `len` slots, hashing only the slots marked or added
+    /// since the last sum (all of them the first time). Every slot that changed since must
+    /// have been marked, or the sum counts its old hash. `hint(slot)` is called a few marks
+    /// before `hash(slot)`, to ask for the memory the hash will read.
+    pub fn sum(
+        &mut self,
+        len: usize,
+        mut hash: impl FnMut(usize) -> u64,
+        mut hint: impl FnMut(usize),
+    ) -> u64 {
+        if self.room == 0 || len < self.hashes.len() {
+            self.hashes.clear();
+            self.hashes.extend((0..len).map(&mut hash));
+            self.sum = self.hashes.iter().fold(0, |sum, &hash| sum.wrapping_add(hash));
+        } else {
+            for slot in self.hashes.len()..len {
+                let hash = hash(slot);
+                self.hashes.push(hash);
+                self.sum = self.sum.wrapping_add(hash);
+            }
+            // The marked slots are scattered over the slab and its hashes: each is asked for
+            // a few marks before it is read, so that their misses overlap.
+            for (index, &slot) in self.marked.iter().enumerate() {
+                if let Some(&ahead) = self.marked.get(index + MARKS_AHEAD) {
+                    let ahead = ahead as usize;
+                    hint(ahead);
+                    if let Some(kept) = self.hashes.get(ahead) {
+                        keel_engine::prefetch(kept);
+                    }
+                }
+                let slot = slot as usize;
+                let hash = hash(slot);
+                self.sum = self.sum.wrapping_sub(self.hashes[slot]).wrapping_add(hash);
+                self.hashes[slot] = hash;
+            }
+        }
+        self.marked.clear();
+        // The list's whole room is taken now, so that marking allocates nothing.
+        self.room = len.max(MIN_MARK_ROOM);
+        self.marked.reserve(self.room);
+        self.sum
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,5 +506,58 @@ mod tests {
         // A pinned value: the digest is part of the on-disk contract (snapshot metadata and
         // replicas compare it), so a change to it must be deliberate.
         assert_eq!(digest(&[1, 2, 3]), 0x1bf6_efc2_1c48_5022);
+    }
+    #[test]
+    fn slot_hashes_sum_what_a_fresh_walk_sums_after_marks_growth_and_overflow() {
+        // A slab of (value) items; slot hash: the slot and the value.
+        let hash_of = |items: &[u64], slot: usize| hash_words(&[slot as u64, items[slot]]);
+        let walk = |items: &[u64]| {
+            (0..items.len()).fold(0u64, |sum, slot| sum.wrapping_add(hash_of(items, slot)))
+        };
+        let mut items: Vec<u64> = (0..100).collect();
+        let mut kept = SlotHashes::default();
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        // Marked changes are counted; an unmarked one is not (the owner's contract), which is
+        // what makes this test able to fail.
+        items[7] = 1_000;
+        kept.mark(7);
+        items[7] = 1_001;
+        kept.mark(7);
+        items[90] = 5;
+        kept.mark(90);
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        items[3] = 77;
+        assert_ne!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        kept.mark(3);
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        // Slots added since the last sum are hashed without marks.
+        items.extend([9, 8, 7]);
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        // Swapping two items changes the sum: the slot is in the hash.
+        let before = walk(&items);
+        items.swap(1, 2);
+        kept.mark(1);
+        kept.mark(2);
+        let swapped = kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ());
+        assert_eq!(swapped, walk(&items));
+        assert_ne!(swapped, before);
+        // More marks than there is room for: the list is dropped, not grown, and the next sum
+        // walks every slot, unmarked changes included.
+        for round in 0..MIN_MARK_ROOM as u64 + 10 {
+            items[0] = round;
+            kept.mark(0);
+        }
+        assert_eq!((kept.room, kept.marked.len()), (0, 0));
+        items[50] = 123;
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        assert_eq!(kept.room, MIN_MARK_ROOM);
+        // `forget` (a change that moves every slot's hash) walks again too.
+        items[60] = 321;
+        kept.forget();
+        kept.mark(5);
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
+        // A slab that shrank (a value replaced by a smaller one) is walked, not indexed.
+        items.truncate(10);
+        assert_eq!(kept.sum(items.len(), |slot| hash_of(&items, slot), |_| ()), walk(&items));
     }
 }

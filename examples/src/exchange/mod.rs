@@ -20,6 +20,7 @@
 //! one `Rejected` event and changes nothing. `BookLevel` events come last, one per level the
 //! command changed, bids before asks, by ascending price, with the level's new total (0: gone).
 
+mod accounts;
 mod book;
 pub mod workload;
 
@@ -29,6 +30,8 @@ use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{Digest, IdIndex, SequentialIdMap};
+use accounts::Accounts;
+pub use accounts::{Account, Balance};
 use book::{Book, Fill, OrderSlot, Orders, NIL};
 
 /// A side of the book.
@@ -326,54 +329,6 @@ pub enum Event {
     },
 }
 
-/// One asset's balance in an account.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Balance {
-    /// Free to trade or withdraw.
-    pub available: u64,
-    /// Held by resting orders.
-    pub held: u64,
-}
-
-/// An account and its balances.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Account {
-    /// Its id.
-    pub id: u64,
-    /// Its balances by asset slot (the exchange numbers the assets it has seen, in the order it
-    /// saw them), as long as the highest slot the account has touched. A symbol knows its two
-    /// assets' slots, so a trade finds the four balances it moves by index, with no search.
-    balances: Vec<Balance>,
-}
-
-impl Clone for Account {
-    fn clone(&self) -> Self {
-        Self { id: self.id, balances: self.balances.clone() }
-    }
-
-    /// Copies into the existing balances' allocation: a snapshot's copy of every account then
-    /// allocates nothing once the previous copy is handed back.
-    fn clone_from(&mut self, source: &Self) {
-        self.id = source.id;
-        self.balances.clone_from(&source.balances);
-    }
-}
-
-impl Account {
-    /// The balance in asset slot `slot` (zero if the account never held it).
-    fn at(&self, slot: u32) -> Balance {
-        self.balances.get(slot as usize).copied().unwrap_or_default()
-    }
-
-    fn at_mut(&mut self, slot: u32) -> &mut Balance {
-        let slot = slot as usize;
-        if slot >= self.balances.len() {
-            self.balances.resize(slot + 1, Balance::default());
-        }
-        &mut self.balances[slot]
-    }
-}
-
 /// A listed symbol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Symbol {
@@ -417,7 +372,7 @@ pub struct Level {
 pub struct Exchange {
     symbols: Vec<Symbol>,
     books: Vec<Book>,
-    accounts: Vec<Account>,
+    accounts: Accounts,
     /// Every order resting in any book, in slots linked into their levels' queues.
     orders: Orders,
     /// What was deposited minus what was withdrawn, per asset: the conservation invariant's
@@ -468,7 +423,7 @@ impl From<ExchangeData> for Exchange {
         let mut exchange = Self {
             symbols: data.symbols,
             books: data.books,
-            accounts: data.accounts,
+            accounts: Accounts::new(data.accounts, data.assets.len()),
             orders: data.orders,
             asset_totals: data.asset_totals,
             assets: data.assets,
@@ -622,7 +577,7 @@ impl Exchange {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut sums = BTreeMap::<u32, u128>::new();
         let mut holds = BTreeMap::<(u32, u32), u64>::new();
-        for account in &self.accounts {
+        for account in self.accounts.iter() {
             for (slot, balance) in account.balances.iter().enumerate() {
                 *sums.entry(self.assets[slot]).or_default() +=
                     u128::from(balance.available) + u128::from(balance.held);
@@ -700,6 +655,7 @@ impl Exchange {
         let slot = self.assets.len() as u32;
         self.assets.push(asset);
         self.asset_slots.insert(asset, slot);
+        self.accounts.add_asset();
         slot
     }
 
@@ -736,15 +692,14 @@ impl Exchange {
         let slot = match self.account_slot(account) {
             Some(slot) => slot,
             None => {
-                let slot = self.accounts.len() as u32;
+                let slot = self.accounts.open(account);
                 self.account_index.insert(account, slot);
-                self.accounts.push(Account { id: account, balances: Vec::new() });
                 slot
             }
         };
         // The asset's total fits in 64 bits, and this balance is part of it.
         let asset_slot = self.asset_slot(asset);
-        self.accounts[slot as usize].at_mut(asset_slot).available += amount;
+        self.accounts.balance_mut(slot, asset_slot).available += amount;
         Event::Deposited { account, asset, amount }
     }
 
@@ -763,7 +718,7 @@ impl Exchange {
         let Some(asset_slot) = asset_slot.filter(|_| available >= amount) else {
             return reject(Reject::InsufficientFunds);
         };
-        self.accounts[slot as usize].at_mut(asset_slot).available -= amount;
+        self.accounts.balance_mut(slot, asset_slot).available -= amount;
         *self.asset_totals.get_mut(&asset).expect("a held asset was deposited") -= amount;
         Event::Withdrawn { account, asset, amount }
     }
@@ -880,7 +835,7 @@ impl Exchange {
             OrderKind::GoodTillCancelled => {
                 let hold = hold_for(side, price, remaining).expect("checked in validation");
                 let asset = if side == Side::Buy { quote } else { base };
-                let balance = self.accounts[account_slot as usize].at_mut(asset);
+                let balance = self.accounts.balance_mut(account_slot, asset);
                 balance.available -= hold;
                 balance.held += hold;
                 let slot = self.orders.allocate(
@@ -922,22 +877,20 @@ impl Exchange {
             Side::Buy => {
                 // The taker buys: pays `cost` quote from available, gets base. The maker sold:
                 // its base hold shrinks, it gets the quote.
-                let taker_account = &mut self.accounts[taker as usize];
-                taker_account.at_mut(quote).available -= cost;
-                taker_account.at_mut(base).available += quantity;
-                let maker_account = &mut self.accounts[maker_account as usize];
-                maker_account.at_mut(base).held -= quantity;
-                maker_account.at_mut(quote).available += cost;
+                let accounts = &mut self.accounts;
+                accounts.balance_mut(taker, quote).available -= cost;
+                accounts.balance_mut(taker, base).available += quantity;
+                accounts.balance_mut(maker_account, base).held -= quantity;
+                accounts.balance_mut(maker_account, quote).available += cost;
             }
             Side::Sell => {
                 // The taker sells: gives base from available, gets the quote. The maker bought
                 // at its own price: its quote hold shrinks by exactly the cost.
-                let taker_account = &mut self.accounts[taker as usize];
-                taker_account.at_mut(base).available -= quantity;
-                taker_account.at_mut(quote).available += cost;
-                let maker_account = &mut self.accounts[maker_account as usize];
-                maker_account.at_mut(quote).held -= cost;
-                maker_account.at_mut(base).available += quantity;
+                let accounts = &mut self.accounts;
+                accounts.balance_mut(taker, base).available -= quantity;
+                accounts.balance_mut(taker, quote).available += cost;
+                accounts.balance_mut(maker_account, quote).held -= cost;
+                accounts.balance_mut(maker_account, base).available += quantity;
             }
         }
     }
@@ -984,7 +937,7 @@ impl Exchange {
         let (base, quote) = self.symbol_assets[symbol_slot as usize];
         let hold = hold_for(order.side, order.price, order.remaining).expect("checked when placed");
         let asset = if order.side == Side::Buy { quote } else { base };
-        let balance = self.accounts[order.account as usize].at_mut(asset);
+        let balance = self.accounts.balance_mut(order.account, asset);
         balance.held -= hold;
         balance.available += hold;
         self.books[symbol_slot as usize].reduce(order.level, order.remaining);
@@ -1042,7 +995,7 @@ impl Exchange {
         if price == order.price && quantity <= order.remaining {
             // Smaller at the same price: it keeps its place.
             let released = held - hold;
-            let balance = self.accounts[order.account as usize].at_mut(asset);
+            let balance = self.accounts.balance_mut(order.account, asset);
             balance.held -= released;
             balance.available += released;
             self.books[symbol_slot as usize].reduce(order.level, order.remaining - quantity);
@@ -1088,9 +1041,12 @@ impl StateMachine for Exchange {
     type Command = Command;
     type Event = Event;
 
-    /// Version 1: symbols, books (levels with their queues' ends), accounts with balances, the
-    /// order slots, the asset totals.
-    const SCHEMA_VERSION: u32 = 1;
+    /// Version 2: symbols, books (levels with their queues' ends), accounts with balances, the
+    /// order slots, the asset totals, encoded as in version 1; the header's state hash is the
+    /// kept sums' ([`Exchange::state_hash`]), which a version 1 snapshot's (a walk of the
+    /// books in priority order) would not match, so a version 1 snapshot is skipped for its
+    /// version, which says why.
+    const SCHEMA_VERSION: u32 = 2;
 
     /// Accounts are picked at random among many, and their balances and resting orders are
     /// scattered over more memory than the core's cache holds.
@@ -1167,34 +1123,24 @@ impl StateMachine for Exchange {
         }
     }
 
-    /// The logical state, independent of slot layout: symbols, accounts and their balances in
-    /// their orders, each book's orders in priority order, the asset totals.
+    /// The symbols and the assets in their orders; every balance and every order slot by the
+    /// sums of their hashes that the accounts and the order slab keep (each hash has its slot
+    /// in it, so the sums see order as a walk would, and an order's hash has the order before
+    /// it in its queue, so they see priority too); the asset totals. A state hash costs the
+    /// balances and the order slots changed since the previous one, not a walk of the books:
+    /// with 67 000 resting orders the walk took 4.5 ms, and a checkpoint every 1 000 commands
+    /// took `exchange run` from 2.0 M to 0.22 M orders/s.
     fn state_hash(&self) -> u64 {
         let mut digest = Digest::new();
         digest.word(self.symbols.len() as u64);
         for symbol in &self.symbols {
             digest.words(&[u64::from(symbol.id), u64::from(symbol.base), u64::from(symbol.quote)]);
         }
-        digest.word(self.accounts.len() as u64);
-        for account in &self.accounts {
-            digest.words(&[account.id, account.balances.len() as u64]);
-            for (slot, balance) in account.balances.iter().enumerate() {
-                digest.words(&[u64::from(self.assets[slot]), balance.available, balance.held]);
-            }
+        digest.word(self.assets.len() as u64);
+        for &asset in &self.assets {
+            digest.word(u64::from(asset));
         }
-        for book in &self.books {
-            let orders = self.orders_of(book);
-            digest.word(orders.len() as u64);
-            for order in orders {
-                digest.words(&[
-                    order.order_id,
-                    order.account,
-                    order.side as u64,
-                    order.price,
-                    order.remaining,
-                ]);
-            }
-        }
+        digest.words(&[self.accounts.len() as u64, self.accounts.digest(), self.orders.digest()]);
         for (&asset, &total) in &self.asset_totals {
             digest.words(&[u64::from(asset), total]);
         }
