@@ -660,28 +660,21 @@ fn the_state_hash_sees_time_priority() {
     let run = |amended: u64| {
         let mut exchange = Exchange::new();
         let mut output = Output::new();
+        let bid = |order_id| Command::Place {
+            order_id,
+            account: 1,
+            symbol: 1,
+            side: Side::Buy,
+            kind: OrderKind::GoodTillCancelled,
+            price: 50,
+            quantity: 5,
+        };
         let commands = [
             Command::AddSymbol { symbol: 1, base: 10, quote: 11 },
             Command::Deposit { account: 1, asset: 10, amount: 100 },
             Command::Deposit { account: 1, asset: 11, amount: 10_000 },
-            Command::Place {
-                order_id: 1,
-                account: 1,
-                symbol: 1,
-                side: Side::Buy,
-                kind: OrderKind::GoodTillCancelled,
-                price: 50,
-                quantity: 5,
-            },
-            Command::Place {
-                order_id: 2,
-                account: 1,
-                symbol: 1,
-                side: Side::Buy,
-                kind: OrderKind::GoodTillCancelled,
-                price: 50,
-                quantity: 5,
-            },
+            bid(1),
+            bid(2),
             // A larger quantity sends the order to the back of its level (into the slot it
             // left, the most recently freed); the smaller one after keeps that place.
             Command::Amend { order_id: amended, account: 1, price: 50, quantity: 6 },

@@ -330,15 +330,24 @@ fn check_case(seed: u64, commands: impl IntoIterator<Item = (u64, Command)>) -> 
         );
         assert_eq!(ledger.transfer_count(), model.transfers.len() as u64, "seed {seed}");
         ledger.check_conservation().unwrap_or_else(|error| panic!("seed {seed}: {error}"));
-        if rng.chance(20) {
+        // The live ledger's hash sums the hashes it kept, bringing up to date those of the
+        // accounts changed since the last hash (one command ago, or many); the snapshot's copy
+        // walks its accounts: a change that was not marked shows here.
+        if rng.chance(4) {
             let hash = ledger.state_hash();
             let copy = ledger.copy_for_snapshot(&mut None);
-            assert_eq!(copy.state_hash(), hash, "seed {seed}: the snapshot copy's hash");
-            let bytes = bincode::serde::encode_to_vec(&copy, config).expect("encodes");
-            let (decoded, _): (Ledger, _) =
-                bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
-            assert_eq!(decoded.state_hash(), hash, "seed {seed}: the decoded state's hash");
-            ledger = decoded;
+            assert_eq!(
+                copy.state_hash(),
+                hash,
+                "seed {seed}: the kept hash after command {sequence} ({command:?}) is not a walk's"
+            );
+            if rng.chance(5) {
+                let bytes = bincode::serde::encode_to_vec(&copy, config).expect("encodes");
+                let (decoded, _): (Ledger, _) =
+                    bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
+                assert_eq!(decoded.state_hash(), hash, "seed {seed}: the decoded state's hash");
+                ledger = decoded;
+            }
         }
     }
     for (&id, &(_, fate)) in &model.transfers {
