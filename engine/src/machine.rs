@@ -79,7 +79,9 @@ pub trait StateMachine: Clone + Serialize + DeserializeOwned + Send + 'static {
     /// transfers, say) need not be walked each time: a wrapping sum of its items' hashes can be
     /// kept as items come and change, and does not depend on the order they are summed in. The
     /// ledger example keeps one (`docs/ARCHITECTURE.md`, "The ledger's state hash is kept, not
-    /// walked").
+    /// walked"). A state changed in place at random can keep one lazily: mark what changed,
+    /// and re-hash only that when asked, as the exchange example does (`docs/ARCHITECTURE.md`,
+    /// "The exchange's state hash is kept by marks, brought up to date when asked").
     fn state_hash(&self) -> u64;
 
     /// Makes the copy of the state that a snapshot is written from: the engine thread pauses

@@ -296,8 +296,9 @@ pub fn hash_words(words: &[u64]) -> u64 {
 /// second time to no effect). When more marks pile up than half the slab's slots, they are
 /// dropped and the next sum hashes every slot, which costs no more than the marks would (a
 /// marked slot is a scattered read, and often a repeat; a walk reads the slab in order): the
-/// list, and its memory, stays bounded by the slab's size. A new value (and [`SlotHashes::forget`]) is
-/// in that state, so a copy or a decoded state that starts from it hashes everything once.
+/// list, and its memory, stays bounded by the slab's size. A new value is in that state (as is
+/// one after [`SlotHashes::forget`]), so a copy or a decoded state that starts from it hashes
+/// everything once.
 #[derive(Clone, Debug, Default)]
 pub struct SlotHashes {
     /// Each slot's hash, as counted in `sum`.
@@ -633,6 +634,7 @@ mod tests {
         // replicas compare it), so a change to it must be deliberate.
         assert_eq!(digest(&[1, 2, 3]), 0x1bf6_efc2_1c48_5022);
     }
+
     #[test]
     fn slot_hashes_sum_what_a_fresh_walk_sums_after_marks_growth_and_overflow() {
         // A slab of (value) items; slot hash: the slot and the value.
