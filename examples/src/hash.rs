@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A multiply-fold hasher for integer keys: one 64×64→128-bit multiply, the halves folded,
 /// so that both the low bits (the bucket) and the high bits (the table's tag) depend on every
@@ -399,8 +399,9 @@ impl SlotHashes {
 
 /// A `Vec` that keeps a [`SlotHashes`] over its items, and marks an item's slot whenever it is
 /// handed out to be changed (`IndexMut`, [`MarkedVec::get_mut`]): the items of a state whose
-/// hash sums theirs, changed in place at random (the ledger's accounts). There is no other way
-/// to change an item, so a change cannot escape the hash by a forgotten mark. Encoded as the
+/// hash sums theirs, changed in place at random (the ledger's accounts, the exchange's order
+/// slots). There is no other way to change an item but [`MarkedVec::unmarked_mut`], for what
+/// the hash leaves out, so a change cannot escape the hash by a forgotten mark. Encoded as the
 /// bare list; a copy made by `clone_from` (a snapshot's) and a decoded one hash every item once.
 #[derive(Debug)]
 pub struct MarkedVec<T> {
@@ -437,6 +438,12 @@ impl<T: Clone> Clone for MarkedVec<T> {
 impl<T: Serialize> Serialize for MarkedVec<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.items.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MarkedVec<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::deserialize(deserializer).map(Self::from)
     }
 }
 
@@ -485,9 +492,21 @@ impl<T> MarkedVec<T> {
         &mut self.items[slot]
     }
 
+    /// The item in `slot`, to change without a mark: only for a part of it that the hash
+    /// leaves out (the caller answers for that), on a path where the mark would be wasted.
+    #[inline]
+    pub fn unmarked_mut(&mut self, slot: usize) -> &mut T {
+        &mut self.items[slot]
+    }
+
     /// Appends an item. Its slot is past the last sum's end, so the next sum hashes it unmarked.
     pub fn push(&mut self, item: T) {
         self.items.push(item);
+    }
+
+    /// Makes room for `additional` more items.
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve(additional);
     }
 
     /// The items the allocation has room for.

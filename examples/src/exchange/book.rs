@@ -5,13 +5,12 @@
 //! a fill changes its level's total without a search; matching walks the best levels from their
 //! heads.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::Side;
-use crate::hash::{hash_words, SlotHashes};
+use crate::hash::{hash_words, MarkedVec};
 
 /// "No slot": the end of a queue, or of the free list.
 pub(super) const NIL: u32 = u32::MAX;
@@ -40,37 +39,31 @@ pub(super) struct OrderSlot {
 }
 
 /// The slab of order slots. Freed slots are reused, most recently freed first, so the slab's
-/// size is the most orders that ever rested at once. Every change of a slot goes through
-/// [`Orders::get_mut`], [`Orders::allocate`] or [`Orders::free`], which mark it for the kept
-/// hashes, so no change escapes the state hash; the one exception is [`Orders::set_next`],
-/// whose link the hash leaves out.
+/// size is the most orders that ever rested at once. The slots are a [`MarkedVec`]: every
+/// change of a slot marks it for the kept hashes, so no change escapes the state hash; the one
+/// exception is [`Orders::set_next`], whose link the hash leaves out.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Orders {
-    slots: Vec<OrderSlot>,
+    slots: MarkedVec<OrderSlot>,
     free: u32,
-    /// Not in a snapshot: a decoded slab hashes every slot once.
-    #[serde(skip)]
-    hashes: RefCell<SlotHashes>,
 }
 
 impl Clone for Orders {
     fn clone(&self) -> Self {
-        Self { slots: self.slots.clone(), free: self.free, hashes: self.hashes.clone() }
+        Self { slots: self.slots.clone(), free: self.free }
     }
 
     /// Copies into the existing allocation: the slots are `Copy`, so this is one `memcpy` when
-    /// the capacity suffices. The kept hashes are not copied: a snapshot's copy (the only
-    /// user) is encoded, and hashed at most once, which walks it.
+    /// the capacity suffices (the kept hashes are not copied: see [`MarkedVec`]).
     fn clone_from(&mut self, source: &Self) {
         self.slots.clone_from(&source.slots);
         self.free = source.free;
-        self.hashes.get_mut().forget();
     }
 }
 
 impl Default for Orders {
     fn default() -> Self {
-        Self { slots: Vec::new(), free: NIL, hashes: RefCell::default() }
+        Self { slots: MarkedVec::default(), free: NIL }
     }
 }
 
@@ -85,15 +78,14 @@ impl Orders {
 
     /// The slot, to change: marked for the kept hashes, whatever the change.
     pub(super) fn get_mut(&mut self, slot: u32) -> &mut OrderSlot {
-        self.hashes.get_mut().mark(slot);
-        &mut self.slots[slot as usize]
+        self.slots.get_mut(slot as usize)
     }
 
     /// Points a resting order's link toward the tail of its queue at `next`. The hash leaves
     /// that link out (the links toward the head say the same), so this does not mark the slot:
     /// a push and an unlink each change one such link besides the slots they mark anyway.
     pub(super) fn set_next(&mut self, slot: u32, next: u32) {
-        self.slots[slot as usize].next = next;
+        self.slots.unmarked_mut(slot as usize).next = next;
     }
 
     pub(super) fn allocate(
@@ -143,24 +135,19 @@ impl Orders {
     /// deterministic); the level slots are not (a decoded book numbers its levels afresh), so
     /// they are left out.
     pub(super) fn digest(&self) -> u64 {
-        self.hashes.borrow_mut().sum(
-            self.slots.len(),
-            |slot| {
-                let order = &self.slots[slot];
-                if order.order_id == 0 {
-                    return 0;
-                }
-                hash_words(&[
-                    ((slot as u64) << 1) | order.side as u64,
-                    order.order_id,
-                    order.price,
-                    order.remaining,
-                    (u64::from(order.account) << 32) | u64::from(order.symbol),
-                    u64::from(order.prev),
-                ])
-            },
-            |slot| keel_engine::prefetch(&self.slots[slot]),
-        )
+        self.slots.sum(|slot, order| {
+            if order.order_id == 0 {
+                return 0;
+            }
+            hash_words(&[
+                ((slot as u64) << 1) | order.side as u64,
+                order.order_id,
+                order.price,
+                order.remaining,
+                (u64::from(order.account) << 32) | u64::from(order.symbol),
+                u64::from(order.prev),
+            ])
+        })
     }
 
     /// The slots of resting orders.
