@@ -12,17 +12,19 @@
 //! [`Ledger::check_conservation`] checks it.
 
 pub mod client;
+mod expiries;
 pub mod server;
 mod transfers;
 pub mod wire;
 pub mod workload;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{hash_words, Digest, IdIndex, MarkedVec};
+use expiries::Expiries;
 use transfers::Transfers;
 pub use transfers::{Kind, Status, TransferRecord};
 
@@ -445,9 +447,10 @@ pub struct Ledger {
     #[serde(skip)]
     index: IdIndex,
     transfers: Transfers,
-    /// Pending transfers with a timeout, by (expiry time, id). A pending transfer posted or
-    /// voided before its time stays here until then and is passed over.
-    expiries: BTreeSet<(u64, u64)>,
+    /// Pending transfers with a timeout, by (expiry time, id), with the sum of their hashes
+    /// kept. A pending transfer posted or voided before its time stays here until then and is
+    /// passed over.
+    expiries: Expiries,
 }
 
 /// The ledger as a snapshot holds it.
@@ -455,7 +458,7 @@ pub struct Ledger {
 struct LedgerData {
     accounts: Vec<Account>,
     transfers: Transfers,
-    expiries: BTreeSet<(u64, u64)>,
+    expiries: Expiries,
 }
 
 impl From<LedgerData> for Ledger {
@@ -489,7 +492,7 @@ impl Ledger {
             accounts: MarkedVec::with_capacity(accounts),
             index,
             transfers: Transfers::with_capacity(transfers),
-            expiries: BTreeSet::new(),
+            expiries: Expiries::default(),
         }
     }
 
@@ -693,7 +696,7 @@ impl Ledger {
             self.accounts[debit].debits_pending += amount;
             self.accounts[credit].credits_pending += amount;
             if expires_at_ns > 0 {
-                self.expiries.insert((expires_at_ns, request.id));
+                self.expiries.insert(expires_at_ns, request.id);
             }
             Ok(Event::Reserved { id: request.id, amount, expires_at_ns })
         } else {
@@ -765,7 +768,7 @@ impl Ledger {
 
     /// Expires every pending transfer whose time is at or before `now`, in (time, id) order.
     fn expire(&mut self, now: u64, output: &mut Output<Event>) {
-        while let Some(&(expires_at_ns, pending_id)) = self.expiries.first() {
+        while let Some((expires_at_ns, pending_id)) = self.expiries.first() {
             if expires_at_ns > now {
                 break;
             }
@@ -794,8 +797,9 @@ impl StateMachine for Ledger {
     /// this build would not match, so it is skipped for its version, which says why.
     /// Version 3: the same encoding again, the accounts' part of the hash a sum of one hash
     /// per account with its slot (kept, not walked), so a version 2 snapshot is skipped the
-    /// same way.
-    const SCHEMA_VERSION: u32 = 3;
+    /// same way. Version 4: the same encoding, the expiry schedule's part of the hash a sum of
+    /// one hash per entry (kept, not walked).
+    const SCHEMA_VERSION: u32 = 4;
 
     /// An account is a random one among many: `apply` waits for memory twice a transfer
     /// unless the lines are asked for early. Eight commands cover a load from memory.
@@ -820,7 +824,7 @@ impl StateMachine for Ledger {
 
     fn apply(&mut self, context: &Context, command: &Command, output: &mut Output<Event>) {
         let now = context.timestamp_ns;
-        if self.expiries.first().is_some_and(|&(expires_at_ns, _)| expires_at_ns <= now) {
+        if self.expiries.first().is_some_and(|(expires_at_ns, _)| expires_at_ns <= now) {
             self.expire(now, output);
         }
         let event = match *command {
@@ -860,9 +864,10 @@ impl StateMachine for Ledger {
 
     /// The accounts by the sum of their hashes that they keep (each account's hash has its
     /// slot in it, so the sum sees their order as a walk would), bringing up to date only the
-    /// accounts changed since the last hash; the history by the sum it keeps; the expiry
-    /// schedule, walked. A checkpoint then costs the accounts and the records that changed
-    /// since the previous one, neither a walk of the accounts nor of every transfer.
+    /// accounts changed since the last hash; the history and the expiry schedule by the sums
+    /// they keep. A checkpoint then costs the accounts and the records that changed since the
+    /// previous one, neither a walk of the accounts, nor of every transfer, nor of every
+    /// pending timeout.
     fn state_hash(&self) -> u64 {
         let mut digest = Digest::new();
         let accounts = self.accounts.sum(|slot, account| {
@@ -878,10 +883,7 @@ impl StateMachine for Ledger {
         });
         digest.words(&[self.accounts.len() as u64, accounts]);
         self.transfers.digest(&mut digest);
-        digest.word(self.expiries.len() as u64);
-        for &(expires_at_ns, id) in &self.expiries {
-            digest.words(&[expires_at_ns, id]);
-        }
+        digest.words(&self.expiries.digest());
         digest.finish()
     }
 
