@@ -19,6 +19,8 @@ use keel_examples::exchange::{
 };
 use keel_examples::rng::SplitMix64;
 
+mod kept_hash;
+
 #[derive(Clone, Copy, Debug)]
 struct Order {
     arrival: u64,
@@ -525,7 +527,6 @@ fn check_case(
 ) -> (BTreeSet<Reject>, BTreeSet<String>) {
     let mut reasons = BTreeSet::new();
     let mut outcomes = BTreeSet::new();
-    let config = bincode::config::standard();
     let mut exchange = Exchange::new();
     let mut model = Model::default();
     let mut output = Output::new();
@@ -573,26 +574,9 @@ fn check_case(
             }
         }
         assert_eq!(exchange.asset_totals(), &model.totals, "seed {seed}");
-        // The live exchange's hash sums the hashes it kept, bringing up to date those of the
-        // balances and order slots changed since the last hash (one command ago, or many);
-        // the snapshot's copy keeps none, so its hash walks everything: a change that was not
-        // marked shows here.
-        if rng.chance(4) {
-            let hash = exchange.state_hash();
-            let copy = exchange.copy_for_snapshot(&mut None);
-            assert_eq!(
-                copy.state_hash(),
-                hash,
-                "seed {seed}: the kept hash after command {sequence} ({command:?}) is not a walk's"
-            );
-            if rng.chance(5) {
-                let bytes = bincode::serde::encode_to_vec(&copy, config).expect("encodes");
-                let (decoded, _): (Exchange, _) =
-                    bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
-                assert_eq!(decoded.state_hash(), hash, "seed {seed}: the decoded state's hash");
-                exchange = decoded;
-            }
-        }
+        kept_hash::check_kept_hash(&mut exchange, &mut rng, || {
+            format!("seed {seed}, after command {sequence} ({command:?})")
+        });
     }
     (reasons, outcomes)
 }

@@ -15,6 +15,8 @@ use keel_examples::ledger::workload::{Mix, Workload};
 use keel_examples::ledger::{flags, Account, Command, Event, Ledger, Outcome, Reject};
 use keel_examples::rng::SplitMix64;
 
+mod kept_hash;
+
 /// What the model remembers of a transfer id.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fate {
@@ -307,7 +309,6 @@ fn random_command(rng: &mut SplitMix64, history: &[Command]) -> Command {
 /// rejections seen.
 fn check_case(seed: u64, commands: impl IntoIterator<Item = (u64, Command)>) -> BTreeSet<Reject> {
     let mut reasons = BTreeSet::new();
-    let config = bincode::config::standard();
     let mut ledger = Ledger::new();
     let mut model = Model::default();
     let mut output = Output::new();
@@ -330,25 +331,9 @@ fn check_case(seed: u64, commands: impl IntoIterator<Item = (u64, Command)>) -> 
         );
         assert_eq!(ledger.transfer_count(), model.transfers.len() as u64, "seed {seed}");
         ledger.check_conservation().unwrap_or_else(|error| panic!("seed {seed}: {error}"));
-        // The live ledger's hash sums the hashes it kept, bringing up to date those of the
-        // accounts changed since the last hash (one command ago, or many); the snapshot's copy
-        // walks its accounts: a change that was not marked shows here.
-        if rng.chance(4) {
-            let hash = ledger.state_hash();
-            let copy = ledger.copy_for_snapshot(&mut None);
-            assert_eq!(
-                copy.state_hash(),
-                hash,
-                "seed {seed}: the kept hash after command {sequence} ({command:?}) is not a walk's"
-            );
-            if rng.chance(5) {
-                let bytes = bincode::serde::encode_to_vec(&copy, config).expect("encodes");
-                let (decoded, _): (Ledger, _) =
-                    bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
-                assert_eq!(decoded.state_hash(), hash, "seed {seed}: the decoded state's hash");
-                ledger = decoded;
-            }
-        }
+        kept_hash::check_kept_hash(&mut ledger, &mut rng, || {
+            format!("seed {seed}, after command {sequence} ({command:?})")
+        });
     }
     for (&id, &(_, fate)) in &model.transfers {
         let record = ledger.transfer(id).unwrap_or_else(|| panic!("seed {seed}: transfer {id}"));
