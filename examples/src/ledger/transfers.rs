@@ -259,14 +259,17 @@ impl Transfers {
         self.tail.clear();
     }
 
-    /// Where `id`'s sorted record is.
+    /// Where `id`'s sorted record is. Most lookups (posts, voids and retries) name a recent
+    /// transfer, so the last chunk is tried before the chunks are bisected.
     fn locate(&self, id: u64) -> Option<Place> {
         if self.tail.first().is_some_and(|first| first.id <= id) {
-            return self.tail.binary_search_by_key(&id, |record| record.id).ok().map(Place::Tail);
+            return find(&self.tail, id).map(Place::Tail);
         }
-        let chunk = self.chunks.partition_point(|chunk| chunk[chunk.len() - 1].id < id);
-        let position =
-            self.chunks.get(chunk)?.binary_search_by_key(&id, |record| record.id).ok()?;
+        let chunk = match self.chunks.last() {
+            Some(last) if last[0].id <= id => self.chunks.len() - 1,
+            _ => self.chunks.partition_point(|chunk| chunk[chunk.len() - 1].id < id),
+        };
+        let position = find(self.chunks.get(chunk)?, id)?;
         Some(Place::Chunk(chunk, position))
     }
 
@@ -360,6 +363,29 @@ impl Transfers {
 enum Place {
     Chunk(usize, usize),
     Tail(usize),
+}
+
+/// The position of `id` in `records` (sorted by id, no id twice). Ids are taken in order, so
+/// a record sits at most its id's distance from the first record, and at least as far from
+/// the end as the last id's distance from it. Without gaps in the ids (every id taken became
+/// a record) those two bounds are the same place, found with one look; with gaps the
+/// bisection is of the range between them, nearby lines instead of a chunk's 768 KiB. Under
+/// the engine a bisection of the whole chunk missed the cache at most of its 14 steps (the
+/// journal's writes pass through the cache between lookups): 17 % of the engine thread's
+/// samples in `ledger run --mix payments` over 100 000 accounts.
+fn find(records: &[TransferRecord], id: u64) -> Option<usize> {
+    let (first, last) = (records.first()?.id, records.last()?.id);
+    if id < first || id > last {
+        return None;
+    }
+    let end = records.len() - 1;
+    let highest = end.min((id - first).try_into().unwrap_or(usize::MAX));
+    let lowest = end.saturating_sub((last - id).try_into().unwrap_or(usize::MAX));
+    if records[highest].id == id {
+        return Some(highest);
+    }
+    let range = &records[lowest..highest];
+    range.binary_search_by_key(&id, |record| record.id).ok().map(|position| lowest + position)
 }
 
 /// The chunk, copied first if a snapshot's copy still shares it, with room for a full chunk
@@ -487,6 +513,36 @@ mod tests {
 
     fn record(id: u64) -> TransferRecord {
         TransferRecord::request(Kind::Single, id, 1, 2, id, 1, 0)
+    }
+
+    #[test]
+    fn find_looks_between_the_bounds_the_ids_give_and_finds_what_bisection_finds() {
+        let mut rng = crate::rng::SplitMix64::new(11);
+        // No gaps, a few, many, and a run of gaps at one end: the one-look case and the
+        // bisected one, with the bounds at and away from the ends.
+        for gap_per_mille in [0, 10, 300, 900] {
+            for length in [1, 2, 3, 17, 256, 1000] {
+                let mut ids = Vec::with_capacity(length);
+                let mut id = 1 + rng.below(5);
+                for _ in 0..length {
+                    ids.push(id);
+                    id += 1;
+                    while rng.chance(gap_per_mille) {
+                        id += 1 + rng.below(3);
+                    }
+                }
+                let records: Vec<_> = ids.iter().map(|&id| record(id)).collect();
+                for probe in 0..=id + 1 {
+                    let expected = ids.binary_search(&probe).ok();
+                    assert_eq!(
+                        find(&records, probe),
+                        expected,
+                        "id {probe} of {length} records, gaps {gap_per_mille}‰"
+                    );
+                }
+            }
+        }
+        assert_eq!(find(&[], 1), None);
     }
 
     #[test]
