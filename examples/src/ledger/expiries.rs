@@ -2,7 +2,7 @@
 //! its entries' hashes kept as entries come and go. The state hash reads the sum instead of
 //! walking the schedule, which holds every pending transfer with a timeout until its time comes
 //! (those posted or voided before it included): with a checkpoint every 1 000 commands of the
-//! payments mix, the walk was about a third of the ledger's instructions.
+//! payments mix, the walk was about a fifth of the ledger's instructions.
 
 use std::collections::BTreeSet;
 

@@ -365,14 +365,14 @@ enum Place {
     Tail(usize),
 }
 
-/// The position of `id` in `records` (sorted by id, no id twice). Ids are taken in order, so
-/// a record sits at most its id's distance from the first record, and at least as far from
-/// the end as the last id's distance from it. Without gaps in the ids (every id taken became
-/// a record) those two bounds are the same place, found with one look; with gaps the
-/// bisection is of the range between them, nearby lines instead of a chunk's 768 KiB. Under
-/// the engine a bisection of the whole chunk missed the cache at most of its 14 steps (the
-/// journal's writes pass through the cache between lookups): 17 % of the engine thread's
-/// samples in `ledger run --mix payments` over 100 000 accounts.
+/// The position of `id` in `records` (sorted by id, no id twice). The ids are distinct
+/// integers in ascending order, so a record sits at most its id's distance from the first
+/// record, and at least as far from the end as the last id's distance from it. Without gaps
+/// in the ids (every id taken became a record) those two bounds are the same place, found
+/// with one look; with gaps the bisection is of the range between them, nearby lines instead
+/// of a chunk's 768 KiB. Under the engine a bisection of the whole chunk missed the cache at
+/// most of its 14 steps (the journal's writes pass through the cache between lookups): 17 % of
+/// the engine thread's samples in `ledger run --mix payments` over 100 000 accounts.
 fn find(records: &[TransferRecord], id: u64) -> Option<usize> {
     let (first, last) = (records.first()?.id, records.last()?.id);
     if id < first || id > last {
@@ -518,8 +518,8 @@ mod tests {
     #[test]
     fn find_looks_between_the_bounds_the_ids_give_and_finds_what_bisection_finds() {
         let mut rng = crate::rng::SplitMix64::new(11);
-        // No gaps, a few, many, and a run of gaps at one end: the one-look case and the
-        // bisected one, with the bounds at and away from the ends.
+        // No gaps, a few, many, and more gaps than ids: the one-look case and the bisected
+        // one, with the bounds at and away from the ends.
         for gap_per_mille in [0, 10, 300, 900] {
             for length in [1, 2, 3, 17, 256, 1000] {
                 let mut ids = Vec::with_capacity(length);
