@@ -327,14 +327,14 @@ impl SlotHashes {
         self.room != 0
     }
 
-    /// Notes that the item in `slot` changed (or appeared, or went).
+    /// Notes that the item in `slot` changed (or appeared, or went). Past four billion slots a
+    /// slot does not fit a mark, and the next sum walks instead.
     #[inline(always)]
-    pub fn mark(&mut self, slot: u32) {
+    pub fn mark(&mut self, slot: u64) {
         if self.keeping() {
-            if self.marked.len() < self.room {
-                self.marked.push(slot);
-            } else {
-                self.forget();
+            match u32::try_from(slot) {
+                Ok(slot) if self.marked.len() < self.room => self.marked.push(slot),
+                _ => self.forget(),
             }
         }
     }
@@ -481,14 +481,7 @@ impl<T> MarkedVec<T> {
     /// The item in `slot`, to change: its slot is marked.
     #[inline]
     pub fn get_mut(&mut self, slot: usize) -> &mut T {
-        let hashes = self.hashes.get_mut();
-        if hashes.keeping() {
-            match u32::try_from(slot) {
-                Ok(slot) => hashes.mark(slot),
-                // Past four billion items a slot does not fit a mark: every sum walks.
-                Err(_) => hashes.forget(),
-            }
-        }
+        self.hashes.get_mut().mark(slot as u64);
         &mut self.items[slot]
     }
 

@@ -125,14 +125,7 @@ impl Accounts {
     #[inline(always)]
     pub(super) fn balance_mut(&mut self, account: u32, asset: u32) -> &mut Balance {
         debug_assert!((asset as usize) < self.assets, "asset slot {asset} not seen");
-        let hashes = self.hashes.get_mut();
-        if hashes.keeping() {
-            match u32::try_from(account as u64 * self.assets as u64 + u64::from(asset)) {
-                Ok(hash_slot) => hashes.mark(hash_slot),
-                // Past four billion balances a slot does not fit a mark: every sum walks.
-                Err(_) => hashes.forget(),
-            }
-        }
+        self.hashes.get_mut().mark(u64::from(account) * self.assets as u64 + u64::from(asset));
         let balances = &mut self.list[account as usize].balances;
         let asset = asset as usize;
         if asset >= balances.len() {
