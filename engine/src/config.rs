@@ -42,7 +42,9 @@ pub enum Topology {
 pub enum Wait {
     /// Spin: lowest latency, a core per waiting thread. Only with a core for every thread.
     BusySpin,
-    /// Spin a little, then yield: low latency, and safe with more threads than cores.
+    /// Spin a little, then yield: low latency, and safe with more threads than cores. A
+    /// publisher facing a full input ring (or the engine a full output ring) parks after a few
+    /// yields, for 50 µs at a time, leaving its core to the threads it waits for.
     #[default]
     Yielding,
     /// Spin, yield, then park for a while: for mostly idle engines.
@@ -99,6 +101,21 @@ impl WaitStrategy for AnyWait {
             Self::Yielding(wait) => wait.wait_for(sequence, available, interrupt),
             Self::Sleeping(wait) => wait.wait_for(sequence, available, interrupt),
             Self::Blocking(wait) => wait.wait_for(sequence, available, interrupt),
+        }
+    }
+
+    #[inline]
+    fn wait_for_capacity(
+        &self,
+        sequence: u64,
+        available: impl FnMut() -> u64,
+        interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        match self {
+            Self::BusySpin(wait) => wait.wait_for_capacity(sequence, available, interrupt),
+            Self::Yielding(wait) => wait.wait_for_capacity(sequence, available, interrupt),
+            Self::Sleeping(wait) => wait.wait_for_capacity(sequence, available, interrupt),
+            Self::Blocking(wait) => wait.wait_for_capacity(sequence, available, interrupt),
         }
     }
 

@@ -29,6 +29,17 @@ const FULL_BACKOFF_SPINS: u32 = 16;
 /// between offers instead of spinning: the system is behind, and on a machine with fewer cores
 /// than busy threads (a replica's, a journaller's) the core is what it is behind for.
 const FULL_OFFERS_BEFORE_YIELDING: u32 = 64;
+
+/// Yields after which the loop sleeps between offers to a full system instead, for
+/// [`FULL_SLEEP`] at a time, as the engine's own producers do (`keel_ring::Yielding`). A thread
+/// that only yields still counts as busy, so the scheduler leaves the engine's helper threads
+/// (the journal's segment preparer above all) queued on the engine's core. Measured in
+/// `docs/ARCHITECTURE.md`.
+const FULL_YIELDS_BEFORE_SLEEPING: u32 = 16;
+
+/// One sleep between offers to a full system: the system has a ring of commands queued, which
+/// takes far longer than this to work through.
+const FULL_SLEEP: Duration = Duration::from_micros(50);
 const MASK: u64 = WINDOW - 1;
 
 /// How a stream is driven.
@@ -194,8 +205,11 @@ pub fn drive_gateway<G: Gateway>(
                         for _ in 0..FULL_BACKOFF_SPINS {
                             std::hint::spin_loop();
                         }
-                    } else {
+                    } else if refused < FULL_OFFERS_BEFORE_YIELDING + FULL_YIELDS_BEFORE_SLEEPING {
+                        refused += 1;
                         std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(FULL_SLEEP);
                     }
                 }
             }

@@ -39,7 +39,11 @@ where
 {
     shared
         .wait
-        .wait_for(needed, || minimum_sequence(gating, u64::MAX), || shared.producer_interrupt())
+        .wait_for_capacity(
+            needed,
+            || minimum_sequence(gating, u64::MAX),
+            || shared.producer_interrupt(),
+        )
         .map_err(|interrupt| match interrupt {
             Interrupt::Halted | Interrupt::Closed => RingError::Halted,
         })

@@ -5,7 +5,7 @@
 //! | strategy | waits by | latency | CPU while idle | use when |
 //! |---|---|---|---|---|
 //! | [`BusySpin`] | spinning on the sequence | lowest | one core, always | a core per busy thread |
-//! | [`Yielding`] | spinning a bounded number of times, then `yield_now` | low | one core, but yields | threads ≥ cores, latency matters |
+//! | [`Yielding`] | spinning a bounded number of times, then `yield_now` (a producer facing a full ring parks after a few yields) | low | one core, but yields | threads ≥ cores, latency matters |
 //! | [`Sleeping`] | spin, then yield, then park with a timeout | timeout-bound | near zero | background consumers |
 //! | [`Blocking`] | a condition variable | wake-up cost | zero | idle most of the time |
 //!
@@ -40,6 +40,23 @@ pub trait WaitStrategy: Send + Sync + 'static {
         available: impl FnMut() -> u64,
         interrupt: impl FnMut() -> Option<Interrupt>,
     ) -> Result<u64, Interrupt>;
+
+    /// Waits, as a producer facing a full ring, until `available()` (the slowest gating
+    /// consumer) is at least `sequence`. By default the same wait as a consumer's.
+    ///
+    /// A full ring means the consumers are the bottleneck and have a whole ring of work
+    /// queued, so a strategy may wait here more cheaply than it waits for input: waking a
+    /// little late costs nothing while the queue lasts, and the core it gives up may be the
+    /// one the consumers are short of.
+    #[inline]
+    fn wait_for_capacity(
+        &self,
+        sequence: u64,
+        available: impl FnMut() -> u64,
+        interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        self.wait_for(sequence, available, interrupt)
+    }
 
     /// Wakes waiters after a sequence advanced, if this strategy puts them to sleep.
     fn signal(&self);
@@ -98,6 +115,13 @@ impl WaitStrategy for BusySpin {
 
 /// Spins `spin_tries` times, then calls `yield_now` between checks: nearly busy-spin latency
 /// when the other side is running, and it lets the other side run when both share a core.
+///
+/// A producer facing a full ring yields [`FULL_YIELD_TRIES`](Self::FULL_YIELD_TRIES) times
+/// and then parks for [`FULL_PARK`](Self::FULL_PARK) at a time, as the LMAX Disruptor's
+/// sequencers park a producer whatever the strategy. A thread that only yields still looks
+/// busy to the scheduler, which then leaves the engine's helper threads (the journal's
+/// segment preparer, a replica) queued behind the very thread being waited for, while the
+/// producer's own core spins in `sched_yield`.
 #[derive(Clone, Copy, Debug)]
 pub struct Yielding {
     spin_tries: u32,
@@ -106,6 +130,11 @@ pub struct Yielding {
 impl Yielding {
     /// Spins this many times before the first yield.
     pub const SPIN_TRIES_DEFAULT: u32 = 100;
+    /// Yields of a producer facing a full ring before it parks.
+    pub const FULL_YIELD_TRIES: u32 = 16;
+    /// How long a producer facing a full ring parks at a time: short beside the time a ring
+    /// of any useful size takes to drain, and long enough for another thread to run.
+    pub const FULL_PARK: Duration = Duration::from_micros(50);
 
     /// A yielding strategy that spins `spin_tries` times first.
     pub fn new(spin_tries: u32) -> Self {
@@ -132,6 +161,25 @@ impl WaitStrategy for Yielding {
                 spin_loop();
             } else {
                 yield_now();
+            }
+        })
+    }
+
+    #[inline]
+    fn wait_for_capacity(
+        &self,
+        sequence: u64,
+        available: impl FnMut() -> u64,
+        interrupt: impl FnMut() -> Option<Interrupt>,
+    ) -> Result<u64, Interrupt> {
+        let yields_end = self.spin_tries.saturating_add(Self::FULL_YIELD_TRIES);
+        check_until(sequence, available, interrupt, |tries| {
+            if tries < self.spin_tries {
+                spin_loop();
+            } else if tries < yields_end {
+                yield_now();
+            } else {
+                crate::sync::park_timeout(Self::FULL_PARK);
             }
         })
     }

@@ -475,3 +475,54 @@ fn a_panicking_multi_producer_update_halts_instead_of_stalling_consumers() {
         processor.join().map(drop).unwrap();
     });
 }
+
+/// How often `wait` polls `available` in `span`, the sequence becoming available only then.
+fn polls_while_unavailable(
+    span: Duration,
+    wait: impl FnOnce(&mut dyn FnMut() -> u64) -> Result<u64, Interrupt>,
+) -> u64 {
+    let started = std::time::Instant::now();
+    let mut polls = 0u64;
+    let mut available = || {
+        polls += 1;
+        if started.elapsed() >= span {
+            1
+        } else {
+            0
+        }
+    };
+    assert_eq!(wait(&mut available), Ok(1));
+    polls
+}
+
+#[test]
+fn a_yielding_producer_facing_a_full_ring_parks() {
+    let span = Duration::from_millis(20);
+    let wait = Yielding::default();
+    // Parked 50 µs at a time after 100 spins and 16 yields, a producer polls at most about
+    // 520 times in 20 ms. Were it to keep yielding, an idle machine would let it poll tens of
+    // thousands of times (a busy one fewer, so the bound cannot fail spuriously).
+    let producer =
+        polls_while_unavailable(span, |available| wait.wait_for_capacity(1, available, || None));
+    assert!(producer < 1_000, "{producer} polls in {span:?}: the producer did not park");
+}
+
+#[test]
+fn a_producer_parked_on_a_full_ring_publishes_once_the_consumer_frees_a_slot() {
+    within(LIMIT, || {
+        let mut builder = RingBuilder::single_producer(4, || 0u64, Yielding::default()).unwrap();
+        let (_, mut poller) = builder.poller(&[]).unwrap();
+        let mut producer = builder.build().unwrap();
+        producer.publish_batch(4, |slot, sequence| *slot = sequence).unwrap();
+        let (sender, receiver) = mpsc::channel();
+        let publishing = std::thread::spawn(move || {
+            let published = producer.publish(|slot, sequence| *slot = sequence);
+            sender.send(published).unwrap();
+        });
+        // Long enough for the producer to be parked, not merely spinning.
+        assert!(receiver.recv_timeout(Duration::from_millis(20)).is_err(), "the ring was full");
+        assert_eq!(poller.poll_each(1, |value, sequence, _| assert_eq!(*value, sequence)), Ok(1));
+        assert_eq!(receiver.recv_timeout(LIMIT), Ok(Ok(5)));
+        publishing.join().unwrap();
+    });
+}
