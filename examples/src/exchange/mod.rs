@@ -1052,6 +1052,20 @@ impl StateMachine for Exchange {
     /// scattered over more memory than the core's cache holds.
     const PREFETCH_AHEAD: usize = 8;
 
+    /// A placing account's record, twice as far ahead as its balances: finding the balances
+    /// reads the record (where its balances are), and a read that misses there stalls the
+    /// hint. The index entry that gives the record's place is read here, and may stall this
+    /// hint instead: four bytes an account, it is the smallest of the three.
+    fn prefetch_index(&self, command: &Command) {
+        if let Command::Place { account, .. } = *command {
+            if let Some(account) =
+                self.account_slot(account).and_then(|slot| self.accounts.get(slot as usize))
+            {
+                keel_engine::prefetch(account);
+            }
+        }
+    }
+
     /// An order's account balances in the symbol's two assets (validation reads one, a fill
     /// moves both), or the resting order a cancel or an amend names. The makers an order will
     /// meet are not known before it is matched, so they are not hinted.
