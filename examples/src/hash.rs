@@ -19,7 +19,7 @@ const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// One 64×64→128-bit multiply by [`MULTIPLIER`], the halves folded together.
 #[inline]
-fn fold(value: u64) -> u64 {
+pub(crate) fn fold(value: u64) -> u64 {
     let product = u128::from(value) * u128::from(MULTIPLIER);
     (product as u64) ^ ((product >> 64) as u64)
 }
@@ -63,55 +63,6 @@ pub fn table_bytes<K, V, S>(map: &std::collections::HashMap<K, V, S>) -> usize {
     };
     buckets * (std::mem::size_of::<(K, V)>() + 1)
 }
-
-/// A hasher for ids handed out in sequence (the exchange's order ids): ids that are close in
-/// value land in buckets close together, so a table whose recent ids are its busy ones keeps
-/// them in a few cache lines instead of scattering them over the whole table. The id's high
-/// bits (all but the low [`BLOCK_BITS`]) go through [`IdHasher`]'s multiply-fold and choose a
-/// region of `2^BLOCK_BITS` buckets; the low bits, mixed with that, choose the bucket in it.
-/// The table's 7-bit tag mixes both, so ids of one region still tell apart by tag.
-///
-/// Ids that vary only in their high bits (a client number in the low bits, a counter above
-/// it) still spread, as their regions differ.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SequentialIdHasher(u64);
-
-/// How many low bits of an id choose the bucket within its region: 4 096 buckets.
-const BLOCK_BITS: u32 = 12;
-
-impl Hasher for SequentialIdHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, value: u64) {
-        const LOW: u64 = (1 << BLOCK_BITS) - 1;
-        const TAG: u64 = 0x7f << 57;
-        let block = fold((self.0 ^ value) >> BLOCK_BITS);
-        let tag = (block ^ (value << 57) ^ (value << 50)) & TAG;
-        self.0 = (block & !LOW & !TAG) | ((block ^ value) & LOW) | tag;
-    }
-
-    #[inline]
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(u64::from(value));
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Builds [`SequentialIdHasher`]s.
-pub type SequentialIdHash = BuildHasherDefault<SequentialIdHasher>;
-
-/// A `HashMap` keyed by ids handed out in sequence, hashed the same way everywhere.
-pub type SequentialIdMap<K, V> = std::collections::HashMap<K, V, SequentialIdHash>;
 
 /// An id → slot index for ids that are mostly small: accounts numbered from 1, as most systems
 /// number them. An id below [`DENSE_IDS`] is found by position in a vector, one load from a
@@ -561,34 +512,6 @@ mod tests {
         // piles them into a few. Random placement fills about 63%.
         assert!(low.len() > 550, "{} of 1024 buckets used", low.len());
         assert_eq!(high.len(), 128, "every 7-bit tag occurs");
-    }
-
-    #[test]
-    fn the_sequential_id_hasher_keeps_neighbours_together_and_still_spreads() {
-        let build = SequentialIdHash::default();
-        let mask = (1u64 << 20) - 1;
-        // 4 096 consecutive ids, aligned: 4 096 different buckets of one region of 4 096, in a
-        // table of a million buckets; every 7-bit tag occurs among them.
-        let buckets: std::collections::BTreeSet<u64> =
-            (40_960..45_056u64).map(|id| build.hash_one(id) & mask).collect();
-        assert_eq!(buckets.len(), 4_096);
-        let regions: std::collections::BTreeSet<u64> =
-            buckets.iter().map(|bucket| bucket >> BLOCK_BITS).collect();
-        assert_eq!(regions.len(), 1, "one region");
-        let tags: std::collections::BTreeSet<u64> =
-            (40_960..45_056u64).map(|id| build.hash_one(id) >> 57).collect();
-        assert_eq!(tags.len(), 128, "every tag occurs");
-        // The next block lands in another region.
-        assert_ne!(
-            build.hash_one(45_056u64) >> BLOCK_BITS & 0xff,
-            regions.first().copied().unwrap()
-        );
-        // Ids that differ only above the low bits (a counter over a client number) spread over
-        // regions as the id hasher spreads keys: random placement uses about 63% of them.
-        let regions: std::collections::BTreeSet<u64> = (0..256u64)
-            .map(|counter| (build.hash_one(counter << 16 | 7) & mask) >> BLOCK_BITS)
-            .collect();
-        assert!(regions.len() > 140, "{} of 256 regions used", regions.len());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 mod accounts;
 mod book;
+mod order_index;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -29,10 +30,11 @@ use std::collections::BTreeMap;
 use keel_engine::{Context, Output, StateMachine};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, IdIndex, SequentialIdMap};
+use crate::hash::{Digest, IdIndex};
 use accounts::Accounts;
 pub use accounts::{Account, Balance};
 use book::{Book, Fill, OrderSlot, Orders, NIL};
+use order_index::OrderIndex;
 
 /// A side of the book.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -392,7 +394,7 @@ pub struct Exchange {
     #[serde(skip)]
     account_index: IdIndex,
     #[serde(skip)]
-    order_index: SequentialIdMap<u64, u32>,
+    order_index: OrderIndex,
     /// Per-command scratch, reused so that matching allocates nothing once grown.
     #[serde(skip)]
     scratch: Scratch,
@@ -502,7 +504,7 @@ impl Exchange {
 
     /// The order with `order_id`, if it rests in a book.
     pub fn order(&self, order_id: u64) -> Option<RestingOrder> {
-        let slot = *self.order_index.get(&order_id)?;
+        let slot = self.order_index.get(order_id)?;
         Some(self.resting(self.orders.get(slot)))
     }
 
@@ -746,7 +748,7 @@ impl Exchange {
             return Err(Reject::InvalidPrice);
         }
         let account_slot = self.account_slot(account).ok_or(Reject::UnknownAccount)?;
-        if self.order_index.contains_key(&order_id) {
+        if self.order_index.contains(order_id) {
             return Err(Reject::OrderIdInUse);
         }
         let (base, quote) = self.symbol_assets[symbol_slot as usize];
@@ -802,7 +804,15 @@ impl Exchange {
             });
             return;
         }
-        // Every check is done: from here on nothing can fail.
+        // Every check is done: from here on nothing can fail. A maker this order fills leaves
+        // the index after its trade is settled: its entry's line is asked for now, so that the
+        // settlements before it hide the miss.
+        for fill in &fills {
+            let maker = self.orders.get(fill.slot);
+            if maker.remaining == fill.quantity {
+                self.order_index.prefetch(maker.order_id);
+            }
+        }
         for fill in &fills {
             self.trade(symbol_slot, account_slot, side, fill);
             let maker = self.orders.get(fill.slot);
@@ -821,7 +831,7 @@ impl Exchange {
                 let maker_id = maker.order_id;
                 self.books[symbol_slot as usize].unlink(&mut self.orders, fill.slot);
                 self.orders.free(fill.slot);
-                self.order_index.remove(&maker_id);
+                self.order_index.remove(maker_id);
             }
             self.level_changed(symbol_slot, side.opposite(), fill.price, maker_level);
         }
@@ -923,7 +933,7 @@ impl Exchange {
             return Err(Reject::ZeroId);
         }
         let account_slot = self.account_slot(account).ok_or(Reject::UnknownAccount)?;
-        let slot = *self.order_index.get(&order_id).ok_or(Reject::UnknownOrder)?;
+        let slot = self.order_index.get(order_id).ok_or(Reject::UnknownOrder)?;
         if self.orders.get(slot).account != account_slot {
             return Err(Reject::NotOwner);
         }
@@ -943,7 +953,7 @@ impl Exchange {
         self.books[symbol_slot as usize].reduce(order.level, order.remaining);
         self.books[symbol_slot as usize].unlink(&mut self.orders, slot);
         self.orders.free(slot);
-        self.order_index.remove(&order.order_id);
+        self.order_index.remove(order.order_id);
         self.level_changed(symbol_slot, order.side, order.price, order.level);
         symbol_slot
     }
@@ -1056,13 +1066,23 @@ impl StateMachine for Exchange {
     /// reads the record (where its balances are), and a read that misses there stalls the
     /// hint. The index entry that gives the record's place is read here, and may stall this
     /// hint instead: four bytes an account, it is the smallest of the three.
+    /// The order index's line for the id a command names is asked for here too: a placement's
+    /// (whose id must not rest already) and a cancel's or an amend's (whose slot the later hint
+    /// looks up).
     fn prefetch_index(&self, command: &Command) {
-        if let Command::Place { account, .. } = *command {
-            if let Some(account) =
-                self.account_slot(account).and_then(|slot| self.accounts.get(slot as usize))
-            {
-                keel_engine::prefetch(account);
+        match *command {
+            Command::Place { order_id, account, .. } => {
+                self.order_index.prefetch(order_id);
+                if let Some(account) =
+                    self.account_slot(account).and_then(|slot| self.accounts.get(slot as usize))
+                {
+                    keel_engine::prefetch(account);
+                }
             }
+            Command::Cancel { order_id, .. } | Command::Amend { order_id, .. } => {
+                self.order_index.prefetch(order_id);
+            }
+            _ => {}
         }
     }
 
@@ -1087,7 +1107,7 @@ impl StateMachine for Exchange {
                 }
             }
             Command::Cancel { order_id, .. } | Command::Amend { order_id, .. } => {
-                if let Some(&slot) = self.order_index.get(&order_id) {
+                if let Some(slot) = self.order_index.get(order_id) {
                     keel_engine::prefetch(self.orders.get(slot));
                 }
             }
