@@ -1066,6 +1066,7 @@ impl StateMachine for Exchange {
     /// reads the record (where its balances are), and a read that misses there stalls the
     /// hint. The index entry that gives the record's place is read here, and may stall this
     /// hint instead: four bytes an account, it is the smallest of the three.
+    ///
     /// The order index's line for the id a command names is asked for here too: a placement's
     /// (whose id must not rest already) and a cancel's or an amend's (whose slot the later hint
     /// looks up).
