@@ -172,16 +172,9 @@ impl WaitStrategy for Yielding {
         available: impl FnMut() -> u64,
         interrupt: impl FnMut() -> Option<Interrupt>,
     ) -> Result<u64, Interrupt> {
-        let yields_end = self.spin_tries.saturating_add(Self::FULL_YIELD_TRIES);
-        check_until(sequence, available, interrupt, |tries| {
-            if tries < self.spin_tries {
-                spin_loop();
-            } else if tries < yields_end {
-                yield_now();
-            } else {
-                crate::sync::park_timeout(Self::FULL_PARK);
-            }
-        })
+        // The sleeping strategy's ladder (spin, yield, park), with this strategy's spins.
+        Sleeping::new(self.spin_tries, Self::FULL_YIELD_TRIES, Self::FULL_PARK)
+            .wait_for(sequence, available, interrupt)
     }
 
     #[inline(always)]
