@@ -88,6 +88,18 @@ impl From<Wait> for AnyWait {
     }
 }
 
+/// Calls the same method of whichever strategy `any` holds, bound to `$wait`.
+macro_rules! each_wait {
+    ($any:expr, $wait:ident => $call:expr) => {
+        match $any {
+            AnyWait::BusySpin($wait) => $call,
+            AnyWait::Yielding($wait) => $call,
+            AnyWait::Sleeping($wait) => $call,
+            AnyWait::Blocking($wait) => $call,
+        }
+    };
+}
+
 impl WaitStrategy for AnyWait {
     #[inline]
     fn wait_for(
@@ -96,12 +108,7 @@ impl WaitStrategy for AnyWait {
         available: impl FnMut() -> u64,
         interrupt: impl FnMut() -> Option<Interrupt>,
     ) -> Result<u64, Interrupt> {
-        match self {
-            Self::BusySpin(wait) => wait.wait_for(sequence, available, interrupt),
-            Self::Yielding(wait) => wait.wait_for(sequence, available, interrupt),
-            Self::Sleeping(wait) => wait.wait_for(sequence, available, interrupt),
-            Self::Blocking(wait) => wait.wait_for(sequence, available, interrupt),
-        }
+        each_wait!(self, wait => wait.wait_for(sequence, available, interrupt))
     }
 
     #[inline]
@@ -111,30 +118,15 @@ impl WaitStrategy for AnyWait {
         available: impl FnMut() -> u64,
         interrupt: impl FnMut() -> Option<Interrupt>,
     ) -> Result<u64, Interrupt> {
-        match self {
-            Self::BusySpin(wait) => wait.wait_for_capacity(sequence, available, interrupt),
-            Self::Yielding(wait) => wait.wait_for_capacity(sequence, available, interrupt),
-            Self::Sleeping(wait) => wait.wait_for_capacity(sequence, available, interrupt),
-            Self::Blocking(wait) => wait.wait_for_capacity(sequence, available, interrupt),
-        }
+        each_wait!(self, wait => wait.wait_for_capacity(sequence, available, interrupt))
     }
 
     #[inline]
     fn signal(&self) {
-        match self {
-            Self::BusySpin(wait) => wait.signal(),
-            Self::Yielding(wait) => wait.signal(),
-            Self::Sleeping(wait) => wait.signal(),
-            Self::Blocking(wait) => wait.signal(),
-        }
+        each_wait!(self, wait => wait.signal())
     }
 
     fn signal_all(&self) {
-        match self {
-            Self::BusySpin(wait) => wait.signal_all(),
-            Self::Yielding(wait) => wait.signal_all(),
-            Self::Sleeping(wait) => wait.signal_all(),
-            Self::Blocking(wait) => wait.signal_all(),
-        }
+        each_wait!(self, wait => wait.signal_all())
     }
 }
