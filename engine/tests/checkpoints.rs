@@ -98,6 +98,79 @@ fn checkpoints_sit_every_n_commands_and_hold_the_state_hash_there() {
 }
 
 #[test]
+fn large_batches_with_checkpoints_inside_are_journaled_and_applied_in_order() {
+    // The compact engine takes a whole published batch at once, and journals and applies it
+    // as runs of consecutive sequences that end at each checkpoint. Batches of 10 000
+    // published at once, with a checkpoint every 5 000 commands, hold runs of thousands, cut
+    // anywhere in the batch; the tests above use a ring of 64 slots.
+    let directory = tempfile::tempdir().unwrap();
+    let every = 5_000;
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let engine = Engine::builder(directory.path())
+        .durability(Durability::PageCache)
+        .topology(Topology::Compact)
+        .segment_size(1 << 20)
+        .ring_capacity(1 << 14)
+        .checkpoints(every)
+        .subscriber("sequences", move |delivery| {
+            if delivery.last {
+                sink.lock().unwrap().push(delivery.sequence);
+            }
+        })
+        .open(Bank::default())
+        .unwrap();
+    let input = commands(30_000, 50, 11);
+    let mut publisher = engine.publisher();
+    for batch in input.chunks(10_000) {
+        publisher.publish_batch(batch.to_vec()).unwrap();
+    }
+    drop(publisher);
+    while seen.lock().unwrap().len() < input.len() {
+        std::thread::yield_now();
+    }
+    let largest_batch = engine.stats().largest_batch;
+    let live_hash = engine.shutdown().unwrap().state_hash();
+    assert!(largest_batch > every, "no batch, the largest {largest_batch}, held a checkpoint");
+
+    let records = records(directory.path());
+    for pair in records.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence + 1, "the journal is gap-free");
+    }
+    let commands: Vec<u64> = records
+        .iter()
+        .filter(|record| record.kind != KIND_CHECKPOINT)
+        .map(|record| record.sequence)
+        .collect();
+    assert_eq!(commands.len(), input.len());
+    assert_eq!(*seen.lock().unwrap(), commands, "events in the journal's order");
+    for Record { sequence, kind, payload, .. } in &records {
+        let expected = if sequence.is_multiple_of(every + 1) { KIND_CHECKPOINT } else { 1 };
+        assert_eq!(*kind, expected, "sequence {sequence}");
+        if *kind == KIND_CHECKPOINT {
+            let checkpoint = Checkpoint::decode(payload).unwrap();
+            let replayed = replay_to(
+                directory.path(),
+                Bincode,
+                Bank::default(),
+                ReplayTarget::Sequence(sequence - 1),
+            )
+            .unwrap();
+            assert_eq!(checkpoint.state_hash, replayed.state_hash, "at {sequence}");
+        }
+    }
+    let replayed = replay_from(
+        directory.path(),
+        Bincode,
+        Bank::default(),
+        ReplayFrom::Beginning,
+        ReplayTarget::End,
+    )
+    .unwrap();
+    assert_eq!(replayed.state_hash, live_hash);
+}
+
+#[test]
 fn numbering_continues_across_restarts_and_interval_changes() {
     let directory = tempfile::tempdir().unwrap();
     let open = |every: Option<u64>| {
