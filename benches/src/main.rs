@@ -9,12 +9,14 @@
 //! cargo run --release --bin keel-bench -- journal          # the journal: tiers, ceilings, rolls
 //! cargo run --release --bin keel-bench -- engine           # the engine: saturation, open-loop latency
 //! cargo run --release --bin keel-bench -- ledger           # the ledger against SQLite and no journal
+//! cargo run --release --bin keel-bench -- ab BEFORE AFTER -- ARGS  # two builds, alternated (ab.rs)
 //! ```
 //!
 //! Every scenario runs keel and its peers interleaved, run by run (the order rotates each run),
 //! with the machine's bare inter-core round trip measured before each run; the summary gives
 //! the median, minimum and maximum across runs, and keel's ratio to each peer's median.
 
+mod ab;
 mod apps;
 mod engine;
 mod journal;
@@ -41,7 +43,7 @@ use crate::ring::{sum_to, Outcome, PingPong, Pinning};
 #[derive(Debug, Parser)]
 #[command(
     name = "keel-bench",
-    after_help = "Examples:\n  keel-bench                      # the suite: every scenario, short, one table\n  keel-bench ledger               # one scenario in full\n  keel-bench one-to-one two-to-one --runs 9\n  keel-bench ring --json > results.jsonl"
+    after_help = "Examples:\n  keel-bench                      # the suite: every scenario, short, one table\n  keel-bench ledger               # one scenario in full\n  keel-bench one-to-one two-to-one --runs 9\n  keel-bench ring --json > results.jsonl\n  keel-bench ab OLD NEW -- ARGS    # two builds of a program, alternated (keel-bench ab --help)"
 )]
 struct Arguments {
     /// Scenarios to run, in full; none runs the suite (every scenario at the `--quick` size,
@@ -1068,6 +1070,11 @@ fn run_scenario(
 }
 
 fn main() -> Result<()> {
+    // `ab` compares two builds of another program; its arguments are its own, not scenarios.
+    if std::env::args_os().nth(1).is_some_and(|first| first == "ab") {
+        let arguments = std::iter::once("keel-bench ab".into()).chain(std::env::args_os().skip(2));
+        return ab::main(ab::Arguments::parse_from(arguments));
+    }
     let arguments = Arguments::parse();
     let suite = arguments.scenarios.is_empty();
     // The suite is every scenario at the quick size: a few minutes in all.
