@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::{commands, records, Bank, Command, Record, Skewed};
@@ -36,6 +37,68 @@ fn publish_mixed(engine: &Engine<Bank>, commands: &[Command]) -> Vec<u64> {
     sequences
 }
 
+/// An engine on `directory` writing a checkpoint every `every` commands, and the sequences of
+/// the commands whose events it has delivered, in delivery order.
+fn open_recording(
+    directory: &Path,
+    topology: Topology,
+    durability: Durability,
+    ring_capacity: usize,
+    every: u64,
+) -> (Engine<Bank>, Arc<Mutex<Vec<u64>>>) {
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let engine = Engine::builder(directory)
+        .durability(durability)
+        .topology(topology)
+        .segment_size(1 << 20)
+        .ring_capacity(ring_capacity)
+        .checkpoints(every)
+        .subscriber("sequences", move |delivery| {
+            if delivery.last {
+                sink.lock().unwrap().push(delivery.sequence);
+            }
+        })
+        .open(Bank::default())
+        .unwrap();
+    (engine, seen)
+}
+
+/// Checks that every (`every` + 1)-th of the journal's `records` is a checkpoint and every
+/// other one a command, and that each checkpoint holds the hash of the state replayed to the
+/// command before it; returns the commands' sequences.
+fn check_checkpoints(directory: &Path, records: &[Record], every: u64, case: &str) -> Vec<u64> {
+    for Record { sequence, kind, payload, .. } in records {
+        let (sequence, kind) = (*sequence, *kind);
+        let expected = if sequence.is_multiple_of(every + 1) { KIND_CHECKPOINT } else { 1 };
+        assert_eq!(kind, expected, "sequence {sequence}, {case}");
+        if kind == KIND_CHECKPOINT {
+            let checkpoint = Checkpoint::decode(payload).unwrap();
+            assert_eq!(checkpoint.sequence, sequence - 1);
+            let replayed = replay_to(
+                directory,
+                Bincode,
+                Bank::default(),
+                ReplayTarget::Sequence(sequence - 1),
+            )
+            .unwrap();
+            assert_eq!(checkpoint.state_hash, replayed.state_hash, "at {sequence}, {case}");
+        }
+    }
+    records
+        .iter()
+        .filter(|record| record.kind != KIND_CHECKPOINT)
+        .map(|record| record.sequence)
+        .collect()
+}
+
+/// The state hash of the whole journal in `directory`, replayed from its first record.
+fn replayed_hash(directory: &Path) -> u64 {
+    replay_from(directory, Bincode, Bank::default(), ReplayFrom::Beginning, ReplayTarget::End)
+        .unwrap()
+        .state_hash
+}
+
 #[test]
 fn checkpoints_sit_every_n_commands_and_hold_the_state_hash_there() {
     for (topology, durability) in [
@@ -46,54 +109,19 @@ fn checkpoints_sit_every_n_commands_and_hold_the_state_hash_there() {
     ] {
         let directory = tempfile::tempdir().unwrap();
         let every = 7;
-        let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
-        let sink = Arc::clone(&seen);
-        let engine = Engine::builder(directory.path())
-            .durability(durability)
-            .topology(topology)
-            .segment_size(1 << 20)
-            .ring_capacity(64)
-            .checkpoints(every)
-            .subscriber("sequences", move |delivery| {
-                if delivery.last {
-                    sink.lock().unwrap().push(delivery.sequence);
-                }
-            })
-            .open(Bank::default())
-            .unwrap();
+        let (engine, seen) = open_recording(directory.path(), topology, durability, 64, every);
         let input = commands(500, 20, 3);
         let returned = publish_mixed(&engine, &input);
         engine.shutdown().unwrap();
 
+        let case = format!("{topology:?} {durability:?}");
         let records = records(directory.path());
-        let commands: Vec<u64> = records
-            .iter()
-            .filter(|record| record.kind != KIND_CHECKPOINT)
-            .map(|record| record.sequence)
-            .collect();
-        assert_eq!(commands.len(), input.len(), "{topology:?} {durability:?}");
-        // Every (every + 1)-th sequence is a checkpoint, every other one a command.
-        for Record { sequence, kind, payload, .. } in &records {
-            let (sequence, kind) = (*sequence, *kind);
-            let expected = if sequence.is_multiple_of(every + 1) { KIND_CHECKPOINT } else { 1 };
-            assert_eq!(kind, expected, "sequence {sequence}, {topology:?} {durability:?}");
-            if kind == KIND_CHECKPOINT {
-                let checkpoint = Checkpoint::decode(payload).unwrap();
-                assert_eq!(checkpoint.sequence, sequence - 1);
-                let replayed = replay_to(
-                    directory.path(),
-                    Bincode,
-                    Bank::default(),
-                    ReplayTarget::Sequence(sequence - 1),
-                )
-                .unwrap();
-                assert_eq!(checkpoint.state_hash, replayed.state_hash, "at {sequence}");
-            }
-        }
+        let commands = check_checkpoints(directory.path(), &records, every, &case);
+        assert_eq!(commands.len(), input.len(), "{case}");
         // The publisher's sequences and the events' are the journal's.
         assert!(returned.iter().all(|sequence| commands.binary_search(sequence).is_ok()));
         assert_eq!(returned.last(), commands.last());
-        assert_eq!(*seen.lock().unwrap(), commands, "{topology:?} {durability:?}");
+        assert_eq!(*seen.lock().unwrap(), commands, "{case}");
     }
 }
 
@@ -102,24 +130,11 @@ fn large_batches_with_checkpoints_inside_are_journaled_and_applied_in_order() {
     // The compact engine takes a whole published batch at once, and journals and applies it
     // as runs of consecutive sequences that end at each checkpoint. Batches of 10 000
     // published at once, with a checkpoint every 5 000 commands, hold runs of thousands, cut
-    // anywhere in the batch; the tests above use a ring of 64 slots.
+    // anywhere in the batch; the test above uses a ring of 64 slots.
     let directory = tempfile::tempdir().unwrap();
     let every = 5_000;
-    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let sink = Arc::clone(&seen);
-    let engine = Engine::builder(directory.path())
-        .durability(Durability::PageCache)
-        .topology(Topology::Compact)
-        .segment_size(1 << 20)
-        .ring_capacity(1 << 14)
-        .checkpoints(every)
-        .subscriber("sequences", move |delivery| {
-            if delivery.last {
-                sink.lock().unwrap().push(delivery.sequence);
-            }
-        })
-        .open(Bank::default())
-        .unwrap();
+    let (engine, seen) =
+        open_recording(directory.path(), Topology::Compact, Durability::PageCache, 1 << 14, every);
     let input = commands(30_000, 50, 11);
     let mut publisher = engine.publisher();
     for batch in input.chunks(10_000) {
@@ -137,37 +152,10 @@ fn large_batches_with_checkpoints_inside_are_journaled_and_applied_in_order() {
     for pair in records.windows(2) {
         assert_eq!(pair[1].sequence, pair[0].sequence + 1, "the journal is gap-free");
     }
-    let commands: Vec<u64> = records
-        .iter()
-        .filter(|record| record.kind != KIND_CHECKPOINT)
-        .map(|record| record.sequence)
-        .collect();
+    let commands = check_checkpoints(directory.path(), &records, every, "large batches");
     assert_eq!(commands.len(), input.len());
     assert_eq!(*seen.lock().unwrap(), commands, "events in the journal's order");
-    for Record { sequence, kind, payload, .. } in &records {
-        let expected = if sequence.is_multiple_of(every + 1) { KIND_CHECKPOINT } else { 1 };
-        assert_eq!(*kind, expected, "sequence {sequence}");
-        if *kind == KIND_CHECKPOINT {
-            let checkpoint = Checkpoint::decode(payload).unwrap();
-            let replayed = replay_to(
-                directory.path(),
-                Bincode,
-                Bank::default(),
-                ReplayTarget::Sequence(sequence - 1),
-            )
-            .unwrap();
-            assert_eq!(checkpoint.state_hash, replayed.state_hash, "at {sequence}");
-        }
-    }
-    let replayed = replay_from(
-        directory.path(),
-        Bincode,
-        Bank::default(),
-        ReplayFrom::Beginning,
-        ReplayTarget::End,
-    )
-    .unwrap();
-    assert_eq!(replayed.state_hash, live_hash);
+    assert_eq!(replayed_hash(directory.path()), live_hash);
 }
 
 #[test]
@@ -202,15 +190,7 @@ fn numbering_continues_across_restarts_and_interval_changes() {
     for pair in records.windows(2) {
         assert_eq!(pair[1].sequence, pair[0].sequence + 1, "the journal is gap-free");
     }
-    let replayed = replay_from(
-        directory.path(),
-        Bincode,
-        Bank::default(),
-        ReplayFrom::Beginning,
-        ReplayTarget::End,
-    )
-    .unwrap();
-    assert_eq!(replayed.state_hash, expected_hash);
+    assert_eq!(replayed_hash(directory.path()), expected_hash);
 }
 
 #[test]
