@@ -75,6 +75,12 @@ pub fn main(arguments: Arguments) -> Result<()> {
             if is_new { &mut new } else { &mut base }.push(run);
         }
         let (before, after) = (&base[round], &new[round]);
+        ensure!(
+            before.unit == after.unit,
+            "the builds print different figures ({} and {}): not two builds of one program's run",
+            before.unit,
+            after.unit
+        );
         println!(
             "round {:>2}: base {:>8.2}  new {:>8.2} M {}  ratio {:.3}",
             round + 1,
