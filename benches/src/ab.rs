@@ -20,6 +20,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
 
 use crate::machine::Machine;
+use crate::report::Spread;
+use crate::scratch::Scratch;
 
 /// Runs two builds of one program alternately with the same arguments and compares the
 /// throughput each run prints.
@@ -102,18 +104,19 @@ fn verdict(base: &[Run], new: &[Run]) -> String {
     let ratios: Vec<f64> =
         base.iter().zip(new).map(|(before, after)| after.throughput / before.throughput).collect();
     let faster = ratios.iter().filter(|&&ratio| ratio > 1.0).count();
-    let figures = |runs: &[Run]| runs.iter().map(|run| run.throughput).collect::<Vec<_>>();
-    let (lowest, highest) =
-        ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &ratio| {
-            (low.min(ratio), high.max(ratio))
-        });
+    let median = |runs: &[Run]| {
+        Spread::of(&runs.iter().map(|run| run.throughput).collect::<Vec<_>>()).median
+    };
+    let spread = Spread::of(&ratios);
     let unit = &new[0].unit;
     let mut text = format!(
         "base median {:.2} M {unit}, new median {:.2} M {unit}\n\
-         ratio new / base: median {:.3} [{lowest:.3}..{highest:.3}], new faster in {faster} of {} rounds\n",
-        median(&figures(base)),
-        median(&figures(new)),
-        median(&ratios),
+         ratio new / base: median {:.3} [{:.3}..{:.3}], new faster in {faster} of {} rounds\n",
+        median(base),
+        median(new),
+        spread.median,
+        spread.min,
+        spread.max,
         ratios.len(),
     );
     let (before, after) = (distinct_hashes(base), distinct_hashes(new));
@@ -151,7 +154,10 @@ fn distinct_hashes(runs: &[Run]) -> Vec<&str> {
 /// Runs `program` once with `arguments` (`{data}` replaced by a fresh directory under
 /// `data_root`, removed afterwards) and reads what it printed.
 fn run_once(program: &Path, arguments: &[OsString], data_root: &Path) -> Result<Run> {
-    let data = fresh_directory(data_root)?;
+    // The directory goes when the scratch is dropped, whether or not the run succeeded: a
+    // failed run's data is in its output, and a hundred leftover journals would fill the disk.
+    let scratch = Scratch::new(data_root, "ab")?;
+    let data = scratch.0.join("data");
     let arguments: Vec<OsString> = arguments
         .iter()
         .map(|argument| match argument.to_str() {
@@ -164,13 +170,8 @@ fn run_once(program: &Path, arguments: &[OsString], data_root: &Path) -> Result<
     let output = Command::new(program)
         .args(&arguments)
         .output()
-        .with_context(|| format!("starting {}", program.display()));
-    // The directory goes whether or not the run succeeded: a failed run's data is in its
-    // output, and a hundred leftover journals would fill the disk.
-    if data.exists() {
-        std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
-    }
-    let output = output?;
+        .with_context(|| format!("starting {}", program.display()))?;
+    drop(scratch);
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -180,17 +181,6 @@ fn run_once(program: &Path, arguments: &[OsString], data_root: &Path) -> Result<
         format!("{} printed no throughput (\"N M things/s\"):\n{stdout}", program.display())
     })?;
     Ok(Run { throughput, unit, hash: last_hash(&stdout) })
-}
-
-/// A path under `root` that does not exist yet, named by this process and a counter.
-fn fresh_directory(root: &Path) -> Result<PathBuf> {
-    for attempt in 0u32..1_000 {
-        let path = root.join(format!("keel-ab-{}-{attempt}", std::process::id()));
-        if !path.exists() {
-            return Ok(path);
-        }
-    }
-    bail!("no free directory name under {}", root.display())
 }
 
 /// The last figure printed as `N M unit/s` (`4.31 M transfers/s`), in millions per second,
@@ -220,17 +210,6 @@ fn last_hash(text: &str) -> Option<String> {
             && value[2..].chars().all(|digit| digit.is_ascii_hexdigit()))
         .then(|| value.to_owned())
     })
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[middle]
-    } else {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    }
 }
 
 #[cfg(test)]
