@@ -806,11 +806,21 @@ impl Exchange {
         }
         // Every check is done: from here on nothing can fail. A maker this order fills leaves
         // the index after its trade is settled: its entry's line is asked for now, so that the
-        // settlements before it hide the miss.
+        // settlements before it hide the miss. So are the lines of each maker's balances in the
+        // symbol's two assets, which its trade moves: the makers are known only now, after
+        // the match is planned, and a hint given earlier (in `prefetch`, from the book's top
+        // as it stood commands before) cost more than it saved: its loads wait on memory.
         for fill in &fills {
             let maker = self.orders.get(fill.slot);
             if maker.remaining == fill.quantity {
                 self.order_index.prefetch(maker.order_id);
+            }
+            if let Some(account) = self.accounts.get(maker.account as usize) {
+                for asset in [base, quote] {
+                    if let Some(balance) = account.balances.get(asset as usize) {
+                        keel_engine::prefetch(balance);
+                    }
+                }
             }
         }
         for fill in &fills {
@@ -1089,7 +1099,7 @@ impl StateMachine for Exchange {
 
     /// An order's account balances in the symbol's two assets (validation reads one, a fill
     /// moves both), or the resting order a cancel or an amend names. The makers an order will
-    /// meet are not known before it is matched, so they are not hinted.
+    /// meet are not known before it is matched: `execute` hints their balances then.
     fn prefetch(&self, command: &Command) {
         match *command {
             Command::Place { account, symbol, .. } => {
