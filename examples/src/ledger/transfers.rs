@@ -14,7 +14,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -253,7 +254,7 @@ impl Transfers {
                     unshared(chunk).extend_from_slice(now);
                     records = later;
                 }
-                _ => self.chunks.push(Arc::new(Vec::with_capacity(CHUNK))),
+                _ => self.chunks.push(Arc::new(new_chunk())),
             }
         }
         self.tail.clear();
@@ -392,11 +393,55 @@ fn find(records: &[TransferRecord], id: u64) -> Option<usize> {
 /// (a plain `Arc::make_mut` would copy it with no room to grow).
 fn unshared(chunk: &mut Arc<Vec<TransferRecord>>) -> &mut Vec<TransferRecord> {
     if Arc::get_mut(chunk).is_none() {
-        let mut copy = Vec::with_capacity(CHUNK);
+        let mut copy = new_chunk();
         copy.extend_from_slice(chunk);
         *chunk = Arc::new(copy);
     }
     Arc::make_mut(chunk)
+}
+
+/// Chunks the preparer has made ready, at most: two, 1.5 MiB. A chunk lasts 16 Ki transfers,
+/// milliseconds at the rates the ledger reaches, and the preparer makes one in well under that.
+const SPARE_CHUNKS: usize = 2;
+
+/// An empty chunk with room for [`CHUNK`] records: one the preparer made ready when there is
+/// one, else a new allocation.
+///
+/// A new chunk's memory is fresh from the system, and the first write to each of its pages is
+/// a page fault that zeroes it (on the project's VM, a fault the host serves too): about a
+/// fifth to a third of the engine thread's time under `ledger run` with transfers only, where
+/// the history grows by 48 bytes a transfer (BENCHMARKS.md). A thread of the process's own
+/// (`ledger-chunks`, started by the first chunk asked for) writes every page of the next chunks
+/// ahead of time, so that those faults are taken on the other core; the engine thread takes a
+/// ready chunk without waiting, or allocates one itself when none is ready. Which one it gets
+/// changes nothing but where the page faults happen: the chunk is empty with the same room
+/// either way, so the state, its hash and its snapshots are the same.
+fn new_chunk() -> Vec<TransferRecord> {
+    let ready = spare_chunks().lock().ok().and_then(|receiver| receiver.try_recv().ok());
+    ready.unwrap_or_else(|| Vec::with_capacity(CHUNK))
+}
+
+/// The ready chunks, from the preparer started on the first call. Every ledger in the process
+/// shares it. If the thread cannot be started, its sender is dropped with the closure, the
+/// channel is disconnected, and every chunk is allocated where it is needed, as without it.
+fn spare_chunks() -> &'static Mutex<Receiver<Vec<TransferRecord>>> {
+    static SPARES: OnceLock<Mutex<Receiver<Vec<TransferRecord>>>> = OnceLock::new();
+    SPARES.get_or_init(|| {
+        let (sender, receiver) = sync_channel(SPARE_CHUNKS);
+        let _ = std::thread::Builder::new().name("ledger-chunks".into()).spawn(move || {
+            // Writing every record writes every page; the records are dropped again, and the
+            // chunk keeps its room and its pages.
+            let filler = TransferRecord::request(Kind::Single, 0, 0, 0, 0, 0, 0);
+            loop {
+                let mut chunk = std::hint::black_box(vec![filler; CHUNK]);
+                chunk.clear();
+                if sender.send(chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        Mutex::new(receiver)
+    })
 }
 
 /// A sequence of records of known length, serialized without collecting them.
@@ -599,6 +644,26 @@ mod tests {
         assert_eq!(transfers.get(last).map(|record| record.status), Some(Status::Voided));
         assert_eq!(copy.get(last + 1), None);
         assert_eq!(transfers.get(last + 1).map(|record| record.id), Some(last + 1));
+    }
+
+    #[test]
+    fn chunks_are_made_ready_off_the_thread_empty_and_with_a_chunks_room() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // The first chunk asked for starts the preparer; it soon has one ready.
+        let chunk = new_chunk();
+        assert!(chunk.is_empty() && chunk.capacity() >= CHUNK);
+        let ready = loop {
+            if let Ok(chunk) = spare_chunks().lock().unwrap().try_recv() {
+                break chunk;
+            }
+            assert!(std::time::Instant::now() < deadline, "no chunk made ready");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert!(ready.is_empty() && ready.capacity() >= CHUNK);
+        // The same room as a chunk allocated on the spot: which one a history gets changes
+        // nothing it holds or reports.
+        let on_the_spot = Vec::<TransferRecord>::with_capacity(CHUNK);
+        assert_eq!(ready.capacity(), on_the_spot.capacity());
     }
 
     fn digest(transfers: &Transfers) -> u64 {
