@@ -254,6 +254,8 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             output: Output::new(),
             events: self.events.take(),
             received: Vec::with_capacity(RECEIVE_MAX),
+            unread: Vec::new(),
+            unread_from: 0,
             last_timestamp_ns: report.journal.as_ref().map_or(0, |opened| opened.last_timestamp_ns),
             wait: self.wait,
             primary_epoch,
@@ -692,6 +694,11 @@ struct Follower<M: StateMachine, C: Codec> {
     events: Option<EventSink<M::Event>>,
     /// The records received and journaled, decoded, waiting to be made durable and applied.
     received: Vec<(Context, Decoded<M::Command>)>,
+    /// From the primary's stream: the batches received and journaled, as they came, to be
+    /// decoded once they are acknowledged.
+    unread: Vec<u8>,
+    /// The sequence `unread` starts at.
+    unread_from: u64,
     last_timestamp_ns: u64,
     wait: Wait,
     /// Same host: the epoch of the primary's journal when the replica opened (records that
@@ -728,7 +735,7 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
     }
 
     /// Receives what the followed journal holds (up to [`RECEIVE_MAX`] records), journals it,
-    /// makes it durable (and acknowledges it, over TCP), then applies it. A record that cannot
+    /// makes it durable (and acknowledges it, over TCP, before decoding it), then applies it. A record that cannot
     /// be read stops the replica after those before it are applied; a record that cannot be
     /// decoded is journaled (the replica's journal is a copy of the primary's) and stops it
     /// there.
@@ -737,10 +744,14 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
             stream.reconnect(self.journal.next_sequence())?;
         }
         let journal = &mut self.journal;
-        let (codec, received) = (&self.codec, &mut self.received);
-        let mut take = |batch: &BatchView<'_>| take_batch::<M, C>(journal, codec, received, batch);
         let failure = match &mut self.source {
             Source::Tail(tailer) => {
+                // Nothing waits for this replica: each batch is decoded as it is journaled.
+                let (codec, received) = (&self.codec, &mut self.received);
+                let mut take = |batch: &BatchView<'_>| {
+                    journal_batch(journal, batch)?;
+                    decode_batch::<M, C>(codec, received, batch)
+                };
                 let mut taken = 0;
                 loop {
                     if taken >= RECEIVE_MAX {
@@ -762,9 +773,19 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
                     }
                 }
             }
-            Source::Stream(stream) => stream.receive(&mut take).err(),
+            Source::Stream(stream) => {
+                let (unread, unread_from) = (&mut self.unread, &mut self.unread_from);
+                let mut keep = |batch: &BatchView<'_>| {
+                    journal_batch(journal, batch)?;
+                    if unread.is_empty() {
+                        *unread_from = batch.first_sequence;
+                    }
+                    unread.extend_from_slice(batch.as_bytes());
+                    Ok(())
+                };
+                stream.receive(&mut keep).err()
+            }
         };
-        let received = self.received.len();
         if self.journal.next_sequence() - 1 > self.journal.durable_sequence() {
             let counters = &self.shared.counters;
             Counters::set(&counters.journaled, self.journal.next_sequence() - 1);
@@ -775,6 +796,23 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
         if let Source::Stream(stream) = &mut self.source {
             stream.acknowledge(self.journal.durable_sequence());
         }
+        // The stream's batches are decoded only now: the primary, which waits for the
+        // acknowledgement before it applies them, need not wait for their decoding too. They
+        // are checked again on the way (they were checked whole as they arrived), which costs
+        // a checksum over bytes still in the cache.
+        let decoded = wire::batches(&self.unread).try_for_each(|batch| match batch {
+            Ok(batch) => decode_batch::<M, C>(&self.codec, &mut self.received, &batch),
+            Err(error) => Err(Halt::Primary {
+                sequence: self
+                    .received
+                    .last()
+                    .map_or(self.unread_from, |(context, _)| context.sequence + 1),
+                message: format!("a batch kept to decode no longer reads as one: {error}"),
+            }),
+        });
+        self.unread.clear();
+        let failure = decoded.err().or(failure);
+        let received = self.received.len();
         // Decoded before any is applied, so the machine's hints can run ahead of `apply` as
         // they do on the primary.
         let mut batch = std::mem::take(&mut self.received);
@@ -835,15 +873,8 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
 }
 
 /// Journals a received batch (it must start at the next sequence): a whole one as its primary
-/// sealed it, without encoding or checksumming its records again. Then decodes its records for
-/// applying. A record that cannot be decoded stops the replica there, after the records before
-/// it are applied; the batch stays journaled, as the primary's journal holds it.
-fn take_batch<M: StateMachine, C: Codec>(
-    journal: &mut JournalWriter,
-    codec: &C,
-    received: &mut Vec<(Context, Decoded<M::Command>)>,
-    batch: &BatchView<'_>,
-) -> Result<(), Halt> {
+/// sealed it, without encoding or checksumming its records again.
+fn journal_batch(journal: &mut JournalWriter, batch: &BatchView<'_>) -> Result<(), Halt> {
     let expected = journal.next_sequence();
     if batch.first_sequence != expected {
         return Err(Halt::Primary {
@@ -855,6 +886,17 @@ fn take_batch<M: StateMachine, C: Codec>(
         });
     }
     journal.append_batch(batch).map_err(|error| journal_failed(journal, error))?;
+    Ok(())
+}
+
+/// Decodes a received batch's records onto `received`, for applying. A record that cannot be
+/// decoded stops the replica there, after the records before it are applied; the batch stays
+/// journaled, as the primary's journal holds it.
+fn decode_batch<M: StateMachine, C: Codec>(
+    codec: &C,
+    received: &mut Vec<(Context, Decoded<M::Command>)>,
+    batch: &BatchView<'_>,
+) -> Result<(), Halt> {
     // The batch is checked whole, so each record's decoder may read on past its payload to
     // the batch's end.
     let mut records = batch.iter();

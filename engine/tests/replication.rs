@@ -794,3 +794,89 @@ fn a_remote_replica_ships_its_snapshots_to_the_primary_for_its_recovery() {
     assert!(loaded >= Some(shipped), "recovery loaded {loaded:?}, shipped {shipped}");
     assert_eq!(reopened.shutdown().unwrap(), state);
 }
+
+/// A replica's machine that knows only the first two of the bank's commands (`Open` and
+/// `Deposit` encode alike in both), so that any later one reaches it undecodable.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Narrow {
+    balances: std::collections::BTreeMap<u32, i64>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum NarrowCommand {
+    Open(u32),
+    Deposit(u32, i64),
+}
+
+impl StateMachine for Narrow {
+    type Command = NarrowCommand;
+    type Event = ();
+
+    fn apply(&mut self, _: &Context, command: &NarrowCommand, _: &mut Output<()>) {
+        match *command {
+            NarrowCommand::Open(account) => {
+                self.balances.insert(account, 0);
+            }
+            NarrowCommand::Deposit(account, amount) => {
+                *self.balances.entry(account).or_default() += amount;
+            }
+        }
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.balances.iter().fold(0, |hash, (&account, &balance)| {
+            (hash.rotate_left(7) ^ u64::from(account)).wrapping_mul(31) ^ balance as u64
+        })
+    }
+}
+
+#[test]
+fn a_streamed_record_the_replica_cannot_decode_stops_it_after_those_before_and_stays_journaled() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let engine = primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
+    let address = engine.replication_address().unwrap();
+    let follower = Replica::remote(address.to_string(), SECRET, replica_directory.path())
+        .segment_size(1 << 20)
+        .open(Narrow::default())
+        .unwrap();
+    // One batch: what the replica can read, then a command it cannot, then more it could.
+    let mut publisher = engine.publisher();
+    let batch = vec![
+        Command::Open(1),
+        Command::Deposit(1, 5),
+        Command::Deposit(1, 7),
+        Command::Echo(1),
+        Command::Deposit(1, 11),
+    ];
+    let last = publisher.publish_batch(batch).unwrap();
+    let undecodable = last - 1;
+    let deadline = Instant::now() + PATIENCE;
+    let halt = loop {
+        if let Some(halt) = follower.halted() {
+            break halt;
+        }
+        assert!(Instant::now() < deadline, "the replica did not stop: {:?}", follower.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    match &halt {
+        Halt::Decode { sequence, .. } => assert_eq!(*sequence, undecodable, "{halt:?}"),
+        other => panic!("expected a decode error at {undecodable}, got {other:?}"),
+    }
+    assert_eq!(follower.stats().applied, undecodable - 1, "those before it are applied");
+    drop(publisher);
+    engine.shutdown().unwrap();
+    match follower.stop() {
+        Err(EngineError::Halted(Halt::Decode { sequence, .. })) => {
+            assert_eq!(sequence, undecodable)
+        }
+        other => panic!("expected the decode error again, got {other:?}"),
+    }
+    // The replica's journal holds the record it could not read, as the primary's does.
+    let held: Vec<u64> = records(replica_directory.path())
+        .iter()
+        .filter(|record| record.kind == KIND_COMMAND)
+        .map(|record| record.sequence)
+        .collect();
+    assert!(held.contains(&undecodable), "{held:?}");
+}
