@@ -735,10 +735,10 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
     }
 
     /// Receives what the followed journal holds (up to [`RECEIVE_MAX`] records), journals it,
-    /// makes it durable (and acknowledges it, over TCP, before decoding it), then applies it. A record that cannot
-    /// be read stops the replica after those before it are applied; a record that cannot be
-    /// decoded is journaled (the replica's journal is a copy of the primary's) and stops it
-    /// there.
+    /// makes it durable (and acknowledges it, over TCP, before decoding it), then applies it.
+    /// A record that cannot be read stops the replica after those before it are applied; a
+    /// record that cannot be decoded is journaled (the replica's journal is a copy of the
+    /// primary's) and stops it there.
     fn step(&mut self) -> Result<usize, Halt> {
         if let Source::Stream(stream) = &mut self.source {
             stream.reconnect(self.journal.next_sequence())?;
