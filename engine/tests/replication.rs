@@ -47,9 +47,13 @@ fn primary_waiting(
 }
 
 fn replica(address: SocketAddr, directory: &Path) -> Replica<Bank> {
+    replica_of(address, directory, Bank::default())
+}
+
+fn replica_of<M: StateMachine>(address: SocketAddr, directory: &Path, machine: M) -> Replica<M> {
     Replica::remote(address.to_string(), SECRET, directory)
         .segment_size(1 << 20)
-        .open(Bank::default())
+        .open(machine)
         .unwrap()
 }
 
@@ -836,10 +840,7 @@ fn a_streamed_record_the_replica_cannot_decode_stops_it_after_those_before_and_s
     let replica_directory = tempfile::tempdir().unwrap();
     let engine = primary(primary_directory.path(), Durability::PageCache, Replication::new(SECRET));
     let address = engine.replication_address().unwrap();
-    let follower = Replica::remote(address.to_string(), SECRET, replica_directory.path())
-        .segment_size(1 << 20)
-        .open(Narrow::default())
-        .unwrap();
+    let follower = replica_of(address, replica_directory.path(), Narrow::default());
     // One batch: what the replica can read, then a command it cannot, then more it could.
     let mut publisher = engine.publisher();
     let batch = vec![
@@ -851,16 +852,11 @@ fn a_streamed_record_the_replica_cannot_decode_stops_it_after_those_before_and_s
     ];
     let last = publisher.publish_batch(batch).unwrap();
     let undecodable = last - 1;
-    let deadline = Instant::now() + PATIENCE;
-    let halt = loop {
-        if let Some(halt) = follower.halted() {
-            break halt;
+    // The replica never applies `last`: waiting for it ends with the reason it stopped.
+    match follower.wait_for(last, PATIENCE) {
+        Err(EngineError::Halted(Halt::Decode { sequence, .. })) => {
+            assert_eq!(sequence, undecodable)
         }
-        assert!(Instant::now() < deadline, "the replica did not stop: {:?}", follower.stats());
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    match &halt {
-        Halt::Decode { sequence, .. } => assert_eq!(*sequence, undecodable, "{halt:?}"),
         other => panic!("expected a decode error at {undecodable}, got {other:?}"),
     }
     assert_eq!(follower.stats().applied, undecodable - 1, "those before it are applied");
