@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_journal::format::{BatchView, EpochChange, EPOCH_VERSION, KIND_EPOCH};
+use keel_journal::format::{BatchView, CheckedBatches, EpochChange, EPOCH_VERSION, KIND_EPOCH};
 use keel_journal::segment::{hex, list_segments, JOURNAL_DIRECTORY};
 use keel_journal::storage::Storage;
 use keel_journal::{
@@ -254,8 +254,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             output: Output::new(),
             events: self.events.take(),
             received: Vec::with_capacity(RECEIVE_MAX),
-            unread: Vec::new(),
-            unread_from: 0,
+            unread: CheckedBatches::default(),
             last_timestamp_ns: report.journal.as_ref().map_or(0, |opened| opened.last_timestamp_ns),
             wait: self.wait,
             primary_epoch,
@@ -696,9 +695,7 @@ struct Follower<M: StateMachine, C: Codec> {
     received: Vec<(Context, Decoded<M::Command>)>,
     /// From the primary's stream: the batches received and journaled, as they came, to be
     /// decoded once they are acknowledged.
-    unread: Vec<u8>,
-    /// The sequence `unread` starts at.
-    unread_from: u64,
+    unread: CheckedBatches,
     last_timestamp_ns: u64,
     wait: Wait,
     /// Same host: the epoch of the primary's journal when the replica opened (records that
@@ -774,13 +771,10 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
                 }
             }
             Source::Stream(stream) => {
-                let (unread, unread_from) = (&mut self.unread, &mut self.unread_from);
+                let unread = &mut self.unread;
                 let mut keep = |batch: &BatchView<'_>| {
                     journal_batch(journal, batch)?;
-                    if unread.is_empty() {
-                        *unread_from = batch.first_sequence;
-                    }
-                    unread.extend_from_slice(batch.as_bytes());
+                    unread.push(batch);
                     Ok(())
                 };
                 stream.receive(&mut keep).err()
@@ -798,18 +792,11 @@ impl<M: StateMachine, C: Codec> Follower<M, C> {
         }
         // The stream's batches are decoded only now: the primary, which waits for the
         // acknowledgement before it applies them, need not wait for their decoding too. They
-        // are checked again on the way (they were checked whole as they arrived), which costs
-        // a checksum over bytes still in the cache.
-        let decoded = wire::batches(&self.unread).try_for_each(|batch| match batch {
-            Ok(batch) => decode_batch::<M, C>(&self.codec, &mut self.received, &batch),
-            Err(error) => Err(Halt::Primary {
-                sequence: self
-                    .received
-                    .last()
-                    .map_or(self.unread_from, |(context, _)| context.sequence + 1),
-                message: format!("a batch kept to decode no longer reads as one: {error}"),
-            }),
-        });
+        // were checked whole as they arrived, and are not checked again.
+        let decoded = self
+            .unread
+            .iter()
+            .try_for_each(|batch| decode_batch::<M, C>(&self.codec, &mut self.received, &batch));
         self.unread.clear();
         let failure = decoded.err().or(failure);
         let received = self.received.len();

@@ -647,6 +647,48 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// Checked batches kept as bytes, to be read again later without checking them again: a
+/// replica keeps the batches it received (each checked as it arrived) until it has journaled
+/// and acknowledged them, and decodes them after. Only a [`BatchView`] can be put in, so
+/// every byte held was checked; the views it gives back are those batches as they were.
+#[derive(Clone, Debug, Default)]
+pub struct CheckedBatches {
+    bytes: Vec<u8>,
+    /// Each batch's end in `bytes`, its first and last sequence, and its last timestamp.
+    batches: Vec<(usize, u64, u64, u64)>,
+}
+
+impl CheckedBatches {
+    /// Keeps a copy of `batch`.
+    pub fn push(&mut self, batch: &BatchView<'_>) {
+        self.bytes.extend_from_slice(batch.as_bytes());
+        let (first, last, timestamp) =
+            (batch.first_sequence, batch.last_sequence, batch.last_timestamp_ns);
+        self.batches.push((self.bytes.len(), first, last, timestamp));
+    }
+
+    /// Whether it holds no batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batches, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = BatchView<'_>> + '_ {
+        let mut start = 0;
+        self.batches.iter().map(move |&(end, first, last, timestamp)| {
+            let bytes = &self.bytes[start..end];
+            start = end;
+            BatchView::checked(bytes, first, last, timestamp)
+        })
+    }
+
+    /// Drops every batch, keeping the memory for the next.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.batches.clear();
+    }
+}
+
 /// The records of a checked batch.
 #[derive(Clone, Debug)]
 pub struct BatchRecords<'a> {

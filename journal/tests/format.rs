@@ -425,3 +425,36 @@ fn every_padding_byte_of_every_padding_length_must_be_zero() {
         }
     }
 }
+
+#[test]
+fn checked_batches_give_back_the_batches_pushed_byte_for_byte_and_empty_when_cleared() {
+    let mut kept = CheckedBatches::default();
+    assert!(kept.is_empty());
+    for round in 0..2u64 {
+        let encoded: Vec<Vec<u8>> = [(1, 1), (2, 5), (7, 16)]
+            .iter()
+            .map(|&(first, count)| encoded_batch(first + round * 100, count))
+            .collect();
+        for bytes in &encoded {
+            let BatchCheck::Batch(batch) = check_batch(bytes) else { panic!("a valid batch") };
+            kept.push(&batch);
+        }
+        assert!(!kept.is_empty());
+        let views: Vec<BatchView<'_>> = kept.iter().collect();
+        assert_eq!(views.len(), encoded.len(), "round {round}: one view a batch");
+        for (view, bytes) in views.iter().zip(&encoded) {
+            let BatchCheck::Batch(batch) = check_batch(bytes) else { unreachable!() };
+            assert_eq!(view.as_bytes(), &bytes[..]);
+            assert_eq!(
+                (view.first_sequence, view.last_sequence, view.last_timestamp_ns),
+                (batch.first_sequence, batch.last_sequence, batch.last_timestamp_ns)
+            );
+            let sequences: Vec<u64> = view.iter().map(|record| record.sequence).collect();
+            let expected: Vec<u64> = (batch.first_sequence..=batch.last_sequence).collect();
+            assert_eq!(sequences, expected);
+        }
+        kept.clear();
+        assert!(kept.is_empty());
+        assert_eq!(kept.iter().count(), 0);
+    }
+}
