@@ -4,6 +4,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+mod slice;
+
 /// An encoding or decoding failure, in words.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -122,17 +124,22 @@ impl Codec for Bincode {
         self.decode_prefix(bytes, bytes.len())
     }
 
-    /// Lets bincode see up to `LOOKAHEAD` bytes past the value. It reads an integer in one
-    /// step only when 9 bytes remain from it; nearer the end, nearly always so in a command of
-    /// a few integers, it reads the discriminant and then the bytes, one call each, which was
-    /// a quarter of a replay's decoding by `perf`. Reading ahead never changes a value: any
-    /// byte bincode takes past `length` makes the decoding an error.
+    /// Decodes with keel's own reader of bincode's bytes ([`slice`]), whose results travel in
+    /// registers; where it declines, bincode decodes the bytes and gives its verdict, letting
+    /// itself see up to `LOOKAHEAD` bytes past the value: it reads an integer in one step only
+    /// when 9 bytes remain from it. Reading ahead never changes a value: any byte bincode takes
+    /// past `length` makes the decoding an error.
     #[inline]
     fn decode_prefix<T: DeserializeOwned>(
         &self,
         bytes: &[u8],
         length: usize,
     ) -> Result<T, CodecError> {
+        if let Some((value, read)) = slice::decode::<T>(&bytes[..length]) {
+            if read == length {
+                return Ok(value);
+            }
+        }
         let visible = &bytes[..bytes.len().min(length + LOOKAHEAD)];
         let (value, read) = bincode::serde::decode_from_slice(visible, bincode::config::standard())
             .map_err(|error| CodecError::new(format!("bincode decoding failed: {error}")))?;
