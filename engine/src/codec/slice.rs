@@ -312,6 +312,18 @@ struct Counted<'a, 'de> {
     left: usize,
 }
 
+impl<'de> Counted<'_, 'de> {
+    /// The next element (or key), or none once `left` were read.
+    #[inline]
+    fn next<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Refused> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.reader).map(Some)
+    }
+}
+
 impl<'de> SeqAccess<'de> for Counted<'_, 'de> {
     type Error = Refused;
 
@@ -320,11 +332,7 @@ impl<'de> SeqAccess<'de> for Counted<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Refused> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.reader).map(Some)
+        self.next(seed)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -339,11 +347,7 @@ impl<'de> MapAccess<'de> for Counted<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Refused> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.reader).map(Some)
+        self.next(seed)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Refused> {
