@@ -124,11 +124,11 @@ impl Codec for Bincode {
         self.decode_prefix(bytes, bytes.len())
     }
 
-    /// Decodes with keel's own reader of bincode's bytes ([`slice`]), whose results travel in
-    /// registers; where it declines, bincode decodes the bytes and gives its verdict, letting
-    /// itself see up to `LOOKAHEAD` bytes past the value: it reads an integer in one step only
-    /// when 9 bytes remain from it. Reading ahead never changes a value: any byte bincode takes
-    /// past `length` makes the decoding an error.
+    /// Decodes with keel's own reader of bincode's bytes (`codec/slice.rs`), whose results
+    /// travel in registers; where it declines, bincode decodes the bytes and gives its verdict,
+    /// letting itself see up to `LOOKAHEAD` bytes past the value: it reads an integer in one
+    /// step only when 9 bytes remain from it. Reading ahead never changes a value: any byte
+    /// bincode takes past `length` makes the decoding an error.
     #[inline]
     fn decode_prefix<T: DeserializeOwned>(
         &self,
