@@ -514,6 +514,16 @@ impl Simulation {
         let kind = self.replicas[which].kind;
         let replica = self.open_replica(which, &directory);
         self.trace(format!("{kind:?} replica from {}", replica.recovery().last_sequence));
+        // In the `Replicated` tier the remote replica is the quorum, and the primary's loss
+        // is failed over to it; but one that has not yet caught up is not in the quorum, and
+        // promoting it would drop what it has not received, as the promotion's documentation
+        // says. A supervisor waits for "caught up: it counts towards the quorum"; so does the
+        // simulation, so that whether a power loss finds the replica caught up does not depend
+        // on the threads' speed (under load, it once did not: seed 73279).
+        let primary_runs = self.engine.as_ref().is_some_and(|engine| engine.halted().is_none());
+        if self.replicated() && which == 1 && primary_runs {
+            self.caught_up(&replica);
+        }
         self.replicas[which].running = Some(replica);
         self.replicas[which].directory = Some(directory);
     }
