@@ -272,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn remainders_without_division_equal_the_division_s() {
+    fn remainders_by_multiplication_equal_those_of_the_operator() {
         let mut rng = SplitMix64::new(7);
         let divisors = [1, 2, 3, 4, 7, 10, 1_000, 65_537, (1 << 31) + 11, u32::MAX - 1, u32::MAX];
         let drawn: Vec<u32> = (0..200).map(|_| rng.next_u64() as u32 | 1).collect();
