@@ -1,7 +1,7 @@
-//! The memory mappings of segment files, and a prefetch hint for reading them: the only `unsafe`
-//! code of the journal.
+//! The memory mappings of segment and snapshot files, and a prefetch hint for reading them: the
+//! only `unsafe` code of the journal.
 //!
-//! Two facts make the mappings sound to use as keel uses them, and every `unsafe` block below
+//! Three facts make the mappings sound to use as keel uses them, and every `unsafe` block below
 //! but the prefetch hint's (which reads nothing) relies on one of them:
 //!
 //! 1. **Segment files never change size while mapped.** They are pre-allocated to their full
@@ -14,6 +14,10 @@
 //!    then only the record's own bytes. The bytes past the published end may be changing under
 //!    a reader's mapping (the writer's mapping or `pwrite` in another thread or process), and
 //!    readers never form a reference to them that outlives the check of one record.
+//! 3. **A snapshot file never changes once it has its name.** It is written whole under a
+//!    temporary name, synced and renamed; nothing in keel writes, truncates or extends it
+//!    afterwards. Removing or renaming it (retention, setting it aside) leaves a mapping of it
+//!    intact: the mapping holds the file, not its name.
 //!
 //! An operator's `repair`, which zeroes valid records, takes the writer lock but cannot stop
 //! readers in other processes; it is documented as an offline operation.
@@ -96,6 +100,32 @@ impl WritableMap {
         // mappings only access these bytes atomically (fact 2).
         let length_field = unsafe { AtomicU32::from_ptr(pointer) };
         length_field.store(length, Ordering::Release);
+    }
+}
+
+/// A read-only mapping of a whole snapshot file, its pages read in when it is made: loading
+/// reads every byte (the checksum, then the decoding), so nothing is gained by faulting them in
+/// one at a time. Reading the file into the heap instead cost a copy of every byte and, for a
+/// payload of hundreds of megabytes, as many fresh pages, each zeroed by a page fault and
+/// unmapped again after the decoding: a fifth of the load of a ledger's 562 MB snapshot
+/// (BENCHMARKS.md, "snapshots are loaded from a mapping").
+#[derive(Debug)]
+pub(crate) struct SnapshotMap {
+    map: Mmap,
+}
+
+impl SnapshotMap {
+    /// Maps all of `file` for reading (an empty file gives no bytes).
+    pub(crate) fn new(file: &File) -> io::Result<Self> {
+        // SAFETY: fact 3: a snapshot file keeps its size and its bytes while mapped, so every
+        // byte of the mapping stays backed by the file and no one writes it.
+        let map = unsafe { MmapOptions::new().populate().map(file)? };
+        Ok(Self { map })
+    }
+
+    /// The file's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{FormatError, SnapshotHeader, SNAPSHOT_HEADER_SIZE};
+use crate::mmap::SnapshotMap;
 use crate::repair::{free_dropped_folder, DROPPED_DIRECTORY};
 use crate::segment::{
     create_directory, parse_sequence_name, remove_if_present, SNAPSHOT_DIRECTORY,
@@ -326,16 +327,38 @@ fn load_first<T>(
 }
 
 /// Reads and checks a whole snapshot file: header checksum, magic, version, the file's length,
-/// payload checksum. Returns the header and the payload.
-pub fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), JournalError> {
-    let mut bytes = std::fs::read(path).map_err(JournalError::io(path))?;
-    let header = SnapshotHeader::decode(&bytes).map_err(JournalError::format(path, 0))?;
+/// payload checksum. Returns the header and the payload, which is read through a mapping of the
+/// file rather than copied.
+pub fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, SnapshotPayload), JournalError> {
+    let file = File::open(path).map_err(JournalError::io(path))?;
+    let map = SnapshotMap::new(&file).map_err(JournalError::io(path))?;
+    let bytes = map.bytes();
+    let header = SnapshotHeader::decode(bytes).map_err(JournalError::format(path, 0))?;
     check_snapshot_length(path, &header, bytes.len() as u64)?;
     header
         .verify_payload(&bytes[SNAPSHOT_HEADER_SIZE..])
         .map_err(JournalError::format(path, SNAPSHOT_HEADER_SIZE as u64))?;
-    bytes.drain(..SNAPSHOT_HEADER_SIZE);
-    Ok((header, bytes))
+    Ok((header, SnapshotPayload { map }))
+}
+
+/// A checked snapshot's payload, as [`read_snapshot`] returns it: the bytes after the file's
+/// header, in a read-only mapping of the file that lasts as long as this value.
+pub struct SnapshotPayload {
+    map: SnapshotMap,
+}
+
+impl std::ops::Deref for SnapshotPayload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map.bytes()[SNAPSHOT_HEADER_SIZE..]
+    }
+}
+
+impl std::fmt::Debug for SnapshotPayload {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "SnapshotPayload({} bytes)", self.len())
+    }
 }
 
 /// Reads and checks only a snapshot's header.

@@ -101,7 +101,7 @@ fn a_failed_snapshot_write_leaves_no_file_under_either_name() {
         assert_eq!(names, vec![format!("{:020}.snapshot", 1)], "{operation:?}");
     }
     let (header, payload) = read_snapshot(&store.list().unwrap()[0].path).unwrap();
-    assert_eq!((header.sequence, payload), (1, state(1)));
+    assert_eq!((header.sequence, payload.to_vec()), (1, state(1)));
 }
 
 #[test]
@@ -151,6 +151,29 @@ fn the_oldest_valid_snapshot_loads_past_damaged_older_ones() {
 /// its host writing into the engine's store) both succeed, and the file is whole: they once
 /// shared one temporary name, and the second to begin removed the file the first was writing.
 /// Each writer here waits for the other to have begun before it writes its payload.
+/// A payload is read through a mapping of the file: retention removing the file, and a new
+/// snapshot of the same sequence written under its name, leave a payload already read as it
+/// was checked.
+#[test]
+fn a_payload_read_stays_whole_when_its_file_is_removed_or_replaced() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(directory.path()).unwrap();
+    let first = store.write(&meta(7), &state(7)).unwrap();
+    let (header, payload) = read_snapshot(&first.path).unwrap();
+    store.write(&meta(8), &state(8)).unwrap();
+    assert_eq!(store.remove_all_but_newest(1).unwrap(), vec![first.path.clone()]);
+    assert!(!first.path.exists());
+    assert_eq!((header.sequence, &payload[..]), (7, state(7).as_slice()));
+
+    let (_, replaced) = read_snapshot(&store.list().unwrap()[0].path).unwrap();
+    let mut other = meta(8);
+    other.state_hash ^= 1;
+    let rewritten = store.write(&other, &vec![0xA5; 3 * 4096]).unwrap();
+    let (header, now) = read_snapshot(&rewritten.path).unwrap();
+    assert_eq!((header.state_hash, &now[..]), (other.state_hash, vec![0xA5; 3 * 4096].as_slice()));
+    assert_eq!(&replaced[..], state(8).as_slice(), "the payload read before the rewrite");
+}
+
 #[test]
 fn two_writers_of_one_snapshot_at_once_both_write_it_whole() {
     let directory = tempfile::tempdir().unwrap();
@@ -171,7 +194,7 @@ fn two_writers_of_one_snapshot_at_once_both_write_it_whole() {
         writer.join().unwrap().unwrap();
     }
     let (header, payload) = read_snapshot(&store.list().unwrap()[0].path).unwrap();
-    assert_eq!((header.sequence, payload), (5, state(5)));
+    assert_eq!((header.sequence, payload.to_vec()), (5, state(5)));
     let names: Vec<String> = std::fs::read_dir(store.directory())
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())

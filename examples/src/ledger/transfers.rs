@@ -534,7 +534,9 @@ impl<'de> Deserialize<'de> for Chunks {
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut records: A) -> Result<Chunks, A::Error> {
                 let mut chunks: Vec<Arc<Vec<TransferRecord>>> = Vec::new();
-                let mut current = Vec::with_capacity(CHUNK);
+                // The preparer's chunks, as the live history's: their pages are faulted in on
+                // the other core while this one decodes.
+                let mut current = new_chunk();
                 let mut count = 0usize;
                 let mut last_id = 0u64;
                 while let Some(record) = records.next_element::<TransferRecord>()? {
@@ -547,10 +549,7 @@ impl<'de> Deserialize<'de> for Chunks {
                     }
                     last_id = record.id;
                     if current.len() == CHUNK {
-                        chunks.push(Arc::new(std::mem::replace(
-                            &mut current,
-                            Vec::with_capacity(CHUNK),
-                        )));
+                        chunks.push(Arc::new(std::mem::replace(&mut current, new_chunk())));
                     }
                     current.push(record);
                     count += 1;
