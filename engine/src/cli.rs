@@ -34,14 +34,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use keel_journal::snapshot::read_snapshot_header;
 use keel_journal::time::{parse_rfc3339, rfc3339_nanos};
-use keel_journal::{SnapshotMeta, SnapshotStore, WriterLock};
+use keel_journal::{SnapshotStore, WriterLock};
 use serde_json::json;
 
 use crate::codec::{Bincode, Codec};
 use crate::error::EngineError;
 use crate::machine::StateMachine;
 use crate::recovery::{replay_from, ReplayFrom, ReplayTarget, ReplayedState};
+use crate::snapshots::write_snapshot;
 
 /// The engine's subcommands, to flatten into an application's own.
 #[derive(Debug, Subcommand)]
@@ -228,23 +230,24 @@ fn snapshot<M: StateMachine, C: Codec>(
     let _lock = WriterLock::acquire(data)?;
     let replayed =
         replay_from(data, codec.clone(), initial, ReplayFrom::NewestSnapshot, ReplayTarget::End)?;
-    let mut payload = Vec::new();
-    codec.encode(&replayed.machine, &mut payload)?;
-    let meta = SnapshotMeta {
-        schema_version: M::SCHEMA_VERSION,
-        codec: C::ID,
-        sequence: replayed.last_sequence,
-        timestamp_ns: replayed.last_timestamp_ns,
-        state_hash: replayed.state_hash,
-    };
-    let file = SnapshotStore::open(data)?.write(&meta, &payload)?;
+    let store = SnapshotStore::open(data)?;
+    let file = write_snapshot(
+        &store,
+        &[],
+        &codec,
+        &replayed.machine,
+        replayed.last_sequence,
+        replayed.last_timestamp_ns,
+        0,
+    )?;
+    let bytes = read_snapshot_header(&file.path)?.payload_length;
     if json {
         let mut value = replay_json(&replayed);
-        value["written"] = json!({ "path": file.path, "bytes": payload.len() });
+        value["written"] = json!({ "path": file.path, "bytes": bytes });
         writeln!(out, "{value}").map_err(output_error)
     } else {
         print_replay(out, &replayed, false)?;
-        writeln!(out, "wrote {} ({} bytes of state)", file.path.display(), payload.len())
+        writeln!(out, "wrote {} ({bytes} bytes of state)", file.path.display())
             .map_err(output_error)
     }
 }

@@ -1,6 +1,8 @@
 //! How commands (in the journal) and states (in snapshots) become bytes. Swappable: the engine
 //! is generic over [`Codec`]; the default is [`Bincode`].
 
+use std::io;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -32,6 +34,24 @@ pub trait Codec: Clone + Send + Sync + 'static {
         buffer: &mut Vec<u8>,
     ) -> Result<(), CodecError>;
 
+    /// Writes the encoding of `value` to `writer`, the bytes [`encode`] would append to a
+    /// buffer: a snapshot's payload, streamed into its file, so that a state of gigabytes is
+    /// never held encoded in memory as well. Fails with the writer's error, or with an error of
+    /// kind [`io::ErrorKind::Other`] whose inner error is the [`CodecError`] when `value`
+    /// cannot be encoded. The default encodes into a buffer and writes it; a codec that can
+    /// write as it goes should.
+    ///
+    /// [`encode`]: Codec::encode
+    fn encode_to<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        writer: &mut dyn io::Write,
+    ) -> io::Result<()> {
+        let mut buffer = Vec::new();
+        self.encode(value, &mut buffer).map_err(io::Error::other)?;
+        writer.write_all(&buffer)
+    }
+
     /// Decodes a whole value from `bytes`; trailing bytes are an error.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
 
@@ -62,6 +82,47 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
     #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
         self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// How many bytes [`Bincode::encode_to`] gathers before it writes them: few enough to stay in
+/// the core's second-level cache, enough that a write call costs nothing per value.
+const STREAM_BUFFER: usize = 256 * 1024;
+
+/// bincode's writer for a stream: gathers small writes in a buffer and passes them on in
+/// [`STREAM_BUFFER`]-sized writes. The stream's error is kept aside, to be returned as it was
+/// rather than through bincode's error.
+struct StreamWriter<'a> {
+    buffer: Vec<u8>,
+    stream: &'a mut dyn io::Write,
+    failed: Option<io::Error>,
+}
+
+impl StreamWriter<'_> {
+    fn flush(&mut self) -> Result<(), bincode::error::EncodeError> {
+        let outcome = self.stream.write_all(&self.buffer);
+        self.buffer.clear();
+        outcome.map_err(|error| {
+            self.failed = Some(error);
+            bincode::error::EncodeError::Other("the stream failed")
+        })
+    }
+}
+
+impl bincode::enc::write::Writer for StreamWriter<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if self.buffer.len() + bytes.len() > STREAM_BUFFER {
+            self.flush()?;
+            if bytes.len() > STREAM_BUFFER {
+                return self.stream.write_all(bytes).map_err(|error| {
+                    self.failed = Some(error);
+                    bincode::error::EncodeError::Other("the stream failed")
+                });
+            }
+        }
+        self.buffer.extend_from_slice(bytes);
         Ok(())
     }
 }
@@ -116,6 +177,28 @@ impl Codec for Bincode {
                 buffer.truncate(start);
                 Err(encode_failed(error))
             }
+        }
+    }
+
+    /// Encodes through a buffer of [`STREAM_BUFFER`] bytes, written to `writer` each time it
+    /// fills and once at the end.
+    fn encode_to<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        writer: &mut dyn io::Write,
+    ) -> io::Result<()> {
+        let mut stream = StreamWriter {
+            buffer: Vec::with_capacity(STREAM_BUFFER),
+            stream: writer,
+            failed: None,
+        };
+        let outcome =
+            bincode::serde::encode_into_writer(value, &mut stream, bincode::config::standard())
+                .and_then(|()| stream.flush());
+        match (outcome, stream.failed.take()) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(failed)) => Err(failed),
+            (Err(error), None) => Err(io::Error::other(encode_failed(error))),
         }
     }
 
@@ -266,6 +349,56 @@ mod tests {
         buffer.clear();
         Bincode.encode(&longer, &mut buffer).unwrap();
         assert_eq!(buffer, reference(&longer));
+    }
+
+    /// A stream that takes `room` bytes and then fails every write, with writes of any size.
+    struct Full {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl io::Write for Full {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let take = bytes.len().min(self.room - self.written.len());
+            if take == 0 && !bytes.is_empty() {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.written.extend_from_slice(&bytes[..take]);
+            Ok(take)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stream_gets_the_bytes_encode_appends() {
+        // Small, exactly the buffer, values whose parts straddle it, one part longer than it.
+        let lengths = [0, 10, STREAM_BUFFER - 1, STREAM_BUFFER, 3 * STREAM_BUFFER + 7];
+        for length in lengths {
+            let value = (vec![u64::MAX; length / 8], vec![9u8; length], 300u16);
+            let mut stream = Full { written: Vec::new(), room: usize::MAX };
+            Bincode.encode_to(&value, &mut stream).unwrap();
+            assert_eq!(stream.written, reference(&value), "length {length}");
+        }
+    }
+
+    #[test]
+    fn a_failing_stream_and_a_failing_value_each_come_back_as_themselves() {
+        let value = vec![5u8; 3 * STREAM_BUFFER];
+        let mut stream = Full { written: Vec::new(), room: STREAM_BUFFER + 100 };
+        let error = Bincode.encode_to(&value, &mut stream).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(28), "{error}");
+        assert!(error.get_ref().is_none(), "the stream's own error, not a codec's: {error}");
+
+        for after in [0, 10, 2 * STREAM_BUFFER] {
+            let mut stream = Full { written: Vec::new(), room: usize::MAX };
+            let error = Bincode.encode_to(&Unsized { after }, &mut stream).unwrap_err();
+            let codec = error.get_ref().and_then(|inner| inner.downcast_ref::<CodecError>());
+            let codec = codec.unwrap_or_else(|| panic!("a codec error, after {after}: {error}"));
+            assert!(codec.to_string().starts_with("bincode encoding failed"), "{codec}");
+        }
     }
 
     #[test]

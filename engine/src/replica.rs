@@ -450,15 +450,7 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             )));
         }
         let store = SnapshotStore::open(&self.directory)?;
-        write_snapshot(
-            &[&store],
-            &self.codec,
-            &machine,
-            sequence,
-            timestamp_ns,
-            &mut Vec::new(),
-            0,
-        )?;
+        write_snapshot(&store, &[], &self.codec, &machine, sequence, timestamp_ns, 0)?;
         Ok((machine, sequence))
     }
 }
@@ -608,15 +600,7 @@ impl<M: StateMachine, C: Codec> Replica<M, C> {
         let store = SnapshotStore::open(&self.directory)?;
         let applied = journal.next_sequence() - 1;
         let timestamp_ns = journal.last_timestamp_ns();
-        write_snapshot(
-            &[&store],
-            &self.codec,
-            &machine,
-            applied,
-            timestamp_ns,
-            &mut Vec::new(),
-            0,
-        )?;
+        write_snapshot(&store, &[], &self.codec, &machine, applied, timestamp_ns, 0)?;
         let epoch = journal.epoch().max(primary_epoch) + 1;
         let change = EpochChange { epoch };
         let sequence = journal.append(

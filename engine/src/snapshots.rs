@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use keel_journal::snapshot::snapshot_file_name;
-use keel_journal::{SnapshotMeta, SnapshotStore};
+use keel_journal::snapshot::read_snapshot;
+use keel_journal::{JournalError, SnapshotFile, SnapshotMeta, SnapshotStore};
 
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecError};
 use crate::config::SnapshotPolicy;
 use crate::engine::Shared;
 use crate::error::EngineError;
@@ -129,7 +129,13 @@ impl<M: StateMachine> Snapshotter<M> {
         keep: usize,
         shipped: Option<Ship>,
     ) -> Result<Self, EngineError> {
-        let stores = directories.iter().map(SnapshotStore::open).collect::<Result<Vec<_>, _>>()?;
+        let mut stores =
+            directories.iter().map(SnapshotStore::open).collect::<Result<Vec<_>, _>>()?;
+        if stores.is_empty() {
+            return Err(EngineError::Configuration("snapshots need a directory to go to".into()));
+        }
+        // The first store gets the file the state is encoded into; the others, copies of it.
+        let store = stores.remove(0);
         let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
             mpsc::sync_channel(1);
         let (give_back, returned) = mpsc::sync_channel(1);
@@ -138,26 +144,21 @@ impl<M: StateMachine> Snapshotter<M> {
         let thread = std::thread::Builder::new()
             .name("keel-snapshot".into())
             .spawn(move || {
-                let mut payload = Vec::new();
                 for (machine, unused, sequence, timestamp_ns) in received {
                     drop(unused);
-                    let stores: Vec<&SnapshotStore> = stores.iter().collect();
                     let outcome = write_snapshot(
+                        &store,
                         &stores,
                         &codec,
                         &machine,
                         sequence,
                         timestamp_ns,
-                        &mut payload,
                         keep,
                     )
-                    .and_then(|()| match &shipped {
-                        Some(ship) => {
-                            let file = stores[0].directory().join(snapshot_file_name(sequence));
-                            ship(&file).map_err(|message| {
-                                EngineError::Recovery(format!("shipping it: {message}"))
-                            })
-                        }
+                    .and_then(|file| match &shipped {
+                        Some(ship) => ship(&file.path).map_err(|message| {
+                            EngineError::Recovery(format!("shipping it: {message}"))
+                        }),
                         None => Ok(()),
                     });
                     let counters = &shared.counters;
@@ -219,19 +220,19 @@ impl<M: StateMachine> Snapshotter<M> {
     }
 }
 
-/// Encodes `machine` and writes it as the snapshot of `sequence` into each store, then removes
-/// all but the newest `keep` snapshots of each (0: keep all).
+/// Writes a snapshot of `machine` at `sequence` into `store` and then into each of `copies`,
+/// and keeps the newest `keep` of each (all when 0); returns the file written into `store`. The
+/// encoding streams into that file, so that the state is never held encoded in memory as well;
+/// the copies get that file's payload.
 pub(crate) fn write_snapshot<M: StateMachine, C: Codec>(
-    stores: &[&SnapshotStore],
+    store: &SnapshotStore,
+    copies: &[SnapshotStore],
     codec: &C,
     machine: &M,
     sequence: u64,
     timestamp_ns: u64,
-    payload: &mut Vec<u8>,
     keep: usize,
-) -> Result<(), EngineError> {
-    payload.clear();
-    codec.encode(machine, payload)?;
+) -> Result<SnapshotFile, EngineError> {
     let meta = SnapshotMeta {
         schema_version: M::SCHEMA_VERSION,
         codec: C::ID,
@@ -239,11 +240,122 @@ pub(crate) fn write_snapshot<M: StateMachine, C: Codec>(
         timestamp_ns,
         state_hash: machine.state_hash(),
     };
-    for store in stores {
-        store.write(&meta, payload)?;
-        if keep > 0 {
-            store.remove_all_but_newest(keep)?;
-        }
+    let written = store
+        .write_streaming(&meta, |writer| codec.encode_to(machine, writer))
+        .map_err(codec_or_journal)?;
+    prune(store, keep)?;
+    for copy in copies {
+        let (_, payload) = read_snapshot(&written.path)?;
+        copy.write(&meta, &payload)?;
+        prune(copy, keep)?;
+    }
+    Ok(written)
+}
+
+/// Removes all but the newest `keep` snapshots of `store` (none when 0).
+fn prune(store: &SnapshotStore, keep: usize) -> Result<(), EngineError> {
+    if keep > 0 {
+        store.remove_all_but_newest(keep)?;
     }
     Ok(())
+}
+
+/// A codec's failure comes out of a streamed snapshot's write as the I/O error that carried it
+/// (`Codec::encode_to`): it is reported as the codec's again, not as the file's.
+fn codec_or_journal(error: JournalError) -> EngineError {
+    if let JournalError::Io { source, .. } = &error {
+        if let Some(codec) = source.get_ref().and_then(|inner| inner.downcast_ref::<CodecError>()) {
+            return EngineError::Codec(codec.clone());
+        }
+    }
+    EngineError::Journal(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Bincode;
+    use crate::machine::{Context, Output};
+    use keel_journal::snapshot::snapshot_file_name;
+    use serde::{Deserialize, Serialize, Serializer};
+
+    /// A state of `values`, whose encoding fails when `refuse` is set (a sequence of unknown
+    /// length, which bincode refuses) after the values are written.
+    #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+    struct Values {
+        values: Vec<u64>,
+        #[serde(skip)]
+        refuse: bool,
+    }
+
+    impl Serialize for Values {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{SerializeSeq, SerializeStruct};
+            if self.refuse {
+                let mut sequence = serializer.serialize_seq(None)?;
+                sequence.serialize_element(&self.values)?;
+                return sequence.end();
+            }
+            let mut state = serializer.serialize_struct("Values", 1)?;
+            state.serialize_field("values", &self.values)?;
+            state.end()
+        }
+    }
+
+    impl StateMachine for Values {
+        type Command = u64;
+        type Event = ();
+
+        fn apply(&mut self, _: &Context, command: &u64, _: &mut Output<()>) {
+            self.values.push(*command);
+        }
+
+        fn state_hash(&self) -> u64 {
+            self.values.iter().fold(0, |hash, value| hash.rotate_left(7) ^ value)
+        }
+    }
+
+    fn files(store: &SnapshotStore) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store.directory())
+            .map(|entries| {
+                entries.map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_snapshot_streamed_into_its_file_and_copied_loads_as_the_state() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(directory.path().join("own")).unwrap();
+        let copies = [SnapshotStore::open(directory.path().join("copy")).unwrap()];
+        // Larger than the codec's stream buffer, so that it is written in several writes.
+        let state =
+            Values { values: (0..200_000).map(|value| value * 977).collect(), refuse: false };
+        let file = write_snapshot(&store, &copies, &Bincode, &state, 42, 7, 0).unwrap();
+        assert_eq!(file.sequence, 42);
+        for written in [&store, &copies[0]] {
+            let path = written.directory().join(snapshot_file_name(42));
+            let (header, payload) = read_snapshot(&path).unwrap();
+            assert_eq!((header.sequence, header.state_hash), (42, state.state_hash()));
+            let loaded: Values = Bincode.decode(&payload).unwrap();
+            assert_eq!(loaded, state, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_encoded_is_the_codecs_error_and_leaves_no_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(directory.path().join("own")).unwrap();
+        let copies = [SnapshotStore::open(directory.path().join("copy")).unwrap()];
+        let state = Values { values: vec![3; 100_000], refuse: true };
+        let error = write_snapshot(&store, &copies, &Bincode, &state, 42, 7, 0).unwrap_err();
+        let EngineError::Codec(codec) = &error else {
+            panic!("expected the codec's error, got {error:?}");
+        };
+        assert!(codec.to_string().starts_with("bincode encoding failed"), "{codec}");
+        assert_eq!(files(&store), Vec::<String>::new(), "no snapshot and no temporary file");
+        assert_eq!(files(&copies[0]), Vec::<String>::new());
+    }
 }
