@@ -243,11 +243,15 @@ pub(crate) fn write_snapshot<M: StateMachine, C: Codec>(
     let written = store
         .write_streaming(&meta, |writer| codec.encode_to(machine, writer))
         .map_err(codec_or_journal)?;
-    prune(store, keep)?;
-    for copy in copies {
+    if !copies.is_empty() {
+        // Read back before any pruning: a newer snapshot in `store` could otherwise take it.
         let (_, payload) = read_snapshot(&written.path)?;
-        copy.write(&meta, &payload)?;
-        prune(copy, keep)?;
+        for copy in copies {
+            copy.write(&meta, &payload)?;
+        }
+    }
+    for pruned in std::iter::once(store).chain(copies) {
+        prune(pruned, keep)?;
     }
     Ok(written)
 }
