@@ -103,6 +103,11 @@ impl StreamWriter<'_> {
     fn flush(&mut self) -> Result<(), bincode::error::EncodeError> {
         let outcome = self.stream.write_all(&self.buffer);
         self.buffer.clear();
+        self.kept(outcome)
+    }
+
+    /// A write's outcome for bincode, its error kept aside.
+    fn kept(&mut self, outcome: io::Result<()>) -> Result<(), bincode::error::EncodeError> {
         outcome.map_err(|error| {
             self.failed = Some(error);
             bincode::error::EncodeError::Other("the stream failed")
@@ -116,10 +121,8 @@ impl bincode::enc::write::Writer for StreamWriter<'_> {
         if self.buffer.len() + bytes.len() > STREAM_BUFFER {
             self.flush()?;
             if bytes.len() > STREAM_BUFFER {
-                return self.stream.write_all(bytes).map_err(|error| {
-                    self.failed = Some(error);
-                    bincode::error::EncodeError::Other("the stream failed")
-                });
+                let outcome = self.stream.write_all(bytes);
+                return self.kept(outcome);
             }
         }
         self.buffer.extend_from_slice(bytes);

@@ -533,7 +533,8 @@ impl<M: StateMachine, C: Codec> EngineBuilder<M, C> {
         let snapshots = match self.durability {
             Durability::Memory => Snapshots::none(),
             _ => Snapshots::start(
-                &[&self.directory],
+                &self.directory,
+                &[],
                 self.codec.clone(),
                 Arc::clone(&shared),
                 self.snapshots,

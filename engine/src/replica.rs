@@ -219,8 +219,6 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             Counters::set(counter, last);
         }
         Counters::set(&shared.counters.applied, last);
-        let mut directories = vec![self.directory.as_path()];
-        directories.extend(self.snapshots_for.as_deref());
         let shipped = match (&self.primary, self.ship_snapshots) {
             (Upstream::Remote { address, secret }, true) => {
                 let (address, secret) = (address.clone(), secret.clone());
@@ -235,7 +233,8 @@ impl<M: StateMachine, C: Codec> ReplicaBuilder<M, C> {
             _ => None,
         };
         let snapshots = Snapshots::start(
-            &directories,
+            &self.directory,
+            self.snapshots_for.as_deref().as_slice(),
             self.codec.clone(),
             Arc::clone(&shared),
             self.snapshots,

@@ -37,17 +37,19 @@ impl<M: StateMachine> Snapshots<M> {
         Self { snapshotter: None, policy: SnapshotPolicy::default(), last: (0, Instant::now()) }
     }
 
-    /// Snapshots into each of `directories` per `policy`, counting from `sequence`, the
-    /// state's now.
+    /// Snapshots into `directory`, and a copy of each into every one of `copies`, per
+    /// `policy`, counting from `sequence`, the state's now.
     pub(crate) fn start<C: Codec>(
-        directories: &[&Path],
+        directory: &Path,
+        copies: &[&Path],
         codec: C,
         shared: Arc<Shared>,
         policy: SnapshotPolicy,
         sequence: u64,
         shipped: Option<Ship>,
     ) -> Result<Self, EngineError> {
-        let snapshotter = Snapshotter::start(directories, codec, shared, policy.keep, shipped)?;
+        let snapshotter =
+            Snapshotter::start(directory, copies, codec, shared, policy.keep, shipped)?;
         Ok(Self { snapshotter: Some(snapshotter), policy, last: (sequence, Instant::now()) })
     }
 
@@ -123,19 +125,15 @@ struct Snapshotter<M> {
 
 impl<M: StateMachine> Snapshotter<M> {
     fn start<C: Codec>(
-        directories: &[&Path],
+        directory: &Path,
+        copies: &[&Path],
         codec: C,
         shared: Arc<Shared>,
         keep: usize,
         shipped: Option<Ship>,
     ) -> Result<Self, EngineError> {
-        let mut stores =
-            directories.iter().map(SnapshotStore::open).collect::<Result<Vec<_>, _>>()?;
-        if stores.is_empty() {
-            return Err(EngineError::Configuration("snapshots need a directory to go to".into()));
-        }
-        // The first store gets the file the state is encoded into; the others, copies of it.
-        let store = stores.remove(0);
+        let store = SnapshotStore::open(directory)?;
+        let copies = copies.iter().map(SnapshotStore::open).collect::<Result<Vec<_>, _>>()?;
         let (requests, received): (SyncSender<SnapshotRequest<M>>, Receiver<SnapshotRequest<M>>) =
             mpsc::sync_channel(1);
         let (give_back, returned) = mpsc::sync_channel(1);
@@ -148,7 +146,7 @@ impl<M: StateMachine> Snapshotter<M> {
                     drop(unused);
                     let outcome = write_snapshot(
                         &store,
-                        &stores,
+                        &copies,
                         &codec,
                         &machine,
                         sequence,
