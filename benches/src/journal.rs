@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use hdrhistogram::Histogram;
-use keel_journal::format::record_size_padded;
+use keel_journal::format::{record_size_padded, BATCH_HEADER_SIZE};
 use keel_journal::{Durability, JournalOptions, JournalReader, JournalWriter};
 
 use crate::report::Latency;
@@ -43,10 +43,12 @@ fn wait_for_next_segment(writer: &mut JournalWriter) {
     }
 }
 
-/// The segment size for a throughput case: one segment holds the whole case, so the figure is
-/// the append path's (rolls are measured by `roll`).
-fn segment_for(records: u64, padded: u64) -> u64 {
-    (records * padded + 8192).next_multiple_of(4096).max(1 << 20)
+/// The segment size for a throughput case of `records` records of `padded` bytes in batches of
+/// `batch`: one segment holds the whole case, so the figure is the append path's (rolls are
+/// measured by `roll`).
+fn segment_for(records: u64, padded: u64, batch: u64) -> u64 {
+    let headers = records.div_ceil(batch) * BATCH_HEADER_SIZE as u64;
+    (records * padded + headers + 8192).next_multiple_of(4096).max(1 << 20)
 }
 
 /// Appends `records` records of `payload` bytes in batches of `batch`, committing each.
@@ -59,8 +61,9 @@ pub fn append(
 ) -> Result<JournalOutcome> {
     let scratch = Scratch::new(root, "append")?;
     let padded = record_size_padded(payload) as u64;
-    let options =
-        JournalOptions::new().durability(durability).segment_size(segment_for(records, padded));
+    let options = JournalOptions::new()
+        .durability(durability)
+        .segment_size(segment_for(records, padded, batch));
     let mut writer = JournalWriter::open(&scratch.0, options)?;
     wait_for_next_segment(&mut writer);
     let bytes = vec![0x5Au8; payload];
@@ -92,7 +95,7 @@ pub fn append(
 /// record at a time (`JournalReader::next`).
 pub fn verified_read(root: &Path, records: u64, by_batch: bool) -> Result<JournalOutcome> {
     let scratch = Scratch::new(root, "read")?;
-    let options = JournalOptions::new().segment_size(segment_for(records, 96));
+    let options = JournalOptions::new().segment_size(segment_for(records, 96, 4096));
     let mut writer = JournalWriter::open(&scratch.0, options)?;
     let bytes = [0x5Au8; 64];
     for sequence in 1..=records {
@@ -125,7 +128,7 @@ pub fn verified_read(root: &Path, records: u64, by_batch: bool) -> Result<Journa
     Ok(JournalOutcome {
         records,
         elapsed,
-        bytes_per_record: 96,
+        bytes_per_record: record_size_padded(64) as u64,
         latency: None,
         roll_worst_ns: None,
     })
@@ -139,7 +142,9 @@ pub fn roll(root: &Path, rolls: u64) -> Result<JournalOutcome> {
     let scratch = Scratch::new(root, "roll")?;
     let options = JournalOptions::new().segment_size(1 << 20);
     let mut writer = JournalWriter::open(&scratch.0, options)?;
-    let per_segment = ((1 << 20) - 4096) / 96;
+    // More records than a segment holds (their batches' headers take room too), so that the
+    // loop goes through at least `rolls` rolls.
+    let per_segment = ((1 << 20) - 4096) / record_size_padded(64) as u64;
     let records = per_segment * rolls;
     let bytes = [0x5Au8; 64];
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
@@ -175,7 +180,7 @@ pub fn roll(root: &Path, rolls: u64) -> Result<JournalOutcome> {
     Ok(JournalOutcome {
         records,
         elapsed,
-        bytes_per_record: 96,
+        bytes_per_record: record_size_padded(64) as u64,
         latency: Some(Latency::from_histogram(&histogram)),
         roll_worst_ns: Some(worst_roll_ns),
     })

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_journal::format::{record_size_padded, BatchView, RecordFields};
+use keel_journal::format::{record_size_padded, BatchView, RecordFields, BATCH_HEADER_SIZE};
 use keel_journal::segment::hex;
 use keel_journal::{JournalReader, SnapshotStore, Tailer};
 use parking_lot::{Condvar, Mutex};
@@ -868,14 +868,14 @@ impl RecordsFrame {
             return Ok(());
         }
         let mut piece: Vec<(RecordFields, &[u8])> = Vec::new();
-        let mut size = 0;
+        let mut size = BATCH_HEADER_SIZE;
         for record in batch.iter() {
             let padded = record_size_padded(record.payload.len());
             if size + padded > FRAME_RECORDS_TARGET && !piece.is_empty() {
                 self.make_room(size, stream)?;
                 push_sealed(&mut self.bytes, &piece);
                 piece.clear();
-                size = 0;
+                size = BATCH_HEADER_SIZE;
             }
             piece.push((record.fields(), record.payload));
             size += padded;

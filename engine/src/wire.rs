@@ -6,8 +6,8 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use keel_journal::format::{
-    check_batch, encode_batch, record_size_padded, BatchCheck, BatchView, RecordFields,
-    SnapshotHeader, SNAPSHOT_HEADER_SIZE,
+    batch_size, check_batch, encode_batch, BatchCheck, BatchView, RecordFields, SnapshotHeader,
+    SNAPSHOT_HEADER_SIZE,
 };
 use keel_journal::snapshot::{check_snapshot, read_snapshot};
 use keel_journal::{SnapshotMeta, SnapshotStore};
@@ -15,8 +15,9 @@ use keel_journal::{SnapshotMeta, SnapshotStore};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The protocol's version, exchanged in the handshake.
-pub(crate) const PROTOCOL_VERSION: u16 = 2;
+/// The protocol's version, exchanged in the handshake: 3 since `Records` frames carry the
+/// journal's format-2 batches (a header per batch).
+pub(crate) const PROTOCOL_VERSION: u16 = 3;
 /// Bytes before a frame's body: its length (u32), its checksum (u32).
 const FRAME_HEADER: usize = 8;
 /// The largest frame body (after the kind byte): a journal batch up to this size is sent as it
@@ -521,7 +522,7 @@ pub(crate) fn snapshot_begin(body: &[u8]) -> Result<SnapshotHeader, WireError> {
 /// one, or the batch is larger than a frame). They must be consecutive records read from a
 /// journal, which the format accepts.
 pub(crate) fn push_sealed(frame: &mut Vec<u8>, records: &[(RecordFields, &[u8])]) {
-    let size: usize = records.iter().map(|(_, payload)| record_size_padded(payload.len())).sum();
+    let size = batch_size(records.iter().map(|(_, payload)| payload.len()));
     let start = frame.len();
     frame.resize(start + size, 0);
     encode_batch(&mut frame[start..], records).expect("records read from a journal encode");

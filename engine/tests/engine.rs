@@ -972,7 +972,7 @@ fn a_copy_on_write_state_snapshots_the_state_at_its_sequence_while_writes_go_on(
 #[test]
 fn a_replay_read_ahead_on_another_thread_gives_every_point_and_stops_at_damage() {
     let directory = tempfile::tempdir().unwrap();
-    let workload = commands(60_000, 64, 21);
+    let workload = commands(120_000, 64, 21);
     let (live, live_events) =
         run(directory.path(), Durability::PageCache, Topology::Compact, &workload);
     let records = records(directory.path());
@@ -991,7 +991,7 @@ fn a_replay_read_ahead_on_another_thread_gives_every_point_and_stops_at_damage()
     }
     assert_eq!(bank, live);
     let at = |target| replay_to(directory.path(), Bincode, Bank::default(), target);
-    for point in [1, 8_191, 8_192, 8_193, 40_000, 59_999, 60_000] {
+    for point in [1, 8_191, 8_192, 8_193, 40_000, 119_999, 120_000] {
         let replayed = at(ReplayTarget::Sequence(point)).unwrap();
         assert_eq!(replayed.last_sequence, point);
         assert_eq!(replayed.state_hash, hashes[point as usize], "at {point}");
@@ -1004,7 +1004,7 @@ fn a_replay_read_ahead_on_another_thread_gives_every_point_and_stops_at_damage()
         })
         .open(Bank::default())
         .unwrap();
-    assert_eq!(engine.recovery().replayed, 60_000);
+    assert_eq!(engine.recovery().replayed, 120_000);
     assert_eq!(engine.shutdown().unwrap(), live);
     assert!(*replayed.lock().unwrap() == live_events, "the replayed events differ");
 

@@ -1,32 +1,36 @@
-//! The on-disk format of `docs/journal-format.md`, as code: segment headers, records and
-//! snapshot headers, all little-endian, each protected by a CRC32C that is verified before any
-//! other field is trusted.
+//! The on-disk format of `docs/journal-format.md`, as code: segment headers, batches of
+//! records and snapshot headers, all little-endian, each protected by a CRC32C that is verified
+//! before any other field is trusted.
 //!
-//! Record layout (section 3 of the format document):
+//! Batch layout (section 3 of the format document):
 //!
 //! ```text
-//!  0        4        8                16               24     26      28       32
-//!  +--------+--------+----------------+----------------+------+-------+--------+---------+-----+
-//!  | length |checksum|    sequence    |   timestamp    | kind |version| flags  | payload | pad |
-//!  +--------+--------+----------------+----------------+------+-------+--------+---------+-----+
-//!  records are padded with zeros to 8 bytes; a batch (one group commit) is a run of records
-//!  from one flagged START_OF_BATCH to one flagged END_OF_BATCH, whose checksum field holds
-//!  CRC32C(the batch's bytes before it ++ its bytes 0..4 ++ its bytes 8..length); every other
-//!  record's checksum field is zero
+//!  batch header                                      record                          next record
+//!  0        4        8                16         24  0        4        8      10      12
+//!  +--------+--------+----------------+----------+   +--------+--------+------+-------+---------+-----+
+//!  | length |checksum| first_sequence | timestamp| + | length | delta  | kind |version| payload | pad | + ...
+//!  +--------+--------+----------------+----------+   +--------+--------+------+-------+---------+-----+
+//!  a batch (one group commit) is its 24-byte header and one or more records, each record
+//!  padded with zeros to 8 bytes; the header's length covers the header and the records (the
+//!  last record's padding excluded) and is stored last, publishing the batch; its checksum is
+//!  CRC32C(bytes 0..4 ++ bytes 8..length); a record's sequence is the batch's first sequence
+//!  plus its place, and its timestamp the batch's timestamp plus its delta
 //! ```
 
 use std::fmt;
 
 use thiserror::Error;
 
-use crate::mmap::prefetch;
-
 /// Bytes 0..8 of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELSEG\0";
 /// Bytes 0..8 of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"KEELSNAP";
-/// The version of this format; any change to the layout bumps it.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the segment format: any change to a segment's layout or its batches' bumps
+/// it. Version 1 gave every record a 32-byte header; version 2 moved the sequence, the
+/// timestamp and the checksum into a header per batch (`docs/journal-format.md`, section 3).
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// The version of the snapshot file format.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 /// Bytes reserved for a segment's header: the first record starts on a page boundary.
 pub const SEGMENT_HEADER_SIZE: usize = 4096;
@@ -39,23 +43,22 @@ pub const SEGMENT_SIZE_MAX: u64 = 4 << 30;
 /// Segment sizes are whole pages.
 pub const SEGMENT_SIZE_GRANULARITY: u64 = 4096;
 
+/// Bytes of a batch header.
+pub const BATCH_HEADER_SIZE: usize = 24;
 /// Bytes of a record header.
-pub const RECORD_HEADER_SIZE: usize = 32;
-/// Records start on multiples of this.
+pub const RECORD_HEADER_SIZE: usize = 12;
+/// Batches and records start on multiples of this.
 pub const RECORD_ALIGNMENT: usize = 8;
 /// The largest record (header and payload); larger payloads are refused by the writer. A
 /// record never spans segments, so it must fit the smallest segment after its header.
 pub const RECORD_SIZE_MAX: usize = 512 << 10;
-/// The largest group commit the writer makes durable in one sync. Recovery relies on it to
-/// tell a torn tail from corruption (format document, section 6, rows 5 and 6).
+/// The largest group commit the writer makes durable in one sync, and so the largest batch
+/// (header included). Recovery relies on it to tell a torn tail from corruption (format
+/// document, section 6, rows 5 and 6).
 pub const GROUP_COMMIT_BYTES_MAX: usize = 64 << 20;
-
-/// Record flag: the last record of a group commit, which carries the batch's checksum.
-pub const FLAG_END_OF_BATCH: u32 = 1;
-/// Record flag: the first record of a group commit.
-pub const FLAG_START_OF_BATCH: u32 = 2;
-/// The flags this version defines; a record with any other bit set is invalid.
-pub const FLAGS_KNOWN: u32 = FLAG_END_OF_BATCH | FLAG_START_OF_BATCH;
+/// The largest distance of a record's timestamp from its batch's, in nanoseconds (about 4.3
+/// seconds): the writer starts a new batch for a record further from it.
+pub const TIMESTAMP_DELTA_MAX: u64 = u32::MAX as u64;
 
 /// The largest record kind that belongs to the application.
 pub const KIND_APPLICATION_MAX: u16 = 0x7FFF;
@@ -79,7 +82,7 @@ pub const CODEC_BINCODE2_SERDE: u32 = 1;
 // The relations the layout depends on, checked when the crate compiles.
 const _: () = assert!(SEGMENT_HEADER_USED <= SEGMENT_HEADER_SIZE);
 const _: () = assert!(SEGMENT_HEADER_SIZE.is_multiple_of(RECORD_ALIGNMENT));
-const _: () = assert!(RECORD_HEADER_SIZE.is_multiple_of(RECORD_ALIGNMENT));
+const _: () = assert!(BATCH_HEADER_SIZE.is_multiple_of(RECORD_ALIGNMENT));
 const _: () = assert!(RECORD_SIZE_MAX <= u32::MAX as usize, "length is a u32");
 const _: () = assert!((RECORD_SIZE_MAX as u64) < SEGMENT_SIZE_MIN - SEGMENT_HEADER_SIZE as u64);
 const _: () = assert!(RECORD_SIZE_MAX <= GROUP_COMMIT_BYTES_MAX, "a record fits a group commit");
@@ -120,12 +123,14 @@ pub enum FormatError {
         expected: [u8; 8],
     },
     /// A format version this build does not read.
-    #[error("{structure} has format version {found}, this build reads version {FORMAT_VERSION}")]
+    #[error("{structure} has format version {found}, this build reads version {expected}")]
     UnsupportedVersion {
         /// What was being decoded.
         structure: &'static str,
         /// The version found.
         found: u32,
+        /// The version this build reads.
+        expected: u32,
     },
     /// A field has a value the format forbids.
     #[error("{structure} field {field} is {value}, which the format forbids ({rule})")]
@@ -278,7 +283,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_USED] {
         let mut bytes = [0u8; SEGMENT_HEADER_USED];
         bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
         bytes[12..16].copy_from_slice(&(SEGMENT_HEADER_SIZE as u32).to_le_bytes());
         bytes[16..24].copy_from_slice(&self.first_sequence.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.segment_size.to_le_bytes());
@@ -302,8 +307,12 @@ impl SegmentHeader {
             return Err(FormatError::BadMagic { structure, found: magic, expected: SEGMENT_MAGIC });
         }
         let version = read_u32(bytes, 8);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion { structure, found: version });
+        if version != SEGMENT_FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                structure,
+                found: version,
+                expected: SEGMENT_FORMAT_VERSION,
+            });
         }
         let header_size = read_u32(bytes, 12);
         if header_size as usize != SEGMENT_HEADER_SIZE {
@@ -357,8 +366,8 @@ pub fn validate_segment_size(segment_size: u64) -> Result<(), FormatError> {
     Ok(())
 }
 
-/// The header fields of a record to encode. The flags are the batch's to decide: the encoder
-/// sets START_OF_BATCH on a batch's first record and END_OF_BATCH on its last.
+/// The fields of a record to encode. Its sequence and timestamp are stored once per batch (the
+/// first record's) and by the record's place and its timestamp's delta from the batch's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordFields {
     /// The record's sequence.
@@ -376,10 +385,16 @@ pub const fn record_size_padded(payload_len: usize) -> usize {
     padded(RECORD_HEADER_SIZE + payload_len)
 }
 
-/// Writes a batch (one group commit) of records at the start of `buffer`, flagged and sealed
-/// with its checksum; returns the bytes it occupies. The sequences must be consecutive.
-/// Refuses an empty batch, kind 0, sequence 0, oversized payloads or batches, and short
-/// buffers.
+/// The bytes a batch of records with these payload lengths occupies: its header and each
+/// record with its padding.
+pub fn batch_size(payload_lengths: impl IntoIterator<Item = usize>) -> usize {
+    BATCH_HEADER_SIZE + payload_lengths.into_iter().map(record_size_padded).sum::<usize>()
+}
+
+/// Writes a batch (one group commit) of records at the start of `buffer`, sealed with its
+/// length and checksum; returns the bytes it occupies. The sequences must be consecutive and
+/// the timestamps non-decreasing, within [`TIMESTAMP_DELTA_MAX`] of the first. Refuses an
+/// empty batch, kind 0, sequence 0, oversized payloads or batches, and short buffers.
 pub fn encode_batch(
     buffer: &mut [u8],
     records: &[(RecordFields, &[u8])],
@@ -393,7 +408,8 @@ pub fn encode_batch(
             rule: "a batch holds at least one record",
         });
     };
-    let mut size = 0usize;
+    let mut size = BATCH_HEADER_SIZE;
+    let mut previous_ns = first.timestamp_ns;
     for (index, (fields, payload)) in records.iter().enumerate() {
         validate_record(fields, payload.len())?;
         if fields.sequence != first.sequence + index as u64 {
@@ -404,6 +420,18 @@ pub fn encode_batch(
                 rule: "the sequences of a batch are consecutive",
             });
         }
+        if fields.timestamp_ns < previous_ns
+            || fields.timestamp_ns - first.timestamp_ns > TIMESTAMP_DELTA_MAX
+        {
+            return Err(FormatError::InvalidField {
+                structure,
+                field: "timestamp_ns",
+                value: fields.timestamp_ns,
+                rule: "the timestamps of a batch do not decrease and lie within \
+                       TIMESTAMP_DELTA_MAX of the first",
+            });
+        }
+        previous_ns = fields.timestamp_ns;
         size += record_size_padded(payload.len());
     }
     if size > GROUP_COMMIT_BYTES_MAX {
@@ -417,21 +445,21 @@ pub fn encode_batch(
     if buffer.len() < size {
         return Err(FormatError::BufferTooSmall { needed: size, available: buffer.len() });
     }
-    let mut offset = 0;
-    let mut last = (0, 0);
-    for (index, (fields, payload)) in records.iter().enumerate() {
-        let flags = if index == 0 { FLAG_START_OF_BATCH } else { 0 };
-        let padded = write_record(&mut buffer[offset..], fields, flags, payload);
-        let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
-        buffer[offset..offset + 4].copy_from_slice(&length.to_le_bytes());
-        last = (offset, length);
-        offset += padded;
+    write_batch_header(buffer, first.sequence, first.timestamp_ns);
+    let mut offset = BATCH_HEADER_SIZE;
+    let mut end = offset;
+    for (fields, payload) in records {
+        let delta = (fields.timestamp_ns - first.timestamp_ns) as u32;
+        end = offset + RECORD_HEADER_SIZE + payload.len();
+        offset += write_record(&mut buffer[offset..], delta, fields.kind, fields.version, payload);
     }
-    seal_batch(&mut buffer[..size], last.0, last.1);
+    let length = end as u32;
+    seal_batch(buffer, length);
+    buffer[0..4].copy_from_slice(&length.to_le_bytes());
     Ok(size)
 }
 
-/// Writes one record as a batch of its own (START_OF_BATCH and END_OF_BATCH).
+/// Writes one record as a batch of its own.
 pub fn encode_record(
     buffer: &mut [u8],
     fields: &RecordFields,
@@ -468,50 +496,54 @@ pub(crate) fn validate_record(
     Ok(())
 }
 
-/// Writes a record at the start of `record` (header fields, payload, zero padding) with
-/// `length` and `checksum` zero, and returns the bytes it occupies. The length is stored last,
-/// by whoever publishes the record; the checksum only by [`seal_batch`], in a batch's last
-/// record.
+/// Writes the header of a batch being opened at the start of `batch`: its first sequence and
+/// its timestamp. Its length and its checksum (bytes 0..8) are left as they are, zero in a
+/// segment beyond the writer's position: [`seal_batch`] writes the checksum, and the length is
+/// stored last, by whoever publishes the batch (a reader of a live journal loads it
+/// atomically, so nothing else may store to it).
+pub(crate) fn write_batch_header(batch: &mut [u8], first_sequence: u64, timestamp_ns: u64) {
+    batch[8..16].copy_from_slice(&first_sequence.to_le_bytes());
+    batch[16..24].copy_from_slice(&timestamp_ns.to_le_bytes());
+}
+
+/// Writes a record at the start of `record` (header, payload, zero padding), its timestamp
+/// `delta` nanoseconds after its batch's, and returns the bytes it occupies.
+#[inline]
 pub(crate) fn write_record(
     record: &mut [u8],
-    fields: &RecordFields,
-    flags: u32,
+    delta: u32,
+    kind: u16,
+    version: u16,
     payload: &[u8],
 ) -> usize {
     let length = RECORD_HEADER_SIZE + payload.len();
-    let padded = record_size_padded(payload.len());
+    let padded = padded(length);
     let record = &mut record[..padded];
     // The padding (under 8 bytes) lies in the last word: zeroing that word first, before the
     // header and the payload overwrite what of it is theirs, is one store where a fill of the
     // padding's variable length would be a call to the C library's `memset`.
     record[padded - 8..].fill(0);
-    record[0..8].fill(0);
-    record[8..16].copy_from_slice(&fields.sequence.to_le_bytes());
-    record[16..24].copy_from_slice(&fields.timestamp_ns.to_le_bytes());
-    record[24..26].copy_from_slice(&fields.kind.to_le_bytes());
-    record[26..28].copy_from_slice(&fields.version.to_le_bytes());
-    record[28..32].copy_from_slice(&flags.to_le_bytes());
+    record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
+    record[4..8].copy_from_slice(&delta.to_le_bytes());
+    record[8..10].copy_from_slice(&kind.to_le_bytes());
+    record[10..12].copy_from_slice(&version.to_le_bytes());
     record[RECORD_HEADER_SIZE..length].copy_from_slice(payload);
     padded
 }
 
-/// Seals the batch in `batch` whose last record starts at `last` and is `length` bytes long:
-/// sets END_OF_BATCH in its flags and stores the batch's checksum in it. The last record's
-/// length field is not read (a writer publishing through a mapping stores it afterwards).
-pub(crate) fn seal_batch(batch: &mut [u8], last: usize, length: u32) {
-    let flags = read_u32(batch, last + 28) | FLAG_END_OF_BATCH;
-    batch[last + 28..last + 32].copy_from_slice(&flags.to_le_bytes());
-    let checksum = batch_checksum(batch, last, length);
-    batch[last + 4..last + 8].copy_from_slice(&checksum.to_le_bytes());
+/// Seals the batch at the start of `batch` that will be `length` bytes long: stores its
+/// checksum. Its length field is not read (a writer publishing through a mapping stores it
+/// afterwards, with release ordering).
+pub(crate) fn seal_batch(batch: &mut [u8], length: u32) {
+    let checksum = batch_checksum(batch, length);
+    batch[4..8].copy_from_slice(&checksum.to_le_bytes());
 }
 
-/// The checksum of a batch whose last record starts at `last` and is `length` bytes long:
-/// CRC32C of every byte before that record, then of `length`, then of the record's bytes
-/// `8..length`. For a batch of one record it is CRC32C of bytes `0..4` and `8..length`.
-fn batch_checksum(batch: &[u8], last: usize, length: u32) -> u32 {
-    let before = crc32c::crc32c(&batch[..last]);
-    let with_length = crc32c::crc32c_append(before, &length.to_le_bytes());
-    crc32c::crc32c_append(with_length, &batch[last + 8..last + length as usize])
+/// The checksum of the batch at the start of `batch` whose length is `length`: CRC32C of
+/// `length` (its bytes 0..4) and then of its bytes `8..length`.
+fn batch_checksum(batch: &[u8], length: u32) -> u32 {
+    let with_length = crc32c::crc32c(&length.to_le_bytes());
+    crc32c::crc32c_append(with_length, &batch[8..length as usize])
 }
 
 /// A checked record, borrowing its payload from the bytes it was read from.
@@ -525,8 +557,6 @@ pub struct RecordView<'a> {
     pub kind: u16,
     /// The version of that kind's encoding.
     pub version: u16,
-    /// The record's flags.
-    pub flags: u32,
     /// The payload, without padding.
     pub payload: &'a [u8],
     /// The bytes the record occupies, padding included: the offset of the next record.
@@ -534,8 +564,8 @@ pub struct RecordView<'a> {
 }
 
 impl RecordView<'_> {
-    /// Its header's fields, as a writer takes them: to encode the record again (into a batch
-    /// of another shape), flags aside.
+    /// Its fields, as a writer takes them: to encode the record again (into a batch of
+    /// another shape).
     pub fn fields(&self) -> RecordFields {
         RecordFields {
             sequence: self.sequence,
@@ -544,31 +574,25 @@ impl RecordView<'_> {
             version: self.version,
         }
     }
-
-    /// Whether this record ends a group commit.
-    pub fn is_end_of_batch(&self) -> bool {
-        self.flags & FLAG_END_OF_BATCH != 0
-    }
-
-    /// Whether this record starts a group commit.
-    pub fn is_start_of_batch(&self) -> bool {
-        self.flags & FLAG_START_OF_BATCH != 0
-    }
 }
 
-/// The fields of the record at the start of `bytes`, read without any check: only for a
-/// record inside a batch that [`check_batch`] accepted.
+/// The record at the start of `bytes`, read without any check: only for a record inside a
+/// batch that [`check_batch`] accepted, whose place gives it `sequence` and whose batch's
+/// timestamp is `batch_timestamp_ns`.
 #[inline]
-pub(crate) fn record_view_unchecked(bytes: &[u8]) -> RecordView<'_> {
+pub(crate) fn record_view_unchecked(
+    bytes: &[u8],
+    sequence: u64,
+    batch_timestamp_ns: u64,
+) -> RecordView<'_> {
     let (header, rest) =
         bytes.split_first_chunk::<RECORD_HEADER_SIZE>().expect("a checked record has a header");
     let length = header_u32(header, 0) as usize;
     RecordView {
-        sequence: header_u64(header, 8),
-        timestamp_ns: header_u64(header, 16),
-        kind: u16::from_le_bytes([header[24], header[25]]),
-        version: u16::from_le_bytes([header[26], header[27]]),
-        flags: header_u32(header, 28),
+        sequence,
+        timestamp_ns: batch_timestamp_ns + u64::from(header_u32(header, 4)),
+        kind: u16::from_le_bytes([header[8], header[9]]),
+        version: u16::from_le_bytes([header[10], header[11]]),
         payload: &rest[..length - RECORD_HEADER_SIZE],
         size_padded: padded(length),
     }
@@ -584,39 +608,42 @@ fn header_u32(header: &[u8; RECORD_HEADER_SIZE], offset: usize) -> u32 {
     u32::from_le_bytes(field)
 }
 
-/// The little-endian `u64` at `offset` of a record header, as [`header_u32`].
-#[inline(always)]
-fn header_u64(header: &[u8; RECORD_HEADER_SIZE], offset: usize) -> u64 {
-    let mut field = [0u8; 8];
-    field.copy_from_slice(&header[offset..offset + 8]);
-    u64::from_le_bytes(field)
-}
-
-/// A batch whose checksum matched and whose records follow the format's rules.
+/// A batch whose checksum matched and whose records follow the format's rules, or the part of
+/// one from one of its records to its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchView<'a> {
     bytes: &'a [u8],
+    /// Where the first record starts in `bytes`: after the header in a whole batch, 0 in a
+    /// part of one.
+    records_at: usize,
     /// The sequence of its first record.
     pub first_sequence: u64,
     /// The sequence of its last record.
     pub last_sequence: u64,
+    /// The batch's timestamp, from which its records' deltas count.
+    pub timestamp_ns: u64,
     /// The timestamp of its last record.
     pub last_timestamp_ns: u64,
 }
 
 impl<'a> BatchView<'a> {
-    /// A view of records that a check of their batch accepted: `bytes` runs from one of its
-    /// records to the batch's end.
+    /// A view of records that a check of their batch accepted: `bytes` runs from the batch's
+    /// header (`whole`) or one of its records to the batch's end, and `timestamp_ns` is the
+    /// batch's.
     pub(crate) fn checked(
         bytes: &'a [u8],
+        whole: bool,
         first_sequence: u64,
         last_sequence: u64,
+        timestamp_ns: u64,
         last_timestamp_ns: u64,
     ) -> Self {
-        Self { bytes, first_sequence, last_sequence, last_timestamp_ns }
+        let records_at = if whole { BATCH_HEADER_SIZE } else { 0 };
+        Self { bytes, records_at, first_sequence, last_sequence, timestamp_ns, last_timestamp_ns }
     }
 
-    /// The bytes the batch occupies, padding included: the offset of the next batch.
+    /// The bytes the view occupies, padding included: from a whole batch's start, the offset
+    /// of the next batch.
     pub fn size(&self) -> usize {
         self.bytes.len()
     }
@@ -628,12 +655,11 @@ impl<'a> BatchView<'a> {
         self.bytes
     }
 
-    /// Whether it is a whole group commit, from its START_OF_BATCH record to its END_OF_BATCH
-    /// record. A reader that starts inside a batch returns the rest of it as a view, which
-    /// holds checked records but is not a batch on its own (its checksum covers bytes before
-    /// it).
+    /// Whether it is a whole group commit, header and every record. A reader that starts
+    /// inside a batch returns the rest of it as a view, which holds checked records but is not
+    /// a batch on its own.
     pub fn is_whole(&self) -> bool {
-        read_u32(self.bytes, 28) & FLAG_START_OF_BATCH != 0
+        self.records_at != 0
     }
 
     /// How many records it holds.
@@ -643,7 +669,11 @@ impl<'a> BatchView<'a> {
 
     /// Its records, in order.
     pub fn iter(&self) -> BatchRecords<'a> {
-        BatchRecords { bytes: self.bytes }
+        BatchRecords {
+            bytes: &self.bytes[self.records_at..],
+            sequence: self.first_sequence,
+            timestamp_ns: self.timestamp_ns,
+        }
     }
 }
 
@@ -654,17 +684,21 @@ impl<'a> BatchView<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct CheckedBatches {
     bytes: Vec<u8>,
-    /// Each batch's end in `bytes`, its first and last sequence, and its last timestamp.
-    batches: Vec<(usize, u64, u64, u64)>,
+    /// Each batch's end in `bytes`, and the view's fields.
+    batches: Vec<(usize, bool, [u64; 4])>,
 }
 
 impl CheckedBatches {
     /// Keeps a copy of `batch`.
     pub fn push(&mut self, batch: &BatchView<'_>) {
         self.bytes.extend_from_slice(batch.as_bytes());
-        let (first, last, timestamp) =
-            (batch.first_sequence, batch.last_sequence, batch.last_timestamp_ns);
-        self.batches.push((self.bytes.len(), first, last, timestamp));
+        let fields = [
+            batch.first_sequence,
+            batch.last_sequence,
+            batch.timestamp_ns,
+            batch.last_timestamp_ns,
+        ];
+        self.batches.push((self.bytes.len(), batch.is_whole(), fields));
     }
 
     /// Whether it holds no batch.
@@ -675,10 +709,10 @@ impl CheckedBatches {
     /// The batches, in the order they were pushed.
     pub fn iter(&self) -> impl Iterator<Item = BatchView<'_>> + '_ {
         let mut start = 0;
-        self.batches.iter().map(move |&(end, first, last, timestamp)| {
+        self.batches.iter().map(move |&(end, whole, [first, last, timestamp, last_timestamp])| {
             let bytes = &self.bytes[start..end];
             start = end;
-            BatchView::checked(bytes, first, last, timestamp)
+            BatchView::checked(bytes, whole, first, last, timestamp, last_timestamp)
         })
     }
 
@@ -693,6 +727,8 @@ impl CheckedBatches {
 #[derive(Clone, Debug)]
 pub struct BatchRecords<'a> {
     bytes: &'a [u8],
+    sequence: u64,
+    timestamp_ns: u64,
 }
 
 impl<'a> BatchRecords<'a> {
@@ -714,8 +750,9 @@ impl<'a> Iterator for BatchRecords<'a> {
         if self.bytes.is_empty() {
             return None;
         }
-        let record = record_view_unchecked(self.bytes);
+        let record = record_view_unchecked(self.bytes, self.sequence, self.timestamp_ns);
         self.bytes = &self.bytes[record.size_padded..];
+        self.sequence += 1;
         Some(record)
     }
 }
@@ -726,7 +763,7 @@ pub enum BatchCheck<'a> {
     /// A complete batch whose checksum matches and whose records keep the format's rules.
     /// (That its first sequence is the one expected is the caller's to check.)
     Batch(BatchView<'a>),
-    /// A length of zero: nothing was written here.
+    /// A length of zero and no batch begun: nothing was written here.
     End,
     /// Bytes that are not a complete, valid batch.
     Invalid(InvalidBatch),
@@ -736,45 +773,45 @@ pub enum BatchCheck<'a> {
 /// the batch's start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvalidBatch {
-    /// The offset of the record where the check stopped, from the batch's start.
+    /// The offset where the check stopped, from the batch's start: 0 for the batch's header,
+    /// a record's offset for a rule that record breaks.
     pub offset: usize,
     /// What is wrong there.
     pub reason: InvalidRecord,
 }
 
-/// Why bytes at a record position are not a record of a valid batch.
+/// Why bytes at a batch position are not a valid batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidRecord {
-    /// Fewer bytes than a record header remain (and they are not all zero).
+    /// Fewer bytes than a batch header remain (and they are not all zero).
     Truncated {
         /// Bytes remaining.
         remaining: usize,
     },
-    /// The length field is below the header size, above `RECORD_SIZE_MAX`, or past the end.
+    /// The batch's length is below a header and one record, above `GROUP_COMMIT_BYTES_MAX`,
+    /// or past the end.
     LengthOutOfBounds {
         /// The length field.
         length: u32,
         /// Bytes remaining.
         remaining: usize,
     },
-    /// Records without an END_OF_BATCH record, then a zero length: a batch still being written,
-    /// or one whose end never reached the disk.
+    /// A batch header that names its first sequence, with a zero length: a batch still being
+    /// written, or one whose length never reached the disk.
     Unfinished {
-        /// The records found before the zero length.
-        records: u64,
+        /// The sequence the header names.
+        first_sequence: u64,
     },
-    /// Records without an END_OF_BATCH record for more than `GROUP_COMMIT_BYTES_MAX` bytes.
-    TooLong,
-    /// The batch's checksum (in its END_OF_BATCH record) does not match.
+    /// The batch's checksum does not match.
     ChecksumMismatch {
-        /// The checksum in the record.
+        /// The checksum in the header.
         stored: u32,
         /// The checksum of the bytes as they are.
         computed: u32,
     },
-    /// The checksum matches but a record breaks a rule of the format (kind 0, unknown flags,
-    /// sequence 0, non-consecutive sequences, non-zero padding): not something a writer of this
-    /// format produced.
+    /// The checksum matches but the batch breaks a rule of the format (kind 0, sequence 0,
+    /// records that do not fill it exactly, decreasing timestamps, non-zero padding): not
+    /// something a writer of this format produced.
     Malformed {
         /// The rule broken.
         rule: &'static str,
@@ -785,20 +822,17 @@ impl fmt::Display for InvalidBatch {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.reason {
             InvalidRecord::Truncated { remaining } => {
-                write!(formatter, "{remaining} non-zero bytes, too few for a record header")?
+                write!(formatter, "{remaining} non-zero bytes, too few for a batch header")?
             }
             InvalidRecord::LengthOutOfBounds { length, remaining } => write!(
                 formatter,
-                "a length of {length} bytes, out of bounds ({remaining} bytes remain)"
+                "a batch length of {length} bytes, out of bounds ({remaining} bytes remain)"
             )?,
-            InvalidRecord::Unfinished { records } => write!(
+            InvalidRecord::Unfinished { first_sequence } => write!(
                 formatter,
-                "an unfinished batch ({records} records, then a zero length before any \
-                 END_OF_BATCH record)"
+                "an unfinished batch (its header names sequence {first_sequence}, and its \
+                 length is zero)"
             )?,
-            InvalidRecord::TooLong => {
-                write!(formatter, "no END_OF_BATCH record within {GROUP_COMMIT_BYTES_MAX} bytes")?
-            }
             InvalidRecord::ChecksumMismatch { stored, computed } => write!(
                 formatter,
                 "a batch checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
@@ -814,146 +848,112 @@ impl fmt::Display for InvalidBatch {
     }
 }
 
-/// How far ahead of the record whose length it loads a batch check asks for a cache line
-/// ([`prefetch`]): a few dozen small records, enough to cover a load from memory at the rate the
-/// walk runs (its effect on the verified read and on replay: BENCHMARKS.md; distances from 512
-/// to 4096 bytes measured alike).
-const PREFETCH_DISTANCE: usize = 2048;
-
 /// Checks the batch at the start of `bytes` (which run to the end of the segment), reading
-/// every length field directly. See [`check_batch_with`].
+/// its length directly. See [`check_batch_with`].
 pub fn check_batch(bytes: &[u8]) -> BatchCheck<'_> {
     check_batch_with(bytes, |offset| read_u32(bytes, offset))
 }
 
-/// Checks the batch at the start of `bytes`: it follows the length fields (each only bounds
-/// checked) to the first END_OF_BATCH record and verifies the batch's checksum over everything
-/// it passed; only when that matches are the records' other fields trusted and their rules
-/// enforced. (The walk notes the first broken rule as it goes, to make one pass over the
-/// bytes, but reports it only under a matching checksum: damage is reported as damage.)
-/// `length_at` loads the length field at an offset: a reader of a live journal loads it with
-/// acquire ordering, and looks at no byte of a record before its length is non-zero.
+/// Checks the batch at the start of `bytes`: its length is only bounds checked, then its
+/// checksum is verified over everything the length covers; only when that matches are its
+/// other fields and its records trusted and the format's rules enforced. `length_at` loads
+/// the length field (at offset 0): a reader of a live journal loads it with acquire ordering,
+/// and looks at no other byte of a batch whose length is zero but its header's sequence.
 pub fn check_batch_with(bytes: &[u8], length_at: impl Fn(usize) -> u32) -> BatchCheck<'_> {
     let invalid = |offset, reason| BatchCheck::Invalid(InvalidBatch { offset, reason });
-    let first_sequence = match bytes.get(8..16) {
-        Some(_) => read_u64(bytes, 8),
-        None => 0,
-    };
-    let mut offset = 0;
-    let mut expected = first_sequence;
-    let mut broken: Option<(usize, &'static str)> = None;
-    let (last, length) = loop {
-        let remaining = bytes.len() - offset;
-        if remaining < RECORD_HEADER_SIZE {
-            if bytes[offset..].iter().any(|&byte| byte != 0) {
-                return invalid(offset, InvalidRecord::Truncated { remaining });
-            }
-            if offset == 0 {
-                return BatchCheck::End;
-            }
-            let records = expected - first_sequence;
-            return invalid(offset, InvalidRecord::Unfinished { records });
+    let remaining = bytes.len();
+    if remaining < BATCH_HEADER_SIZE {
+        if bytes.iter().any(|&byte| byte != 0) {
+            return invalid(0, InvalidRecord::Truncated { remaining });
         }
-        prefetch(bytes, offset + PREFETCH_DISTANCE);
-        let length = length_at(offset);
-        if length == 0 {
-            if offset == 0 {
-                return BatchCheck::End;
-            }
-            let records = expected - first_sequence;
-            return invalid(offset, InvalidRecord::Unfinished { records });
+        return BatchCheck::End;
+    }
+    let length = length_at(0);
+    if length == 0 {
+        let first_sequence = read_u64(bytes, 8);
+        if first_sequence != 0 {
+            return invalid(0, InvalidRecord::Unfinished { first_sequence });
         }
-        let length_usize = length as usize;
-        // The padding must fit too: a segment's length is a multiple of 8, so this only
-        // refuses slices cut at an odd place, whose walk would otherwise step past their end.
-        if !(RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length_usize)
-            || padded(length_usize) > remaining
-        {
-            return invalid(offset, InvalidRecord::LengthOutOfBounds { length, remaining });
-        }
-        let next = offset + padded(length_usize);
-        if next > GROUP_COMMIT_BYTES_MAX {
-            return invalid(0, InvalidRecord::TooLong);
-        }
-        let record = &bytes[offset..offset + length_usize];
-        let (header, _) = record.split_first_chunk::<RECORD_HEADER_SIZE>().expect("in bounds");
-        let is_last = header_u32(header, 28) & FLAG_END_OF_BATCH != 0;
-        if broken.is_none() {
-            let padding_is_zero = padding_is_zero(bytes, offset + length_usize, next);
-            broken = record_rule_broken(header, padding_is_zero, offset == 0, is_last, expected)
-                .map(|rule| (offset, rule));
-        }
-        expected = expected.wrapping_add(1);
-        if is_last {
-            break (offset, length);
-        }
-        offset = next;
-    };
-    let stored = read_u32(bytes, last + 4);
-    let computed = batch_checksum(bytes, last, length);
+        return BatchCheck::End;
+    }
+    let end = length as usize;
+    // The padding must fit too: a segment's length is a multiple of 8, so this only refuses
+    // slices cut at an odd place, whose walk would otherwise step past their end.
+    if !(BATCH_HEADER_SIZE + RECORD_HEADER_SIZE..=GROUP_COMMIT_BYTES_MAX).contains(&end)
+        || padded(end) > remaining
+    {
+        return invalid(0, InvalidRecord::LengthOutOfBounds { length, remaining });
+    }
+    let stored = read_u32(bytes, 4);
+    let computed = batch_checksum(bytes, length);
     if stored != computed {
-        return invalid(last, InvalidRecord::ChecksumMismatch { stored, computed });
+        return invalid(0, InvalidRecord::ChecksumMismatch { stored, computed });
     }
-    if let Some((offset, rule)) = broken {
-        return invalid(offset, InvalidRecord::Malformed { rule });
+    let malformed = |offset, rule| invalid(offset, InvalidRecord::Malformed { rule });
+    let first_sequence = read_u64(bytes, 8);
+    let timestamp_ns = read_u64(bytes, 16);
+    if first_sequence == 0 {
+        return malformed(0, "sequences start at 1");
     }
-    let end = last + padded(length as usize);
+    let mut offset = BATCH_HEADER_SIZE;
+    let mut records = 0u64;
+    let mut delta = 0u32;
+    while offset < end {
+        let Some((header, _)) = bytes[offset..end].split_first_chunk::<RECORD_HEADER_SIZE>() else {
+            return malformed(offset, "records fill their batch exactly");
+        };
+        let record_end = offset + header_u32(header, 0) as usize;
+        let next = padded(record_end);
+        let is_last = record_end == end;
+        if record_end < offset + RECORD_HEADER_SIZE
+            || record_end - offset > RECORD_SIZE_MAX
+            || (!is_last && next + RECORD_HEADER_SIZE > end)
+        {
+            return malformed(offset, "records fill their batch exactly");
+        }
+        if !padding_is_zero(bytes, record_end, next) {
+            return malformed(offset, "padding must be zero");
+        }
+        let record_delta = header_u32(header, 4);
+        if record_delta < delta {
+            return malformed(offset, "the timestamps of a batch do not decrease");
+        }
+        if header[8] == 0 && header[9] == 0 {
+            return malformed(offset, "kind 0 is never written");
+        }
+        delta = record_delta;
+        records += 1;
+        offset = if is_last { end } else { next };
+    }
+    let (Some(last_sequence), Some(last_timestamp_ns)) =
+        (first_sequence.checked_add(records - 1), timestamp_ns.checked_add(u64::from(delta)))
+    else {
+        return malformed(0, "sequences and timestamps fit 64 bits");
+    };
     BatchCheck::Batch(BatchView {
-        bytes: &bytes[..end],
+        bytes: &bytes[..padded(end)],
+        records_at: BATCH_HEADER_SIZE,
         first_sequence,
-        last_sequence: expected - 1,
-        last_timestamp_ns: read_u64(bytes, last + 16),
+        last_sequence,
+        timestamp_ns,
+        last_timestamp_ns,
     })
 }
 
-/// A record's size with its padding.
+/// A size with its padding.
 #[inline]
 pub(crate) const fn padded(length: usize) -> usize {
     (length + RECORD_ALIGNMENT - 1) & !(RECORD_ALIGNMENT - 1)
 }
 
 /// Whether the padding of a record ending at `end` and padded to `next` is zero. Records start
-/// on 8-byte boundaries and are at least 32 bytes long, so the padding is the top
+/// on 8-byte boundaries and are at least 12 bytes long, so the padding is the top
 /// `next - end` bytes of the little-endian word that ends at `next`: one load and a shift
 /// rather than a loop over bytes.
 #[inline(always)]
 fn padding_is_zero(bytes: &[u8], end: usize, next: usize) -> bool {
     let padding = next - end;
     padding == 0 || read_u64(bytes, next - 8) >> (8 * (8 - padding)) == 0
-}
-
-/// The rule of the format that the record with `header` (and whether its padding is zero) breaks, if
-/// any, as the first record of a batch or not, as its last or not, when its sequence should
-/// be `expected`.
-#[inline]
-fn record_rule_broken(
-    header: &[u8; RECORD_HEADER_SIZE],
-    padding_is_zero: bool,
-    is_first: bool,
-    is_last: bool,
-    expected: u64,
-) -> Option<&'static str> {
-    let flags = header_u32(header, 28);
-    let rule = if header_u64(header, 8) != expected || expected == 0 {
-        if expected == 0 {
-            "sequences start at 1"
-        } else {
-            "the sequences of a batch are consecutive"
-        }
-    } else if header[24] == 0 && header[25] == 0 {
-        "kind 0 is never written"
-    } else if flags & !FLAGS_KNOWN != 0 {
-        "only START_OF_BATCH and END_OF_BATCH are defined"
-    } else if (flags & FLAG_START_OF_BATCH != 0) != is_first {
-        "START_OF_BATCH flags the first record of a batch, and only it"
-    } else if !is_last && header_u32(header, 4) != 0 {
-        "only a batch's last record carries a checksum"
-    } else if !padding_is_zero {
-        "padding must be zero"
-    } else {
-        return None;
-    };
-    Some(rule)
 }
 
 /// The header of a snapshot file (format document, section 4).
@@ -1002,7 +1002,7 @@ impl SnapshotHeader {
     pub fn encode(&self) -> [u8; SNAPSHOT_HEADER_SIZE] {
         let mut bytes = [0u8; SNAPSHOT_HEADER_SIZE];
         bytes[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
         bytes[12..16].copy_from_slice(&(SNAPSHOT_HEADER_SIZE as u32).to_le_bytes());
         bytes[16..20].copy_from_slice(&self.schema_version.to_le_bytes());
         bytes[20..24].copy_from_slice(&self.codec.to_le_bytes());
@@ -1033,8 +1033,12 @@ impl SnapshotHeader {
             });
         }
         let version = read_u32(bytes, 8);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion { structure, found: version });
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                structure,
+                found: version,
+                expected: SNAPSHOT_FORMAT_VERSION,
+            });
         }
         let header_size = read_u32(bytes, 12);
         if header_size as usize != SNAPSHOT_HEADER_SIZE {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::error::JournalError;
 use crate::format::{
     check_batch_with, padded, read_u32, record_view_unchecked, BatchCheck, BatchView, InvalidBatch,
-    RecordView, RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
+    RecordView, BATCH_HEADER_SIZE, RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
 };
 use crate::mmap::ReadableMap;
 use crate::segment::{
@@ -33,8 +33,12 @@ struct Cursor {
     journal_id: Option<[u8; 16]>,
     /// The offset of the next record in the mapped segment.
     position: usize,
-    /// The end of the checked batch that `position` is in (`position` itself between batches).
+    /// The start of the checked batch that `position` is in (or of the last one checked).
+    batch_start: usize,
+    /// The end of that batch (`position` itself between batches).
     batch_end: usize,
+    /// That batch's timestamp, from which its records' deltas count.
+    batch_timestamp_ns: u64,
     /// The sequence and timestamp of that batch's last record.
     batch_last: (u64, u64),
     next_sequence: u64,
@@ -72,7 +76,9 @@ impl Cursor {
             current: None,
             journal_id: None,
             position: SEGMENT_HEADER_SIZE,
+            batch_start: SEGMENT_HEADER_SIZE,
             batch_end: SEGMENT_HEADER_SIZE,
+            batch_timestamp_ns: 0,
             batch_last: (0, 0),
             next_sequence: target,
             tailing,
@@ -90,7 +96,7 @@ impl Cursor {
         cursor.next_sequence = cursor.segments[index].first_sequence;
         while cursor.next_sequence < target {
             match cursor.step()? {
-                Step::Record(_) => {}
+                Step::Record(..) => {}
                 Step::Idle => return Err(cursor.not_found(target, cursor.next_sequence - 1)),
             }
         }
@@ -115,6 +121,7 @@ impl Cursor {
         let map = ReadableMap::new(&file).map_err(JournalError::io(&segment.path))?;
         self.current = Some((segment, Arc::new(map)));
         self.position = SEGMENT_HEADER_SIZE;
+        self.batch_start = SEGMENT_HEADER_SIZE;
         self.batch_end = SEGMENT_HEADER_SIZE;
         Ok(())
     }
@@ -208,39 +215,50 @@ impl Cursor {
     }
 
     /// Finds the next record, moving across segments, and advances past it; returns its
-    /// offset in the mapped segment. `Idle` at the end of the data. An unfinished or damaged
-    /// batch at the end of the last segment is `TornTail` (while tailing: `Idle`, to look again).
+    /// offset in the mapped segment and its sequence. `Idle` at the end of the data. An
+    /// unfinished or damaged batch at the end of the last segment is `TornTail` (while
+    /// tailing: `Idle`, to look again).
     fn step(&mut self) -> Result<Step, JournalError> {
         if self.position == self.batch_end && !self.next_batch()? {
             return Ok(Step::Idle);
         }
         let offset = self.position;
+        let sequence = self.next_sequence;
         self.position += padded(read_u32(self.map().bytes(), offset) as usize);
         self.next_sequence += 1;
-        Ok(Step::Record(offset))
+        Ok(Step::Record(offset, sequence))
     }
 
     /// The checked records from `position` to the end of their batch (moving to the next batch
-    /// first if `position` is at the end of one), and advances past them: the offsets of the
-    /// first record and of the end, and the last record's sequence and timestamp.
-    fn step_batch(&mut self) -> Result<Option<(usize, usize, u64, u64)>, JournalError> {
+    /// first if `position` is at the end of one), and advances past them.
+    fn step_batch(&mut self) -> Result<Option<RunBatch>, JournalError> {
         if self.position == self.batch_end && !self.next_batch()? {
             return Ok(None);
         }
-        let (start, end) = (self.position, self.batch_end);
-        self.position = end;
+        // From the batch's header when no record of it was taken yet: a whole batch.
+        let whole = self.position == self.batch_start + BATCH_HEADER_SIZE;
+        let start = if whole { self.batch_start } else { self.position };
+        let batch = RunBatch {
+            map: 0,
+            start,
+            end: self.batch_end,
+            whole,
+            first_sequence: self.next_sequence,
+            last_sequence: self.batch_last.0,
+            timestamp_ns: self.batch_timestamp_ns,
+            last_timestamp_ns: self.batch_last.1,
+        };
+        self.position = self.batch_end;
         self.next_sequence = self.batch_last.0 + 1;
-        Ok(Some((start, end, self.batch_last.0, self.batch_last.1)))
+        Ok(Some(batch))
     }
 
     /// [`step_batch`](Self::step_batch)'s records as a view of the mapping.
     fn next_batch_view(&mut self) -> Result<Option<BatchView<'_>>, JournalError> {
-        let first_sequence = self.next_sequence;
-        let Some((start, end, last_sequence, last_timestamp_ns)) = self.step_batch()? else {
+        let Some(batch) = self.step_batch()? else {
             return Ok(None);
         };
-        let bytes = &self.map().bytes()[start..end];
-        Ok(Some(BatchView::checked(bytes, first_sequence, last_sequence, last_timestamp_ns)))
+        Ok(Some(batch.view(self.map().bytes())))
     }
 
     /// Checks the next batch, moving across segments, and makes it the current one; `false`
@@ -264,11 +282,14 @@ impl Cursor {
                 rolled = true;
             }
             match found {
-                Found::Batch { first_sequence, size, last }
+                Found::Batch { first_sequence, size, timestamp_ns, last }
                     if first_sequence == self.next_sequence =>
                 {
+                    self.batch_start = self.position;
                     self.batch_end = self.position + size;
+                    self.batch_timestamp_ns = timestamp_ns;
                     self.batch_last = last;
+                    self.position += BATCH_HEADER_SIZE;
                     return Ok(true);
                 }
                 Found::Batch { first_sequence, .. } => {
@@ -318,6 +339,7 @@ impl Cursor {
             BatchCheck::Batch(batch) => Found::Batch {
                 first_sequence: batch.first_sequence,
                 size: batch.size(),
+                timestamp_ns: batch.timestamp_ns,
                 last: (batch.last_sequence, batch.last_timestamp_ns),
             },
             BatchCheck::End => Found::End,
@@ -337,23 +359,23 @@ impl Cursor {
         self.later_segment_listed()
     }
 
-    /// The record at `offset` of the mapped segment, which `step` checked.
-    fn record_at(&self, offset: usize) -> RecordView<'_> {
-        record_view_unchecked(&self.map().bytes()[offset..])
+    /// The record `sequence` at `offset` of the mapped segment, which `step` checked.
+    fn record_at(&self, offset: usize, sequence: u64) -> RecordView<'_> {
+        record_view_unchecked(&self.map().bytes()[offset..], sequence, self.batch_timestamp_ns)
     }
 }
 
 /// What `Cursor::check_here` found.
 enum Found {
-    Batch { first_sequence: u64, size: usize, last: (u64, u64) },
+    Batch { first_sequence: u64, size: usize, timestamp_ns: u64, last: (u64, u64) },
     End,
     Invalid(InvalidBatch),
 }
 
 /// What `Cursor::step` found.
 enum Step {
-    /// A valid record at this offset.
-    Record(usize),
+    /// A valid record at this offset, and its sequence.
+    Record(usize, u64),
     /// No further record yet.
     Idle,
 }
@@ -385,7 +407,7 @@ impl JournalReader {
     #[allow(clippy::should_implement_trait)] // A lending iterator: `Iterator` cannot lend.
     pub fn next(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
         match self.cursor.step()? {
-            Step::Record(offset) => Ok(Some(self.cursor.record_at(offset))),
+            Step::Record(offset, sequence) => Ok(Some(self.cursor.record_at(offset, sequence))),
             Step::Idle => Ok(None),
         }
     }
@@ -414,24 +436,15 @@ impl JournalReader {
         run.clear();
         let mut held = 0;
         while held < records && run.batches.len() < batches {
-            let first_sequence = self.cursor.next_sequence;
-            let Some((start, end, last_sequence, last_timestamp_ns)) = self.cursor.step_batch()?
-            else {
+            let Some(batch) = self.cursor.step_batch()? else {
                 break;
             };
             let map = self.cursor.shared_map();
             if !run.maps.last().is_some_and(|last| Arc::ptr_eq(last, map)) {
                 run.maps.push(Arc::clone(map));
             }
-            run.batches.push(RunBatch {
-                map: run.maps.len() - 1,
-                start,
-                end,
-                first_sequence,
-                last_sequence,
-                last_timestamp_ns,
-            });
-            held += last_sequence - first_sequence + 1;
+            run.batches.push(RunBatch { map: run.maps.len() - 1, ..batch });
+            held += batch.last_sequence - batch.first_sequence + 1;
         }
         Ok(())
     }
@@ -457,16 +470,33 @@ pub struct BatchRun {
     batches: Vec<RunBatch>,
 }
 
-/// Where a batch of a run lies: a mapping of the run, a byte range in it, and the sequences
-/// of its first and last records.
+/// Where a batch (or the rest of one) lies: a mapping of the run, a byte range in it, whether
+/// the range starts at the batch's header, the sequences of its first and last records, the
+/// batch's timestamp and its last record's.
 #[derive(Clone, Copy, Debug)]
 struct RunBatch {
     map: usize,
     start: usize,
     end: usize,
+    whole: bool,
     first_sequence: u64,
     last_sequence: u64,
+    timestamp_ns: u64,
     last_timestamp_ns: u64,
+}
+
+impl RunBatch {
+    /// Its view, in the bytes of its mapping.
+    fn view(self, bytes: &[u8]) -> BatchView<'_> {
+        BatchView::checked(
+            &bytes[self.start..self.end],
+            self.whole,
+            self.first_sequence,
+            self.last_sequence,
+            self.timestamp_ns,
+            self.last_timestamp_ns,
+        )
+    }
 }
 
 impl BatchRun {
@@ -487,15 +517,7 @@ impl BatchRun {
 
     /// Its batches, in order.
     pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
-        self.batches.iter().map(|batch| {
-            let bytes = &self.maps[batch.map].bytes()[batch.start..batch.end];
-            BatchView::checked(
-                bytes,
-                batch.first_sequence,
-                batch.last_sequence,
-                batch.last_timestamp_ns,
-            )
-        })
+        self.batches.iter().map(|batch| batch.view(self.maps[batch.map].bytes()))
     }
 
     /// Lets go of the batches (and of the mappings, once no other run or reader holds them).
@@ -506,8 +528,8 @@ impl BatchRun {
 }
 
 /// Follows a live journal: yields each record exactly once, in order, once the group commit it
-/// belongs to is complete (its END_OF_BATCH record is published and the batch's checksum
-/// matches), and `None` while there is nothing new. Follows the writer across segment rolls.
+/// belongs to is complete (the batch's length is published and its checksum matches), and
+/// `None` while there is nothing new. Follows the writer across segment rolls.
 ///
 /// In the `Fsync` tier a tailer can see a batch after its `pwrite` and before its
 /// `fdatasync` returned: it reads what the writer wrote, not what the disk holds.
@@ -536,7 +558,7 @@ impl Tailer {
     /// The next complete record, or `None` if there is none yet.
     pub fn poll(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
         match self.cursor.step()? {
-            Step::Record(offset) => Ok(Some(self.cursor.record_at(offset))),
+            Step::Record(offset, sequence) => Ok(Some(self.cursor.record_at(offset, sequence))),
             Step::Idle => Ok(None),
         }
     }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
 use crate::format::{
-    check_batch, padded, read_u32, read_u64, seal_batch, BatchCheck, BatchView, FLAG_END_OF_BATCH,
-    GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
+    check_batch, padded, seal_batch, BatchCheck, BatchView, BATCH_HEADER_SIZE,
+    GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use crate::lock::WriterLock;
 use crate::mmap::ReadableMap;
@@ -43,8 +43,8 @@ pub struct RepairPlan {
     /// The segment that ends at `truncate_after` after the repair.
     pub segment: PathBuf,
     /// When `truncate_after` is not the last record of its batch: the offset of its record,
-    /// which becomes the end of the batch (END_OF_BATCH and a new checksum over the records
-    /// kept).
+    /// which becomes the end of the batch (a new length and checksum in the batch's header,
+    /// over the records kept).
     pub reseal: Option<u64>,
     /// The bytes of `segment` that are zeroed: from the end of record `truncate_after` to the
     /// last non-zero byte. Empty when nothing follows it.
@@ -97,7 +97,7 @@ impl fmt::Display for RepairPlan {
         if let Some(offset) = self.reseal {
             writeln!(
                 formatter,
-                "seal record {} (offset {offset}) as the end of its batch, with a new checksum",
+                "end its batch at record {} (offset {offset}), with a new length and checksum",
                 self.truncate_after
             )?;
         }
@@ -137,7 +137,7 @@ pub struct Repair {
     plan: RepairPlan,
     /// The offset of the batch that holds `truncate_after`, when it is resealed.
     batch_start: u64,
-    /// The length of record `truncate_after`, when it is resealed.
+    /// That batch's length once it ends at record `truncate_after`, when it is resealed.
     reseal_length: u32,
     _lock: WriterLock,
 }
@@ -195,7 +195,9 @@ impl Repair {
             return Err(missing_segment(&segments[kept - 1].path, expected - 1, segment));
         }
         let map = ReadableMap::new(&file).map_err(JournalError::io(&segment.path))?;
-        let cut = find_cut(&segment.path, map.bytes(), segment.first_sequence, truncate_after)?;
+        let saved = saved_batch_headers(&directory, &segment.path, truncate_after)?;
+        let (bytes, first) = (map.bytes(), segment.first_sequence);
+        let cut = find_cut(&segment.path, bytes, first, truncate_after, &saved)?;
         let later = &segments[kept + 1..];
         let dropped = dropped_after(map.bytes(), &cut, truncate_after, later);
         let dirty_end = last_non_zero(map.bytes(), cut.offset as usize)
@@ -260,19 +262,26 @@ impl Repair {
         if !plan.zeroed.is_empty() {
             copy_range(&file, &plan.segment, &plan.zeroed, dropped)?;
         }
+        if plan.reseal.is_some() {
+            // The header about to be rewritten, kept where a repair run again finds it: no
+            // write is assumed atomic, and a crash in the middle of this one leaves a header
+            // that is neither, over records that only the old one's checksum vouches for.
+            let header = self.batch_start..=self.batch_start + 7;
+            copy_range(&file, &plan.segment, &header, dropped)?;
+        }
         move_files(&plan.later_snapshots, dropped, &plan.directory.join(SNAPSHOT_DIRECTORY))?;
         move_files(&plan.later_segments, dropped, &plan.directory.join(JOURNAL_DIRECTORY))?;
-        if let Some(offset) = plan.reseal {
+        if plan.reseal.is_some() {
             let path = &plan.segment;
-            let record = (offset - self.batch_start) as usize;
-            let mut batch = vec![0u8; record + padded(self.reseal_length as usize)];
+            let length = self.reseal_length;
+            let mut batch = vec![0u8; length as usize];
             read_exact_at(&file, path, &mut batch, self.batch_start)?;
-            // The record of `truncate_after` as it may have been left by a repair cut short:
-            // its checksum field and END_OF_BATCH are set again from scratch.
-            batch[record + 4..record + 8].fill(0);
-            seal_batch(&mut batch, record, self.reseal_length);
-            let header = &batch[record..record + RECORD_HEADER_SIZE];
-            storage.write_at(&file, path, offset, header).map_err(JournalError::io(path))?;
+            seal_batch(&mut batch, length);
+            batch[0..4].copy_from_slice(&length.to_le_bytes());
+            let header = &batch[..8];
+            storage
+                .write_at(&file, path, self.batch_start, header)
+                .map_err(JournalError::io(path))?;
             storage.sync_data(&file, path).map_err(JournalError::io(path))?;
         }
         if !plan.zeroed.is_empty() {
@@ -313,7 +322,8 @@ struct Cut {
     batch_start: u64,
     /// The end of that batch as it is before the repair.
     batch_end: u64,
-    /// The last kept record's offset and length, when it is not the last of its batch.
+    /// The last kept record's offset, and the length of its batch ending there, when it is
+    /// not the last of its batch.
     reseal: Option<(u64, u32)>,
     /// The last sequence of that batch as it is before the repair.
     batch_last: u64,
@@ -321,12 +331,15 @@ struct Cut {
 
 /// Walks the batches of the segment `bytes` from its first record to the one holding
 /// `truncate_after`, checking each; fails when one before it is damaged or out of sequence,
-/// or the segment ends before it.
+/// or the segment ends before it. `saved` are batch headers an earlier repair of the same
+/// sequence saved before it resealed their batch: a damaged batch is also checked with each
+/// saved at its offset.
 fn find_cut(
     path: &Path,
     bytes: &[u8],
     first_sequence: u64,
     truncate_after: u64,
+    saved: &[(u64, [u8; 8])],
 ) -> Result<Cut, JournalError> {
     let mut position = SEGMENT_HEADER_SIZE;
     let mut expected = first_sequence;
@@ -369,10 +382,18 @@ fn find_cut(
             BatchCheck::End => "a zero length followed by non-zero bytes".to_owned(),
             BatchCheck::Invalid(invalid) => invalid.to_string(),
         };
-        // A repair cut short may have sealed the record `truncate_after` in part: the batch
-        // is then checked as it was before, with that record's seal undone.
-        if let Some(batch) = unsealed_original(bytes, position, expected, truncate_after) {
-            return Ok(batch);
+        // A repair cut short while it rewrote this batch's header may have left part of the
+        // new one: the batch as it was, with the header the repair saved first, holds
+        // `truncate_after` whole.
+        let end = bytes.len().min(position + GROUP_COMMIT_BYTES_MAX);
+        for (_, header) in saved.iter().filter(|(offset, _)| *offset == position as u64) {
+            let mut original = bytes[position..end].to_vec();
+            original[..8].copy_from_slice(header);
+            if let BatchCheck::Batch(batch) = check_batch(&original) {
+                if batch.first_sequence == expected && batch.last_sequence > truncate_after {
+                    return Ok(cut_inside(&batch, position, truncate_after));
+                }
+            }
         }
         return Err(JournalError::Corrupt {
             path: path.to_owned(),
@@ -390,61 +411,21 @@ fn find_cut(
 
 /// The cut inside the valid `batch` at `position`, after its record `truncate_after`.
 fn cut_inside(batch: &BatchView<'_>, position: usize, truncate_after: u64) -> Cut {
-    let mut offset = position;
+    let mut offset = position + BATCH_HEADER_SIZE;
     for record in batch.iter() {
-        let size = padded(RECORD_HEADER_SIZE + record.payload.len());
         if record.sequence == truncate_after {
-            let length = (RECORD_HEADER_SIZE + record.payload.len()) as u32;
+            let end = offset + RECORD_HEADER_SIZE + record.payload.len();
             return Cut {
-                offset: (offset + size) as u64,
+                offset: padded(end) as u64,
                 batch_start: position as u64,
                 batch_end: (position + batch.size()) as u64,
-                reseal: Some((offset as u64, length)),
+                reseal: Some((offset as u64, (end - position) as u32)),
                 batch_last: batch.last_sequence,
             };
         }
-        offset += size;
+        offset += record.size_padded;
     }
     unreachable!("a valid batch holds each sequence from its first to its last")
-}
-
-/// The batch at `position` as it was before a repair cut short resealed its record
-/// `truncate_after` in part: that record's checksum field zero again and END_OF_BATCH clear.
-/// `None` unless that restores a valid batch holding `truncate_after` before its end.
-fn unsealed_original(
-    bytes: &[u8],
-    position: usize,
-    expected: u64,
-    truncate_after: u64,
-) -> Option<Cut> {
-    let end = bytes.len().min(position + GROUP_COMMIT_BYTES_MAX);
-    let mut offset = position;
-    // Follows the lengths, unchecked but for bounds, to the record naming `truncate_after`.
-    let record = loop {
-        if offset + RECORD_HEADER_SIZE > end {
-            return None;
-        }
-        let length = read_u32(bytes, offset) as usize;
-        if !(RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length) || offset + length > end {
-            return None;
-        }
-        if read_u64(bytes, offset + 8) == truncate_after {
-            break offset - position;
-        }
-        offset += padded(length);
-    };
-    let mut original = bytes[position..end].to_vec();
-    original[record + 4..record + 8].fill(0);
-    let flags = read_u32(&original, record + 28) & !FLAG_END_OF_BATCH;
-    original[record + 28..record + 32].copy_from_slice(&flags.to_le_bytes());
-    match check_batch(&original) {
-        BatchCheck::Batch(batch)
-            if batch.first_sequence == expected && batch.last_sequence > truncate_after =>
-        {
-            Some(cut_inside(&batch, position, truncate_after))
-        }
-        _ => None,
-    }
 }
 
 /// What a repair drops, for its report.
@@ -523,6 +504,51 @@ fn dropped_after(bytes: &[u8], cut: &Cut, truncate_after: u64, later: &[SegmentF
 /// `fsync` of a directory, through the real file system.
 fn sync_directory(directory: &Path) -> Result<(), JournalError> {
     FileStorage.sync_directory(directory).map_err(JournalError::io(directory))
+}
+
+/// The batch headers that earlier repairs after `truncate_after` saved from the segment at
+/// `path` before they rewrote them (`dropped/after-<SEQ>-*/<segment name>.from-<offset>`, 8
+/// bytes), with their offsets.
+fn saved_batch_headers(
+    directory: &Path,
+    path: &Path,
+    truncate_after: u64,
+) -> Result<Vec<(u64, [u8; 8])>, JournalError> {
+    let dropped = directory.join(DROPPED_DIRECTORY);
+    let folders = match std::fs::read_dir(&dropped) {
+        Ok(folders) => folders,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(JournalError::io(&dropped)(error)),
+    };
+    let segment = path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
+    let folder_prefix = format!("after-{truncate_after}-");
+    let file_prefix = format!("{segment}.from-");
+    let mut saved = Vec::new();
+    for folder in folders {
+        let folder = folder.map_err(JournalError::io(&dropped))?.path();
+        let name = folder.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
+        if !name.starts_with(&folder_prefix) {
+            continue;
+        }
+        for file in std::fs::read_dir(&folder).map_err(JournalError::io(&folder))? {
+            let file = file.map_err(JournalError::io(&folder))?.path();
+            let name = file.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
+            let Some(offset) = name.strip_prefix(&file_prefix).and_then(|at| at.parse().ok())
+            else {
+                continue;
+            };
+            // The copies of zeroed ranges share the name's pattern; a header is 8 bytes.
+            let length = std::fs::metadata(&file).map_err(JournalError::io(&file))?.len();
+            if length != 8 {
+                continue;
+            }
+            let bytes = std::fs::read(&file).map_err(JournalError::io(&file))?;
+            if let Ok(header) = <[u8; 8]>::try_from(bytes.as_slice()) {
+                saved.push((offset, header));
+            }
+        }
+    }
+    Ok(saved)
 }
 
 /// Reads `buffer.len()` bytes of `file` at `offset`.

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use crate::error::JournalError;
 use crate::format::{
-    check_batch, padded, read_u32, read_u64, BatchCheck, BatchView, EpochChange,
-    FLAG_START_OF_BATCH, GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_ALIGNMENT, RECORD_HEADER_SIZE,
-    RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
+    check_batch, padded, read_u32, read_u64, BatchCheck, BatchView, EpochChange, BATCH_HEADER_SIZE,
+    GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_ALIGNMENT, RECORD_HEADER_SIZE, RECORD_SIZE_MAX,
+    SEGMENT_HEADER_SIZE,
 };
 
 /// How a segment's data ends.
@@ -149,7 +149,7 @@ pub fn scan_segment(
              ({GROUP_COMMIT_BYTES_MAX} bytes) later, so the damaged data had been synced"
         )));
     }
-    if let Some((offset, batch)) = valid_batch_after(bytes, position, dirty_end) {
+    if let Some((offset, batch)) = valid_batch_after(bytes, position, dirty_end, expected) {
         // Row 6, by a later batch.
         return Err(corrupt(format!(
             "{damage}; a valid batch (sequences {} to {}) follows at offset {offset}, so the \
@@ -170,19 +170,24 @@ pub fn scan_segment(
 const PROGRESS_STEP: usize = 16 << 20;
 
 /// The first valid batch that starts on an 8-byte boundary in `from + 8 .. dirty_end`. Only
-/// positions holding a plausible first record (a length in bounds, START_OF_BATCH) are
-/// checked in full.
+/// positions holding a plausible batch header (a length in bounds, a first sequence that could
+/// follow `expected` within one group commit) are checked in full.
 fn valid_batch_after(
     bytes: &[u8],
     from: usize,
     dirty_end: usize,
+    expected: u64,
 ) -> Option<(usize, BatchView<'_>)> {
+    // Every record takes at least 16 bytes, so a group commit holds fewer records than this.
+    let reach = (GROUP_COMMIT_BYTES_MAX / 16) as u64;
     let mut offset = from + RECORD_ALIGNMENT;
-    while offset + RECORD_HEADER_SIZE <= dirty_end {
+    while offset + BATCH_HEADER_SIZE <= dirty_end {
         let length = read_u32(bytes, offset) as usize;
-        let flags = read_u32(bytes, offset + 28);
-        let plausible = (RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length)
-            && flags & FLAG_START_OF_BATCH != 0;
+        let first_sequence = read_u64(bytes, offset + 8);
+        let plausible = (BATCH_HEADER_SIZE + RECORD_HEADER_SIZE..=GROUP_COMMIT_BYTES_MAX)
+            .contains(&length)
+            && first_sequence >= expected
+            && first_sequence - expected <= reach;
         if plausible {
             if let BatchCheck::Batch(batch) = check_batch(&bytes[offset..]) {
                 return Some((offset, batch));
@@ -193,16 +198,20 @@ fn valid_batch_after(
     None
 }
 
-/// The consecutive sequences from `expected` that the record headers at the start of `bytes`
-/// name, following their lengths; none if the first does not name `expected`.
+/// The sequences from `expected` that the batch header at the start of `bytes` and the
+/// records after it name: the header must name `expected`, and each record whose length keeps
+/// it inside `bytes` counts one; none if the header names another sequence or no record follows.
 fn sequences_named(bytes: &[u8], expected: u64) -> Option<RangeInclusive<u64>> {
-    let mut offset = 0;
+    if bytes.len() < BATCH_HEADER_SIZE || read_u64(bytes, 8) != expected {
+        return None;
+    }
+    let mut offset = BATCH_HEADER_SIZE;
     let mut next = expected;
     while offset + RECORD_HEADER_SIZE <= bytes.len() {
         let length = read_u32(bytes, offset) as usize;
         let in_bounds = (RECORD_HEADER_SIZE..=RECORD_SIZE_MAX).contains(&length)
             && offset + length <= bytes.len();
-        if !in_bounds || read_u64(bytes, offset + 8) != next {
+        if !in_bounds {
             break;
         }
         next += 1;

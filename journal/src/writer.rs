@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{
-    read_u32, record_size_padded, seal_batch, validate_record, validate_segment_size, write_record,
-    BatchView, EpochChange, RecordFields, SegmentHeader, FLAG_START_OF_BATCH,
-    GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
-    SEGMENT_HEADER_USED,
+    read_u32, record_size_padded, seal_batch, validate_record, validate_segment_size,
+    write_batch_header, write_record, BatchView, EpochChange, RecordFields, SegmentHeader,
+    BATCH_HEADER_SIZE, GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+    SEGMENT_HEADER_USED, TIMESTAMP_DELTA_MAX,
 };
 use crate::lock::WriterLock;
 use crate::mmap::{prefetch, ReadableMap, WritableMap};
@@ -206,16 +206,6 @@ struct ActiveSegment {
     map: Option<WritableMap>,
 }
 
-/// A record written into the mapping whose length is not yet stored: it is published by the
-/// next append (its length stored), or by `commit`, which first seals the batch in it
-/// (END_OF_BATCH and the batch's checksum). So a published record is never written again, and
-/// readers never see a record change.
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    offset: usize,
-    length: u32,
-}
-
 /// The single writer of a journal directory.
 ///
 /// ```
@@ -251,17 +241,18 @@ pub struct JournalWriter {
     durable_sequence: u64,
     /// Bytes appended since the last commit (bounded by `GROUP_COMMIT_BYTES_MAX`).
     pending_bytes: usize,
-    /// Bytes of the open batch: the records appended one by one since the last batch was
-    /// sealed (by a commit, or before a sealed batch was copied in after them).
+    /// Bytes of the open batch, its header and its records with their padding: the records
+    /// appended one by one since the last batch was sealed (by a commit, before a sealed batch
+    /// was copied in after them, or before a record too late for its timestamp). 0: none.
     open_bytes: usize,
-    /// `PageCache`: the last record, not yet published.
-    held: Option<Held>,
+    /// The open batch's length field once sealed: `open_bytes` less the last record's padding.
+    open_length: usize,
+    /// The open batch's timestamp, from which its records' deltas count.
+    open_timestamp_ns: u64,
     /// `Fsync`: the batches since the last commit (sealed ones copied in, then the open
     /// one), written with one `pwrite` at `staged_offset`.
     staging: Vec<u8>,
     staged_offset: u64,
-    /// `Fsync`: the offset in `staging` of the open batch's last record.
-    last_staged: Option<usize>,
     preparer: Preparer,
     /// Set by the first I/O error: the writer refuses everything after it.
     failure: Option<String>,
@@ -374,10 +365,10 @@ impl JournalWriter {
             durable_sequence: last_sequence,
             pending_bytes: 0,
             open_bytes: 0,
-            held: None,
+            open_length: 0,
+            open_timestamp_ns: 0,
             staging: Vec::new(),
             staged_offset: position as u64,
-            last_staged: None,
             preparer,
             failure: None,
             report,
@@ -458,18 +449,28 @@ impl JournalWriter {
             });
         }
         let padded = record_size_padded(payload.len());
-        if self.pending_bytes + padded > GROUP_COMMIT_BYTES_MAX {
+        if self.open_bytes != 0 && timestamp_ns - self.open_timestamp_ns > TIMESTAMP_DELTA_MAX {
+            // Its timestamp's delta would not fit its record header: a batch of its own.
+            self.seal_open_batch();
+        }
+        let needed = |open_bytes| padded + if open_bytes == 0 { BATCH_HEADER_SIZE } else { 0 };
+        if self.pending_bytes + needed(self.open_bytes) > GROUP_COMMIT_BYTES_MAX {
             // A group commit is bounded, so that recovery can tell the last batch's torn
             // pages from damage to synced data (format document, section 5).
             self.commit()?;
         }
-        if self.position + padded > self.segment.size {
+        if self.position + needed(self.open_bytes) > self.segment.size {
             self.roll()?;
         }
-        match self.durability {
-            Durability::PageCache => self.append_mapped(&fields, payload, padded),
-            Durability::Fsync => self.append_staged(&fields, payload, padded),
+        if self.open_bytes == 0 {
+            self.open_batch(sequence, timestamp_ns);
         }
+        let delta = (timestamp_ns - self.open_timestamp_ns) as u32;
+        match self.durability {
+            Durability::PageCache => self.append_mapped(delta, &fields, payload, padded),
+            Durability::Fsync => self.append_staged(delta, &fields, payload, padded),
+        }
+        self.open_length = self.open_bytes + RECORD_HEADER_SIZE + payload.len();
         self.position += padded;
         self.pending_bytes += padded;
         self.open_bytes += padded;
@@ -482,9 +483,30 @@ impl JournalWriter {
         Ok(sequence)
     }
 
-    fn append_mapped(&mut self, fields: &RecordFields, payload: &[u8], padded: usize) {
+    /// Opens a batch at the position, whose first record is `sequence` at `timestamp_ns`:
+    /// writes its header but for the length and the checksum, which stay zero until it is
+    /// sealed (a reader finds nothing there before).
+    fn open_batch(&mut self, sequence: u64, timestamp_ns: u64) {
+        match self.durability {
+            Durability::PageCache => {
+                let offset = self.position;
+                let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
+                write_batch_header(&mut map.bytes_mut()[offset..], sequence, timestamp_ns);
+            }
+            Durability::Fsync => {
+                let start = self.staging.len();
+                self.staging.resize(start + BATCH_HEADER_SIZE, 0);
+                write_batch_header(&mut self.staging[start..], sequence, timestamp_ns);
+            }
+        }
+        self.open_timestamp_ns = timestamp_ns;
+        self.open_bytes = BATCH_HEADER_SIZE;
+        self.position += BATCH_HEADER_SIZE;
+        self.pending_bytes += BATCH_HEADER_SIZE;
+    }
+
+    fn append_mapped(&mut self, delta: u32, fields: &RecordFields, payload: &[u8], padded: usize) {
         let offset = self.position;
-        let flags = self.first_in_batch_flags();
         let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
         let bytes = map.bytes_mut();
         // The segment's pages were zeroed by the kernel long before this write reaches them,
@@ -492,10 +514,8 @@ impl JournalWriter {
         // waits for; asking for the line a few dozen records ahead overlaps those misses
         // with the work on the records between.
         prefetch(bytes, offset + WRITE_PREFETCH_DISTANCE);
-        write_record(&mut bytes[offset..offset + padded], fields, flags, payload);
-        self.publish_held();
-        let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
-        self.held = Some(Held { offset, length });
+        let record = &mut bytes[offset..offset + padded];
+        write_record(record, delta, fields.kind, fields.version, payload);
     }
 
     /// Appends the records of a checked batch (one that
@@ -565,8 +585,8 @@ impl JournalWriter {
     }
 
     /// Copies a sealed batch into the mapping at the writer's position: every byte but its
-    /// first record's length, which is stored last and publishes the whole batch at once (a
-    /// reader stops at a zero length, and the bytes beyond the position are zero).
+    /// length, which is stored last and publishes the whole batch at once (a reader stops at
+    /// a zero length, and the bytes beyond the position are zero).
     fn copy_mapped(&mut self, bytes: &[u8]) {
         let offset = self.position;
         let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
@@ -574,40 +594,35 @@ impl JournalWriter {
         map.publish_length(offset, read_u32(bytes, 0));
     }
 
-    /// Seals the open batch, if there is one, without making it durable: what follows it
-    /// (a sealed batch copied in) starts a batch of its own.
+    /// Seals the open batch, if there is one, without making it durable: stores its checksum,
+    /// then its length, which publishes it in the `PageCache` tier. What follows it starts a
+    /// batch of its own.
     fn seal_open_batch(&mut self) {
+        if self.open_bytes == 0 {
+            return;
+        }
+        let length = self.open_length as u32;
         match self.durability {
-            Durability::PageCache => self.seal_held(),
-            Durability::Fsync => self.seal_staged(),
+            Durability::PageCache => {
+                let start = self.position - self.open_bytes;
+                let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
+                seal_batch(&mut map.bytes_mut()[start..start + self.open_length], length);
+                map.publish_length(start, length);
+            }
+            Durability::Fsync => {
+                let start = self.staging.len() - self.open_bytes;
+                let batch = &mut self.staging[start..];
+                seal_batch(batch, length);
+                batch[0..4].copy_from_slice(&length.to_le_bytes());
+            }
         }
         self.open_bytes = 0;
     }
 
-    /// START_OF_BATCH for the first record of a batch, else no flag.
-    fn first_in_batch_flags(&self) -> u32 {
-        if self.open_bytes == 0 {
-            FLAG_START_OF_BATCH
-        } else {
-            0
-        }
-    }
-
-    /// Publishes the held record, which is not its batch's last: stores its length.
-    fn publish_held(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
-        map.publish_length(held.offset, held.length);
-    }
-
-    fn append_staged(&mut self, fields: &RecordFields, payload: &[u8], padded: usize) {
+    fn append_staged(&mut self, delta: u32, fields: &RecordFields, payload: &[u8], padded: usize) {
         let start = self.staging.len();
-        let flags = self.first_in_batch_flags();
         self.staging.resize(start + padded, 0);
-        write_record(&mut self.staging[start..], fields, flags, payload);
-        let length = (RECORD_HEADER_SIZE + payload.len()) as u32;
-        self.staging[start..start + 4].copy_from_slice(&length.to_le_bytes());
-        self.last_staged = Some(start);
+        write_record(&mut self.staging[start..], delta, fields.kind, fields.version, payload);
     }
 
     /// Whether the next segment is allocated and pre-faulted, so that a roll now would not
@@ -617,10 +632,10 @@ impl JournalWriter {
         self.preparer.is_ready()
     }
 
-    /// Makes every appended record durable per the tier, sealing the batch (END_OF_BATCH and
-    /// the batch's checksum in its last record), and returns the last durable sequence.
-    /// `PageCache`: seals and publishes the last record (no system call). `Fsync`: one `pwrite`
-    /// of the batch and one `fdatasync`.
+    /// Makes every appended record durable per the tier, sealing the batch (its checksum and
+    /// its length in its header), and returns the last durable sequence. `PageCache`: seals
+    /// and so publishes the batch (no system call). `Fsync`: one `pwrite` of the batch and one
+    /// `fdatasync`.
     pub fn commit(&mut self) -> Result<u64, JournalError> {
         self.check_usable()?;
         if let Err(error) = self.preparer.check() {
@@ -640,24 +655,6 @@ impl JournalWriter {
         Ok(self.durable_sequence)
     }
 
-    /// Seals the batch whose last record is the held one, then publishes that record.
-    fn seal_held(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        let batch_start = self.position - self.open_bytes;
-        let map = self.segment.map.as_mut().expect("the PageCache tier maps its segment");
-        let batch = &mut map.bytes_mut()[batch_start..self.position];
-        seal_batch(batch, held.offset - batch_start, held.length);
-        map.publish_length(held.offset, held.length);
-    }
-
-    /// Seals the open batch in the staging buffer: the last `open_bytes` of it.
-    fn seal_staged(&mut self) {
-        let Some(last) = self.last_staged.take() else { return };
-        let batch_start = self.staging.len() - self.open_bytes;
-        let length = read_u32(&self.staging, last);
-        seal_batch(&mut self.staging[batch_start..], last - batch_start, length);
-    }
-
     /// Writes the staged batches, all sealed, and waits for them to reach the disk.
     fn write_staged(&mut self) -> Result<(), JournalError> {
         let path = &self.segment.path;
@@ -671,8 +668,8 @@ impl JournalWriter {
     }
 
     /// Continues in the spare segment: the records appended to the current segment are
-    /// committed first, so that a segment that is not the last always ends durably with an
-    /// END_OF_BATCH record (recovery treats damage in it as corruption, row 8). Then the spare
+    /// committed first, so that a segment that is not the last always ends durably with a
+    /// sealed batch (recovery treats damage in it as corruption, row 8). Then the spare
     /// gets its header and its name; the background thread makes the rename durable and
     /// prepares the next spare.
     fn roll(&mut self) -> Result<(), JournalError> {

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::*;
-use keel_journal::format::{check_batch, BatchCheck, SEGMENT_HEADER_SIZE};
 use keel_journal::{Durability, JournalWriter, SnapshotMeta, SnapshotStore};
 use serde_json::Value;
 
@@ -37,20 +36,11 @@ fn journal(batches: usize) -> (tempfile::TempDir, String, u64) {
     (directory, path, last)
 }
 
-/// The offset of the record holding `sequence` in the journal's last segment, and its path.
-fn locate(directory: &Path, sequence: u64) -> (std::path::PathBuf, u64) {
+/// The record holding `sequence` in the journal's last segment, and its path.
+fn locate(directory: &Path, sequence: u64) -> (std::path::PathBuf, Located) {
     let segment = segment_paths(directory).pop().unwrap();
-    let bytes = std::fs::read(&segment).unwrap();
-    let mut position = SEGMENT_HEADER_SIZE;
-    while let BatchCheck::Batch(batch) = check_batch(&bytes[position..]) {
-        for record in batch.iter() {
-            if record.sequence == sequence {
-                return (segment, position as u64);
-            }
-            position += record.size_padded;
-        }
-    }
-    panic!("no sequence {sequence}");
+    let record = record_in(&segment, sequence);
+    (segment, record)
 }
 
 #[test]
@@ -61,17 +51,17 @@ fn verify_exits_0_3_or_4_for_valid_torn_and_corrupt_journals() {
     assert!(stdout(&valid).starts_with(&format!("valid: {path} holds sequences 1..={last}")));
 
     // The last batch's checksum fails: a torn tail.
-    let (segment, offset) = locate(directory.path(), last);
-    flip_bit(&segment, offset + 36, 0);
+    let (segment, record) = locate(directory.path(), last);
+    flip_bit(&segment, record.payload_byte(4), 0);
     let torn = keel(&["journal", "verify", &path]);
     assert_eq!(code(&torn), 3, "{torn:?}");
     let text = stdout(&torn);
     assert!(text.starts_with("torn tail: ") && text.contains(&format!("{}", last - 9)), "{text}");
 
     // Damage with a valid batch after it: corruption, named by file and offset.
-    flip_bit(&segment, offset + 36, 0);
+    flip_bit(&segment, record.payload_byte(4), 0);
     let (_, damaged) = locate(directory.path(), 15);
-    flip_bit(&segment, damaged + 40, 5);
+    flip_bit(&segment, damaged.payload_byte(8), 5);
     let corrupt = keel(&["journal", "verify", &path]);
     assert_eq!(code(&corrupt), 4, "{corrupt:?}");
     let text = stdout(&corrupt);
@@ -90,7 +80,7 @@ fn verify_exits_0_3_or_4_for_valid_torn_and_corrupt_journals() {
 fn inspect_shows_each_segment_and_its_ranges() {
     let directory = tempfile::tempdir().unwrap();
     let mut writer = JournalWriter::open(directory.path(), options(Durability::PageCache)).unwrap();
-    let last = append_batches(&mut writer, 40, 157);
+    let last = append_batches(&mut writer, 50, 157);
     drop(writer);
     let path = directory.path().to_str().unwrap();
     let segments = segment_paths(directory.path());
@@ -145,7 +135,7 @@ fn dump_prints_the_records_asked_for() {
 fn repair_shows_its_plan_and_asks_before_changing_anything() {
     let (directory, path, last) = journal(5);
     let (segment, damaged) = locate(directory.path(), 25);
-    flip_bit(&segment, damaged + 40, 1);
+    flip_bit(&segment, damaged.payload_byte(8), 1);
     assert_eq!(code(&keel(&["journal", "verify", &path])), 4);
 
     let dry = keel(&["journal", "repair", &path, "--truncate-after", "20", "--dry-run"]);

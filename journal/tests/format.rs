@@ -4,27 +4,42 @@
 use keel_journal::format::*;
 use proptest::prelude::*;
 
+const TIMESTAMP_NS: u64 = 1_763_000_000_123_456_789;
+
 fn fields(sequence: u64) -> RecordFields {
-    RecordFields { sequence, timestamp_ns: 1_763_000_000_123_456_789, kind: 0x0102, version: 3 }
+    RecordFields { sequence, timestamp_ns: TIMESTAMP_NS, kind: 0x0102, version: 3 }
+}
+
+/// The bytes a batch of records with these payload lengths occupies.
+fn batch_size(payload_lengths: impl IntoIterator<Item = usize>) -> usize {
+    BATCH_HEADER_SIZE + payload_lengths.into_iter().map(record_size_padded).sum::<usize>()
 }
 
 fn encoded(sequence: u64, payload: &[u8]) -> Vec<u8> {
-    let mut buffer = vec![0u8; record_size_padded(payload.len())];
+    let mut buffer = vec![0u8; batch_size([payload.len()])];
     let written = encode_record(&mut buffer, &fields(sequence), payload).unwrap();
     assert_eq!(written, buffer.len());
     buffer
 }
 
-/// A batch of `count` records with payloads of assorted lengths, from sequence `first`.
+/// The payload of record `index` of [`encoded_batch`].
+fn payload(index: usize) -> Vec<u8> {
+    vec![index as u8 ^ 0x5A; (index * 7) % 45]
+}
+
+/// A batch of `count` records with payloads of assorted lengths, from sequence `first`, the
+/// timestamps 0, 1, 2, … nanoseconds after the first's.
 fn encoded_batch(first: u64, count: u64) -> Vec<u8> {
-    let payloads: Vec<Vec<u8>> =
-        (0..count).map(|index| vec![index as u8 ^ 0x5A; (index as usize * 7) % 45]).collect();
+    let payloads: Vec<Vec<u8>> = (0..count as usize).map(payload).collect();
     let records: Vec<(RecordFields, &[u8])> = payloads
         .iter()
         .enumerate()
-        .map(|(index, payload)| (fields(first + index as u64), &payload[..]))
+        .map(|(index, payload)| {
+            let timestamp_ns = TIMESTAMP_NS + index as u64;
+            (RecordFields { timestamp_ns, ..fields(first + index as u64) }, &payload[..])
+        })
         .collect();
-    let mut buffer = vec![0u8; payloads.iter().map(|p| record_size_padded(p.len())).sum()];
+    let mut buffer = vec![0u8; batch_size(payloads.iter().map(Vec::len))];
     let written = encode_batch(&mut buffer, &records).unwrap();
     assert_eq!(written, buffer.len());
     buffer
@@ -34,23 +49,41 @@ fn read_u32(bytes: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
 
+/// The bytes with the batch at their start sealed again (its checksum computed anew over
+/// its length field as it is): a batch that breaks a rule under a valid checksum.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let length = read_u32(&bytes, 0) as usize;
+    let mut covered = bytes[0..4].to_vec();
+    covered.extend_from_slice(&bytes[8..length]);
+    let checksum = crc32c::crc32c(&covered);
+    bytes[4..8].copy_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
 #[test]
-fn record_fields_sit_at_the_documented_offsets() {
-    let record = encoded(0x1122_3344_5566_7788, b"abc");
-    assert_eq!(record.len(), 40, "32-byte header + 3 bytes, padded to 8");
-    assert_eq!(&record[0..4], &35u32.to_le_bytes(), "length: header + payload, unpadded");
-    assert_eq!(&record[8..16], &0x1122_3344_5566_7788u64.to_le_bytes());
-    assert_eq!(&record[16..24], &1_763_000_000_123_456_789u64.to_le_bytes());
-    assert_eq!(&record[24..26], &0x0102u16.to_le_bytes());
-    assert_eq!(&record[26..28], &3u16.to_le_bytes());
-    let flags = FLAG_START_OF_BATCH | FLAG_END_OF_BATCH;
-    assert_eq!(&record[28..32], &flags.to_le_bytes(), "a batch of one record");
-    assert_eq!(&record[32..35], b"abc");
-    assert_eq!(&record[35..40], &[0; 5], "zero padding");
-    // A batch of one: the checksum covers bytes 0..4 and 8..length, as documented.
-    let mut covered = record[0..4].to_vec();
-    covered.extend_from_slice(&record[8..35]);
-    assert_eq!(&record[4..8], &crc32c::crc32c(&covered).to_le_bytes());
+fn batch_and_record_fields_sit_at_the_documented_offsets() {
+    let batch = encoded(0x1122_3344_5566_7788, b"abc");
+    assert_eq!(batch.len(), 24 + 16, "24-byte batch header, 12-byte record header + 3, padded");
+    assert_eq!(&batch[0..4], &39u32.to_le_bytes(), "length: header + record, last padding out");
+    assert_eq!(&batch[8..16], &0x1122_3344_5566_7788u64.to_le_bytes());
+    assert_eq!(&batch[16..24], &TIMESTAMP_NS.to_le_bytes());
+    assert_eq!(&batch[24..28], &15u32.to_le_bytes(), "the record's length, unpadded");
+    assert_eq!(&batch[28..32], &0u32.to_le_bytes(), "the first record's delta");
+    assert_eq!(&batch[32..34], &0x0102u16.to_le_bytes());
+    assert_eq!(&batch[34..36], &3u16.to_le_bytes());
+    assert_eq!(&batch[36..39], b"abc");
+    assert_eq!(batch[39], 0, "zero padding");
+    // The checksum covers bytes 0..4 and 8..length, as documented.
+    let mut covered = batch[0..4].to_vec();
+    covered.extend_from_slice(&batch[8..39]);
+    assert_eq!(&batch[4..8], &crc32c::crc32c(&covered).to_le_bytes());
+    // Later records carry the distance of their timestamps from the batch's.
+    let three = encoded_batch(10, 3);
+    let third = BATCH_HEADER_SIZE + record_size_padded(0) + record_size_padded(7);
+    assert_eq!(read_u32(&three, third + 4), 2, "the third record's delta");
+    let length = read_u32(&three, 0) as usize;
+    assert_eq!(length, third + RECORD_HEADER_SIZE + 14);
+    assert_eq!(three.len(), length.next_multiple_of(8));
 }
 
 #[test]
@@ -58,30 +91,15 @@ fn every_payload_length_is_copied_whole_and_padded_with_zeros_over_old_bytes() {
     // The writer zeros a record's last word before the header and payload go in; every
     // length around the word boundaries, into a buffer whose old bytes are not zero (a reused
     // staging buffer), must come out as the payload followed by zero padding.
+    let start = BATCH_HEADER_SIZE + RECORD_HEADER_SIZE;
     for length in 0..=41usize {
         let payload: Vec<u8> = (0..length).map(|index| 0xA0 ^ index as u8).collect();
-        let mut buffer = vec![0xEEu8; record_size_padded(length)];
+        let mut buffer = vec![0xEEu8; batch_size([length])];
         encode_record(&mut buffer, &fields(7), &payload).unwrap();
-        assert_eq!(&buffer[32..32 + length], &payload[..], "payload of {length} bytes");
-        assert!(buffer[32 + length..].iter().all(|&byte| byte == 0), "padding after {length}");
+        assert_eq!(&buffer[start..start + length], &payload[..], "payload of {length} bytes");
+        assert!(buffer[start + length..].iter().all(|&byte| byte == 0), "padding after {length}");
         assert_eq!(buffer, encoded(7, &payload), "the same bytes as into a zeroed buffer");
     }
-}
-
-#[test]
-fn a_batch_checksum_covers_every_byte_before_its_last_record() {
-    let batch = encoded_batch(10, 3);
-    let second = record_size_padded(0);
-    let last = second + record_size_padded(7);
-    assert_eq!(read_u32(&batch, 28), FLAG_START_OF_BATCH, "the first record starts the batch");
-    assert_eq!(read_u32(&batch, 4), 0, "only the last record carries the checksum");
-    assert_eq!(read_u32(&batch, second + 28), 0);
-    assert_eq!(read_u32(&batch, second + 4), 0);
-    assert_eq!(read_u32(&batch, last + 28), FLAG_END_OF_BATCH);
-    let length = read_u32(&batch, last) as usize;
-    let mut covered = batch[..last + 4].to_vec();
-    covered.extend_from_slice(&batch[last + 8..last + length]);
-    assert_eq!(read_u32(&batch, last + 4), crc32c::crc32c(&covered));
 }
 
 #[test]
@@ -95,12 +113,14 @@ fn batches_round_trip_for_every_padding_and_size() {
             BatchCheck::Batch(view) => {
                 assert_eq!((view.first_sequence, view.last_sequence), (9, 8 + count));
                 assert_eq!((view.size(), view.records()), (batch.len(), count));
+                assert_eq!(view.timestamp_ns, TIMESTAMP_NS);
+                assert_eq!(view.last_timestamp_ns, TIMESTAMP_NS + count - 1);
+                assert!(view.is_whole());
                 for (index, record) in view.iter().enumerate() {
                     assert_eq!(record.sequence, 9 + index as u64);
-                    assert_eq!(record.payload, &vec![index as u8 ^ 0x5A; (index * 7) % 45][..]);
+                    assert_eq!(record.timestamp_ns, TIMESTAMP_NS + index as u64);
+                    assert_eq!(record.payload, &payload(index)[..]);
                     assert_eq!((record.kind, record.version), (0x0102, 3));
-                    assert_eq!(record.is_start_of_batch(), index == 0);
-                    assert_eq!(record.is_end_of_batch(), index as u64 == count - 1);
                 }
                 assert_eq!(view.iter().count() as u64, count);
             }
@@ -121,68 +141,73 @@ fn every_single_bit_flip_in_a_batch_is_detected() {
             let mut damaged = segment.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
             match check_batch(&damaged) {
-                // A flip that zeroes the first length reads as "nothing here"; recovery then
-                // finds the non-zero bytes after it (format document, section 6, row 3).
-                BatchCheck::End => assert!(bit < 32, "only a length bit can make a zero length"),
                 BatchCheck::Invalid(_) => {}
-                BatchCheck::Batch(view) => {
-                    panic!("{count} records, bit {bit}: damage accepted as {view:?}")
-                }
+                // A flip can only make a batch unreadable, never "nothing here": a batch
+                // header whose length is zero but whose sequence is not is an unfinished one.
+                other => panic!("{count} records, bit {bit}: damage read as {other:?}"),
             }
         }
     }
 }
 
 #[test]
-fn a_batch_without_its_end_is_unfinished_and_the_rules_hold_under_a_valid_checksum() {
+fn a_batch_without_its_length_is_unfinished_and_the_rules_hold_under_a_valid_checksum() {
     let batch = encoded_batch(5, 3);
-    let last = record_size_padded(0) + record_size_padded(7);
-    let mut segment = batch[..last].to_vec();
-    segment.resize(4096, 0);
+    let mut unsealed = batch.clone();
+    unsealed[0..8].fill(0);
+    unsealed.resize(4096, 0);
     assert_eq!(
-        check_batch(&segment),
+        check_batch(&unsealed),
         BatchCheck::Invalid(InvalidBatch {
-            offset: last,
-            reason: InvalidRecord::Unfinished { records: 2 }
+            offset: 0,
+            reason: InvalidRecord::Unfinished { first_sequence: 5 }
         })
     );
     // Re-seal batches that break a rule: the checksum alone is not trust.
-    let resealed = |edit: &dyn Fn(&mut Vec<u8>)| {
+    let edited = |edit: &dyn Fn(&mut Vec<u8>)| {
         let mut bytes = batch.clone();
         edit(&mut bytes);
-        let length = read_u32(&bytes, last) as usize;
-        let mut covered = bytes[..last + 4].to_vec();
-        covered.extend_from_slice(&bytes[last + 8..last + length]);
-        let checksum = crc32c::crc32c(&covered);
-        bytes[last + 4..last + 8].copy_from_slice(&checksum.to_le_bytes());
+        let mut bytes = resealed(bytes);
         bytes.resize(bytes.len() + 64, 0);
         bytes
     };
     let malformed = |bytes: &[u8]| match check_batch(bytes) {
-        BatchCheck::Invalid(InvalidBatch { reason: InvalidRecord::Malformed { rule }, .. }) => rule,
+        BatchCheck::Invalid(InvalidBatch { reason: InvalidRecord::Malformed { rule }, offset }) => {
+            (offset, rule)
+        }
         other => panic!("expected a malformed batch, got {other:?}"),
     };
-    let second = record_size_padded(0);
-    assert_eq!(resealed(&|_| {}), {
+    assert_eq!(edited(&|_| {}), {
         let mut ok = batch.clone();
         ok.resize(batch.len() + 64, 0);
         ok
     });
-    let gap = resealed(&|bytes| bytes[second + 8] += 1);
-    assert_eq!(malformed(&gap), "the sequences of a batch are consecutive");
-    let kind_zero = resealed(&|bytes| bytes[second + 24..second + 26].fill(0));
-    assert_eq!(malformed(&kind_zero), "kind 0 is never written");
-    let unknown_flag = resealed(&|bytes| bytes[second + 29] = 1);
-    assert_eq!(malformed(&unknown_flag), "only START_OF_BATCH and END_OF_BATCH are defined");
-    let no_start = resealed(&|bytes| bytes[28] = 0);
-    assert_eq!(
-        malformed(&no_start),
-        "START_OF_BATCH flags the first record of a batch, and only it"
-    );
-    let stray_checksum = resealed(&|bytes| bytes[second + 4] = 1);
-    assert_eq!(malformed(&stray_checksum), "only a batch's last record carries a checksum");
-    let padding = resealed(&|bytes| bytes[second + 32 + 7] = 1);
-    assert_eq!(malformed(&padding), "padding must be zero");
+    let second = BATCH_HEADER_SIZE + record_size_padded(0);
+    let zero_first = edited(&|bytes| bytes[8..16].fill(0));
+    assert_eq!(malformed(&zero_first), (0, "sequences start at 1"));
+    let kind_zero = edited(&|bytes| bytes[second + 8..second + 10].fill(0));
+    assert_eq!(malformed(&kind_zero), (second, "kind 0 is never written"));
+    let back_in_time = edited(&|bytes| bytes[second + 4..second + 8].fill(0xFF));
+    assert_eq!(malformed(&back_in_time).1, "the timestamps of a batch do not decrease");
+    let padding = edited(&|bytes| bytes[second + RECORD_HEADER_SIZE + 7] = 1);
+    assert_eq!(malformed(&padding), (second, "padding must be zero"));
+    // Record lengths that do not tile the batch: one running past its end, one below a record
+    // header; then a batch length that ends inside a record.
+    for (record_length, rule_at) in [(1000u32, second), (4, second)] {
+        let bad = edited(&|bytes| {
+            bytes[second..second + 4].copy_from_slice(&record_length.to_le_bytes())
+        });
+        assert_eq!(
+            malformed(&bad),
+            (rule_at, "records fill their batch exactly"),
+            "{record_length}"
+        );
+    }
+    let shorter = edited(&|bytes| {
+        let length = read_u32(bytes, 0) - 8;
+        bytes[0..4].copy_from_slice(&length.to_le_bytes());
+    });
+    assert_eq!(malformed(&shorter).1, "records fill their batch exactly");
 }
 
 #[test]
@@ -197,11 +222,11 @@ fn zeros_are_the_end_and_short_garbage_is_not() {
         })
     );
     let mut short_length = [0u8; 64];
-    short_length[0] = 31;
+    short_length[0] = 35;
     assert!(matches!(
         check_batch(&short_length),
         BatchCheck::Invalid(InvalidBatch {
-            reason: InvalidRecord::LengthOutOfBounds { length: 31, .. },
+            reason: InvalidRecord::LengthOutOfBounds { length: 35, .. },
             ..
         })
     ));
@@ -214,19 +239,17 @@ fn zeros_are_the_end_and_short_garbage_is_not() {
                 ..
             })
         ),
-        "a record cut short by the end of the segment"
+        "a batch cut short by the end of the segment"
     );
-    // A slice that ends inside the padding of a record that is not the last of its batch
-    // (found by the `scan` fuzz target: the walk stepped past the slice's end and read out of
-    // bounds). The first record is 32 + 13 = 45 bytes, padded to 48.
+    // A slice that ends inside the batch's padding: a batch of 24 + 12 + 13 = 49 bytes, padded
+    // to 56.
     let mut buffer = vec![0u8; 256];
-    let records = [(fields(1), &[1u8; 13][..]), (fields(2), &[2u8; 5][..])];
-    encode_batch(&mut buffer, &records).unwrap();
+    encode_batch(&mut buffer, &[(fields(1), &[1u8; 13][..])]).unwrap();
     assert_eq!(
-        check_batch(&buffer[..46]),
+        check_batch(&buffer[..50]),
         BatchCheck::Invalid(InvalidBatch {
             offset: 0,
-            reason: InvalidRecord::LengthOutOfBounds { length: 45, remaining: 46 }
+            reason: InvalidRecord::LengthOutOfBounds { length: 49, remaining: 50 }
         })
     );
 }
@@ -246,6 +269,17 @@ fn encoding_refuses_what_the_format_forbids() {
     assert!(matches!(
         encode_batch(&mut buffer, &[(fields(1), b"a"), (fields(3), b"b")]),
         Err(FormatError::InvalidField { field: "sequence", .. })
+    ));
+    let earlier = RecordFields { timestamp_ns: TIMESTAMP_NS - 1, ..fields(2) };
+    assert!(matches!(
+        encode_batch(&mut buffer, &[(fields(1), b"a"), (earlier, b"b")]),
+        Err(FormatError::InvalidField { field: "timestamp_ns", .. })
+    ));
+    let too_late =
+        RecordFields { timestamp_ns: TIMESTAMP_NS + TIMESTAMP_DELTA_MAX + 1, ..fields(2) };
+    assert!(matches!(
+        encode_batch(&mut buffer, &[(fields(1), b"a"), (too_late, b"b")]),
+        Err(FormatError::InvalidField { field: "timestamp_ns", .. })
     ));
     assert!(matches!(
         encode_batch(&mut buffer, &[]),
@@ -275,7 +309,7 @@ fn segment_header() -> SegmentHeader {
 fn segment_headers_round_trip_at_the_documented_offsets() {
     let bytes = segment_header().encode();
     assert_eq!(&bytes[0..8], b"KEELSEG\0");
-    assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
+    assert_eq!(&bytes[8..12], &2u32.to_le_bytes(), "format version 2");
     assert_eq!(&bytes[12..16], &4096u32.to_le_bytes());
     assert_eq!(&bytes[16..24], &4_194_305u64.to_le_bytes());
     assert_eq!(&bytes[24..32], &(256u64 << 20).to_le_bytes());
@@ -308,11 +342,18 @@ fn segment_headers_with_a_valid_checksum_are_still_validated() {
     foreign[0..8].copy_from_slice(b"NOTKEEL!");
     assert!(matches!(SegmentHeader::decode(&resign(foreign)), Err(FormatError::BadMagic { .. })));
     let mut future = segment_header().encode();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert!(matches!(
-        SegmentHeader::decode(&resign(future)),
-        Err(FormatError::UnsupportedVersion { found: 2, .. })
-    ));
+    for version in [1u32, 3] {
+        future[8..12].copy_from_slice(&version.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&resign(future)),
+            Err(FormatError::UnsupportedVersion {
+                structure: "segment header",
+                found: version,
+                expected: 2
+            }),
+            "version 1 (a record header each) and any later one are refused"
+        );
+    }
     for segment_size in [0u64, (1 << 20) - 4096, (1 << 20) + 1, (4 << 30) + 4096] {
         let header = SegmentHeader { segment_size, ..segment_header() };
         assert!(
@@ -386,7 +427,7 @@ proptest! {
                 (RecordFields { sequence: first + index as u64, timestamp_ns, kind, version }, &payload[..])
             })
             .collect();
-        let size: usize = payloads.iter().map(|payload| record_size_padded(payload.len())).sum();
+        let size = batch_size(payloads.iter().map(Vec::len));
         let mut buffer = vec![0u8; size + 16];
         let written = encode_batch(&mut buffer, &records).unwrap();
         prop_assert_eq!(written, size);
@@ -408,12 +449,12 @@ proptest! {
 fn every_padding_byte_of_every_padding_length_must_be_zero() {
     for payload_len in 1..=8usize {
         let record = encoded(1, &vec![0xAB; payload_len]);
-        let end = 32 + payload_len;
+        let end = BATCH_HEADER_SIZE + RECORD_HEADER_SIZE + payload_len;
         assert!(matches!(check_batch(&record), BatchCheck::Batch(_)), "payload {payload_len}");
         for position in end..record.len() {
             let mut damaged = record.clone();
             damaged[position] = 0x80;
-            // The padding is not under the checksum of a batch's last record: the rule alone
+            // The padding of a batch's last record is not under its checksum: the rule alone
             // catches it.
             match check_batch(&damaged) {
                 BatchCheck::Invalid(InvalidBatch {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use common::*;
 use keel_journal::format::{
-    check_batch, encode_record, BatchCheck, BatchView, RecordFields, SegmentHeader,
-    GROUP_COMMIT_BYTES_MAX, SEGMENT_HEADER_SIZE,
+    encode_record, BatchView, RecordFields, SegmentHeader, BATCH_HEADER_SIZE,
+    GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use keel_journal::scan::{scan_segment, SegmentEnd};
 use keel_journal::storage::{Fault, FaultyStorage, Operation, PageFate};
@@ -20,32 +20,6 @@ use keel_journal::{
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
-
-/// A record found in a segment file.
-#[derive(Clone, Copy, Debug)]
-struct Located {
-    offset: u64,
-    length: u64,
-    sequence: u64,
-}
-
-/// The records of a segment file, in order.
-fn records_of(path: &Path) -> Vec<Located> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut position = SEGMENT_HEADER_SIZE;
-    let mut records = Vec::new();
-    while let BatchCheck::Batch(batch) = check_batch(&bytes[position..]) {
-        for record in batch.iter() {
-            records.push(Located {
-                offset: position as u64,
-                length: 32 + record.payload.len() as u64,
-                sequence: record.sequence,
-            });
-            position += record.size_padded;
-        }
-    }
-    records
-}
 
 fn open(directory: &Path) -> Result<JournalWriter, JournalError> {
     JournalWriter::open(directory, options(Durability::PageCache))
@@ -89,7 +63,7 @@ fn row_2_a_clean_end_opens_without_a_report() {
 fn row_3_zeros_then_garbage_is_a_torn_tail_truncated() {
     let (directory, last) = journal(5, 10);
     let segment = last_segment(directory.path());
-    let end = records_of(&segment).last().map(|record| record.offset + record.length).unwrap();
+    let end = records_in(&segment).last().map(|record| record.offset + record.length).unwrap();
     let end = end.next_multiple_of(8);
     write_at(&segment, end + 100, b"torn bytes of a write cut short");
     assert_verdict(directory.path(), "torn tail");
@@ -111,15 +85,15 @@ fn row_3_zeros_then_garbage_is_a_torn_tail_truncated() {
 fn row_4_a_damaged_last_batch_is_a_torn_tail_truncated_whole() {
     let (directory, last) = journal(5, 10);
     let segment = last_segment(directory.path());
-    let records = records_of(&segment);
+    let records = records_in(&segment);
     let batch_start = records[records.len() - 10];
     // One bit of the last record's payload: the batch's checksum fails, so none of its ten
     // records is trusted.
-    flip_bit(&segment, records.last().unwrap().offset + 40, 3);
+    flip_bit(&segment, records.last().unwrap().payload_byte(8), 3);
     assert_verdict(directory.path(), "torn tail");
     let writer = open(directory.path()).unwrap();
     let truncation = writer.open_report().truncated.clone().expect("a truncation");
-    assert_eq!(truncation.offset, batch_start.offset);
+    assert_eq!(truncation.offset, batch_start.batch);
     assert!(truncation.damage.contains("checksum"), "{}", truncation.damage);
     assert_eq!(truncation.dropped, Some(last - 9..=last), "the headers name what is dropped");
     assert_eq!(writer.open_report().last_sequence, last - 10);
@@ -130,17 +104,19 @@ fn row_4_a_damaged_last_batch_is_a_torn_tail_truncated_whole() {
 fn row_5_an_unfinished_last_batch_is_dropped_and_named() {
     let (directory, last) = journal(5, 10);
     let segment = last_segment(directory.path());
-    let records = records_of(&segment);
-    // The last three records never reached the disk, END_OF_BATCH among them: a crash in
-    // the middle of writing the batch.
+    let records = records_in(&segment);
+    // The batch's length and checksum and its last three records never reached the disk: a
+    // crash in the middle of writing the batch, before it was sealed.
     let lost = records[records.len() - 3];
     let end = records.last().map(|record| record.offset + record.length).unwrap();
     write_at(&segment, lost.offset, &vec![0u8; (end - lost.offset) as usize]);
+    write_at(&segment, lost.batch, &[0u8; 8]);
     assert_verdict(directory.path(), "torn tail");
     let writer = open(directory.path()).unwrap();
     let truncation = writer.open_report().truncated.clone().expect("a truncation");
-    assert_eq!(truncation.offset, records[records.len() - 10].offset);
-    assert!(truncation.damage.contains("unfinished batch (7 records"), "{}", truncation.damage);
+    assert_eq!(truncation.offset, records[records.len() - 10].batch);
+    let unfinished = format!("unfinished batch (its header names sequence {}", last - 9);
+    assert!(truncation.damage.contains(&unfinished), "{}", truncation.damage);
     assert_eq!(truncation.dropped, Some(last - 9..=last - 3));
     assert_eq!(writer.open_report().last_sequence, last - 10);
 }
@@ -149,23 +125,23 @@ fn row_5_an_unfinished_last_batch_is_dropped_and_named() {
 fn row_6_damage_followed_by_a_later_batch_is_corruption() {
     let (directory, _) = journal(5, 10);
     let segment = last_segment(directory.path());
-    let records = records_of(&segment);
+    let records = records_in(&segment);
     // A record of the third batch; the fourth and fifth batches follow it.
     let batch_start = records[20];
-    flip_bit(&segment, records[24].offset + 33, 7);
+    flip_bit(&segment, records[24].payload_byte(1), 7);
     assert_verdict(directory.path(), "corruption");
     let error = open(directory.path()).unwrap_err();
     match &error {
         JournalError::Corrupt { path, offset, expected, found: None, .. } => {
             let named = (path, *offset, *expected);
-            assert_eq!(named, (&segment, batch_start.offset, batch_start.sequence));
+            assert_eq!(named, (&segment, batch_start.batch, batch_start.sequence));
         }
         other => panic!("expected Corrupt, got {other}"),
     }
     let message = error.to_string();
     assert!(message.contains(&segment.display().to_string()), "{message}");
     // Nothing was truncated: the damage is still there for an operator to look at.
-    assert_eq!(records_of(&segment).len(), 20);
+    assert_eq!(records_in(&segment).len(), 20);
     assert!(error.is_damage());
 }
 
@@ -193,7 +169,7 @@ fn row_6_a_valid_batch_after_the_damage_or_bytes_beyond_one_group_commit_are_cor
     bytes[near + 20] ^= 1;
     match scan(&bytes).unwrap().end {
         SegmentEnd::Torn(torn) => {
-            assert_eq!((torn.offset, torn.dirty_end), (4096, near as u64 + 36));
+            assert_eq!((torn.offset, torn.dirty_end), (4096, near as u64 + 40));
             assert_eq!(torn.dropped, None, "the damaged header names another sequence");
         }
         other => panic!("expected a torn tail, got {other:?}"),
@@ -204,7 +180,7 @@ fn row_6_a_valid_batch_after_the_damage_or_bytes_beyond_one_group_commit_are_cor
 fn row_7_a_valid_record_out_of_sequence_is_corruption() {
     let (directory, last) = journal(5, 10);
     let segment = last_segment(directory.path());
-    let end = records_of(&segment).last().map(|record| record.offset + record.length).unwrap();
+    let end = records_in(&segment).last().map(|record| record.offset + record.length).unwrap();
     let end = end.next_multiple_of(8);
     let mut record = vec![0u8; 64];
     let fields =
@@ -232,17 +208,17 @@ fn multi_segment_journal() -> (tempfile::TempDir, u64, Vec<PathBuf>) {
 fn row_8_damage_in_a_segment_that_is_not_the_last_is_corruption_to_a_reader() {
     let (directory, _, segments) = multi_segment_journal();
     // Batches hold 157 records: record 100 of the segment lies in its first whole batch.
-    let records = records_of(&segments[1]);
+    let records = records_in(&segments[1]);
     let batch_start = *records.iter().find(|record| (record.sequence - 1) % 157 == 0).unwrap();
     let victim = records.iter().position(|record| record.sequence == batch_start.sequence + 100);
-    flip_bit(&segments[1], records[victim.unwrap()].offset + 50, 1);
+    flip_bit(&segments[1], records[victim.unwrap()].payload_byte(18), 1);
     assert_verdict(directory.path(), "corruption");
     let error = first_read_error(directory.path());
     match error {
         JournalError::Corrupt { path, offset, expected, .. } => {
             assert_eq!(
                 (path, offset, expected),
-                (segments[1].clone(), batch_start.offset, batch_start.sequence)
+                (segments[1].clone(), batch_start.batch, batch_start.sequence)
             );
         }
         other => panic!("expected Corrupt, got {other}"),
@@ -299,10 +275,10 @@ fn runs_hold_what_batches_hold_across_segments_and_stop_on_damage_after_the_batc
     // Each record with the rest of its batch: its payload, then every byte to the batch's end.
     let mut reader = JournalReader::open(directory.path()).unwrap();
     let batch = reader.next_batch().unwrap().unwrap();
-    let (mut records, mut remaining) = (batch.iter(), batch.size());
+    let (mut records, mut remaining) = (batch.iter(), batch.size() - BATCH_HEADER_SIZE);
     while let Some((record, rest)) = records.next_with_rest() {
         assert_eq!(&rest[..record.payload.len()], record.payload);
-        assert_eq!(rest.len(), remaining - 32, "record {}", record.sequence);
+        assert_eq!(rest.len(), remaining - RECORD_HEADER_SIZE, "record {}", record.sequence);
         remaining -= record.size_padded;
     }
     assert_eq!(remaining, 0);
@@ -313,9 +289,9 @@ fn runs_hold_what_batches_hold_across_segments_and_stop_on_damage_after_the_batc
 
     // Damage in the second segment: the run that meets it holds every batch before it, then
     // the error is the one a record-by-record reading meets.
-    let records = records_of(&segments[1]);
+    let records = records_in(&segments[1]);
     let damaged = *records.iter().find(|record| (record.sequence - 1) % 157 == 0).unwrap();
-    flip_bit(&segments[1], damaged.offset + 40, 3);
+    flip_bit(&segments[1], damaged.payload_byte(8), 3);
     let expected = first_read_error(directory.path()).to_string();
     let mut reader = JournalReader::open(directory.path()).unwrap();
     let mut read = Vec::new();
@@ -359,14 +335,14 @@ fn row_8_the_segment_before_an_empty_last_one_is_checked_by_open() {
     assert_eq!(writer.next_sequence(), last + 1);
     drop(writer);
     // Damage at the end of the segment before it is corruption: a later segment exists.
-    let records = records_of(last_path);
+    let records = records_in(last_path);
     let batch_start =
         *records.iter().rev().find(|record| (record.sequence - 1) % 157 == 0).unwrap();
-    flip_bit(last_path, records.last().unwrap().offset + 40, 2);
+    flip_bit(last_path, records.last().unwrap().payload_byte(8), 2);
     assert_verdict(directory.path(), "corruption");
     match open(directory.path()).unwrap_err() {
         JournalError::Corrupt { path, offset, .. } => {
-            assert_eq!((&path, offset), (last_path, batch_start.offset));
+            assert_eq!((&path, offset), (last_path, batch_start.batch));
         }
         other => panic!("expected Corrupt, got {other}"),
     }
@@ -446,11 +422,14 @@ fn faulty_writer(directory: &Path) -> (JournalWriter, FaultyStorage, u64) {
 
 #[test]
 fn the_last_write_torn_at_every_byte_offset_loses_no_acknowledged_record() {
-    // The batch that will be torn: four records.
+    // The batch that will be torn: a header and four records.
     let batch: Vec<u64> = (16..=19).collect();
-    let sizes: Vec<u64> =
-        batch.iter().map(|&sequence| 32 + payload(sequence).len() as u64).collect();
-    let total: u64 = sizes.iter().map(|size| size.next_multiple_of(8)).sum();
+    let sizes: Vec<u64> = batch
+        .iter()
+        .map(|&sequence| (RECORD_HEADER_SIZE + payload(sequence).len()) as u64)
+        .collect();
+    let records: u64 = sizes.iter().map(|size| size.next_multiple_of(8)).sum();
+    let total = BATCH_HEADER_SIZE as u64 + records;
     for kept in 0..=total as usize {
         let directory = tempfile::tempdir().unwrap();
         let (mut writer, storage, acked) = faulty_writer(directory.path());

@@ -6,7 +6,6 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use keel_journal::format::{check_batch, BatchCheck, SEGMENT_HEADER_SIZE};
 use keel_journal::{
     verify_journal, Durability, JournalError, JournalWriter, Repair, SnapshotMeta, SnapshotStore,
 };
@@ -21,17 +20,7 @@ fn verdict(directory: &Path) -> &'static str {
 
 /// The offset of the record holding `sequence` in a segment file.
 fn offset_of(segment: &Path, sequence: u64) -> u64 {
-    let bytes = std::fs::read(segment).unwrap();
-    let mut position = SEGMENT_HEADER_SIZE;
-    while let BatchCheck::Batch(batch) = check_batch(&bytes[position..]) {
-        for record in batch.iter() {
-            if record.sequence == sequence {
-                return position as u64;
-            }
-            position += record.size_padded;
-        }
-    }
-    panic!("sequence {sequence} is not in {}", segment.display());
+    record_in(segment, sequence).offset
 }
 
 /// Checks that the journal is valid and ends at `last` with every record intact, and that a
@@ -59,15 +48,18 @@ fn a_repair_inside_a_batch_reseals_its_last_kept_record() {
     assert_eq!(plan.damage, None);
     assert!(plan.later_segments.is_empty());
     let text = plan.to_string();
-    assert!(text.contains("seal record 23") && text.contains("sequences 24..=50"), "{text}");
+    let resealed = text.contains("end its batch at record 23");
+    assert!(resealed && text.contains("sequences 24..=50"), "{text}");
     let done = repair.execute().unwrap();
-    // The zeroed bytes were copied out first.
-    let copies: Vec<PathBuf> = std::fs::read_dir(&done.dropped_directory)
+    // The zeroed bytes were copied out first, and the header of the batch resealed.
+    let mut copies: Vec<PathBuf> = std::fs::read_dir(&done.dropped_directory)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
-    assert_eq!(copies.len(), 1, "{copies:?}");
-    let copied = std::fs::metadata(&copies[0]).unwrap().len();
+    copies.sort_by_key(|path| std::fs::metadata(path).unwrap().len());
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert_eq!(std::fs::metadata(&copies[0]).unwrap().len(), 8, "the batch's header");
+    let copied = std::fs::metadata(&copies[1]).unwrap().len();
     assert_eq!(copied, done.zeroed.end() - done.zeroed.start() + 1);
     assert_ends_at(directory.path(), 23);
 }
@@ -102,7 +94,7 @@ fn a_repair_gets_past_corruption_and_refuses_to_keep_damaged_records() {
     let (directory, _) = journal(5, 10);
     let segment = segment_paths(directory.path()).pop().unwrap();
     // Damage in the third batch (sequences 21..=30), followed by two valid batches: row 6.
-    flip_bit(&segment, offset_of(&segment, 25) + 40, 2);
+    flip_bit(&segment, record_in(&segment, 25).payload_byte(8), 2);
     assert!(matches!(open(directory.path()).unwrap_err(), JournalError::Corrupt { .. }));
     assert_eq!(verdict(directory.path()), "corruption");
     // Record 25 cannot be kept: its batch's checksum fails.
@@ -165,21 +157,43 @@ fn a_repair_cut_short_is_finished_by_running_it_again() {
     let finished = tempfile::tempdir().unwrap();
     copy_tree(original.path(), finished.path());
     let plan = Repair::plan(finished.path(), 23).unwrap().execute().unwrap();
-    let resealed_at = plan.reseal.unwrap();
+    assert!(plan.reseal.is_some());
     let finished_segment = finished.path().join("journal").join(&segment_name);
     let finished_bytes = std::fs::read(&finished_segment).unwrap();
-    let header = &finished_bytes[resealed_at as usize..resealed_at as usize + 32];
-    // Cut short after writing all of the resealed header, or only its flags, or only its
-    // checksum field: a second run ends in the same bytes.
-    for (from, to) in [(0, 32), (28, 32), (4, 8)] {
+    // The repair saved the batch's header before it rewrote it.
+    let batch = record_in(&finished_segment, 23).batch;
+    let name = format!("{}.from-{batch}", segment_name.to_string_lossy());
+    let original_bytes = std::fs::read(segment_paths(original.path()).pop().unwrap()).unwrap();
+    let saved = std::fs::read(plan.dropped_directory.join(&name)).unwrap();
+    assert_eq!(saved, original_bytes[batch as usize..batch as usize + 8]);
+    // Cut short after writing all of the new header (length and checksum), or only its
+    // length, or only its checksum, or a middle part of it; with none, some or more of the
+    // zeroing done after it: a second run ends in the same bytes.
+    let header = &finished_bytes[batch as usize..batch as usize + 8];
+    let zeroed = *plan.zeroed.start();
+    for ((from, to), zeroed_before_the_cut) in
+        [((0, 8), 0), ((0, 8), 100), ((0, 4), 0), ((4, 8), 0), ((2, 6), 0)]
+    {
         let cut_short = tempfile::tempdir().unwrap();
         copy_tree(original.path(), cut_short.path());
+        let dropped = cut_short.path().join("dropped").join("after-23-1");
+        std::fs::create_dir_all(&dropped).unwrap();
+        std::fs::write(dropped.join(&name), &saved).unwrap();
         let segment = cut_short.path().join("journal").join(&segment_name);
-        write_at(&segment, resealed_at + from, &header[from as usize..to as usize]);
+        write_at(&segment, batch + from, &header[from as usize..to as usize]);
+        write_at(&segment, zeroed, &vec![0u8; zeroed_before_the_cut]);
         Repair::plan(cut_short.path(), 23).unwrap().execute().unwrap();
-        assert!(std::fs::read(&segment).unwrap() == finished_bytes, "cut short at {from}..{to}");
+        let what = format!("cut short at {from}..{to} with {zeroed_before_the_cut} bytes zeroed");
+        assert!(std::fs::read(&segment).unwrap() == finished_bytes, "{what}");
         assert_ends_at(cut_short.path(), 23);
     }
+    // Without the saved header, a torn one leaves records that nothing vouches for: refused.
+    let torn = tempfile::tempdir().unwrap();
+    copy_tree(original.path(), torn.path());
+    let segment = torn.path().join("journal").join(&segment_name);
+    write_at(&segment, batch, &header[..4]);
+    let refused = Repair::plan(torn.path(), 23).unwrap_err();
+    assert!(refused.to_string().contains("repair can only keep intact records"), "{refused}");
 }
 
 #[test]

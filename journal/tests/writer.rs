@@ -316,7 +316,7 @@ fn batches_from(directory: &Path, sequence: u64) -> Vec<(u64, Vec<u8>)> {
 
 #[test]
 fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one() {
-    let (source, last) = journal(120, 157);
+    let (source, last) = journal(140, 157);
     let source_batches = batches_from(source.path(), 1);
     for durability in TIERS {
         let target = tempfile::tempdir().unwrap();
@@ -435,12 +435,12 @@ fn a_copied_batch_that_goes_back_in_time_is_refused_whole_and_the_writer_stays_u
             ];
             encode_batch(buffer, &records).unwrap()
         };
-        // Its second record's timestamp is below its first's.
-        let size = encode(&mut buffer, timestamp(3), timestamp(2));
+        // Its first record's timestamp is below the journal's last.
+        let size = encode(&mut buffer, timestamp(0), timestamp(2));
         let BatchCheck::Batch(backwards) = check_batch(&buffer[..size]) else { panic!() };
         let refused = writer.append_batch(&backwards).unwrap_err();
         assert!(
-            matches!(refused, JournalError::TimestampRegression { sequence: 3, .. }),
+            matches!(refused, JournalError::TimestampRegression { sequence: 2, .. }),
             "{refused}"
         );
         assert_eq!((writer.next_sequence(), writer.epoch()), (2, 0), "nothing was taken");
@@ -475,4 +475,43 @@ fn a_tailer_yields_whole_batches_once_it_is_past_the_one_it_started_in() {
     assert!(tailer.poll_batch().unwrap().is_none(), "not committed yet");
     writer.commit().unwrap();
     assert_eq!(tailer.poll_batch().unwrap().unwrap().first_sequence, 31);
+}
+
+#[test]
+fn a_record_too_late_for_its_open_batch_starts_one_of_its_own_and_keeps_its_time() {
+    use keel_journal::format::TIMESTAMP_DELTA_MAX;
+    for durability in TIERS {
+        let directory = tempfile::tempdir().unwrap();
+        let mut writer = JournalWriter::open(directory.path(), options(durability)).unwrap();
+        let start = timestamp(1);
+        // The last delta that fits the first batch, then one nanosecond past it: one commit,
+        // two batches.
+        let times =
+            [start, start + 1, start + TIMESTAMP_DELTA_MAX, start + TIMESTAMP_DELTA_MAX + 1];
+        for (index, &time) in times.iter().enumerate() {
+            writer.append(time, 1, 1, &payload(index as u64 + 1)).unwrap();
+        }
+        writer.append(times[3] + TIMESTAMP_DELTA_MAX + 7, 1, 1, &payload(5)).unwrap();
+        assert_eq!(writer.commit().unwrap(), 5);
+        drop(writer);
+        let mut reader = JournalReader::open(directory.path()).unwrap();
+        let mut batches = Vec::new();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            let records: Vec<(u64, u64)> =
+                batch.iter().map(|record| (record.sequence, record.timestamp_ns)).collect();
+            batches.push((batch.timestamp_ns, records));
+        }
+        let expected = vec![
+            (start, vec![(1, times[0]), (2, times[1]), (3, times[2])]),
+            (times[3], vec![(4, times[3])]),
+            (times[3] + TIMESTAMP_DELTA_MAX + 7, vec![(5, times[3] + TIMESTAMP_DELTA_MAX + 7)]),
+        ];
+        assert_eq!(batches, expected, "{durability:?}");
+        let mut reader = JournalReader::open(directory.path()).unwrap();
+        for sequence in 1..=5 {
+            let record = reader.next().unwrap().unwrap();
+            assert_eq!((record.sequence, record.payload), (sequence, &payload(sequence)[..]));
+        }
+        assert!(reader.next().unwrap().is_none());
+    }
 }

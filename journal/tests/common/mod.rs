@@ -145,3 +145,51 @@ impl Random {
         self.next() % bound
     }
 }
+
+/// A record found in a segment file.
+#[derive(Clone, Copy, Debug)]
+pub struct Located {
+    /// Where its header starts in the file.
+    pub offset: u64,
+    /// Its header and payload, without padding.
+    pub length: u64,
+    pub sequence: u64,
+    /// Where the header of its batch starts.
+    pub batch: u64,
+}
+
+impl Located {
+    /// The offset of byte `index` of its payload.
+    pub fn payload_byte(&self, index: u64) -> u64 {
+        self.offset + keel_journal::format::RECORD_HEADER_SIZE as u64 + index
+    }
+}
+
+/// The records of a segment file's valid batches, in order.
+pub fn records_in(path: &Path) -> Vec<Located> {
+    use keel_journal::format::{check_batch, BatchCheck, BATCH_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+    let bytes = std::fs::read(path).unwrap();
+    let mut position = SEGMENT_HEADER_SIZE;
+    let mut records = Vec::new();
+    while let BatchCheck::Batch(batch) = check_batch(&bytes[position..]) {
+        let mut offset = position + BATCH_HEADER_SIZE;
+        for record in batch.iter() {
+            records.push(Located {
+                offset: offset as u64,
+                length: (keel_journal::format::RECORD_HEADER_SIZE + record.payload.len()) as u64,
+                sequence: record.sequence,
+                batch: position as u64,
+            });
+            offset += record.size_padded;
+        }
+        position += batch.size();
+    }
+    records
+}
+
+/// The record holding `sequence` in a segment file.
+pub fn record_in(path: &Path, sequence: u64) -> Located {
+    let records = records_in(path);
+    let found = records.iter().find(|record| record.sequence == sequence);
+    *found.unwrap_or_else(|| panic!("sequence {sequence} is not in {}", path.display()))
+}

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use keel_journal::format::{
-    Checkpoint, EpochChange, SegmentHeader, KIND_CHECKPOINT, KIND_EPOCH, SEGMENT_HEADER_USED,
+    Checkpoint, EpochChange, RecordView, SegmentHeader, KIND_CHECKPOINT, KIND_EPOCH,
+    SEGMENT_HEADER_USED,
 };
 use keel_journal::segment::{hex, list_segments, JOURNAL_DIRECTORY};
 use keel_journal::time::rfc3339_nanos;
@@ -401,8 +402,8 @@ fn dump(
     let mut out = std::io::stdout().lock();
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {
-        let record = match reader.next() {
-            Ok(Some(record)) => record,
+        let batch = match reader.next_batch() {
+            Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(error) if error.is_damage() => {
                 eprintln!("keel: {error}");
@@ -411,48 +412,65 @@ fn dump(
             }
             Err(error) => return Err(error.into()),
         };
-        let shown = &record.payload[..record.payload.len().min(payload_bytes)];
-        let elided = record.payload.len() - shown.len();
-        let line = if json {
-            json!({
-                "sequence": record.sequence,
-                "timestamp_ns": record.timestamp_ns,
-                "time": rfc3339_nanos(record.timestamp_ns),
-                "kind": record.kind,
-                "version": record.version,
-                "payload_length": record.payload.len(),
-                "start_of_batch": record.is_start_of_batch(),
-                "end_of_batch": record.is_end_of_batch(),
-                "payload_hex": hex(shown),
-                "payload_elided": elided,
-            })
-            .to_string()
-        } else {
-            let batch = match (record.is_start_of_batch(), record.is_end_of_batch()) {
-                (true, true) => "[batch]",
-                (true, false) => "[batch ",
-                (false, true) => " batch]",
-                (false, false) => "       ",
-            };
-            let more = if elided > 0 { format!(" …+{elided}") } else { String::new() };
-            format!(
-                "{:>20}  {}  kind {:>5} v{:<3} {batch} {:>6} B  {}{more}  |{}|",
-                record.sequence,
-                rfc3339_nanos(record.timestamp_ns),
-                record.kind,
-                record.version,
-                record.payload.len(),
-                hex(shown),
-                printable(shown)
-            )
-        };
-        if writeln!(out, "{line}").is_err() {
-            // A closed pipe (`| head`) ends the dump quietly.
-            return Ok(0);
+        for record in batch.iter() {
+            if count.is_some_and(|count| printed >= count) {
+                break;
+            }
+            // A reader opened inside a batch starts with the rest of it: not its start.
+            let starts = batch.is_whole() && record.sequence == batch.first_sequence;
+            let ends = record.sequence == batch.last_sequence;
+            if writeln!(out, "{}", dump_line(&record, starts, ends, payload_bytes, json)).is_err() {
+                // A closed pipe (`| head`) ends the dump quietly.
+                return Ok(0);
+            }
+            printed += 1;
         }
-        printed += 1;
     }
     Ok(0)
+}
+
+/// One record of `dump`: a line of text, or a JSON object.
+fn dump_line(
+    record: &RecordView<'_>,
+    starts: bool,
+    ends: bool,
+    payload_bytes: usize,
+    json: bool,
+) -> String {
+    let shown = &record.payload[..record.payload.len().min(payload_bytes)];
+    let elided = record.payload.len() - shown.len();
+    if json {
+        return json!({
+            "sequence": record.sequence,
+            "timestamp_ns": record.timestamp_ns,
+            "time": rfc3339_nanos(record.timestamp_ns),
+            "kind": record.kind,
+            "version": record.version,
+            "payload_length": record.payload.len(),
+            "start_of_batch": starts,
+            "end_of_batch": ends,
+            "payload_hex": hex(shown),
+            "payload_elided": elided,
+        })
+        .to_string();
+    }
+    let batch = match (starts, ends) {
+        (true, true) => "[batch]",
+        (true, false) => "[batch ",
+        (false, true) => " batch]",
+        (false, false) => "       ",
+    };
+    let more = if elided > 0 { format!(" …+{elided}") } else { String::new() };
+    format!(
+        "{:>20}  {}  kind {:>5} v{:<3} {batch} {:>6} B  {}{more}  |{}|",
+        record.sequence,
+        rfc3339_nanos(record.timestamp_ns),
+        record.kind,
+        record.version,
+        record.payload.len(),
+        hex(shown),
+        printable(shown)
+    )
 }
 
 /// `bytes` with each byte that is not printable ASCII shown as `.`.
