@@ -34,11 +34,11 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 const PAGE_SIZE: usize = 4096;
 
 /// Asks the processor to start loading the cache line of `bytes` at `offset` (nothing when out
-/// of bounds), without waiting for it. A batch check loads each record's length to find the
-/// next record: a chain of dependent loads that the processor cannot run ahead of, so on a
-/// mapping read for the first time each load waits for memory. A hint some records ahead keeps
-/// several lines in flight. A hint reads nothing as far as the program is concerned, so it may
-/// name bytes of a mapping that a writer is still writing, and it never faults.
+/// of bounds), without waiting for it. The `PageCache` writer asks for the line some records
+/// ahead of the one it writes, whose page the kernel zeroed long before, so that the miss
+/// overlaps the work on the records between. A hint reads nothing as far as the program is
+/// concerned, so it may name bytes of a mapping that another thread is reading or writing, and
+/// it never faults.
 #[inline(always)]
 pub(crate) fn prefetch(bytes: &[u8], offset: usize) {
     #[cfg(target_arch = "x86_64")]
