@@ -31,9 +31,10 @@ pub struct TornTail {
     pub dirty_end: u64,
     /// What is at `offset`, in words.
     pub damage: String,
-    /// The sequences that the record headers in the dropped bytes name, consecutively from the
-    /// expected one (row 5: the records of the unfinished batch). Read without a checksum: the
-    /// batch's never arrived or does not match.
+    /// The sequences that the dropped batch names: its header's first sequence when that is
+    /// the expected one, and one more for each record whose length keeps it in the dropped
+    /// bytes (rows 4 and 5). Read without a checksum: the batch's never arrived or does not
+    /// match.
     pub dropped: Option<RangeInclusive<u64>>,
 }
 

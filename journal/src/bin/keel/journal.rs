@@ -186,8 +186,8 @@ fn print_verdict(verification: &Verification) {
             );
             if let Some(dropped) = &tail.dropped {
                 println!(
-                    "  its record headers name sequences {}..={}, never acknowledged (their \
-                     batch is incomplete)",
+                    "  its headers name sequences {}..={}, never acknowledged (their batch is \
+                     incomplete)",
                     dropped.start(),
                     dropped.end()
                 );
