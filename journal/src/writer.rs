@@ -242,8 +242,8 @@ pub struct JournalWriter {
     /// Bytes appended since the last commit (bounded by `GROUP_COMMIT_BYTES_MAX`).
     pending_bytes: usize,
     /// Bytes of the open batch, its header and its records with their padding: the records
-    /// appended one by one since the last batch was sealed (by a commit, before a sealed batch
-    /// was copied in after them, or before a record too late for its timestamp). 0: none.
+    /// appended one by one since the last batch was sealed (by a commit, or before a sealed
+    /// batch was copied in after them). 0: none.
     open_bytes: usize,
     /// The open batch's length field once sealed: `open_bytes` less the last record's padding.
     open_length: usize,
@@ -450,8 +450,11 @@ impl JournalWriter {
         }
         let padded = record_size_padded(payload.len());
         if self.open_bytes != 0 && timestamp_ns - self.open_timestamp_ns > TIMESTAMP_DELTA_MAX {
-            // Its timestamp's delta would not fit its record header: a batch of its own.
-            self.seal_open_batch();
+            // Its timestamp's delta would not fit its record header, so it starts a batch of
+            // its own; and the open one is committed rather than only sealed, so that a batch
+            // stays a group commit, which recovery's torn-tail rule relies on (format
+            // document, section 5).
+            self.commit()?;
         }
         let needed = |open_bytes| padded + if open_bytes == 0 { BATCH_HEADER_SIZE } else { 0 };
         if self.pending_bytes + needed(self.open_bytes) > GROUP_COMMIT_BYTES_MAX {

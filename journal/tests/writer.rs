@@ -484,13 +484,14 @@ fn a_record_too_late_for_its_open_batch_starts_one_of_its_own_and_keeps_its_time
         let directory = tempfile::tempdir().unwrap();
         let mut writer = JournalWriter::open(directory.path(), options(durability)).unwrap();
         let start = timestamp(1);
-        // The last delta that fits the first batch, then one nanosecond past it: one commit,
-        // two batches.
+        // The last delta that fits the first batch, then one nanosecond past it: the writer
+        // commits the first batch itself, and the record starts the next.
         let times =
             [start, start + 1, start + TIMESTAMP_DELTA_MAX, start + TIMESTAMP_DELTA_MAX + 1];
         for (index, &time) in times.iter().enumerate() {
             writer.append(time, 1, 1, &payload(index as u64 + 1)).unwrap();
         }
+        assert_eq!(writer.durable_sequence(), 3, "{durability:?}: the first batch is committed");
         writer.append(times[3] + TIMESTAMP_DELTA_MAX + 7, 1, 1, &payload(5)).unwrap();
         assert_eq!(writer.commit().unwrap(), 5);
         drop(writer);
