@@ -454,8 +454,7 @@ pub fn encode_batch(
         offset += write_record(&mut buffer[offset..], delta, fields.kind, fields.version, payload);
     }
     let length = end as u32;
-    seal_batch(buffer, length);
-    buffer[0..4].copy_from_slice(&length.to_le_bytes());
+    seal_batch_in_buffer(buffer, length);
     Ok(size)
 }
 
@@ -537,6 +536,13 @@ pub(crate) fn write_record(
 pub(crate) fn seal_batch(batch: &mut [u8], length: u32) {
     let checksum = batch_checksum(batch, length);
     batch[4..8].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// Seals the batch at the start of `batch` as [`seal_batch`] does and stores its length with
+/// a plain write: for a batch in a buffer that no reader sees before it is complete.
+pub(crate) fn seal_batch_in_buffer(batch: &mut [u8], length: u32) {
+    seal_batch(batch, length);
+    batch[0..4].copy_from_slice(&length.to_le_bytes());
 }
 
 /// The checksum of the batch at the start of `batch` whose length is `length`: CRC32C of

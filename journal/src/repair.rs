@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
 use crate::format::{
-    check_batch, padded, seal_batch, BatchCheck, BatchView, BATCH_HEADER_SIZE,
+    check_batch, padded, seal_batch_in_buffer, BatchCheck, BatchView, BATCH_HEADER_SIZE,
     GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use crate::lock::WriterLock;
@@ -276,8 +276,7 @@ impl Repair {
             let length = self.reseal_length;
             let mut batch = vec![0u8; length as usize];
             read_exact_at(&file, path, &mut batch, self.batch_start)?;
-            seal_batch(&mut batch, length);
-            batch[0..4].copy_from_slice(&length.to_le_bytes());
+            seal_batch_in_buffer(&mut batch, length);
             let header = &batch[..8];
             storage
                 .write_at(&file, path, self.batch_start, header)

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use crate::error::JournalError;
 use crate::format::{
-    check_batch, padded, read_u32, read_u64, BatchCheck, BatchView, EpochChange, BATCH_HEADER_SIZE,
-    GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_ALIGNMENT, RECORD_HEADER_SIZE, RECORD_SIZE_MAX,
-    SEGMENT_HEADER_SIZE,
+    check_batch, padded, read_u32, read_u64, record_size_padded, BatchCheck, BatchView,
+    EpochChange, BATCH_HEADER_SIZE, GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_ALIGNMENT,
+    RECORD_HEADER_SIZE, RECORD_SIZE_MAX, SEGMENT_HEADER_SIZE,
 };
 
 /// How a segment's data ends.
@@ -86,7 +86,7 @@ pub fn scan_segment(
             BatchCheck::Batch(batch) if batch.first_sequence == expected => {
                 // Row 1.
                 if expected == first_sequence {
-                    first_timestamp_ns = batch.iter().next().map_or(0, |first| first.timestamp_ns);
+                    first_timestamp_ns = batch.timestamp_ns;
                 }
                 expected = batch.last_sequence + 1;
                 last_timestamp_ns = batch.last_timestamp_ns;
@@ -179,8 +179,9 @@ fn valid_batch_after(
     dirty_end: usize,
     expected: u64,
 ) -> Option<(usize, BatchView<'_>)> {
-    // Every record takes at least 16 bytes, so a group commit holds fewer records than this.
-    let reach = (GROUP_COMMIT_BYTES_MAX / 16) as u64;
+    // Every record takes at least an empty payload's padded size, so a group commit holds
+    // fewer records than this.
+    let reach = (GROUP_COMMIT_BYTES_MAX / record_size_padded(0)) as u64;
     let mut offset = from + RECORD_ALIGNMENT;
     while offset + BATCH_HEADER_SIZE <= dirty_end {
         let length = read_u32(bytes, offset) as usize;

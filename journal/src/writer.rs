@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{
-    read_u32, record_size_padded, seal_batch, validate_record, validate_segment_size,
-    write_batch_header, write_record, BatchView, EpochChange, RecordFields, SegmentHeader,
-    BATCH_HEADER_SIZE, GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
-    SEGMENT_HEADER_USED, TIMESTAMP_DELTA_MAX,
+    read_u32, record_size_padded, seal_batch, seal_batch_in_buffer, validate_record,
+    validate_segment_size, write_batch_header, write_record, BatchView, EpochChange, RecordFields,
+    SegmentHeader, BATCH_HEADER_SIZE, GROUP_COMMIT_BYTES_MAX, KIND_EPOCH, RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE, SEGMENT_HEADER_USED, TIMESTAMP_DELTA_MAX,
 };
 use crate::lock::WriterLock;
 use crate::mmap::{prefetch, ReadableMap, WritableMap};
@@ -614,9 +614,7 @@ impl JournalWriter {
             }
             Durability::Fsync => {
                 let start = self.staging.len() - self.open_bytes;
-                let batch = &mut self.staging[start..];
-                seal_batch(batch, length);
-                batch[0..4].copy_from_slice(&length.to_le_bytes());
+                seal_batch_in_buffer(&mut self.staging[start..], length);
             }
         }
         self.open_bytes = 0;
