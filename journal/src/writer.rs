@@ -249,8 +249,11 @@ pub struct JournalWriter {
     open_length: usize,
     /// The open batch's timestamp, from which its records' deltas count.
     open_timestamp_ns: u64,
-    /// `Fsync`: the batches since the last commit (sealed ones copied in, then the open
-    /// one), written with one `pwrite` at `staged_offset`.
+    /// `Fsync`: the open batch is a copied one, still as its writer sealed it, so the commit
+    /// need not seal it again. Records appended after it join it and clear this.
+    open_is_copy: bool,
+    /// `Fsync`: the open batch, the one batch of the next commit, written with one `pwrite`
+    /// at `staged_offset`.
     staging: Vec<u8>,
     staged_offset: u64,
     preparer: Preparer,
@@ -367,6 +370,7 @@ impl JournalWriter {
             open_bytes: 0,
             open_length: 0,
             open_timestamp_ns: 0,
+            open_is_copy: false,
             staging: Vec::new(),
             staged_offset: position as u64,
             preparer,
@@ -474,6 +478,7 @@ impl JournalWriter {
             Durability::Fsync => self.append_staged(delta, &fields, payload, padded),
         }
         self.open_length = self.open_bytes + RECORD_HEADER_SIZE + payload.len();
+        self.open_is_copy = false;
         self.position += padded;
         self.pending_bytes += padded;
         self.open_bytes += padded;
@@ -526,10 +531,15 @@ impl JournalWriter {
     /// start at the next sequence, and returns the last one's sequence. They are durable, as
     /// appended records are, once a later [`commit`](Self::commit) returns.
     ///
-    /// A whole batch is copied as it is, checksum and all, after the open batch (if any) is
-    /// sealed: a replica keeps its primary's group commits byte for byte, without encoding
-    /// and checksumming every record again. Part of a batch (from a reader that started inside
-    /// one), or a batch too large for this journal's segments, is appended record by record.
+    /// A whole batch is copied as it is, checksum and all: a replica keeps its primary's group
+    /// commits byte for byte, without encoding and checksumming every record again. In the
+    /// `PageCache` tier the open batch (if any) is sealed first. In the `Fsync` tier a commit
+    /// is one batch, so that a power loss can tear only the last batch (format document,
+    /// section 5): a batch is copied whole only into an empty commit, where it becomes the open
+    /// batch, and records appended after it join it; one that arrives after anything not yet
+    /// committed joins the open batch record by record. Part of a batch (from a reader that
+    /// started inside one), or a batch too large for this journal's segments, is appended
+    /// record by record.
     /// A timestamp below the previous one, or an epoch-change record that does not decode, is
     /// refused before anything is written, and the writer stays usable.
     pub fn append_batch(&mut self, batch: &BatchView<'_>) -> Result<u64, JournalError> {
@@ -560,7 +570,8 @@ impl JournalWriter {
         }
         let bytes = batch.as_bytes();
         let room = self.segment.size - SEGMENT_HEADER_SIZE;
-        if !batch.is_whole() || bytes.len() > room {
+        let joins = self.durability == Durability::Fsync && self.pending_bytes != 0;
+        if !batch.is_whole() || bytes.len() > room || joins {
             for record in batch.iter() {
                 self.append(record.timestamp_ns, record.kind, record.version, record.payload)?;
             }
@@ -576,7 +587,15 @@ impl JournalWriter {
         }
         match self.durability {
             Durability::PageCache => self.copy_mapped(bytes),
-            Durability::Fsync => self.staging.extend_from_slice(bytes),
+            Durability::Fsync => {
+                // The commit is empty (above), so the batch becomes its open batch.
+                debug_assert!(self.staging.is_empty() && self.open_bytes == 0);
+                self.staging.extend_from_slice(bytes);
+                self.open_bytes = bytes.len();
+                self.open_length = read_u32(bytes, 0) as usize;
+                self.open_timestamp_ns = batch.timestamp_ns;
+                self.open_is_copy = true;
+            }
         }
         self.position += bytes.len();
         self.pending_bytes += bytes.len();
@@ -612,12 +631,15 @@ impl JournalWriter {
                 seal_batch(&mut map.bytes_mut()[start..start + self.open_length], length);
                 map.publish_length(start, length);
             }
+            // A copied batch that nothing joined is sealed already.
+            Durability::Fsync if self.open_is_copy => {}
             Durability::Fsync => {
                 let start = self.staging.len() - self.open_bytes;
                 seal_batch_in_buffer(&mut self.staging[start..], length);
             }
         }
         self.open_bytes = 0;
+        self.open_is_copy = false;
     }
 
     fn append_staged(&mut self, delta: u32, fields: &RecordFields, payload: &[u8], padded: usize) {

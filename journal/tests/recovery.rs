@@ -501,6 +501,67 @@ fn a_power_loss_during_a_batch_loses_no_acknowledged_record() {
     assert!(survivors_dropped > 10, "{survivors_dropped} of 60");
 }
 
+/// A replica journals the batches its primary sealed, several of them before one commit, and
+/// may mix in records appended one by one. A power loss during that commit may keep a later
+/// page and lose an earlier one: if the commit were several batches, an intact batch after a
+/// torn one would read as corruption (format document, section 6, row 6), and the journal
+/// would be refused though it lost nothing acknowledged. In the `Fsync` tier a commit is one
+/// batch whatever was appended, so the damage is a torn tail.
+#[test]
+fn a_power_loss_during_a_commit_of_copied_batches_loses_no_acknowledged_record() {
+    // The primary's journal: the same first 15 records as the faulty writer's, then batches of
+    // a few records each.
+    let source = tempfile::tempdir().unwrap();
+    let mut primary = open(source.path()).unwrap();
+    let acked = append_batches(&mut primary, 5, 3);
+    let copied = append_batches(&mut primary, 60, 7);
+    drop(primary);
+    let mut torn = 0;
+    for seed in 0..40 {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut writer, storage, start) = faulty_writer(directory.path());
+        assert_eq!(start, acked);
+        let mut reader = JournalReader::open_at(source.path(), acked + 1).unwrap();
+        let mut index = 0;
+        while let Some(batch) = reader.next_batch().unwrap() {
+            assert!(batch.is_whole());
+            // Every fourth batch record by record, the others copied whole.
+            if index % 4 == 1 {
+                for record in batch.iter() {
+                    let (time, kind, version) = (record.timestamp_ns, record.kind, record.version);
+                    writer.append(time, kind, version, record.payload).unwrap();
+                }
+            } else {
+                assert_eq!(writer.append_batch(&batch).unwrap(), batch.last_sequence);
+            }
+            index += 1;
+        }
+        assert_eq!(writer.next_sequence(), copied + 1);
+        storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
+        assert!(writer.commit().is_err());
+        drop(writer);
+        let mut random = Random::new(seed);
+        let loss = storage
+            .power_loss(|_, _| match random.below(3) {
+                0 => PageFate::Keep,
+                1 => PageFate::Revert,
+                _ => PageFate::Cut { keep: random.below(4096) as usize },
+            })
+            .unwrap();
+        assert!(loss.pages_kept + loss.pages_reverted + loss.pages_cut > 1, "{loss:?}");
+        let verdict = verify_journal(directory.path(), &mut |_, _| {}).unwrap().verdict;
+        assert_ne!(verdict.label(), "corruption", "seed {seed}: {verdict:?}");
+        let writer = open(directory.path()).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
+        let last = writer.open_report().last_sequence;
+        // The commit that failed is all there or not at all.
+        assert!(last == acked || last == copied, "seed {seed}: {}", writer.open_report());
+        torn += usize::from(writer.open_report().truncated.is_some());
+        drop(writer);
+        assert_eq!(check_journal(directory.path(), 1), last, "seed {seed}");
+    }
+    assert!(torn > 20, "{torn} of 40 tore the commit");
+}
+
 /// A batch whose `fdatasync` failed is in the file, so the next open reads it back: that open
 /// (in the `Fsync` tier) must make it durable before anyone replays it, or a power loss after
 /// the reopen takes away records a replayed state (or its snapshot) already holds. Found by the
