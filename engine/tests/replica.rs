@@ -292,3 +292,40 @@ fn a_replica_takes_the_snapshots_its_primarys_recovery_uses() {
     assert!(reopened.recovery().replayed < 1_100);
     assert_eq!(reopened.shutdown().unwrap(), state);
 }
+
+/// A replica in the `Fsync` tier that catches up on a backlog journals many of its primary's
+/// batches per sync, and each sync must still be one batch: a power loss during a sync whose
+/// commit held two could keep the later batch and tear the earlier, which recovery would read as
+/// corruption rather than a torn tail (`docs/journal-format.md`, section 5).
+#[test]
+fn an_fsync_replica_catching_up_syncs_one_batch_at_a_time() {
+    use std::sync::Arc;
+
+    use keel_journal::storage::{FaultyStorage, Operation};
+
+    let primary_directory = tempfile::tempdir().unwrap();
+    let replica_directory = tempfile::tempdir().unwrap();
+    let engine = primary(primary_directory.path(), Topology::Compact, 0);
+    let last = publish(&engine, &commands(4_000, 40, 12));
+    engine.shutdown().unwrap();
+    let storage = FaultyStorage::new();
+    let replica = Replica::builder(primary_directory.path(), replica_directory.path())
+        .durability(Durability::Fsync)
+        .segment_size(1 << 20)
+        .journal_storage(Arc::new(storage.clone()))
+        .open(Bank::default())
+        .unwrap();
+    assert!(replica.wait_for(last, PATIENCE).unwrap(), "the replica reached {last}");
+    replica.stop().unwrap();
+    let batches = |directory: &Path| {
+        let mut reader = JournalReader::open(directory).unwrap();
+        std::iter::from_fn(|| reader.next_batch().unwrap().map(|batch| batch.last_sequence))
+            .collect::<Vec<u64>>()
+    };
+    let (copied, held) = (batches(primary_directory.path()), batches(replica_directory.path()));
+    assert_eq!(held.last(), Some(&last));
+    let syncs = storage.count(Operation::SyncData) as usize;
+    assert!(held.len() <= syncs, "{} batches in the replica's journal, {syncs} syncs", held.len());
+    // Not a replica that synced each batch as it came: it joined some.
+    assert!(held.len() < copied.len(), "{} batches in, {} out", copied.len(), held.len());
+}
