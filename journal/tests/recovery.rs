@@ -13,7 +13,7 @@ use keel_journal::format::{
     GROUP_COMMIT_BYTES_MAX, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use keel_journal::scan::{scan_segment, SegmentEnd};
-use keel_journal::storage::{Fault, FaultyStorage, Operation, PageFate};
+use keel_journal::storage::{Fault, FaultyStorage, Operation, PageFate, PowerLoss};
 use keel_journal::{
     verify_journal, BatchRun, Durability, JournalError, JournalReader, JournalWriter,
 };
@@ -462,6 +462,31 @@ fn the_last_write_torn_at_every_byte_offset_loses_no_acknowledged_record() {
     }
 }
 
+/// The power goes out during the writer's next commit (its sync fails): each page no sync
+/// covered is kept, reverted or cut short, as the seed decides. What is left must never read as
+/// corruption. Returns what the power loss did.
+fn power_loss_during_the_commit(
+    mut writer: JournalWriter,
+    storage: &FaultyStorage,
+    directory: &Path,
+    seed: u64,
+) -> PowerLoss {
+    storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
+    assert!(writer.commit().is_err());
+    drop(writer);
+    let mut random = Random::new(seed);
+    let loss = storage
+        .power_loss(|_, _| match random.below(3) {
+            0 => PageFate::Keep,
+            1 => PageFate::Revert,
+            _ => PageFate::Cut { keep: random.below(4096) as usize },
+        })
+        .unwrap();
+    let verdict = verify_journal(directory, &mut |_, _| {}).unwrap().verdict;
+    assert_ne!(verdict.label(), "corruption", "seed {seed}: {verdict:?}");
+    loss
+}
+
 #[test]
 fn a_power_loss_during_a_batch_loses_no_acknowledged_record() {
     let mut survivors_dropped = 0;
@@ -473,20 +498,8 @@ fn a_power_loss_during_a_batch_loses_no_acknowledged_record() {
         for sequence in first..first + 400 {
             writer.append(timestamp(sequence), 1, 1, &payload(sequence)).unwrap();
         }
-        storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
-        assert!(writer.commit().is_err());
-        drop(writer);
-        let mut random = Random::new(seed);
-        let loss = storage
-            .power_loss(|_, _| match random.below(3) {
-                0 => PageFate::Keep,
-                1 => PageFate::Revert,
-                _ => PageFate::Cut { keep: random.below(4096) as usize },
-            })
-            .unwrap();
+        let loss = power_loss_during_the_commit(writer, &storage, directory.path(), seed);
         assert!(loss.pages_kept + loss.pages_reverted + loss.pages_cut > 0);
-        let verdict = verify_journal(directory.path(), &mut |_, _| {}).unwrap().verdict;
-        assert_ne!(verdict.label(), "corruption", "seed {seed}: {verdict:?}");
         let writer = open(directory.path()).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
         let last = writer.open_report().last_sequence;
         // The unacknowledged batch is all there or not at all: never a part of it.
@@ -537,20 +550,8 @@ fn a_power_loss_during_a_commit_of_copied_batches_loses_no_acknowledged_record()
             index += 1;
         }
         assert_eq!(writer.next_sequence(), copied + 1);
-        storage.inject_on(Operation::SyncData, ".segment", 0, Fault::Fail { errno: EIO });
-        assert!(writer.commit().is_err());
-        drop(writer);
-        let mut random = Random::new(seed);
-        let loss = storage
-            .power_loss(|_, _| match random.below(3) {
-                0 => PageFate::Keep,
-                1 => PageFate::Revert,
-                _ => PageFate::Cut { keep: random.below(4096) as usize },
-            })
-            .unwrap();
+        let loss = power_loss_during_the_commit(writer, &storage, directory.path(), seed);
         assert!(loss.pages_kept + loss.pages_reverted + loss.pages_cut > 1, "{loss:?}");
-        let verdict = verify_journal(directory.path(), &mut |_, _| {}).unwrap().verdict;
-        assert_ne!(verdict.label(), "corruption", "seed {seed}: {verdict:?}");
         let writer = open(directory.path()).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
         let last = writer.open_report().last_sequence;
         // The commit that failed is all there or not at all.
