@@ -249,11 +249,8 @@ pub struct JournalWriter {
     open_length: usize,
     /// The open batch's timestamp, from which its records' deltas count.
     open_timestamp_ns: u64,
-    /// `Fsync`: the open batch is a copied one, still as its writer sealed it, so the commit
-    /// need not seal it again. Records appended after it join it and clear this.
-    open_is_copy: bool,
-    /// `Fsync`: the open batch, the one batch of the next commit, written with one `pwrite`
-    /// at `staged_offset`.
+    /// `Fsync`: the one batch of the next commit (a copied one, or the open one), written
+    /// with one `pwrite` at `staged_offset`.
     staging: Vec<u8>,
     staged_offset: u64,
     preparer: Preparer,
@@ -370,7 +367,6 @@ impl JournalWriter {
             open_bytes: 0,
             open_length: 0,
             open_timestamp_ns: 0,
-            open_is_copy: false,
             staging: Vec::new(),
             staged_offset: position as u64,
             preparer,
@@ -466,6 +462,11 @@ impl JournalWriter {
             // pages from damage to synced data (format document, section 5).
             self.commit()?;
         }
+        if self.durability == Durability::Fsync && self.open_bytes == 0 && self.pending_bytes != 0 {
+            // A copied batch waits for its sync, and in this tier a commit is one batch
+            // ([`append_batch`](Self::append_batch)).
+            self.commit()?;
+        }
         if self.position + needed(self.open_bytes) > self.segment.size {
             self.roll()?;
         }
@@ -478,7 +479,6 @@ impl JournalWriter {
             Durability::Fsync => self.append_staged(delta, &fields, payload, padded),
         }
         self.open_length = self.open_bytes + RECORD_HEADER_SIZE + payload.len();
-        self.open_is_copy = false;
         self.position += padded;
         self.pending_bytes += padded;
         self.open_bytes += padded;
@@ -533,13 +533,12 @@ impl JournalWriter {
     ///
     /// A whole batch is copied as it is, checksum and all: a replica keeps its primary's group
     /// commits byte for byte, without encoding and checksumming every record again. In the
-    /// `PageCache` tier the open batch (if any) is sealed first. In the `Fsync` tier a commit
-    /// is one batch, so that a power loss can tear only the last batch (format document,
-    /// section 5): a batch is copied whole only into an empty commit, where it becomes the open
-    /// batch, and records appended after it join it; one that arrives after anything not yet
-    /// committed joins the open batch record by record. Part of a batch (from a reader that
-    /// started inside one), or a batch too large for this journal's segments, is appended
-    /// record by record.
+    /// `PageCache` tier the open batch (if any) is sealed first, and the batch joins the
+    /// commit. In the `Fsync` tier a commit is one batch, so that a power loss can damage only
+    /// the last batch (format document, section 5): whatever the commit holds is committed
+    /// first, and the batch is the next commit's (records appended after it commit it first
+    /// too). Part of a batch (from a reader that started inside one), or a batch too large for
+    /// this journal's segments, is appended record by record.
     /// A timestamp below the previous one, or an epoch-change record that does not decode, is
     /// refused before anything is written, and the writer stays usable.
     pub fn append_batch(&mut self, batch: &BatchView<'_>) -> Result<u64, JournalError> {
@@ -570,14 +569,15 @@ impl JournalWriter {
         }
         let bytes = batch.as_bytes();
         let room = self.segment.size - SEGMENT_HEADER_SIZE;
-        let joins = self.durability == Durability::Fsync && self.pending_bytes != 0;
-        if !batch.is_whole() || bytes.len() > room || joins {
+        if !batch.is_whole() || bytes.len() > room {
             for record in batch.iter() {
                 self.append(record.timestamp_ns, record.kind, record.version, record.payload)?;
             }
             return Ok(self.next_sequence - 1);
         }
-        if self.pending_bytes + bytes.len() > GROUP_COMMIT_BYTES_MAX {
+        let fsync_commit_holds_some =
+            self.durability == Durability::Fsync && self.pending_bytes != 0;
+        if self.pending_bytes + bytes.len() > GROUP_COMMIT_BYTES_MAX || fsync_commit_holds_some {
             self.commit()?;
         }
         if self.position + bytes.len() > self.segment.size {
@@ -587,15 +587,7 @@ impl JournalWriter {
         }
         match self.durability {
             Durability::PageCache => self.copy_mapped(bytes),
-            Durability::Fsync => {
-                // The commit is empty (above), so the batch becomes its open batch.
-                debug_assert!(self.staging.is_empty() && self.open_bytes == 0);
-                self.staging.extend_from_slice(bytes);
-                self.open_bytes = bytes.len();
-                self.open_length = read_u32(bytes, 0) as usize;
-                self.open_timestamp_ns = batch.timestamp_ns;
-                self.open_is_copy = true;
-            }
+            Durability::Fsync => self.staging.extend_from_slice(bytes),
         }
         self.position += bytes.len();
         self.pending_bytes += bytes.len();
@@ -631,15 +623,12 @@ impl JournalWriter {
                 seal_batch(&mut map.bytes_mut()[start..start + self.open_length], length);
                 map.publish_length(start, length);
             }
-            // A copied batch that nothing joined is sealed already.
-            Durability::Fsync if self.open_is_copy => {}
             Durability::Fsync => {
                 let start = self.staging.len() - self.open_bytes;
                 seal_batch_in_buffer(&mut self.staging[start..], length);
             }
         }
         self.open_bytes = 0;
-        self.open_is_copy = false;
     }
 
     fn append_staged(&mut self, delta: u32, fields: &RecordFields, payload: &[u8], padded: usize) {

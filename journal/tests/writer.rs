@@ -314,10 +314,9 @@ fn batches_from(directory: &Path, sequence: u64) -> Vec<(u64, Vec<u8>)> {
     batches
 }
 
-/// `PageCache`: every copied batch keeps its writer's bytes, whatever came before it in the
-/// commit. `Fsync`: a commit is one batch (a power loss may tear only the last), so a batch
-/// keeps its bytes when it is copied into an empty commit and nothing follows it before the
-/// commit; what does follow joins it.
+/// Both tiers keep every copied batch's bytes. In `Fsync` a commit is also one batch (a power
+/// loss may damage only the last): the journal's batches end exactly where commits ended, the
+/// writer's own included (before a copied batch, and before records after one).
 #[test]
 fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one() {
     let (source, last) = journal(140, 157);
@@ -327,15 +326,14 @@ fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one()
         let mut writer = JournalWriter::open(target.path(), options(durability)).unwrap();
         let mut reader = JournalReader::open(source.path()).unwrap();
         let mut copied = Vec::new();
-        // The last sequence of each commit, the writer's own (when it rolls) included.
+        // The last sequence of each commit.
         let mut commits = Vec::new();
         let mut index = 0;
         while let Some(batch) = reader.next_batch().unwrap() {
             assert!(batch.is_whole());
-            let empty_commit = writer.durable_sequence() == writer.next_sequence() - 1;
             // Every third batch is appended record by record, and left open for the copied
-            // batch after it; commits fall after every fifth batch, so that one commit covers
-            // batches of both kinds, and after the batch that follows, alone in its commit.
+            // batch after it to seal; commits fall every fifth batch, so that one commit
+            // covers batches of both kinds.
             if index % 3 == 0 {
                 for record in batch.iter() {
                     writer
@@ -344,14 +342,12 @@ fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one()
                 }
             } else {
                 assert_eq!(writer.append_batch(&batch).unwrap(), batch.last_sequence);
-                if durability == Durability::PageCache || empty_commit {
-                    copied.push((batch.first_sequence, batch.last_sequence));
-                }
+                copied.push(batch.first_sequence);
             }
             if writer.durable_sequence() != *commits.last().unwrap_or(&0) {
                 commits.push(writer.durable_sequence());
             }
-            if index % 5 == 4 || index % 5 == 0 {
+            if index % 5 == 4 {
                 assert_eq!(writer.commit().unwrap(), batch.last_sequence);
                 commits.push(batch.last_sequence);
             }
@@ -364,10 +360,6 @@ fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one()
         assert!(segment_paths(target.path()).len() >= 4, "{durability:?}: it rolled");
         assert_eq!(check_journal(target.path(), 1), last, "{durability:?}");
         let target_batches = batches_from(target.path(), 1);
-        // In `Fsync`, the records appended after a batch before the commit joined it.
-        copied.retain(|(_, last)| durability == Durability::PageCache || commits.contains(last));
-        assert!(copied.len() > 10, "{durability:?}: {} batches copied whole", copied.len());
-        let copied: Vec<u64> = copied.iter().map(|&(first, _)| first).collect();
         for (first, bytes) in source_batches.iter().filter(|(first, _)| copied.contains(first)) {
             let found = target_batches.iter().find(|(at, _)| at == first);
             assert_eq!(
@@ -377,11 +369,13 @@ fn copied_batches_keep_their_writers_bytes_between_records_appended_one_by_one()
             );
         }
         if durability == Durability::Fsync {
-            let mut reader = JournalReader::open(target.path()).unwrap();
-            let mut ends = Vec::new();
-            while let Some(batch) = reader.next_batch().unwrap() {
-                ends.push(batch.last_sequence);
-            }
+            let ends: Vec<u64> = target_batches
+                .iter()
+                .map(|(first, _)| {
+                    let next = target_batches.iter().map(|(at, _)| *at).find(|at| at > first);
+                    next.map_or(last, |next| next - 1)
+                })
+                .collect();
             assert_eq!(ends, commits, "one batch per commit");
         }
     }
