@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{commands, records, Bank, Command, Skewed};
+use common::{batches, commands, records, Bank, Command, Skewed};
 use keel_engine::{
     Durability, Engine, EngineError, Halt, Replica, SnapshotPolicy, StateMachine, Topology,
 };
@@ -318,11 +318,6 @@ fn an_fsync_replica_catching_up_syncs_one_batch_at_a_time() {
         .unwrap();
     assert!(replica.wait_for(last, PATIENCE).unwrap(), "the replica reached {last}");
     replica.stop().unwrap();
-    let batches = |directory: &Path| {
-        let mut reader = JournalReader::open(directory).unwrap();
-        std::iter::from_fn(|| reader.next_batch().unwrap().map(|batch| batch.as_bytes().to_vec()))
-            .collect::<Vec<Vec<u8>>>()
-    };
     let held = batches(replica_directory.path());
     assert!(held.len() > 20, "{} batches", held.len());
     assert!(held == batches(primary_directory.path()), "the primary's batches, byte for byte");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{commands, records, Bank, Command};
+use common::{batches, commands, records, Bank, Command};
 use keel_engine::{
     replay_to, Bincode, Context, Durability, Engine, EngineError, Halt, Output, ReplayTarget,
     Replica, Replication, StateMachine, Wait,
@@ -150,17 +150,6 @@ fn a_remote_replica_reaches_the_primarys_state_and_journal() {
 
 /// What an event sink was handed: each command's context and events.
 type Delivered = Arc<Mutex<Vec<(Context, Vec<common::Event>)>>>;
-
-/// The bytes of each batch of a journal.
-fn batches(directory: &Path) -> Vec<Vec<u8>> {
-    let mut reader = keel_journal::JournalReader::open(directory).unwrap();
-    let mut batches = Vec::new();
-    while let Some(batch) = reader.next_batch().unwrap() {
-        assert!(batch.is_whole());
-        batches.push(batch.as_bytes().to_vec());
-    }
-    batches
-}
 
 #[test]
 fn the_replicated_tier_applies_only_what_a_replica_holds_and_waits_without_one() {

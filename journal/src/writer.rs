@@ -667,7 +667,7 @@ impl JournalWriter {
         Ok(self.durable_sequence)
     }
 
-    /// Writes the staged batches, all sealed, and waits for them to reach the disk.
+    /// Writes the staged batch, sealed, and waits for it to reach the disk.
     fn write_staged(&mut self) -> Result<(), JournalError> {
         let path = &self.segment.path;
         self.storage

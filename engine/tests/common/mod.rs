@@ -155,6 +155,17 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// The bytes of each batch of the journal in `directory`, every one whole.
+pub fn batches(directory: &Path) -> Vec<Vec<u8>> {
+    let mut reader = JournalReader::open(directory).unwrap();
+    let mut batches = Vec::new();
+    while let Some(batch) = reader.next_batch().unwrap() {
+        assert!(batch.is_whole());
+        batches.push(batch.as_bytes().to_vec());
+    }
+    batches
+}
+
 /// Every record of the journal in `directory`.
 pub fn records(directory: &Path) -> Vec<Record> {
     let mut reader = JournalReader::open(directory).unwrap();
