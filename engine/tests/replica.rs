@@ -307,7 +307,17 @@ fn an_fsync_replica_catching_up_syncs_one_batch_at_a_time() {
     let primary_directory = tempfile::tempdir().unwrap();
     let replica_directory = tempfile::tempdir().unwrap();
     let engine = primary(primary_directory.path(), Topology::Compact, 0);
-    let last = publish(&engine, &commands(4_000, 40, 12));
+    // Forty commands at a time, each applied before the next are published: one journal batch
+    // (or more) each, whatever the threads' timing.
+    let mut publisher = engine.publisher();
+    let mut last = 0;
+    for chunk in commands(4_000, 40, 12).chunks(40) {
+        last = publisher.publish_batch(chunk.to_vec()).unwrap();
+        while engine.stats().applied < last {
+            std::thread::yield_now();
+        }
+    }
+    drop(publisher);
     engine.shutdown().unwrap();
     let storage = FaultyStorage::new();
     let replica = Replica::builder(primary_directory.path(), replica_directory.path())
@@ -319,7 +329,7 @@ fn an_fsync_replica_catching_up_syncs_one_batch_at_a_time() {
     assert!(replica.wait_for(last, PATIENCE).unwrap(), "the replica reached {last}");
     replica.stop().unwrap();
     let held = batches(replica_directory.path());
-    assert!(held.len() > 20, "{} batches", held.len());
+    assert!(held.len() >= 100, "{} batches", held.len());
     assert!(held == batches(primary_directory.path()), "the primary's batches, byte for byte");
     let syncs = storage.count(Operation::SyncData) as usize;
     assert!(held.len() <= syncs, "{} batches in the replica's journal, {syncs} syncs", held.len());
